@@ -1,0 +1,306 @@
+"""Organizations, users, teams, API keys and login sessions. Secrets are stored hashed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from backend.accounts.tables import (
+    KEY_SCOPES,
+    ROLES,
+    ApiKey,
+    Organization,
+    Team,
+    TeamMembership,
+    User,
+    UserSession,
+)
+from backend.audit.service import Actor, record
+from backend.errors import Conflict, NotAuthenticated, NotFound, ValidationFailed
+
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+TEAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+TOKEN_PREFIX = "pl_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a logged-in user (session) or an API key acting for its user."""
+
+    org_id: uuid.UUID
+    user_id: uuid.UUID
+    email: str
+    role: str
+    via: str  # "session" | "key"
+    key_id: uuid.UUID | None = None
+    key_name: str = ""
+    scope: str = "user"  # key scope, or "user" for sessions
+    labels: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def actor(self) -> Actor:
+        if self.via == "key":
+            return Actor("key", str(self.key_id), f"{self.key_name} ({self.email})")
+        return Actor("user", str(self.user_id), self.email)
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin" and (self.via == "session" or self.scope == "admin")
+
+    @property
+    def can_decide(self) -> bool:
+        """Agents' keys never decide; people do, by session or an approver/admin-scoped key."""
+        return self.via == "session" or self.scope in {"approver", "admin"}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
+    return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
+
+
+def check_password(password: str, stored: str | None) -> bool:
+    if not stored or not stored.startswith("scrypt$"):
+        return False
+    _, salt_b64, digest_b64 = stored.split("$", 2)
+    digest = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt_b64), n=2**14, r=8, p=1)
+    return hmac.compare_digest(digest, base64.b64decode(digest_b64))
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip().lower()
+    if not EMAIL_RE.match(email):
+        raise ValidationFailed(
+            f"{email!r} is not an email address", detail={"field": "email", "hint": "use name@example.com"}
+        )
+    return email
+
+
+# --- organizations ------------------------------------------------------------------------
+
+
+async def create_org(name: str, slug: str | None = None) -> dict[str, Any]:
+    slug = slug or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "org"
+    if await Organization.exists().where(Organization.slug == slug):
+        raise Conflict(f"an organization with slug {slug!r} already exists", code="duplicate_org")
+    org = Organization(name=name, slug=slug, created_at=now())
+    await org.save()
+    await record(org.id, "org.created", Actor.system(), subject_type="org", subject_id=org.id, data={"name": name})
+    return org.to_dict()
+
+
+async def get_org_by_slug(slug: str) -> dict[str, Any]:
+    org = await Organization.select().where(Organization.slug == slug).first()
+    if org is None:
+        raise NotFound(f"no organization {slug!r}", detail={"hint": "preloop serve creates the demo org on first start"})
+    return org
+
+
+async def default_org() -> dict[str, Any]:
+    """The single-tenant default: the oldest organization."""
+    org = await Organization.select().order_by(Organization.created_at).first()
+    if org is None:
+        raise NotFound("no organization exists yet", detail={"hint": "run `preloop serve` once, or `preloop db migrate`"})
+    return org
+
+
+# --- users and teams ----------------------------------------------------------------------
+
+
+async def add_user(
+    org_id: uuid.UUID,
+    email: str,
+    *,
+    role: str = "approver",
+    name: str = "",
+    password: str | None = None,
+    actor: Actor | None = None,
+) -> dict[str, Any]:
+    email = normalize_email(email)
+    if role not in ROLES:
+        raise ValidationFailed(
+            f"unknown role {role!r}", detail={"field": "role", "value": role, "hint": f"use one of: {', '.join(ROLES)}"}
+        )
+    if await User.exists().where(User.org_email == f"{org_id}:{email}"):
+        raise Conflict(f"user {email} already exists", code="duplicate_user")
+    user = User(
+        org=org_id,
+        email=email,
+        org_email=f"{org_id}:{email}",
+        name=name,
+        role=role,
+        password_hash=hash_password(password) if password else None,
+        created_at=now(),
+    )
+    await user.save()
+    await record(
+        org_id, "user.created", actor or Actor.system(), subject_type="user", subject_id=user.id,
+        data={"email": email, "role": role},
+    )
+    return {"id": user.id, "email": email, "role": role, "name": name}
+
+
+async def get_user(org_id: uuid.UUID, email: str) -> dict[str, Any]:
+    email = email.strip().lower()
+    user = await User.select().where(User.org_email == f"{org_id}:{email}").first()
+    if user is None:
+        raise NotFound(f"no user {email}", detail={"hint": "create one with `preloop user add EMAIL --role ROLE`"})
+    return user
+
+
+async def add_team(org_id: uuid.UUID, name: str, *, actor: Actor | None = None) -> dict[str, Any]:
+    if not TEAM_RE.match(name):
+        raise ValidationFailed(
+            f"{name!r} is not a valid team name",
+            detail={"field": "name", "hint": "letters, digits, '_', '-' and '.', starting with a letter or digit"},
+        )
+    if await Team.exists().where(Team.org_name == f"{org_id}:{name}"):
+        raise Conflict(f"team {name} already exists", code="duplicate_team")
+    team = Team(org=org_id, name=name, org_name=f"{org_id}:{name}", created_at=now())
+    await team.save()
+    await record(org_id, "team.created", actor or Actor.system(), subject_type="team", subject_id=team.id, data={"name": name})
+    return {"id": team.id, "name": name}
+
+
+async def get_team(org_id: uuid.UUID, name: str) -> dict[str, Any]:
+    team = await Team.select().where(Team.org_name == f"{org_id}:{name}").first()
+    if team is None:
+        raise NotFound(f"no team {name!r}", detail={"hint": "create it with `preloop team add NAME`"})
+    return team
+
+
+async def add_member(org_id: uuid.UUID, team_name: str, email: str, *, actor: Actor | None = None) -> None:
+    team = await get_team(org_id, team_name)
+    user = await get_user(org_id, email)
+    key = f"{team['id']}:{user['id']}"
+    if await TeamMembership.exists().where(TeamMembership.team_user == key):
+        return
+    await TeamMembership(team=team["id"], user=user["id"], team_user=key, created_at=now()).save()
+    await record(
+        org_id, "team.member_added", actor or Actor.system(), subject_type="team", subject_id=team["id"],
+        data={"team": team_name, "email": user["email"]},
+    )
+
+
+async def team_members(org_id: uuid.UUID) -> dict[str, list[str]]:
+    """Team name -> member emails, for the whole org (active users only)."""
+    rows = await TeamMembership.select(
+        TeamMembership.team.name, TeamMembership.user.email, TeamMembership.user.is_active
+    ).where(TeamMembership.team.org == org_id)
+    members: dict[str, list[str]] = {}
+    for team in await Team.select(Team.name).where(Team.org == org_id):
+        members[team["name"]] = []
+    for row in rows:
+        if row["user.is_active"]:
+            members.setdefault(row["team.name"], []).append(row["user.email"])
+    return members
+
+
+# --- API keys -----------------------------------------------------------------------------
+
+
+async def create_key(
+    org_id: uuid.UUID,
+    user_id: uuid.UUID,
+    name: str,
+    *,
+    scope: str = "agent",
+    labels: dict[str, Any] | None = None,
+    actor: Actor | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Create a key; return (token, metadata). The token is shown once and stored only hashed."""
+    if scope not in KEY_SCOPES:
+        raise ValidationFailed(
+            f"unknown key scope {scope!r}", detail={"field": "scope", "hint": f"use one of: {', '.join(KEY_SCOPES)}"}
+        )
+    if not name.strip():
+        raise ValidationFailed("a key needs a name (the agent's name)", detail={"field": "name"})
+    prefix = secrets.token_hex(4)
+    token = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        org=org_id,
+        user=user_id,
+        name=name.strip(),
+        prefix=prefix,
+        token_hash=sha256_hex(token),
+        scope=scope,
+        labels=labels or {},
+        created_at=now(),
+    )
+    await key.save()
+    await record(
+        org_id, "key.created", actor or Actor.system(), subject_type="key", subject_id=key.id,
+        data={"name": key.name, "scope": scope, "prefix": prefix, "user_id": str(user_id)},
+    )
+    return token, {"id": key.id, "name": key.name, "prefix": prefix, "scope": scope}
+
+
+async def principal_for_token(token: str) -> Principal:
+    if not token.startswith(TOKEN_PREFIX):
+        raise NotAuthenticated("that is not a Preloop API key", detail={"hint": "keys start with pl_"})
+    row = (
+        await ApiKey.select(
+            ApiKey.id, ApiKey.org, ApiKey.name, ApiKey.scope, ApiKey.labels, ApiKey.revoked_at,
+            ApiKey.user.id, ApiKey.user.email, ApiKey.user.role, ApiKey.user.is_active,
+        )
+        .where(ApiKey.token_hash == sha256_hex(token))
+        .first()
+        .output(load_json=True)
+    )
+    if row is None or row["revoked_at"] is not None or not row["user.is_active"]:
+        raise NotAuthenticated("unknown or revoked API key")
+    return Principal(
+        org_id=row["org"], user_id=row["user.id"], email=row["user.email"], role=row["user.role"], via="key",
+        key_id=row["id"], key_name=row["name"], scope=row["scope"], labels=row["labels"] or {},
+    )
+
+
+# --- sessions -----------------------------------------------------------------------------
+
+
+async def login(org_id: uuid.UUID, email: str, password: str, *, hours: int) -> tuple[str, Principal]:
+    user = await User.select().where(User.org_email == f"{org_id}:{email.strip().lower()}").first()
+    if user is None or not user["is_active"] or not check_password(password, user["password_hash"]):
+        raise NotAuthenticated("wrong email or password")
+    token = secrets.token_urlsafe(32)
+    await UserSession(
+        user=user["id"], token_hash=sha256_hex(token), created_at=now(), expires_at=now() + timedelta(hours=hours)
+    ).save()
+    principal = Principal(org_id=org_id, user_id=user["id"], email=user["email"], role=user["role"], via="session")
+    await record(org_id, "session.login", principal.actor, subject_type="user", subject_id=user["id"])
+    return token, principal
+
+
+async def principal_for_session(token: str) -> Principal:
+    row = (
+        await UserSession.select(
+            UserSession.expires_at, UserSession.user.id, UserSession.user.org, UserSession.user.email,
+            UserSession.user.role, UserSession.user.is_active,
+        )
+        .where(UserSession.token_hash == sha256_hex(token))
+        .first()
+    )
+    if row is None or row["expires_at"] < now() or not row["user.is_active"]:
+        raise NotAuthenticated("session expired; log in again")
+    return Principal(
+        org_id=row["user.org"], user_id=row["user.id"], email=row["user.email"], role=row["user.role"], via="session"
+    )
+
+
+async def logout(token: str) -> None:
+    await UserSession.delete().where(UserSession.token_hash == sha256_hex(token))

@@ -1,0 +1,109 @@
+"""The Litestar application: REST API, OpenAPI, console, PWA hosting, lifecycle of the hub."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from litestar import Litestar, Request, Response
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.static_files import create_static_files_router
+
+from backend.accounts.controllers import AuthController, KeyController, TeamController, UserController
+from backend.audit.controllers import AuditController
+from backend.deps import provide_hub, resolve_principal
+from backend.errors import PreloopError
+from backend.hub import Hub
+from backend.settings import Settings, load_settings
+from backend.system import SystemController
+
+logger = logging.getLogger("preloop.api")
+PWA_DIR = Path(__file__).resolve().parent.parent / "pwa"
+
+
+def _error(status: int, code: str, message: str, detail: Any = None) -> Response[dict[str, Any]]:
+    return Response(
+        {"error": {"code": code, "message": message, "detail": detail, "status": status}}, status_code=status
+    )
+
+
+def _preloop_error(_: Request, exc: PreloopError) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    return _error(exc.status, exc.code, exc.message, exc.detail)
+
+
+def _validation_error(_: Request, exc: ValidationException) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    return _error(400, "invalid_input", str(exc.detail), exc.extra)
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated", 403: "forbidden", 429: "rate_limited"}
+    return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.extra or None)
+
+
+def _unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    logger.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
+    return _error(500, "internal_error", "the hub hit an unexpected error; it is logged")
+
+
+def route_handlers() -> list[Any]:
+    handlers: list[Any] = [
+        SystemController, AuthController, UserController, TeamController, KeyController, AuditController,
+    ]
+    from backend.policy_store.controllers import PolicyController
+
+    handlers.append(PolicyController)
+    try:
+        from backend.approvals.controllers import CONTROLLERS as approval_controllers
+    except ImportError:  # pragma: no cover - present once the approvals domain lands
+        approval_controllers = []
+    handlers.extend(approval_controllers)
+    if PWA_DIR.is_dir():
+        handlers.append(create_static_files_router(path="/app", directories=[PWA_DIR], html_mode=True, name="pwa"))
+    return handlers
+
+
+def create_app(settings: Settings | None = None, *, with_worker: bool = True, hub: Hub | None = None) -> Litestar:
+    settings = settings or load_settings()
+    hub = hub or Hub(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await hub.start(with_worker=with_worker)
+        if settings.demo.enabled:
+            from backend.demo import ensure_demo
+
+            await ensure_demo(hub)
+        try:
+            yield
+        finally:
+            await hub.stop()
+
+    app = Litestar(
+        route_handlers=route_handlers(),
+        dependencies={"principal": Provide(resolve_principal), "hub": Provide(provide_hub, sync_to_thread=False)},
+        exception_handlers={
+            PreloopError: _preloop_error,
+            ValidationException: _validation_error,
+            NotFoundException: _http_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        openapi_config=OpenAPIConfig(
+            title="Preloop",
+            version="0.1.0",
+            description="Approval hub and MCP firewall. Authenticate with `Authorization: Bearer <api key>`.",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        lifespan=[lifespan],
+        debug=False,
+        logging_config=None,
+    )
+    app.state.hub = hub
+    return app

@@ -1,0 +1,150 @@
+"""Append to and verify the hash-chained audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from backend.audit.tables import AuditEvent
+from backend.transactions import lock, write_transaction
+
+GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who did something: a user, an API key (agent), the system (deadlines), or the gateway."""
+
+    type: str  # "user" | "key" | "system" | "gateway"
+    id: str = ""
+    label: str = ""
+
+    @classmethod
+    def system(cls, label: str = "preloop") -> Actor:
+        return cls("system", "", label)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def event_hash(row: dict[str, Any]) -> str:
+    """The hash covers every meaningful field and the previous hash, so edits and deletions show."""
+    created = row["created_at"]
+    created_text = created.astimezone(UTC).isoformat() if isinstance(created, datetime) else str(created)
+    data = row["data"]
+    if isinstance(data, str):
+        data = json.loads(data)
+    body = [
+        str(row["org_id"]),
+        int(row["seq"]),
+        row["kind"],
+        row["actor_type"],
+        row["actor_id"],
+        row["actor_label"],
+        row["subject_type"],
+        row["subject_id"],
+        data,
+        created_text,
+        row["prev_hash"],
+    ]
+    return hashlib.sha256(_canonical(body).encode()).hexdigest()
+
+
+async def record(
+    org_id: str | uuid.UUID,
+    kind: str,
+    actor: Actor,
+    *,
+    subject_type: str = "",
+    subject_id: str | uuid.UUID = "",
+    data: dict[str, Any] | None = None,
+    external_id: str | None = None,
+) -> dict[str, Any]:
+    """Append one event to the org's chain. Joins the caller's transaction when there is one."""
+    org = str(org_id)
+    async with write_transaction():
+        await lock(f"audit:{org}")
+        if external_id is not None:
+            existing = await AuditEvent.select().where(AuditEvent.external_id == external_id).first()
+            if existing is not None:
+                return dict(existing)
+        last = (
+            await AuditEvent.select(AuditEvent.seq, AuditEvent.hash)
+            .where(AuditEvent.org_id == org)
+            .order_by(AuditEvent.seq, ascending=False)
+            .first()
+        )
+        seq = (last["seq"] + 1) if last else 1
+        prev = last["hash"] if last else GENESIS
+        # Microsecond precision is all both databases keep; hash what will be read back.
+        row: dict[str, Any] = {
+            "org_id": org,
+            "seq": seq,
+            "kind": kind,
+            "actor_type": actor.type,
+            "actor_id": str(actor.id),
+            "actor_label": actor.label,
+            "subject_type": subject_type,
+            "subject_id": str(subject_id),
+            "data": json.loads(_canonical(data or {})),
+            "created_at": datetime.now(UTC),
+            "prev_hash": prev,
+        }
+        row["hash"] = event_hash(row)
+        await AuditEvent.insert(
+            AuditEvent(
+                **{k: v for k, v in row.items()},
+                chain_pos=f"{org}:{seq}",
+                external_id=external_id,
+            )
+        )
+    return row
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    events: int
+    first_broken_seq: int | None = None
+    problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "first_broken_seq": self.first_broken_seq,
+            "problem": self.problem,
+        }
+
+
+async def verify(org_id: str | uuid.UUID, *, batch: int = 2000) -> VerifyResult:
+    """Walk the chain in order; report the first event whose hash or link does not hold."""
+    org = str(org_id)
+    expected_prev = GENESIS
+    expected_seq = 1
+    count = 0
+    while True:
+        rows = (
+            await AuditEvent.select()
+            .where((AuditEvent.org_id == org) & (AuditEvent.seq >= expected_seq))
+            .order_by(AuditEvent.seq)
+            .limit(batch)
+            .output(load_json=True)
+        )
+        if not rows:
+            return VerifyResult(ok=True, events=count)
+        for row in rows:
+            if row["seq"] != expected_seq:
+                return VerifyResult(False, count, expected_seq, f"event {expected_seq} is missing")
+            if row["prev_hash"] != expected_prev:
+                return VerifyResult(False, count, row["seq"], "link to the previous event is broken")
+            if event_hash(row) != row["hash"]:
+                return VerifyResult(False, count, row["seq"], "event content does not match its hash")
+            expected_prev = row["hash"]
+            expected_seq += 1
+            count += 1

@@ -1,0 +1,115 @@
+"""Wake-ups across processes: Redis pub/sub, with in-process delivery short-circuited.
+
+Messages are hints that something changed; the database stays the truth, so a lost message
+only delays a waiter until its own timeout, it never loses a decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+
+logger = logging.getLogger("preloop.bus")
+
+Listener = Callable[[str, dict[str, Any]], None]
+PREFIX = "preloop:"
+
+
+class Bus:
+    """Publish/subscribe on named topics. Listeners are plain callbacks run on the event loop."""
+
+    def __init__(self, redis: Redis | None) -> None:
+        self._redis = redis
+        self._origin = uuid.uuid4().hex
+        self._listeners: dict[str, set[Listener]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        if self._redis is None:
+            self._ready.set()
+            return
+        self._task = asyncio.create_task(self._pump(), name="preloop-bus")
+        await asyncio.wait_for(self._ready.wait(), timeout=10)
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def publish(self, topic: str, message: dict[str, Any]) -> None:
+        self._deliver(topic, message)
+        if self._redis is not None:
+            body = json.dumps({"o": self._origin, "m": message}, default=str)
+            try:
+                await self._redis.publish(PREFIX + topic, body)
+            except Exception:  # Redis is an accelerator: waiters fall back on their timeouts
+                logger.exception("bus publish failed", extra={"topic": topic})
+
+    def subscribe(self, topic: str, listener: Listener) -> Callable[[], None]:
+        self._listeners[topic].add(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners.get(topic)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[topic]
+
+        return unsubscribe
+
+    @contextlib.asynccontextmanager
+    async def stream(self, topic: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """A queue that receives every message on `topic` while the block runs."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+
+        def put(_topic: str, message: dict[str, Any]) -> None:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(message)
+
+        unsubscribe = self.subscribe(topic, put)
+        try:
+            yield queue
+        finally:
+            unsubscribe()
+
+    def _deliver(self, topic: str, message: dict[str, Any]) -> None:
+        for listener in list(self._listeners.get(topic, ())):
+            try:
+                listener(topic, message)
+            except Exception:
+                logger.exception("bus listener failed", extra={"topic": topic})
+
+    async def _pump(self) -> None:
+        assert self._redis is not None
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.psubscribe(PREFIX + "*")
+                self._ready.set()
+                async for raw in pubsub.listen():
+                    if raw.get("type") != "pmessage":
+                        continue
+                    channel = raw["channel"]
+                    channel = channel.decode() if isinstance(channel, bytes) else channel
+                    body = json.loads(raw["data"])
+                    if body.get("o") == self._origin:
+                        continue
+                    self._deliver(channel[len(PREFIX) :], body["m"])
+            except asyncio.CancelledError:
+                await pubsub.aclose()
+                raise
+            except Exception:
+                logger.exception("bus subscriber lost Redis; reconnecting")
+                self._ready.set()
+                await asyncio.sleep(1)

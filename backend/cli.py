@@ -1,0 +1,274 @@
+"""The `preloop` command: run the hub, the worker and the gateway; bootstrap and script the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from backend.errors import PreloopError
+from backend.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="preloop",
+    help="Preloop: approval hub and MCP firewall for AI agents' tool calls.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+user_app = typer.Typer(help="People who approve, administer or watch.", no_args_is_help=True)
+team_app = typer.Typer(help="Teams of approvers.", no_args_is_help=True)
+key_app = typer.Typer(help="API keys for agents and integrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(user_app, name="user")
+app.add_typer(team_app, name="team")
+app.add_typer(key_app, name="key")
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except PreloopError as exc:
+        raise fail(exc.message) from None
+
+
+def _run_db(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
+    """Connect, migrate, run `work`, disconnect; turn expected errors into one-line messages."""
+    from backend import db
+
+    async def main() -> T:
+        engine = await db.connect(settings.database_url)
+        try:
+            await db.migrate()
+            return await work()
+        finally:
+            await db.disconnect(engine)
+
+    try:
+        return asyncio.run(main())
+    except PreloopError as exc:
+        raise fail(exc.message) from None
+
+
+async def _org_id() -> Any:
+    from backend.accounts import service
+    from backend.accounts.tables import Organization
+
+    if await Organization.count() == 0:
+        return (await service.create_org("Default", "default"))["id"]
+    return (await service.default_org())["id"]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise fail(
+                    f"port {port} on {host} is already in use (is another `preloop serve` running?); "
+                    "choose another with --port or PRELOOP_PORT"
+                ) from None
+            raise fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="Address to listen on [env PRELOOP_HOST, default 127.0.0.1]."),
+    port: int = typer.Option(None, min=1, max=65535, help="Port [env PRELOOP_PORT, default 8686]."),
+    data_dir: Path = typer.Option(None, help="Embedded database, Redis and secrets [env PRELOOP_DATA_DIR]."),
+    no_worker: bool = typer.Option(False, "--no-worker", help="Run the API only; start `preloop worker` apart."),
+) -> None:
+    """Run the hub: API, console, PWA and (unless --no-worker) the job worker, in one process."""
+    import uvicorn
+
+    from backend.app import create_app
+    from backend.logs import configure_logging
+
+    settings = _settings(host=host, port=port, data_dir=data_dir)
+    configure_logging(settings.log.level, settings.log.format)
+    _check_port_free(settings.server.host, settings.server.port)
+    try:
+        application = create_app(settings, with_worker=not no_worker)
+    except PreloopError as exc:
+        raise fail(exc.message) from None
+    typer.echo(f"Preloop hub starting on {settings.server.base_url} (API docs: {settings.server.base_url}/schema)",
+               err=True)
+    config = uvicorn.Config(
+        application, host=settings.server.host, port=settings.server.port, log_config=None, lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except PreloopError as exc:
+        raise fail(exc.message) from None
+    if not server.started:
+        raise fail("the hub did not start; see the log line above")
+
+
+@app.command()
+def worker() -> None:
+    """Run the job worker alone (deadlines, sweeps, notifications) against the configured Redis."""
+    from backend.logs import configure_logging
+    from backend.redis_conn import connect_redis
+    from workers.settings import build_worker
+
+    settings = _settings()
+    configure_logging(settings.log.level, settings.log.format)
+    if settings.redis.embedded:
+        raise fail("PRELOOP_REDIS_URL must point at a shared Redis for a separate worker (redis://host:6379/0)")
+
+    async def main() -> None:
+        handle = await connect_redis(settings.redis.url)
+        await handle.close()
+        await build_worker(handle.arq_settings()).async_run()
+
+    try:
+        asyncio.run(main())
+    except PreloopError as exc:
+        raise fail(exc.message) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply pending migrations (also done by `preloop serve` on start)."""
+    from backend import db
+
+    settings = _settings()
+
+    async def main() -> list[str]:
+        engine = await db.connect(settings.database_url)
+        try:
+            return await db.migrate()
+        finally:
+            await db.disconnect(engine)
+
+    try:
+        applied = asyncio.run(main())
+    except PreloopError as exc:
+        raise fail(exc.message) from None
+    typer.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "; up to date"),
+               err=True)
+
+
+@user_app.command("add")
+def user_add(
+    email: str = typer.Argument(..., help="The person's email; it identifies them in policies."),
+    role: str = typer.Option("approver", help="admin, approver or viewer."),
+    team: list[str] = typer.Option([], "--team", help="Add to this team (repeatable; created if missing)."),
+    name: str = typer.Option("", help="Display name."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read a login password from stdin."),
+) -> None:
+    """Add a user to the organization."""
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if len(password) < 8:
+            raise fail("the password read from stdin is shorter than 8 characters")
+    settings = _settings()
+
+    async def work() -> dict[str, Any]:
+        from backend.accounts import service
+        from backend.errors import NotFound
+
+        org = await _org_id()
+        user = await service.add_user(org, email, role=role, name=name, password=password)
+        for team_name in team:
+            try:
+                await service.get_team(org, team_name)
+            except NotFound:
+                await service.add_team(org, team_name)
+            await service.add_member(org, team_name, user["email"])
+        return user
+
+    user = _run_db(settings, work)
+    typer.echo(f"added {user['email']} as {user['role']}" + (f" in {', '.join(team)}" if team else ""), err=True)
+
+
+@team_app.command("add")
+def team_add(name: str = typer.Argument(..., help="Team name as policies refer to it, e.g. sre_team.")) -> None:
+    """Create a team."""
+    settings = _settings()
+
+    async def work() -> dict[str, Any]:
+        from backend.accounts import service
+
+        return await service.add_team(await _org_id(), name)
+
+    _run_db(settings, work)
+    typer.echo(f"added team {name}", err=True)
+
+
+@key_app.command("create")
+def key_create(
+    name: str = typer.Option(..., "--name", help="The agent's name, as policies and approvers see it."),
+    user: str = typer.Option(None, "--user", help="Owner's email (default: the first admin)."),
+    scope: str = typer.Option("agent", help="agent (call tools), approver (decide by API) or admin."),
+    label: list[str] = typer.Option([], "--label", help="key=value label the policy sees as agent.labels."),
+) -> None:
+    """Create an API key and print the token once, alone on stdout."""
+    labels: dict[str, str] = {}
+    for item in label:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise fail(f"--label {item!r} must look like key=value")
+        labels[k] = v
+    settings = _settings()
+
+    async def work() -> str:
+        from backend.accounts import service
+        from backend.accounts.tables import User
+        from backend.errors import NotFound
+
+        org = await _org_id()
+        if user:
+            owner = await service.get_user(org, user)
+        else:
+            owner = await User.select().where((User.org == org) & (User.role == "admin")).order_by(
+                User.created_at
+            ).first()
+            if owner is None:
+                raise NotFound("no admin user exists; pass --user EMAIL or add one with `preloop user add`")
+        token, _ = await service.create_key(org, owner["id"], name, scope=scope, labels=labels)
+        return token
+
+    token = _run_db(settings, work)
+    sys.stdout.write(token + "\n")
+
+
+def _mount_optional() -> None:
+    """Subcommands owned by other packages."""
+    try:
+        from backend.policy_store.cli import policy_app
+    except ImportError:  # pragma: no cover - shipped together; guards a partial checkout
+        pass
+    else:
+        app.add_typer(policy_app, name="policy")
+    try:
+        from mcp_gateway.cli import demo_upstream_command, gateway_app
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        app.add_typer(gateway_app, name="gateway")
+        app.command("demo-upstream", help="Run the bundled demo MCP server on stdio.")(demo_upstream_command)
+
+
+_mount_optional()

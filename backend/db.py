@@ -1,0 +1,105 @@
+"""Database engines: SQLite (embedded) or PostgreSQL (scaled), chosen by URL; migrations."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
+from piccolo.apps.migrations.tables import Migration
+from piccolo.engine.base import Engine
+from piccolo.engine.postgres import PostgresEngine
+from piccolo.engine.sqlite import SQLiteEngine
+
+from backend import piccolo_conf
+from backend.errors import StartupError
+from backend.piccolo_app import ALL_TABLES
+from backend.settings import validate_database_url
+
+os.environ.setdefault("PICCOLO_CONF", "backend.piccolo_conf")
+logger = logging.getLogger("preloop.db")
+
+
+def engine_for(url: str) -> Engine:
+    validate_database_url(url)
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = Path(unquote(url[len("sqlite:///") :]))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A generous busy timeout: concurrent writers queue instead of failing.
+        return SQLiteEngine(path=str(path), timeout=30)
+    return PostgresEngine(config={"dsn": url})
+
+
+def use_database(engine: Engine) -> Engine:
+    """Point every table (and Piccolo's migration machinery) at `engine`."""
+    piccolo_conf.DB = engine
+    for table in [*ALL_TABLES, Migration]:
+        table._meta.db = engine
+    return engine
+
+
+def is_postgres(engine: Engine | None = None) -> bool:
+    engine = engine or piccolo_conf.DB
+    return engine is not None and engine.engine_type == "postgres"
+
+
+async def connect(url: str) -> Engine:
+    """Create the engine, check it answers, start a pool on PostgreSQL."""
+    engine = use_database(engine_for(url))
+    try:
+        await ping(engine)
+    except Exception as exc:  # any driver error means "unreachable" here
+        raise StartupError(
+            f"PRELOOP_DATABASE_URL: cannot reach the database at {_redact(url)}: {_one_line(exc)}"
+        ) from exc
+    if isinstance(engine, PostgresEngine):
+        await engine.start_connection_pool(min_size=1, max_size=20)
+    else:
+        await engine.run_ddl("PRAGMA journal_mode=WAL")
+    return engine
+
+
+async def disconnect(engine: Engine) -> None:
+    if isinstance(engine, PostgresEngine):
+        await engine.close_connection_pool()
+
+
+async def ping(engine: Engine | None = None) -> None:
+    engine = engine or piccolo_conf.DB
+    if engine is None:
+        raise StartupError("no database configured")
+    await engine.run_ddl("SELECT 1")
+
+
+async def migrate() -> list[str]:
+    """Apply every migration not yet applied; return their ids. Piccolo's chatter goes to the log."""
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter):
+        manager = ForwardsMigrationManager(app_name="preloop")
+        await manager.create_migration_table()
+        before = set(await Migration.get_migrations_which_ran(app_name="preloop"))
+        result = await manager.run()
+    if not result.success:
+        raise StartupError(f"migrations failed: {result.message}\n{chatter.getvalue()}")
+    after = set(await Migration.get_migrations_which_ran(app_name="preloop"))
+    applied = sorted(after - before)
+    for migration_id in applied:
+        logger.info("applied migration", extra={"migration": migration_id})
+    return applied
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()

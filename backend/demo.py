@@ -1,0 +1,59 @@
+"""First start: a demo organization, an admin login (printed once), an agent key and the demo policy."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from backend.accounts import service as accounts
+from backend.accounts.tables import Organization
+from backend.audit.service import Actor
+from backend.hub import Hub
+
+logger = logging.getLogger("preloop.demo")
+DEMO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "examples" / "demo.yaml"
+ADMIN_EMAIL = "admin@demo.preloop.dev"
+DEVELOPER_EMAIL = "dev@demo.preloop.dev"
+
+
+async def ensure_demo(hub: Hub, *, out: Any = None) -> dict[str, Any] | None:
+    """Create the demo once; return what was created (None when an organization already exists)."""
+    if await Organization.count() > 0:
+        return None
+    out = out or sys.stdout
+    org = await accounts.create_org("Demo", "demo")
+    password = secrets.token_urlsafe(12)
+    await accounts.add_user(org["id"], ADMIN_EMAIL, role="admin", name="Demo Admin", password=password)
+    # The agent's key belongs to a developer, so the admin is never the requester of its own approval.
+    dev = await accounts.add_user(org["id"], DEVELOPER_EMAIL, role="viewer", name="Demo Developer")
+    await accounts.add_team(org["id"], "sre")
+    await accounts.add_member(org["id"], "sre", ADMIN_EMAIL)
+    token, _ = await accounts.create_key(org["id"], dev["id"], "demo-agent", scope="agent", labels={"demo": True})
+    key_file = hub.settings.server.data_dir / "demo-agent.key"
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(token + "\n")
+    key_file.chmod(0o600)
+    if DEMO_POLICY.exists():
+        from backend.policy_store.service import apply
+
+        await apply(org["id"], DEMO_POLICY.read_text(), Actor.system("demo setup"), hub.bus, message="demo policy")
+    base = hub.settings.server.base_url
+    print(
+        "\n".join(
+            [
+                "",
+                "  Preloop demo created (shown once; change the password after logging in):",
+                f"    console:  {base}/app/",
+                f"    login:    {ADMIN_EMAIL}",
+                f"    password: {password}",
+                f"    agent key for the demo gateway: {key_file}",
+                "",
+            ]
+        ),
+        file=out,
+        flush=True,
+    )
+    return {"org": org, "admin_email": ADMIN_EMAIL, "password": password, "key_file": str(key_file)}

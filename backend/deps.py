@@ -1,0 +1,47 @@
+"""Request-scoped dependencies: who is calling, and the running hub."""
+
+from __future__ import annotations
+
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from backend.accounts.service import Principal, principal_for_session, principal_for_token
+from backend.errors import Forbidden, NotAuthenticated
+from backend.hub import Hub
+
+SESSION_COOKIE = "preloop_session"
+
+
+async def resolve_principal(request: Request) -> Principal:  # type: ignore[type-arg]
+    cached = request.scope.get("state", {}).get("principal")  # type: ignore[call-overload]
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    header = request.headers.get("authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise NotAuthenticated("Authorization header must be 'Bearer <api key>'")
+        principal = await principal_for_token(token.strip())
+    elif cookie := request.cookies.get(SESSION_COOKIE):
+        principal = await principal_for_session(cookie)
+    else:
+        raise NotAuthenticated(
+            "authentication required", detail={"hint": "send 'Authorization: Bearer <api key>' or log in"}
+        )
+    request.state.principal = principal
+    return principal
+
+
+def provide_hub(request: Request) -> Hub:  # type: ignore[type-arg]
+    return request.app.state.hub  # type: ignore[no-any-return]
+
+
+async def _principal_of(connection: ASGIConnection) -> Principal:  # type: ignore[type-arg]
+    return await resolve_principal(connection)  # type: ignore[arg-type]
+
+
+async def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    principal = await _principal_of(connection)
+    if not principal.is_admin:
+        raise Forbidden("this needs an admin (a session, or an admin-scoped key of an admin user)")

@@ -1,0 +1,63 @@
+"""One error hierarchy: services raise these; the API maps them to HTTP, the CLI to exit codes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class PreloopError(Exception):
+    """Base of every expected error. `code` is stable and machine-readable."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, detail: Any = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        if code:
+            self.code = code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message, "detail": self.detail, "status": self.status}}
+
+
+class SettingsError(PreloopError):
+    """A bad environment value; the message names the variable, the value and the fix."""
+
+    code = "bad_setting"
+
+    def __init__(self, variable: str, value: str, hint: str) -> None:
+        super().__init__(f"{variable}={value!r}: {hint}", detail={"variable": variable, "value": value})
+        self.variable = variable
+
+
+class StartupError(PreloopError):
+    """Something the hub needs at start is unavailable (database, Redis, port)."""
+
+    code = "startup_failed"
+
+
+class ValidationFailed(PreloopError):
+    status = 422
+    code = "validation_failed"
+
+
+class NotAuthenticated(PreloopError):
+    status = 401
+    code = "not_authenticated"
+
+
+class Forbidden(PreloopError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(PreloopError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(PreloopError):
+    status = 409
+    code = "conflict"

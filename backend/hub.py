@@ -1,0 +1,96 @@
+"""The running hub: database, Redis, the wake-up bus, the job queue and (optionally) a worker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from arq import create_pool
+from arq.connections import ArqRedis
+from piccolo.engine.base import Engine
+
+from backend import db
+from backend.bus import Bus
+from backend.redis_conn import RedisHandle, connect_redis
+from backend.settings import Settings
+
+logger = logging.getLogger("preloop.hub")
+
+
+@dataclass
+class Hub:
+    settings: Settings
+    engine: Engine | None = None
+    redis: RedisHandle | None = None
+    bus: Bus = field(default_factory=lambda: Bus(None))
+    jobs: ArqRedis | None = None
+    worker: Any = None
+    _worker_task: asyncio.Task[Any] | None = None
+
+    async def start(self, *, with_worker: bool, migrate: bool = True) -> None:
+        self.engine = await db.connect(self.settings.database_url)
+        if migrate:
+            await db.migrate()
+        self.redis = await connect_redis(self.settings.redis.url, embedded_data_dir=self.settings.server.data_dir)
+        self.bus = Bus(self.redis.client)
+        await self.bus.start()
+        self.jobs = await create_pool(self.redis.arq_settings())
+        if with_worker:
+            from workers.settings import build_worker
+
+            self.worker = build_worker(self.redis.arq_settings(), hub=self)
+            self._worker_task = asyncio.create_task(self.worker.async_run(), name="preloop-worker")
+        logger.info(
+            "hub started",
+            extra={
+                "database": "postgresql" if db.is_postgres(self.engine) else "sqlite",
+                "redis": "embedded" if self.redis.embedded is not None else "external",
+                "worker": with_worker,
+            },
+        )
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.close()
+        if self._worker_task is not None:
+            self._worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._worker_task
+        await self.bus.stop()
+        if self.jobs is not None:
+            await self.jobs.aclose()
+        if self.redis is not None:
+            await self.redis.close()
+        if self.engine is not None:
+            await db.disconnect(self.engine)
+
+    async def enqueue(self, function: str, *args: Any, job_id: str | None = None, defer_until: Any = None) -> None:
+        """Queue a job; a failure here is logged, never raised: the sweep is the backstop."""
+        if self.jobs is None:
+            return
+        try:
+            await self.jobs.enqueue_job(function, *args, _job_id=job_id, _defer_until=defer_until)
+        except Exception:
+            logger.exception("could not queue job; the sweep will catch it", extra={"job": function})
+
+    async def health(self) -> dict[str, Any]:
+        report: dict[str, Any] = {"status": "ok"}
+        try:
+            await db.ping(self.engine)
+            report["database"] = {"ok": True, "kind": "postgresql" if db.is_postgres(self.engine) else "sqlite"}
+        except Exception as exc:  # report, don't raise: this is the health endpoint
+            report["database"] = {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        try:
+            assert self.redis is not None
+            await asyncio.wait_for(self.redis.client.ping(), timeout=2)
+            beat = await self.redis.client.get("preloop:worker:heartbeat")
+            report["redis"] = {"ok": True, "embedded": self.redis.embedded is not None}
+            report["worker"] = {"last_heartbeat": beat.decode() if beat else None}
+        except Exception as exc:  # report, don't raise
+            report["redis"] = {"ok": False, "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
+        if not (report["database"]["ok"] and report["redis"]["ok"]):
+            report["status"] = "degraded"
+        return report

@@ -1,0 +1,45 @@
+"""The single Piccolo app: every table of every domain, one migration history."""
+
+from pathlib import Path
+
+from piccolo.conf.apps import AppConfig
+
+from backend.accounts.tables import (
+    ApiKey,
+    Organization,
+    PushSubscription,
+    Team,
+    TeamMembership,
+    User,
+    UserSession,
+    WebAuthnCredential,
+)
+from backend.approvals.tables import ApprovalRequest, Grant, Vote
+from backend.audit.tables import AuditEvent
+from backend.notifications.tables import NotificationDelivery
+from backend.policy_store.tables import PolicyVersion
+
+ALL_TABLES = [
+    Organization,
+    User,
+    Team,
+    TeamMembership,
+    ApiKey,
+    UserSession,
+    PushSubscription,
+    WebAuthnCredential,
+    PolicyVersion,
+    ApprovalRequest,
+    Vote,
+    Grant,
+    NotificationDelivery,
+    AuditEvent,
+]
+
+APP_CONFIG = AppConfig(
+    app_name="preloop",
+    migrations_folder_path=str(Path(__file__).parent / "migrations"),
+    table_classes=ALL_TABLES,
+    migration_dependencies=[],
+    commands=[],
+)

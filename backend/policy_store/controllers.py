@@ -1,0 +1,90 @@
+"""Policy-as-code over HTTP: validate, apply, versions, diff, rollback, export, evaluate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import msgspec
+from litestar import Controller, MediaType, Response, get, post
+from litestar.params import Parameter
+
+from backend.accounts.service import Principal
+from backend.deps import admin_guard
+from backend.hub import Hub
+from backend.policy_store import service
+from backend.policy_store.schemas import EvaluateBody, RollbackBody, SourceBody
+
+
+class PolicyController(Controller):
+    path = "/api/v1"
+    tags = ["policies"]
+
+    @post("/policies/validate", operation_id="validate_policy", status_code=200)
+    async def validate(self, data: SourceBody, principal: Principal) -> dict[str, Any]:
+        policy = await service.compile_for_org(principal.org_id, data.source)
+        return {"ok": True, "sha256": policy.version_hash}
+
+    @post("/policies", operation_id="apply_policy", guards=[admin_guard], status_code=201,
+          summary="Store a new immutable version and make it active")
+    async def apply(self, data: SourceBody, principal: Principal, hub: Hub) -> dict[str, Any]:
+        return await service.apply(
+            principal.org_id, data.source, principal.actor, hub.bus, message=data.message, user_id=principal.user_id
+        )
+
+    @get("/policies/versions", operation_id="list_policy_versions")
+    async def versions(self, principal: Principal) -> list[dict[str, Any]]:
+        return await service.list_versions(principal.org_id)
+
+    @get("/policies/versions/{version:int}", operation_id="get_policy_version")
+    async def version(self, version: int, principal: Principal) -> dict[str, Any]:
+        return await service.get_version(principal.org_id, version)
+
+    @get("/policies/active", operation_id="get_active_policy",
+         summary="The active version; with after+wait, a long-poll for a newer one (304 on timeout)")
+    async def active(
+        self,
+        principal: Principal,
+        hub: Hub,
+        after: int | None = Parameter(default=None, ge=0),
+        wait: float = Parameter(default=0, ge=0, le=300),
+    ) -> Response[dict[str, Any]]:
+        if after is None or wait <= 0:
+            return Response(await service.get_active(principal.org_id))
+        changed = asyncio.Event()
+        unsubscribe = hub.bus.subscribe(service.policy_topic(principal.org_id), lambda *_: changed.set())
+        try:
+            row = await service.active_row(principal.org_id)
+            if row is None or row["version"] <= after:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), timeout=wait)
+                row = await service.active_row(principal.org_id)
+        finally:
+            unsubscribe()
+        if row is None or row["version"] <= after:
+            return Response({}, status_code=304)
+        return Response(await service.get_active(principal.org_id))
+
+    @post("/policies/diff", operation_id="diff_policy", status_code=200)
+    async def diff(self, data: SourceBody, principal: Principal) -> dict[str, Any]:
+        return await service.diff(principal.org_id, data.source)
+
+    @post("/policies/rollback", operation_id="rollback_policy", guards=[admin_guard], status_code=201)
+    async def rollback(self, data: RollbackBody, principal: Principal, hub: Hub) -> dict[str, Any]:
+        return await service.rollback(principal.org_id, data.version, principal.actor, hub.bus, principal.user_id)
+
+    @get("/policies/export", operation_id="export_policy", media_type=MediaType.TEXT)
+    async def export(self, principal: Principal, format: str = "yaml") -> Response[str]:  # noqa: A002
+        text = await service.export(principal.org_id, format)
+        media = "application/yaml" if format == "yaml" else MediaType.JSON
+        return Response(text, media_type=media)
+
+    @post("/evaluate", operation_id="evaluate_call", status_code=200,
+          summary="What the active policy decides for a call, and why")
+    async def evaluate(self, data: EvaluateBody, principal: Principal) -> dict[str, Any]:
+        return await service.evaluate(
+            principal, tool=data.tool, server=data.server, args=data.args,
+            agent=msgspec.to_builtins(data.agent) if data.agent else None,
+            justification=data.justification, at=data.at,
+        )

@@ -1,0 +1,214 @@
+"""Immutable policy versions per organization: validate, apply, diff, roll back, evaluate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import OrderedDict
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+
+from backend.accounts.service import Principal, team_members
+from backend.audit.service import Actor, record
+from backend.bus import Bus
+from backend.errors import Conflict, NotFound, ValidationFailed
+from backend.policy_store.tables import PolicyVersion
+from backend.transactions import lock, write_transaction
+from policies import AgentInfo, CallContext, Policy, PolicyError, load_policy
+from policies.diff import diff_policies
+
+_CACHE: OrderedDict[tuple[str, str], Policy] = OrderedDict()
+_CACHE_SIZE = 64
+
+
+def policy_topic(org_id: uuid.UUID | str) -> str:
+    return f"policy:{org_id}"
+
+
+def _issue_dict(issue: Any) -> dict[str, Any]:
+    if is_dataclass(issue) and not isinstance(issue, type):
+        return asdict(issue)
+    return {k: getattr(issue, k, None) for k in ("source", "line", "column", "path", "value", "message", "hint")}
+
+
+def policy_error_response(exc: PolicyError) -> ValidationFailed:
+    issues = [_issue_dict(issue) for issue in exc.issues]
+    first = issues[0] if issues else {}
+    where = f"{first.get('source')}:{first.get('line')}:{first.get('column')}" if first else "policy"
+    return ValidationFailed(
+        f"the policy is invalid ({len(issues)} problem{'s' if len(issues) != 1 else ''}); first at {where}: "
+        f"{first.get('message', '')}",
+        detail={"issues": issues},
+        code="invalid_policy",
+    )
+
+
+async def compile_for_org(org_id: uuid.UUID, source: str, *, name: str = "policy.yaml") -> Policy:
+    """Load a document against the org's real team sizes; raise ValidationFailed with every issue."""
+    members = await team_members(org_id)
+    try:
+        return load_policy(source, source=name, team_sizes={team: len(emails) for team, emails in members.items()})
+    except PolicyError as exc:
+        raise policy_error_response(exc) from exc
+
+
+def cached_policy(org_id: uuid.UUID | str, sha256: str, source: str) -> Policy:
+    """Compile once per version and process (CEL programs included)."""
+    key = (str(org_id), sha256)
+    policy = _CACHE.get(key)
+    if policy is None:
+        policy = load_policy(source, source=f"active policy {sha256[:12]}")
+        _CACHE[key] = policy
+        if len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    else:
+        _CACHE.move_to_end(key)
+    return policy
+
+
+def _version_dict(row: dict[str, Any], *, with_source: bool = True) -> dict[str, Any]:
+    out = {
+        "id": str(row["id"]),
+        "version": row["version"],
+        "sha256": row["sha256"],
+        "message": row["message"],
+        "is_active": row["is_active"],
+        "created_by": row["created_by_label"],
+        "created_at": row["created_at"].isoformat(),
+        "rolled_back_from": row["rolled_back_from"],
+    }
+    if with_source:
+        out["source"] = row["source"]
+    return out
+
+
+async def active_row(org_id: uuid.UUID) -> dict[str, Any] | None:
+    return await PolicyVersion.select().where(
+        (PolicyVersion.org == org_id) & (PolicyVersion.is_active == True)  # noqa: E712
+    ).first()
+
+
+async def get_active(org_id: uuid.UUID) -> dict[str, Any]:
+    row = await active_row(org_id)
+    if row is None:
+        raise NotFound("no policy has been applied yet", detail={"hint": "preloop policy apply FILE"})
+    return _version_dict(row)
+
+
+async def active_policy(org_id: uuid.UUID) -> tuple[dict[str, Any], Policy] | None:
+    row = await active_row(org_id)
+    if row is None:
+        return None
+    return row, cached_policy(org_id, row["sha256"], row["source"])
+
+
+async def apply(
+    org_id: uuid.UUID, source: str, actor: Actor, bus: Bus, *, message: str = "", rolled_back_from: int | None = None,
+    user_id: uuid.UUID | None = None,
+) -> dict[str, Any]:
+    """Validate, then store as the next version and make it active, all or nothing."""
+    policy = await compile_for_org(org_id, source)
+    sha = hashlib.sha256(source.encode()).hexdigest()
+    async with write_transaction():
+        await lock(f"policy:{org_id}")
+        last = await PolicyVersion.select(PolicyVersion.version).where(PolicyVersion.org == org_id).order_by(
+            PolicyVersion.version, ascending=False
+        ).first()
+        version = (last["version"] + 1) if last else 1
+        await PolicyVersion.update({PolicyVersion.is_active: False}).where(
+            (PolicyVersion.org == org_id) & (PolicyVersion.is_active == True)  # noqa: E712
+        )
+        row = PolicyVersion(
+            org=org_id, version=version, org_version=f"{org_id}:{version}", source=source, sha256=sha,
+            message=message, is_active=True, created_by=user_id, created_by_label=actor.label,
+            created_at=datetime.now(UTC), rolled_back_from=rolled_back_from,
+        )
+        await row.save()
+        await record(
+            org_id, "policy.rolled_back" if rolled_back_from else "policy.applied", actor,
+            subject_type="policy", subject_id=str(row.id),
+            data={"version": version, "sha256": sha, "message": message, "rolled_back_from": rolled_back_from,
+                  "tools": len(getattr(policy, "tools", []) or [])},
+        )
+    _CACHE[(str(org_id), sha)] = policy
+    await bus.publish(policy_topic(org_id), {"version": version, "sha256": sha})
+    saved = await PolicyVersion.select().where(PolicyVersion.id == row.id).first()
+    assert saved is not None
+    return _version_dict(saved, with_source=False)
+
+
+async def list_versions(org_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await PolicyVersion.select().where(PolicyVersion.org == org_id).order_by(
+        PolicyVersion.version, ascending=False
+    )
+    return [_version_dict(row, with_source=False) for row in rows]
+
+
+async def get_version(org_id: uuid.UUID, version: int) -> dict[str, Any]:
+    row = await PolicyVersion.select().where(PolicyVersion.org_version == f"{org_id}:{version}").first()
+    if row is None:
+        raise NotFound(f"no policy version {version}", detail={"hint": "GET /api/v1/policies/versions lists them"})
+    return _version_dict(row)
+
+
+async def rollback(org_id: uuid.UUID, version: int, actor: Actor, bus: Bus, user_id: uuid.UUID | None) -> dict[str, Any]:
+    target = await get_version(org_id, version)
+    if target["is_active"]:
+        raise Conflict(f"version {version} is already active", code="already_active")
+    return await apply(
+        org_id, target["source"], actor, bus, message=f"rollback to version {version}", rolled_back_from=version,
+        user_id=user_id,
+    )
+
+
+async def diff(org_id: uuid.UUID, source: str) -> dict[str, Any]:
+    await compile_for_org(org_id, source)
+    row = await active_row(org_id)
+    old = row["source"] if row else ""
+    return {"active_version": row["version"] if row else None, "diff": diff_policies(old, source)}
+
+
+async def export(org_id: uuid.UUID, fmt: str) -> str:
+    row = await active_row(org_id)
+    if row is None:
+        raise NotFound("no policy has been applied yet", detail={"hint": "preloop policy apply FILE"})
+    if fmt == "yaml":
+        return str(row["source"])
+    if fmt == "json":
+        return json.dumps(yaml.safe_load(row["source"]), indent=2, default=str)
+    raise ValidationFailed(f"unknown export format {fmt!r}", detail={"hint": "use yaml or json"})
+
+
+async def evaluate(
+    principal: Principal,
+    *,
+    tool: str,
+    server: str,
+    args: dict[str, Any],
+    agent: dict[str, Any] | None,
+    justification: str | None,
+    at: datetime | None,
+) -> dict[str, Any]:
+    found = await active_policy(principal.org_id)
+    if found is None:
+        raise NotFound("no policy has been applied yet", detail={"hint": "preloop policy apply FILE"})
+    row, policy = found
+    agent = agent or {}
+    context = CallContext(
+        tool=tool,
+        server=server or None,
+        args=args,
+        agent=AgentInfo(
+            name=str(agent.get("name") or principal.key_name or principal.email),
+            id=str(agent.get("id") or principal.key_id or principal.user_id),
+            labels=dict(agent.get("labels") or principal.labels),
+        ),
+        justification=justification,
+        now=at or datetime.now(UTC),
+    )
+    decision = policy.evaluate(context).to_dict()
+    return {**decision, "policy_version": row["version"]}

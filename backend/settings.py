@@ -1,0 +1,215 @@
+"""Every setting Preloop reads, from environment variables, validated once."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from backend.errors import SettingsError
+
+DEFAULT_PORT = 8686
+
+
+def _env(env: Mapping[str, str], name: str, default: str = "") -> str:
+    return env.get(name, default).strip()
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, lo: int, hi: int) -> int:
+    raw = _env(env, name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, raw, f"must be a whole number between {lo} and {hi}") from None
+    if not lo <= value <= hi:
+        raise SettingsError(name, raw, f"must be between {lo} and {hi}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _env(env, name).lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(name, raw, "must be true or false")
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = _env(env, name).lower() or default
+    if raw not in choices:
+        raise SettingsError(name, raw, f"must be one of: {', '.join(choices)}")
+    return raw
+
+
+def validate_database_url(url: str, name: str = "PRELOOP_DATABASE_URL") -> str:
+    parts = urlsplit(url)
+    if parts.scheme in {"postgres", "postgresql"}:
+        if not parts.hostname or not parts.path.strip("/"):
+            raise SettingsError(name, url, "a PostgreSQL URL needs a host and a database: postgres://user@host:5432/db")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise SettingsError(name, url, "the port is not a number") from None
+        return url
+    if parts.scheme == "sqlite":
+        if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
+            raise SettingsError(name, url, "a SQLite URL is sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        return url
+    raise SettingsError(name, url, "use postgres://user@host:5432/db or sqlite:///path/to/preloop.db")
+
+
+def validate_redis_url(url: str, name: str = "PRELOOP_REDIS_URL") -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise SettingsError(name, url, "use redis://host:6379/0, rediss://… or unix:///path/redis.sock")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise SettingsError(name, url, "a Redis URL needs a host: redis://127.0.0.1:6379/0")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise SettingsError(name, url, "the port is not a number") from None
+    return url
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    """PRELOOP_HOST: address the hub listens on."""
+    port: int = DEFAULT_PORT
+    """PRELOOP_PORT: port the hub listens on."""
+    public_url: str = ""
+    """PRELOOP_PUBLIC_URL: URL people reach the hub at (links in notifications); default http://host:port."""
+    data_dir: Path = Path(".preloop")
+    """PRELOOP_DATA_DIR: embedded database, embedded Redis socket, secrets."""
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""
+    """PRELOOP_DATABASE_URL: postgres://… for scaled mode; empty means SQLite in the data dir."""
+
+    @property
+    def embedded(self) -> bool:
+        return not self.url or self.url.startswith("sqlite:")
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = ""
+    """PRELOOP_REDIS_URL: redis://… for scaled mode; empty means an embedded Redis the hub starts."""
+
+    @property
+    def embedded(self) -> bool:
+        return not self.url
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"
+    """PRELOOP_LOG_LEVEL: debug, info, warning or error."""
+    format: str = "json"
+    """PRELOOP_LOG_FORMAT: json (one object a line) or text."""
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    secret_key: str = ""
+    """PRELOOP_SECRET_KEY: signs sessions and links; generated into the data dir when empty."""
+    session_hours: int = 12
+    """PRELOOP_SESSION_HOURS: how long a console/PWA login lasts."""
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    max_wait_seconds: int = 60
+    """PRELOOP_MAX_WAIT_SECONDS: the longest a single /approvals/wait long-poll may hold."""
+    sweep_seconds: int = 5
+    """PRELOOP_SWEEP_SECONDS: how often the worker's backstop sweep looks for missed deadlines."""
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    enabled: bool = True
+    """PRELOOP_DEMO: on first start create a demo org, an admin login and the demo policy."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+    demo: DemoSettings = field(default_factory=DemoSettings)
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.server.data_dir / 'preloop.db').resolve()}"
+
+    def secret_key(self) -> str:
+        """The configured key, else one kept in the data dir (created on first use)."""
+        if self.security.secret_key:
+            return self.security.secret_key
+        path = self.server.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.server.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        path.write_text(key)
+        path.chmod(0o600)
+        return key
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Read and validate every PRELOOP_* variable; raise SettingsError naming the bad one."""
+    env = os.environ if env is None else env
+    db_url = _env(env, "PRELOOP_DATABASE_URL")
+    if db_url:
+        validate_database_url(db_url)
+    redis_url = _env(env, "PRELOOP_REDIS_URL")
+    if redis_url:
+        validate_redis_url(redis_url)
+    public_url = _env(env, "PRELOOP_PUBLIC_URL")
+    if public_url and urlsplit(public_url).scheme not in {"http", "https"}:
+        raise SettingsError("PRELOOP_PUBLIC_URL", public_url, "must start with http:// or https://")
+    server = ServerSettings(
+        host=str(overrides.get("host") or _env(env, "PRELOOP_HOST", "127.0.0.1")),
+        port=int(str(overrides["port"])) if overrides.get("port") else _int(
+            env, "PRELOOP_PORT", DEFAULT_PORT, lo=1, hi=65535
+        ),
+        public_url=public_url.rstrip("/"),
+        data_dir=Path(str(overrides.get("data_dir") or _env(env, "PRELOOP_DATA_DIR", ".preloop"))),
+    )
+    return Settings(
+        server=server,
+        database=DatabaseSettings(url=db_url),
+        redis=RedisSettings(url=redis_url),
+        log=LogSettings(
+            level=_choice(env, "PRELOOP_LOG_LEVEL", "info", ("debug", "info", "warning", "error")),
+            format=_choice(env, "PRELOOP_LOG_FORMAT", "json", ("json", "text")),
+        ),
+        security=SecuritySettings(
+            secret_key=_env(env, "PRELOOP_SECRET_KEY"),
+            session_hours=_int(env, "PRELOOP_SESSION_HOURS", 12, lo=1, hi=24 * 90),
+        ),
+        approvals=ApprovalSettings(
+            max_wait_seconds=_int(env, "PRELOOP_MAX_WAIT_SECONDS", 60, lo=1, hi=3600),
+            sweep_seconds=_int(env, "PRELOOP_SWEEP_SECONDS", 5, lo=1, hi=3600),
+        ),
+        demo=DemoSettings(enabled=_bool(env, "PRELOOP_DEMO", True)),
+    )

@@ -1,0 +1,33 @@
+"""Health and identity endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, Response, get
+
+from backend.accounts.service import Principal
+from backend.hub import Hub
+
+
+class SystemController(Controller):
+    tags = ["system"]
+
+    @get("/health", operation_id="health", exclude_from_auth=True, summary="Database and Redis reachability")
+    async def health(self, hub: Hub) -> Response[dict[str, Any]]:
+        report = await hub.health()
+        return Response(report, status_code=200 if report["status"] == "ok" else 503)
+
+    @get("/api/v1/me", operation_id="whoami", summary="Who this key or session is")
+    async def me(self, principal: Principal) -> dict[str, Any]:
+        return {
+            "user": {"id": str(principal.user_id), "email": principal.email, "role": principal.role},
+            "org": {"id": str(principal.org_id)},
+            "via": principal.via,
+            "key": (
+                {"id": str(principal.key_id), "name": principal.key_name, "scope": principal.scope,
+                 "labels": principal.labels}
+                if principal.key_id
+                else None
+            ),
+        }

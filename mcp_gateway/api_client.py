@@ -1,0 +1,189 @@
+"""The gateway's only door to the hub: a thin typed client over the REST API (`/api/v1`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from mcp_gateway.errors import ApiRequestError, ApiUnavailableError
+
+logger = logging.getLogger(__name__)
+
+
+def arguments_hash(arguments: Mapping[str, Any]) -> str:
+    """sha256 over canonical JSON, the formula the hub uses (docs/architecture.md)."""
+    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """Who the API key belongs to, as the policy and the audit see it."""
+
+    id: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySnapshotDoc:
+    """One applied policy version as the hub serves it."""
+
+    version: int
+    source: str
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalTicket:
+    """The hub's answer to `POST /approvals`: a new, attached or grant-covered request."""
+
+    status: str
+    request: dict[str, Any]
+    attached: bool = False
+    grant: dict[str, Any] | None = None
+
+    @property
+    def id(self) -> str:
+        return str(self.request.get("id", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class WaitAnswer:
+    """One round of the multiplexed long-poll."""
+
+    decided: list[dict[str, Any]]
+    pending: list[str]
+
+
+class ApiClient:
+    """Calls the hub's REST API with the agent's key; every failure maps to a `GatewayError`."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 10.0) -> None:
+        headers = {"Accept": "application/json", "User-Agent": "preloop-gateway"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        self._http = httpx.AsyncClient(base_url=f"{self.base_url}/api/v1", headers=headers, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, str | int] | None = None,
+        timeout: float | None = None,
+        ok: Sequence[int] = (200, 201),
+    ) -> httpx.Response:
+        try:
+            response = await self._http.request(
+                method, path, json=json_body, params=params, timeout=timeout or self._timeout
+            )
+        except httpx.HTTPError as exc:
+            raise ApiUnavailableError(f"Preloop API at {self.base_url} is unreachable: {exc!r}") from exc
+        if response.status_code in ok:
+            return response
+        if response.status_code >= 500:
+            raise ApiUnavailableError(
+                f"Preloop API at {self.base_url} failed with HTTP {response.status_code}",
+                http_status=response.status_code,
+            )
+        code, message, detail = "http_error", response.text[:500], None
+        try:
+            error = response.json().get("error") or {}
+            code = str(error.get("code", code))
+            message = str(error.get("message", message))
+            detail = error.get("detail")
+        except (ValueError, AttributeError):
+            pass
+        raise ApiRequestError(
+            f"Preloop API refused {method} {path}: {message}",
+            http_status=response.status_code,
+            code=code,
+            api_detail=detail,
+        )
+
+    async def me(self) -> AgentIdentity:
+        body = (await self._request("GET", "/me")).json()
+        key = body.get("key") or {}
+        return AgentIdentity(
+            id=str(key.get("id", "")),
+            name=str(key.get("name") or (body.get("user") or {}).get("email") or "agent"),
+            labels={str(k): str(v) for k, v in (key.get("labels") or {}).items()},
+        )
+
+    async def active_policy(self, *, after: int | None = None, wait: float | None = None) -> PolicySnapshotDoc | None:
+        """The active snapshot; with `after`/`wait`, a long-poll returning None on 304 (no change)."""
+        params: dict[str, str | int] = {}
+        timeout = None
+        if after is not None:
+            params["after"] = after
+        if wait is not None:
+            params["wait"] = int(wait)
+            timeout = wait + self._timeout
+        response = await self._request("GET", "/policies/active", params=params, timeout=timeout, ok=(200, 304))
+        if response.status_code == 304:
+            return None
+        body = response.json()
+        return PolicySnapshotDoc(version=int(body["version"]), source=str(body["source"]), sha256=str(body["sha256"]))
+
+    async def create_approval(
+        self,
+        *,
+        tool: str,
+        server: str,
+        arguments: Mapping[str, Any],
+        justification: str | None,
+    ) -> ApprovalTicket:
+        payload = {
+            "tool": tool,
+            "server": server,
+            "arguments": dict(arguments),
+            "arguments_hash": arguments_hash(arguments),
+            "justification": justification,
+        }
+        body = (await self._request("POST", "/approvals", json_body=payload)).json()
+        if body.get("status") == "granted" and "grant" in body:
+            return ApprovalTicket(status="granted", request=body, grant=body.get("grant"))
+        return ApprovalTicket(status=str(body.get("status", "pending")), request=body, attached=bool(body.get("attached")))
+
+    async def get_approval(self, approval_id: str) -> dict[str, Any]:
+        body: dict[str, Any] = (await self._request("GET", f"/approvals/{approval_id}")).json()
+        return body
+
+    async def wait_for_any(self, ids: Sequence[str], timeout: float) -> WaitAnswer:
+        params: dict[str, str | int] = {"ids": ",".join(ids), "timeout": max(1, int(timeout))}
+        body = (await self._request("GET", "/approvals/wait", params=params, timeout=timeout + self._timeout)).json()
+        return WaitAnswer(
+            decided=list(body.get("decided") or []),
+            pending=[str(i) for i in body.get("pending") or []],
+        )
+
+    async def claim(self, approval_id: str, hash_hex: str) -> dict[str, Any]:
+        body: dict[str, Any] = (
+            await self._request("POST", f"/approvals/{approval_id}/claim", json_body={"arguments_hash": hash_hex})
+        ).json()
+        return body
+
+    async def report_outcome(
+        self, approval_id: str, *, success: bool, result_summary: str | None = None, error: str | None = None
+    ) -> None:
+        await self._request(
+            "POST",
+            f"/approvals/{approval_id}/outcome",
+            json_body={"success": success, "result_summary": result_summary, "error": error},
+        )
+
+    async def send_audit(self, records: Sequence[Mapping[str, Any]]) -> None:
+        await self._request("POST", "/audit/calls", json_body={"records": list(records)})

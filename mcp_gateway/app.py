@@ -1,0 +1,163 @@
+"""The gateway runtime: wires the API client, policy snapshot, audit spool, upstreams and the MCP server."""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import anyio
+import anyio.abc
+from mcp.server.stdio import stdio_server
+from policies import Policy, PolicyError, load_policy
+
+from mcp_gateway.api_client import AgentIdentity, ApiClient
+from mcp_gateway.checkpoint import Checkpoint
+from mcp_gateway.config import GatewaySettings
+from mcp_gateway.errors import GatewayError
+from mcp_gateway.server import GatewayServer
+from mcp_gateway.snapshot import PolicySnapshot
+from mcp_gateway.spool import AuditSpool
+from mcp_gateway.upstreams import UpstreamPool
+
+logger = logging.getLogger(__name__)
+
+LOCAL_AGENT = AgentIdentity(id="local", name="local-agent")
+
+
+class Gateway:
+    """`async with Gateway(settings) as gw:` starts everything; then `gw.serve_stdio()` or `gw.serve_http()`."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.api = ApiClient(settings.api_url, settings.api_key)
+        self.snapshot = PolicySnapshot()
+        self.spool = AuditSpool(settings.data_dir)
+        self.pool = UpstreamPool(on_tools_changed=self._tools_changed)
+        self.checkpoint: Checkpoint | None = None
+        self.mcp: GatewayServer | None = None
+        self._stack = AsyncExitStack()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._cache = settings.data_dir / "last-policy.json"
+
+    @property
+    def server(self) -> GatewayServer:
+        assert self.mcp is not None, "enter the Gateway first"
+        return self.mcp
+
+    async def __aenter__(self) -> Gateway:
+        try:
+            self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+            self._stack.push_async_callback(self.api.aclose)
+            self._stack.callback(self.spool.close)
+            agent = await self._identity()
+            self.checkpoint = Checkpoint(
+                pool=self.pool,
+                snapshot=self.snapshot,
+                spool=self.spool,
+                api=self.api,
+                agent=agent,
+                hold_window=self.settings.hold_window,
+            )
+            self.mcp = GatewayServer(self.checkpoint)
+            await self._tg.start(self.pool.run, [])
+            self.snapshot.on_change(self._policy_changed)
+            if self.settings.policy_file is not None:
+                await self.snapshot.load_file(self.settings.policy_file)
+            else:
+                await self._load_cached()
+                self._tg.start_soon(self._follow_api)
+                with anyio.move_on_after(self.settings.startup_timeout):
+                    await self.snapshot.loaded.wait()
+            self._tg.start_soon(self.spool.run, self.api.send_audit)
+            if self.checkpoint.waiter is not None:
+                self._tg.start_soon(self.checkpoint.waiter.run)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        await self._stack.aclose()
+
+    async def _identity(self) -> AgentIdentity:
+        if not self.settings.api_key:
+            if self.settings.policy_file is None:
+                logger.warning("PRELOOP_API_KEY is not set; the hub will refuse this gateway's requests")
+            return LOCAL_AGENT
+        cache = self.settings.data_dir / "identity.json"
+        try:
+            agent = await self.api.me()
+        except GatewayError as exc:
+            if cache.exists():
+                data = json.loads(cache.read_text())
+                logger.warning("hub unreachable (%s); using the cached agent identity", exc.message)
+                return AgentIdentity(id=data["id"], name=data["name"], labels=data.get("labels", {}))
+            logger.warning("hub unreachable (%s); identity unknown until it answers", exc.message)
+            return LOCAL_AGENT
+        cache.write_text(json.dumps({"id": agent.id, "name": agent.name, "labels": agent.labels}))
+        return agent
+
+    async def _load_cached(self) -> None:
+        """Start from the last good snapshot on disk, so allowed calls work while the hub is down."""
+        if not self._cache.exists():
+            return
+        try:
+            data = json.loads(self._cache.read_text())
+            policy = load_policy(data["source"], source=f"cached policy v{data['version']}")
+        except (ValueError, KeyError, PolicyError):
+            logger.warning("ignoring an unreadable cached policy at %s", self._cache)
+            return
+        version = int(data["version"])
+        await self.snapshot.install(
+            policy, version=version, source_name=f"cached policy v{version}", source_text=data["source"]
+        )
+
+    async def _follow_api(self) -> None:
+        await self.snapshot.follow_api(self.api, wait=self.settings.policy_wait)
+
+    async def _policy_changed(self, policy: Policy) -> None:
+        if self.snapshot.version is not None and self.settings.policy_file is None:
+            cached = {"version": self.snapshot.version, "source": self.snapshot.source_text}
+            self._cache.write_text(json.dumps(cached))
+        await self.pool.apply(policy.servers)
+        await self._tools_changed()
+
+    async def _tools_changed(self) -> None:
+        if self.mcp is not None:
+            await self.mcp.notify_tools_changed()
+
+    async def serve_stdio(self) -> None:
+        async with stdio_server() as (read, write):
+            await self.server.server.run(read, write, self.server.server.create_initialization_options())
+
+    def http_app(self, host: str = "127.0.0.1") -> Any:
+        return self.server.server.streamable_http_app(host=host)
+
+    async def serve_http(self, host: str, port: int, *, started: anyio.Event | None = None) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(self.http_app(host), host=host, port=port, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        if started is None:
+            await server.serve()
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            while not server.started:
+                await anyio.sleep(0.01)
+            started.set()
+
+
+def data_dir_for(path: str | Path | None) -> Path:
+    return Path(path) if path else GatewaySettings().data_dir

@@ -1,0 +1,389 @@
+"""The policy checkpoint: every tools/call is allowed, denied or held here before it reaches an upstream."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+from mcp.shared.exceptions import MCPError
+from policies import AgentInfo, CallContext, Policy
+
+from mcp_gateway.api_client import AgentIdentity, ApiClient, ApprovalTicket, arguments_hash
+from mcp_gateway.errors import (
+    ApiRequestError,
+    GatewayError,
+    HashMismatchError,
+    JustificationError,
+    UnknownToolError,
+    UpstreamError,
+)
+from mcp_gateway.hold import VerdictWaiter
+from mcp_gateway.results import (
+    STATUS_TOOL,
+    STATUS_TOOL_DEFINITION,
+    denied_result,
+    error_result,
+    pending_result,
+    tool_result,
+    verdict_result,
+)
+from mcp_gateway.snapshot import PolicySnapshot
+from mcp_gateway.spool import AuditSpool
+from mcp_gateway.upstreams import ToolRoute, UpstreamPool
+
+logger = logging.getLogger(__name__)
+
+JUSTIFICATION = "justification"
+
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+def with_justification(definition: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """The tool definition agents see: a `justification` string added (and required) when the policy asks."""
+    if mode not in ("required", "optional"):
+        return dict(definition)
+    tool = copy.deepcopy(dict(definition))
+    schema = tool.setdefault("inputSchema", {"type": "object"})
+    properties = schema.setdefault("properties", {})
+    if JUSTIFICATION in properties:
+        return dict(definition)  # the upstream has its own `justification`; leave it alone
+    properties[JUSTIFICATION] = {
+        "type": "string",
+        "description": "Why this call is needed. Shown to the human approvers and kept in the audit log.",
+    }
+    if mode == "required":
+        schema["required"] = [*schema.get("required", []), JUSTIFICATION]
+        tool["description"] = (tool.get("description") or "").rstrip() + (
+            "\n\nPreloop: this tool requires a `justification` argument explaining why the call is needed."
+        )
+    return tool
+
+
+@dataclass(frozen=True, slots=True)
+class _Judged:
+    route: ToolRoute
+    arguments: dict[str, Any]
+    justification: str | None
+
+
+class Checkpoint:
+    """Judges and executes tool calls; all results are wire-shaped `CallToolResult` dicts."""
+
+    def __init__(
+        self,
+        *,
+        pool: UpstreamPool,
+        snapshot: PolicySnapshot,
+        spool: AuditSpool,
+        api: ApiClient | None,
+        agent: AgentIdentity,
+        hold_window: float = 50.0,
+        progress_interval: float = 5.0,
+    ) -> None:
+        self.pool = pool
+        self.snapshot = snapshot
+        self.spool = spool
+        self.api = api
+        self.agent = agent
+        self.hold_window = hold_window
+        self.progress_interval = progress_interval
+        self.waiter = VerdictWaiter(api) if api is not None else None
+        self._agent_info = AgentInfo(name=agent.name, id=agent.id, labels=dict(agent.labels))
+
+    # -- tools/list -------------------------------------------------------------------------------
+
+    def list_tools(self) -> list[dict[str, Any]]:
+        policy = self.snapshot.policy if self.snapshot.has_policy else None
+        tools = []
+        for route in self.pool.routes.values():
+            mode = policy.justification_for(route.tool_name, route.server) if policy is not None else "none"
+            tools.append(with_justification(route.definition, mode))
+        tools.append(STATUS_TOOL_DEFINITION)
+        return tools
+
+    # -- tools/call -------------------------------------------------------------------------------
+
+    async def call(
+        self, params: Mapping[str, Any], *, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Handle one raw `tools/call` params dict and return the raw result dict."""
+        name = str(params.get("name", ""))
+        arguments = dict(params.get("arguments") or {})
+        try:
+            if name == STATUS_TOOL:
+                return await self.approval_status(str(arguments.get("approval_id", "")))
+            policy = self.snapshot.policy
+            judged = self._prepare(policy, name, arguments)
+            decision = policy.evaluate(
+                CallContext(
+                    tool=judged.route.tool_name,
+                    server=judged.route.server,
+                    args=judged.arguments,
+                    agent=self._agent_info,
+                    justification=judged.justification,
+                    now=datetime.now(UTC),
+                )
+            )
+            action = decision.action
+            if action == "allow":
+                return await self._forward_allowed(judged, params, decision, progress)
+            if action == "deny":
+                rule = decision.rule
+                message = (getattr(rule, "message", None) if rule is not None else None) or decision.reason
+                self._audit(judged, "deny", decision, is_error=True)
+                return denied_result(name, str(message), _rule_dict(rule), decision.reason)
+            if action == "require_approval":
+                return await self._hold(judged, progress)
+            raise GatewayError(f"the policy returned an unknown verdict {action!r}; the call was not run")
+        except GatewayError as exc:
+            return error_result(exc)
+
+    def _prepare(self, policy: Policy, name: str, arguments: dict[str, Any]) -> _Judged:
+        route = self.pool.route(name)
+        if route is None:
+            raise UnknownToolError(f"no upstream server offers a tool named {name!r}", tool=name)
+        justification: str | None = None
+        mode = policy.justification_for(route.tool_name, route.server)
+        own = JUSTIFICATION in (route.definition.get("inputSchema") or {}).get("properties", {})
+        if mode in ("required", "optional") and not own:
+            raw = arguments.pop(JUSTIFICATION, None)
+            justification = raw.strip() if isinstance(raw, str) and raw.strip() else None
+            if mode == "required" and justification is None:
+                raise JustificationError(
+                    f"{name} requires a `justification` argument: one or two sentences on why this call is "
+                    "needed. Call it again with that argument.",
+                    tool=name,
+                )
+        return _Judged(route, arguments, justification)
+
+    async def _forward_allowed(
+        self, judged: _Judged, params: Mapping[str, Any], decision: Any, progress: Progress | None
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        result = await self._run_upstream(judged.route, judged.arguments, params, progress)
+        self._audit(judged, "allow", decision, is_error=bool(result.get("isError")), started=started)
+        return result
+
+    async def _run_upstream(
+        self,
+        route: ToolRoute,
+        arguments: Mapping[str, Any],
+        params: Mapping[str, Any] | None,
+        progress: Progress | None,
+    ) -> dict[str, Any]:
+        upstream = self.pool.upstreams.get(route.server)
+        if upstream is None:
+            raise UpstreamError(f"upstream server {route.server!r} is not configured any more")
+        forwarded: dict[str, Any] = {"name": route.tool_name, "arguments": dict(arguments)}
+        meta = (params or {}).get("_meta")
+        if isinstance(meta, Mapping):
+            kept = {k: v for k, v in meta.items() if k != "progressToken" and not k.startswith("io.modelcontext")}
+            if kept:
+                forwarded["_meta"] = kept
+        try:
+            return await upstream.request("tools/call", forwarded, on_progress=progress)
+        except MCPError as exc:
+            # A protocol error from the upstream (unknown tool, invalid params) reaches the agent as-is.
+            raise UpstreamError(f"{route.server} rejected the call: {exc.error.message}", code=exc.code) from exc
+
+    def _audit(
+        self,
+        judged: _Judged,
+        verdict: str,
+        decision: Any,
+        *,
+        is_error: bool,
+        started: float | None = None,
+    ) -> None:
+        rule = decision.rule
+        self.spool.append(
+            {
+                "kind": "tool_call",
+                "decision": verdict,
+                "tool": judged.route.tool_name,
+                "exposed_tool": judged.route.exposed_name,
+                "server": judged.route.server,
+                "arguments": judged.arguments,
+                "arguments_hash": arguments_hash(judged.arguments),
+                "justification": judged.justification,
+                "agent": {"id": self.agent.id, "name": self.agent.name},
+                "rule": _rule_dict(rule),
+                "reason": decision.reason,
+                "policy_version": self.snapshot.version,
+                "policy_hash": self.snapshot.policy.version_hash,
+                "is_error": is_error,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3) if started else None,
+            }
+        )
+
+    # -- holding ----------------------------------------------------------------------------------
+
+    async def _hold(self, judged: _Judged, progress: Progress | None) -> dict[str, Any]:
+        name = judged.route.exposed_name
+        if self.api is None or self.waiter is None:
+            raise GatewayError(f"{name} needs human approval, but this gateway has no Preloop API to ask; not run")
+        try:
+            ticket = await self.api.create_approval(
+                tool=judged.route.tool_name,
+                server=judged.route.server,
+                arguments=judged.arguments,
+                justification=judged.justification,
+            )
+        except ApiRequestError as exc:
+            if exc.code == "policy_mismatch":
+                raise GatewayError(
+                    f"{name} was not run: the gateway's policy snapshot disagrees with the hub's; the snapshot "
+                    "is being refreshed, try again in a moment.",
+                ) from exc
+            raise
+        if ticket.status == "granted":
+            return await self._run_granted(judged, ticket, progress)
+        request = ticket.request if ticket.status in ("approved", "declined", "expired", "cancelled") else None
+        if request is None and ticket.status in ("executing", "executed", "failed"):
+            request = ticket.request
+        if request is None:
+            request = await self._wait(ticket.id, name, progress)
+            if request is None:
+                return pending_result(name, ticket.id, self.hold_window)
+        return await self._conclude(judged, request, progress)
+
+    async def _wait(self, approval_id: str, name: str, progress: Progress | None) -> dict[str, Any] | None:
+        assert self.waiter is not None
+        deadline = anyio.current_time() + self.hold_window
+        step = 0
+        while True:
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                return None
+            request = await self.waiter.wait_for_verdict(approval_id, min(self.progress_interval, remaining))
+            if request is not None:
+                return request
+            step += 1
+            if progress is not None:
+                waited = self.hold_window - max(0.0, deadline - anyio.current_time())
+                await progress(waited, self.hold_window, f"{name}: waiting for human approval ({approval_id})")
+
+    async def _conclude(
+        self, judged: _Judged, request: Mapping[str, Any], progress: Progress | None
+    ) -> dict[str, Any]:
+        name = judged.route.exposed_name
+        status = str(request.get("status"))
+        approval_id = str(request.get("id"))
+        if status in ("declined", "expired", "cancelled"):
+            return verdict_result(name, request)
+        if status in ("executing", "executed", "failed"):
+            return tool_result(
+                f"{name} was already run once under approval {approval_id} (status {status}); an approval "
+                "runs exactly once. Make a new call to ask again.",
+                {"status": "already_executed", "approval_id": approval_id, "request_status": status},
+                is_error=True,
+            )
+        if status != "approved":
+            raise GatewayError(f"approval {approval_id} has an unknown status {status!r}; {name} was not run")
+        approved = request.get("arguments")
+        approved_args = dict(approved) if isinstance(approved, Mapping) else dict(judged.arguments)
+        digest = arguments_hash(approved_args)
+        if digest != request.get("arguments_hash", digest) or digest != arguments_hash(judged.arguments):
+            raise HashMismatchError(
+                f"the arguments approved under {approval_id} do not match this call's; {name} was not run",
+                approval_id=approval_id,
+            )
+        try:
+            await self.api_required.claim(approval_id, digest)
+        except ApiRequestError as exc:
+            if exc.http_status == 409:
+                return tool_result(
+                    f"{name} under approval {approval_id} is already being run by another call; it runs once.",
+                    {"status": "already_executed", "approval_id": approval_id},
+                    is_error=True,
+                )
+            raise
+        try:
+            result = await self._run_upstream(judged.route, approved_args, None, progress)
+        except GatewayError as exc:
+            await self._report(approval_id, success=False, error=exc.message)
+            raise
+        await self._report(
+            approval_id, success=not result.get("isError"), summary=_summary(result),
+            error=_summary(result) if result.get("isError") else None,
+        )
+        return result
+
+    async def _run_granted(self, judged: _Judged, ticket: ApprovalTicket, progress: Progress | None) -> dict[str, Any]:
+        started = time.perf_counter()
+        result = await self._run_upstream(judged.route, judged.arguments, None, progress)
+        grant = ticket.grant or {}
+        self.spool.append(
+            {
+                "kind": "tool_call",
+                "decision": "granted",
+                "grant_id": grant.get("id"),
+                "tool": judged.route.tool_name,
+                "server": judged.route.server,
+                "arguments": judged.arguments,
+                "arguments_hash": arguments_hash(judged.arguments),
+                "justification": judged.justification,
+                "agent": {"id": self.agent.id, "name": self.agent.name},
+                "is_error": bool(result.get("isError")),
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            }
+        )
+        return result
+
+    @property
+    def api_required(self) -> ApiClient:
+        if self.api is None:
+            raise GatewayError("this gateway has no Preloop API configured")
+        return self.api
+
+    async def _report(
+        self, approval_id: str, *, success: bool, summary: str | None = None, error: str | None = None
+    ) -> None:
+        try:
+            await self.api_required.report_outcome(approval_id, success=success, result_summary=summary, error=error)
+        except GatewayError as exc:
+            logger.warning("could not report the outcome of approval %s: %s", approval_id, exc.message)
+
+    async def approval_status(self, approval_id: str) -> dict[str, Any]:
+        if not approval_id:
+            return tool_result("approval_id is required", {"status": "invalid"}, is_error=True)
+        request = await self.api_required.get_approval(approval_id)
+        status = str(request.get("status"))
+        tool = str(request.get("tool", "the tool"))
+        if status in ("declined", "expired", "cancelled"):
+            return verdict_result(tool, request)
+        hints = {
+            "pending": "Still waiting for the approvers. Check again later.",
+            "approved": "Approved. Repeat the original call with the same arguments to run it.",
+            "executing": "Approved and running now.",
+            "executed": "Approved and already executed.",
+            "failed": "Approved, but the tool failed when it ran.",
+        }
+        text = f"Approval {approval_id} for {tool}: {status}. {hints.get(status, '')}".strip()
+        structured = {"status": status, "approval_id": approval_id, "tool": tool, "outcome": request.get("outcome")}
+        return tool_result(text, structured, is_error=False)
+
+
+def _rule_dict(rule: Any) -> dict[str, Any] | None:
+    if rule is None:
+        return None
+    to_dict = getattr(rule, "to_dict", None)
+    if callable(to_dict):
+        value = to_dict()
+        if isinstance(value, dict):
+            return value
+    fields = ("tool", "index", "when", "description", "risk", "message")
+    return {f: getattr(rule, f, None) for f in fields}
+
+
+def _summary(result: Mapping[str, Any]) -> str | None:
+    for item in result.get("content") or []:
+        if isinstance(item, Mapping) and item.get("type") == "text":
+            return str(item.get("text", ""))[:500]
+    return None

@@ -1,0 +1,33 @@
+"""Gateway settings: one dataclass, fields named after their environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_API_URL = "http://127.0.0.1:8686"
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("PRELOOP_GATEWAY_DATA_DIR", ".preloop/gateway"))
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """How one gateway process runs."""
+
+    api_url: str = field(default_factory=lambda: os.environ.get("PRELOOP_API_URL", DEFAULT_API_URL))
+    """PRELOOP_API_URL: the hub the gateway asks for policies, approvals and audit."""
+    api_key: str | None = field(default_factory=lambda: os.environ.get("PRELOOP_API_KEY"))
+    """PRELOOP_API_KEY: the agent's API key; its identity feeds the policy and the audit."""
+    policy_file: Path | None = None
+    """A local policy file used instead of the hub's active policy (offline / development)."""
+    hold_window: float = 50.0
+    """Seconds a held call waits for a verdict before answering `pending_approval`."""
+    data_dir: Path = field(default_factory=_default_data_dir)
+    """PRELOOP_GATEWAY_DATA_DIR: where the audit spool and the last good snapshot live."""
+    policy_wait: float = 30.0
+    """Seconds each policy long-poll waits for a newer version."""
+    startup_timeout: float = 10.0
+    """Seconds to wait at start for the first policy before serving anyway (calls fail closed until it lands)."""

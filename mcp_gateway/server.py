@@ -1,0 +1,100 @@
+"""The MCP server agents connect to: lists the merged tools and routes every call through the checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from mcp_gateway.checkpoint import Checkpoint
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = (
+    "Tools here are guarded by Preloop. Some calls run at once, some are denied by policy and some wait "
+    "for a human approver. A result with structuredContent.status 'pending_approval' means the call has "
+    "not run yet: check it with preloop_approval_status or repeat the same call later."
+)
+
+
+class _GatewayServer(Server[Any]):
+    """Advertises `tools.listChanged` on every transport (upstream changes are relayed)."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
+        )
+
+
+class GatewayServer:
+    """Wraps the lowlevel `Server`; `tools/call` takes a fast path that skips model validation both ways."""
+
+    def __init__(self, checkpoint: Checkpoint, *, name: str = "preloop-gateway", version: str = "0.1.0") -> None:
+        self.checkpoint = checkpoint
+        self._bus = InMemorySubscriptionBus()
+        self._legacy_sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
+        self.server = _GatewayServer(
+            name,
+            version=version,
+            instructions=INSTRUCTIONS,
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool_typed,
+            on_subscriptions_listen=ListenHandler(self._bus),
+        )
+        # Our middleware replaces the default OpenTelemetry one: a span per message costs more than a proxy hop.
+        self.server.middleware = [self._intercept_call]
+
+    def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            self._legacy_sessions.add(ctx.session)
+
+    async def _list_tools(
+        self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        self._remember(ctx)
+        return types.ListToolsResult.model_validate({"tools": self.checkpoint.list_tools()}, by_name=False)
+
+    async def _call_tool_typed(
+        self, ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        # Only reached if the middleware is removed; kept so the server advertises and serves tools/call.
+        raw = params.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return types.CallToolResult.model_validate(await self.checkpoint.call(raw), by_name=False)
+
+    async def _intercept_call(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method != "tools/call" or not isinstance(ctx.params, Mapping):
+            return await call_next(ctx)
+        self._remember(ctx)
+        session = ctx.session
+        progress = None
+        meta = ctx.params.get("_meta")
+        if isinstance(meta, Mapping) and meta.get("progressToken") is not None:
+            progress = session.report_progress
+        result = await self.checkpoint.call(ctx.params, progress=progress)
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
+            result = {**result, "resultType": "complete"}
+        return result
+
+    async def notify_tools_changed(self) -> None:
+        """Tell every connected agent the tool list changed (legacy sessions and modern listen streams)."""
+        await self._bus.publish(ToolsListChanged())
+        for session in list(self._legacy_sessions):
+            try:
+                await session.send_tool_list_changed()
+            except Exception:  # a closed agent session must not stop the others
+                logger.debug("dropping list_changed for a closed session", exc_info=True)
+                self._legacy_sessions.discard(session)

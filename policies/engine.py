@@ -1,0 +1,294 @@
+"""The compiled policy and its evaluator: tool lookup, ordered rules, first match wins, fail closed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import cel
+
+from policies import canonical
+from policies.celexpr import CEL_VARIABLES
+from policies.loader import ParsedPolicy
+from policies.model import (
+    Action,
+    ApprovalPolicy,
+    CallContext,
+    Decision,
+    Defaults,
+    Justification,
+    PolicyTestCase,
+    Rule,
+    RuleInfo,
+    ServerConfig,
+    ToolEntry,
+)
+
+# Everything the cel extension raises for a condition that cannot be evaluated on these inputs
+# (missing key, wrong type, division by zero, unconvertible argument values).
+_CEL_ERRORS: tuple[type[BaseException], ...] = (
+    RuntimeError, ValueError, TypeError, KeyError, IndexError, ArithmeticError, AttributeError,
+)
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_CACHE_LIMIT = 4096
+_MISSING: Any = object()
+
+
+class _NoClockError(Exception):
+    """A condition reads ``now`` or ``time`` but the caller gave no ``now``."""
+
+
+class _Plan:
+    """Everything needed to decide calls that resolve to one tool entry, prepared at load time."""
+
+    __slots__ = ("entry", "index", "justification", "justification_decision", "needs", "no_match", "only_args",
+                 "shortcut", "steps", "use_context")
+
+    def __init__(self, entry: ToolEntry | None, index: int, justification: Justification,
+                 steps: list[tuple[Any, Decision, Decision]], no_match: Decision, justification_decision: Decision,
+                 needs: tuple[str, ...]) -> None:
+        self.entry = entry
+        self.index = index
+        self.justification = justification
+        self.justification_decision = justification_decision
+        self.steps = steps
+        self.no_match = no_match
+        self.needs = needs
+        self.only_args = needs == ("args",)
+        # A prepared cel.Context pays off once two or more programs read the same variables.
+        self.use_context = sum(1 for program, _, _ in steps if program is not None) > 1
+        if not steps:
+            self.shortcut: Decision | None = no_match
+        elif steps[0][0] is None:
+            self.shortcut = steps[0][1]
+        else:
+            self.shortcut = None
+
+
+class Policy:
+    """A loaded, checked and compiled policy; immutable and safe to share between threads."""
+
+    def __init__(self, parsed: ParsedPolicy, source: str = "<policy>", text: str = "") -> None:
+        self.source = source
+        self.text = text
+        self.version = parsed.version
+        self.name = parsed.name
+        self.description = parsed.description
+        self.timezone = parsed.timezone
+        self.servers: list[ServerConfig] = list(parsed.servers)
+        self.approval_policies: list[ApprovalPolicy] = list(parsed.approval_policies)
+        self.tools: list[ToolEntry] = list(parsed.tools)
+        self.defaults: Defaults = parsed.defaults
+        self.tests: list[PolicyTestCase] = list(parsed.tests)
+        self._tz = ZoneInfo(parsed.timezone)
+        self._by_name = {ap.name: ap for ap in self.approval_policies}
+        default_name = self.defaults.approval_policy or (
+            self.approval_policies[0].name if self.approval_policies else None)
+        self.default_approval_policy: ApprovalPolicy | None = self._by_name.get(default_name or "")
+        self._plans = [self._plan(i, entry, parsed.programs) for i, entry in enumerate(self.tools)]
+        self._exact: dict[str, list[_Plan]] = {}
+        self._globs: list[_Plan] = []
+        for plan in self._plans:
+            name = plan.entry.name if plan.entry is not None else ""
+            if any(ch in name for ch in "*?["):
+                self._globs.append(plan)
+            else:
+                self._exact.setdefault(name, []).append(plan)
+        self._unknown = self._unknown_plan()
+        self._cache: dict[tuple[str, str | None], _Plan] = {}
+        self.version_hash: str = canonical.version_hash(self.to_dict())
+
+    # -- public API ----------------------------------------------------------------------
+    def approval_policy(self, name: str) -> ApprovalPolicy | None:
+        return self._by_name.get(name)
+
+    def server(self, name: str) -> ServerConfig | None:
+        return next((s for s in self.servers if s.name == name), None)
+
+    def justification_for(self, tool: str, server: str | None = None) -> Justification:
+        """Whether calls of ``tool`` must, may or must not carry a justification."""
+        return self._resolve(tool, server).justification
+
+    def to_dict(self) -> dict[str, Any]:
+        """The canonical document: every default written out, durations in seconds."""
+        return canonical.policy_to_dict(self)
+
+    def evaluate(self, ctx: CallContext) -> Decision:
+        """Decide one call. Never raises for any tool name or arguments."""
+        plan = self._cache.get((ctx.tool, ctx.server), _MISSING)
+        if plan is _MISSING:
+            plan = self._resolve(ctx.tool, ctx.server)
+        if plan.justification == "required" and not (ctx.justification and ctx.justification.strip()):
+            return plan.justification_decision
+        if plan.shortcut is not None:
+            return plan.shortcut
+        try:
+            if plan.only_args:
+                variables: dict[str, Any] = {"args": ctx.args}
+            else:
+                variables = {name: self._variable(name, ctx) for name in plan.needs}
+            activation: Any = cel.Context(variables=variables) if plan.use_context else variables
+        except _NoClockError:
+            return _failed(plan.steps[0][2], "no clock was given (CallContext.now is None)")
+        except _CEL_ERRORS as exc:
+            return _failed(plan.steps[0][2], _describe(exc))
+        for program, decision, on_error in plan.steps:
+            if program is None:
+                return decision
+            try:
+                result = program.execute(activation)
+            except _CEL_ERRORS as exc:
+                return _failed(on_error, _describe(exc))
+            if result is True:
+                return decision
+            if result is not False:
+                return _failed(on_error, f"condition returned {type(result).__name__}, not a boolean")
+        return plan.no_match
+
+    # -- lookup ----------------------------------------------------------------------------
+    def _resolve(self, tool: str, server: str | None) -> _Plan:
+        found = self._cache.get((tool, server))
+        if found is not None:
+            return found
+        candidates = [p for p in self._exact.get(tool, ()) if _server_ok(p.entry, server)]
+        candidates += [p for p in self._globs if _server_ok(p.entry, server) and p.entry is not None
+                       and fnmatchcase(tool, p.entry.name)]
+        plan = min(candidates, key=lambda p: p.index) if candidates else self._unknown
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[(tool, server)] = plan
+        return plan
+
+    # -- preparation -------------------------------------------------------------------------
+    def _plan(self, i: int, entry: ToolEntry, programs: dict[tuple[int, int], Any]) -> _Plan:
+        steps: list[tuple[Any, Decision, Decision]] = []
+        needs: set[str] = set()
+        for j, rule in enumerate(entry.rules):
+            program = programs.get((i, j)) if rule.when is not None else None
+            if program is not None:
+                needs.update(set(program.variables()) & CEL_VARIABLES)
+            info = RuleInfo(tool=entry.name, server=entry.server, index=j, action=rule.action, when=rule.when,
+                            description=rule.description, risk=rule.risk, message=rule.message,
+                            approval_policy=self._ap_for(rule).name if self._ap_for(rule) else None)
+            steps.append((program, self._match_decision(entry, j, rule, info), self._error_decision(rule, info)))
+            if program is None:
+                break  # an unconditional rule ends the list: later rules can never match
+        justification = entry.justification or self.defaults.justification
+        no_match = self._default_decision(
+            self.defaults.no_match,
+            f"no rule for '{entry.name}' matched; defaults.no_match is {self.defaults.no_match}")
+        return _Plan(entry, i, justification, steps, no_match,
+                     _justification_decision(entry.name), tuple(sorted(needs)))
+
+    def _unknown_plan(self) -> _Plan:
+        action = self.defaults.unknown_tools
+        decision = self._default_decision(
+            action, f"the tool is not listed in the policy; defaults.unknown_tools is {action}")
+        return _Plan(None, -1, self.defaults.justification, [], decision, _justification_decision("this tool"), ())
+
+    def _ap_for(self, rule: Rule) -> ApprovalPolicy | None:
+        if rule.action != "require_approval":
+            return None
+        if rule.approval_policy is not None:
+            return self._by_name.get(rule.approval_policy)
+        return self.default_approval_policy
+
+    def _default_decision(self, action: Action, reason: str) -> Decision:
+        ap = self.default_approval_policy if action == "require_approval" else None
+        return Decision(action=action, reason=reason[0].upper() + reason[1:] + ".", approval_policy=ap)
+
+    def _match_decision(self, entry: ToolEntry, j: int, rule: Rule, info: RuleInfo) -> Decision:
+        what = f"Rule {j + 1} of '{entry.name}'"
+        why = rule.description or rule.message
+        text = f"{what} matched"
+        if rule.when:
+            text += f" ({rule.when})"
+        else:
+            text += " (always)"
+        if why:
+            text += f": {why}"
+        return Decision(action=rule.action, reason=text + ".", rule=info, approval_policy=self._ap_for(rule),
+                        risk=rule.risk, message=rule.message)
+
+    def _error_decision(self, rule: Rule, info: RuleInfo) -> Decision:
+        # Fail closed: a condition that errors counts as a match for deny and require_approval
+        # rules; an allow rule that errors never allows — the call is held for the default
+        # approval policy, or denied when the policy has none.
+        if rule.action in ("deny", "require_approval"):
+            action: Action = rule.action
+            ap = self._ap_for(rule)
+        elif self.default_approval_policy is not None:
+            action, ap = "require_approval", self.default_approval_policy
+        else:
+            action, ap = "deny", None
+        return Decision(action=action, reason=f"Rule {info.index + 1} of '{info.tool}'", rule=info,
+                        approval_policy=ap, risk=rule.risk, message=rule.message, error="")
+
+    def _variable(self, name: str, ctx: CallContext) -> Any:
+        if name == "args":
+            return ctx.args
+        if name == "tool":
+            return ctx.tool
+        if name == "server":
+            return ctx.server or ""
+        if name == "justification":
+            return ctx.justification or ""
+        if name == "agent":
+            agent = ctx.agent
+            if agent is None:
+                return {"name": "", "id": "", "labels": {}}
+            return {"name": agent.name, "id": agent.id, "labels": dict(agent.labels)}
+        now = ctx.now
+        if now is None:
+            raise _NoClockError
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        if name == "now":
+            return now
+        return time_map(now, self._tz)
+
+
+def time_map(now: datetime, tz: ZoneInfo) -> dict[str, Any]:
+    """The ``time`` variable: ``now`` seen on the wall clock of the policy's timezone."""
+    local = now.astimezone(tz)
+    iso = local.isoweekday()
+    return {
+        "weekday": _WEEKDAYS[iso - 1],
+        "weekday_number": iso,
+        "is_weekend": iso >= 6,
+        "hour": local.hour,
+        "minute": local.minute,
+        "date": local.date().isoformat(),
+        "day": local.day,
+        "month": local.month,
+        "year": local.year,
+        "timezone": str(tz),
+    }
+
+
+def _server_ok(entry: ToolEntry | None, server: str | None) -> bool:
+    if entry is None or entry.server is None:
+        return True
+    if server is None:
+        return False
+    return entry.server == server or fnmatchcase(server, entry.server)
+
+
+def _justification_decision(name: str) -> Decision:
+    return Decision(action="deny", reason=f"Tool '{name}' requires a justification and none was given.",
+                    message="This tool requires a justification: say why you are calling it.")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _failed(template: Decision, why: str) -> Decision:
+    reason = (f"{template.reason} could not be evaluated ({why}); failing closed: "
+              f"{template.action}.")
+    return Decision(action=template.action, reason=reason, rule=template.rule,
+                    approval_policy=template.approval_policy, risk=template.risk, message=template.message,
+                    error=why)

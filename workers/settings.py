@@ -1,0 +1,56 @@
+"""arq worker: deadline jobs, sweeps and (later) notification delivery."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from workers.registry import cron_jobs, functions
+
+logger = logging.getLogger("preloop.worker")
+
+
+async def heartbeat(ctx: dict[str, Any]) -> str:
+    """Tell /health the worker is alive."""
+    stamp = datetime.now(UTC).isoformat()
+    await ctx["redis"].set("preloop:worker:heartbeat", stamp, ex=300)
+    return stamp
+
+
+async def _startup(ctx: dict[str, Any]) -> None:
+    hub = ctx.get("hub")
+    if hub is None:  # standalone `preloop worker`: bring up our own hub without a worker inside
+        from backend.hub import Hub
+        from backend.settings import load_settings
+
+        hub = Hub(load_settings())
+        await hub.start(with_worker=False, migrate=False)
+        ctx["hub"] = hub
+        ctx["own_hub"] = True
+    await heartbeat(ctx)
+
+
+async def _shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get("own_hub"):
+        await ctx["hub"].stop()
+
+
+def build_worker(redis_settings: RedisSettings, *, hub: Any = None, burst: bool = False) -> Worker:
+    return Worker(
+        functions=[heartbeat, *functions()],
+        cron_jobs=[cron(heartbeat, second={0, 30}, run_at_startup=False), *cron_jobs()],
+        redis_settings=redis_settings,
+        on_startup=_startup,
+        on_shutdown=_shutdown,
+        ctx={"hub": hub} if hub is not None else {},
+        burst=burst,
+        handle_signals=hub is None,
+        max_jobs=50,
+        keep_result=60,
+        poll_delay=0.2,
+    )
