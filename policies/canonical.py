@@ -30,20 +30,23 @@ def _approval_policy(ap: ApprovalPolicy) -> dict[str, Any]:
     out: dict[str, Any] = {"name": ap.name}
     if ap.description is not None:
         out["description"] = ap.description
-    out.update({
-        "approvers": list(ap.approvers),
-        "teams": list(ap.teams),
-        "quorum": ap.quorum,
-        "timeout": ap.timeout_seconds,
-        "on_timeout": ap.on_timeout,
-        "escalation": [{"after": level.after_seconds, "to": [*level.users, *level.teams]}
-                       for level in ap.escalation],
-        "channels": list(ap.channels),
-        "require_passkey": ap.require_passkey,
-        "decline_mode": ap.decline_mode,
-        "require_decline_reason": ap.require_decline_reason,
-        "max_grant": ap.max_grant_seconds,
-    })
+    out.update(
+        {
+            "approvers": list(ap.approvers),
+            "teams": list(ap.teams),
+            "quorum": ap.quorum,
+            "timeout": ap.timeout_seconds,
+            "on_timeout": ap.on_timeout,
+            "escalation": [
+                {"after": level.after_seconds, "to": [*level.users, *level.teams]} for level in ap.escalation
+            ],
+            "channels": list(ap.channels),
+            "require_passkey": ap.require_passkey,
+            "decline_mode": ap.decline_mode,
+            "require_decline_reason": ap.require_decline_reason,
+            "max_grant": ap.max_grant_seconds,
+        }
+    )
     return out
 
 
@@ -79,19 +82,21 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
         out["description"] = policy.description
     defaults = policy.defaults
     default_ap = policy.default_approval_policy
-    out.update({
-        "timezone": policy.timezone,
-        "servers": [server.to_dict() for server in policy.servers],
-        "approval_policies": [_approval_policy(ap) for ap in policy.approval_policies],
-        "tools": [_tool(entry, defaults.justification) for entry in policy.tools],
-        "defaults": {
-            "unknown_tools": defaults.unknown_tools,
-            "no_match": defaults.no_match,
-            "justification": defaults.justification,
-            **({"approval_policy": default_ap.name} if default_ap is not None else {}),
-        },
-        "tests": [case.to_dict() for case in policy.tests],
-    })
+    out.update(
+        {
+            "timezone": policy.timezone,
+            "servers": [server.to_dict() for server in policy.servers],
+            "approval_policies": [_approval_policy(ap) for ap in policy.approval_policies],
+            "tools": [_tool(entry, defaults.justification) for entry in policy.tools],
+            "defaults": {
+                "unknown_tools": defaults.unknown_tools,
+                "no_match": defaults.no_match,
+                "justification": defaults.justification,
+                **({"approval_policy": default_ap.name} if default_ap is not None else {}),
+            },
+            "tests": [case.to_dict() for case in policy.tests],
+        }
+    )
     return out
 
 
@@ -111,8 +116,9 @@ _Dumper.add_representer(str, _str_presenter)
 
 
 def to_yaml(document: dict[str, Any]) -> str:
-    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False,
-                     width=100)
+    return yaml.dump(
+        document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
+    )
 
 
 def to_json(document: dict[str, Any]) -> str:

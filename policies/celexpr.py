@@ -9,9 +9,7 @@ from typing import Any
 import cel
 
 #: The variables a condition may read; anything else is rejected at load time.
-CEL_VARIABLES: frozenset[str] = frozenset(
-    {"args", "tool", "server", "agent", "justification", "now", "time"}
-)
+CEL_VARIABLES: frozenset[str] = frozenset({"args", "tool", "server", "agent", "justification", "now", "time"})
 
 # Comprehension macros bind their own names (``args.items.exists(i, i > 3)``); the cel module
 # reports those as variables, so they are collected here and excused.

@@ -13,13 +13,16 @@ def canonical_yaml(text: str, source: str = "<policy>") -> str:
     return export_policy(load_policy(text, source=source), "yaml")
 
 
-def diff_policies(old_text: str | None, new_text: str, old_name: str = "active", new_name: str = "new") -> str:
+def diff_policies(
+    old_text: str | None, new_text: str, old_name: str = "active", new_name: str = "new"
+) -> str:
     """A unified diff of the canonical YAML of both policies ("" when they mean the same).
 
     ``old_text`` None (no active version yet) diffs against an empty document.
     """
     old = canonical_yaml(old_text, old_name) if old_text is not None else ""
     new = canonical_yaml(new_text, new_name)
-    lines = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                 fromfile=old_name, tofile=new_name)
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), fromfile=old_name, tofile=new_name
+    )
     return "".join(lines)

@@ -12,7 +12,9 @@ _UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 def parse_duration(value: object) -> int:
     """Seconds in ``value``; raises ValueError with the accepted forms."""
     if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '10m' or '1h30m'")
+        raise ValueError(  # noqa: TRY004 - callers catch ValueError for every bad duration
+            "a duration is a number of seconds or a string like '10m' or '1h30m'"
+        )
     if isinstance(value, int):
         if value < 0:
             raise ValueError("a duration cannot be negative")

@@ -29,7 +29,13 @@ from policies.model import (
 # Everything the cel extension raises for a condition that cannot be evaluated on these inputs
 # (missing key, wrong type, division by zero, unconvertible argument values).
 _CEL_ERRORS: tuple[type[BaseException], ...] = (
-    RuntimeError, ValueError, TypeError, KeyError, IndexError, ArithmeticError, AttributeError,
+    RuntimeError,
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    ArithmeticError,
+    AttributeError,
 )
 _WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _CACHE_LIMIT = 4096
@@ -43,12 +49,29 @@ class _NoClockError(Exception):
 class _Plan:
     """Everything needed to decide calls that resolve to one tool entry, prepared at load time."""
 
-    __slots__ = ("entry", "index", "justification", "justification_decision", "needs", "no_match", "only_args",
-                 "shortcut", "steps", "use_context")
+    __slots__ = (
+        "entry",
+        "index",
+        "justification",
+        "justification_decision",
+        "needs",
+        "no_match",
+        "only_args",
+        "shortcut",
+        "steps",
+        "use_context",
+    )
 
-    def __init__(self, entry: ToolEntry | None, index: int, justification: Justification,
-                 steps: list[tuple[Any, Decision, Decision]], no_match: Decision, justification_decision: Decision,
-                 needs: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        entry: ToolEntry | None,
+        index: int,
+        justification: Justification,
+        steps: list[tuple[Any, Decision, Decision]],
+        no_match: Decision,
+        justification_decision: Decision,
+        needs: tuple[str, ...],
+    ) -> None:
         self.entry = entry
         self.index = index
         self.justification = justification
@@ -85,7 +108,8 @@ class Policy:
         self._tz = ZoneInfo(parsed.timezone)
         self._by_name = {ap.name: ap for ap in self.approval_policies}
         default_name = self.defaults.approval_policy or (
-            self.approval_policies[0].name if self.approval_policies else None)
+            self.approval_policies[0].name if self.approval_policies else None
+        )
         self.default_approval_policy: ApprovalPolicy | None = self._by_name.get(default_name or "")
         self._plans = [self._plan(i, entry, parsed.programs) for i, entry in enumerate(self.tools)]
         self._exact: dict[str, list[_Plan]] = {}
@@ -117,7 +141,7 @@ class Policy:
 
     def evaluate(self, ctx: CallContext) -> Decision:
         """Decide one call. Never raises for any tool name or arguments."""
-        plan = self._cache.get((ctx.tool, ctx.server), _MISSING)
+        plan: _Plan = self._cache.get((ctx.tool, ctx.server), _MISSING)
         if plan is _MISSING:
             plan = self._resolve(ctx.tool, ctx.server)
         if plan.justification == "required" and not (ctx.justification and ctx.justification.strip()):
@@ -153,8 +177,11 @@ class Policy:
         if found is not None:
             return found
         candidates = [p for p in self._exact.get(tool, ()) if _server_ok(p.entry, server)]
-        candidates += [p for p in self._globs if _server_ok(p.entry, server) and p.entry is not None
-                       and fnmatchcase(tool, p.entry.name)]
+        candidates += [
+            p
+            for p in self._globs
+            if _server_ok(p.entry, server) and p.entry is not None and fnmatchcase(tool, p.entry.name)
+        ]
         plan = min(candidates, key=lambda p: p.index) if candidates else self._unknown
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
@@ -169,24 +196,45 @@ class Policy:
             program = programs.get((i, j)) if rule.when is not None else None
             if program is not None:
                 needs.update(set(program.variables()) & CEL_VARIABLES)
-            info = RuleInfo(tool=entry.name, server=entry.server, index=j, action=rule.action, when=rule.when,
-                            description=rule.description, risk=rule.risk, message=rule.message,
-                            approval_policy=self._ap_for(rule).name if self._ap_for(rule) else None)
-            steps.append((program, self._match_decision(entry, j, rule, info), self._error_decision(rule, info)))
+            info = RuleInfo(
+                tool=entry.name,
+                server=entry.server,
+                index=j,
+                action=rule.action,
+                when=rule.when,
+                description=rule.description,
+                risk=rule.risk,
+                message=rule.message,
+                approval_policy=ap.name if (ap := self._ap_for(rule)) is not None else None,
+            )
+            steps.append(
+                (program, self._match_decision(entry, j, rule, info), self._error_decision(rule, info))
+            )
             if program is None:
                 break  # an unconditional rule ends the list: later rules can never match
         justification = entry.justification or self.defaults.justification
         no_match = self._default_decision(
             self.defaults.no_match,
-            f"no rule for '{entry.name}' matched; defaults.no_match is {self.defaults.no_match}")
-        return _Plan(entry, i, justification, steps, no_match,
-                     _justification_decision(entry.name), tuple(sorted(needs)))
+            f"no rule for '{entry.name}' matched; defaults.no_match is {self.defaults.no_match}",
+        )
+        return _Plan(
+            entry,
+            i,
+            justification,
+            steps,
+            no_match,
+            _justification_decision(entry.name),
+            tuple(sorted(needs)),
+        )
 
     def _unknown_plan(self) -> _Plan:
         action = self.defaults.unknown_tools
         decision = self._default_decision(
-            action, f"the tool is not listed in the policy; defaults.unknown_tools is {action}")
-        return _Plan(None, -1, self.defaults.justification, [], decision, _justification_decision("this tool"), ())
+            action, f"the tool is not listed in the policy; defaults.unknown_tools is {action}"
+        )
+        return _Plan(
+            None, -1, self.defaults.justification, [], decision, _justification_decision("this tool"), ()
+        )
 
     def _ap_for(self, rule: Rule) -> ApprovalPolicy | None:
         if rule.action != "require_approval":
@@ -209,8 +257,14 @@ class Policy:
             text += " (always)"
         if why:
             text += f": {why}"
-        return Decision(action=rule.action, reason=text + ".", rule=info, approval_policy=self._ap_for(rule),
-                        risk=rule.risk, message=rule.message)
+        return Decision(
+            action=rule.action,
+            reason=text + ".",
+            rule=info,
+            approval_policy=self._ap_for(rule),
+            risk=rule.risk,
+            message=rule.message,
+        )
 
     def _error_decision(self, rule: Rule, info: RuleInfo) -> Decision:
         # Fail closed: a condition that errors counts as a match for deny and require_approval
@@ -223,8 +277,15 @@ class Policy:
             action, ap = "require_approval", self.default_approval_policy
         else:
             action, ap = "deny", None
-        return Decision(action=action, reason=f"Rule {info.index + 1} of '{info.tool}'", rule=info,
-                        approval_policy=ap, risk=rule.risk, message=rule.message, error="")
+        return Decision(
+            action=action,
+            reason=f"Rule {info.index + 1} of '{info.tool}'",
+            rule=info,
+            approval_policy=ap,
+            risk=rule.risk,
+            message=rule.message,
+            error="",
+        )
 
     def _variable(self, name: str, ctx: CallContext) -> Any:
         if name == "args":
@@ -277,8 +338,11 @@ def _server_ok(entry: ToolEntry | None, server: str | None) -> bool:
 
 
 def _justification_decision(name: str) -> Decision:
-    return Decision(action="deny", reason=f"Tool '{name}' requires a justification and none was given.",
-                    message="This tool requires a justification: say why you are calling it.")
+    return Decision(
+        action="deny",
+        reason=f"Tool '{name}' requires a justification and none was given.",
+        message="This tool requires a justification: say why you are calling it.",
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -287,8 +351,13 @@ def _describe(exc: BaseException) -> str:
 
 
 def _failed(template: Decision, why: str) -> Decision:
-    reason = (f"{template.reason} could not be evaluated ({why}); failing closed: "
-              f"{template.action}.")
-    return Decision(action=template.action, reason=reason, rule=template.rule,
-                    approval_policy=template.approval_policy, risk=template.risk, message=template.message,
-                    error=why)
+    reason = f"{template.reason} could not be evaluated ({why}); failing closed: {template.action}."
+    return Decision(
+        action=template.action,
+        reason=reason,
+        rule=template.rule,
+        approval_policy=template.approval_policy,
+        risk=template.risk,
+        message=template.message,
+        error=why,
+    )

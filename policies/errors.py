@@ -44,7 +44,7 @@ class PolicyIssue:
 
 
 def _short(value: Any) -> str:
-    text = repr(value) if not isinstance(value, str) else repr(value)
+    text = repr(value)
     return text if len(text) <= 120 else text[:117] + "..."
 
 

@@ -29,7 +29,9 @@ from policies.model import (
     ApprovalPolicy,
     Defaults,
     EscalationLevel,
+    Justification,
     PolicyTestCase,
+    Risk,
     Rule,
     ServerConfig,
     ToolEntry,
@@ -43,19 +45,60 @@ _INT = "tag:yaml.org,2002:int"
 _BOOL = "tag:yaml.org,2002:bool"
 _NULL = "tag:yaml.org,2002:null"
 
-TOP_FIELDS = ("version", "name", "description", "timezone", "servers", "approval_policies", "tools",
-              "defaults", "tests")
+TOP_FIELDS = (
+    "version",
+    "name",
+    "description",
+    "timezone",
+    "servers",
+    "approval_policies",
+    "tools",
+    "defaults",
+    "tests",
+)
 SERVER_FIELDS = ("name", "command", "url", "headers", "env", "prefix")
-APPROVAL_FIELDS = ("name", "description", "approvers", "teams", "quorum", "timeout", "on_timeout",
-                   "escalation", "channels", "require_passkey", "decline_mode", "require_decline_reason",
-                   "max_grant")
+APPROVAL_FIELDS = (
+    "name",
+    "description",
+    "approvers",
+    "teams",
+    "quorum",
+    "timeout",
+    "on_timeout",
+    "escalation",
+    "channels",
+    "require_passkey",
+    "decline_mode",
+    "require_decline_reason",
+    "max_grant",
+)
 ESCALATION_FIELDS = ("after", "to")
-TOOL_FIELDS = ("name", "server", "justification", "description", "rules", "action", "when",
-               "approval_policy", "message", "risk")
+TOOL_FIELDS = (
+    "name",
+    "server",
+    "justification",
+    "description",
+    "rules",
+    "action",
+    "when",
+    "approval_policy",
+    "message",
+    "risk",
+)
 RULE_FIELDS = ("when", "action", "approval_policy", "message", "description", "risk")
 DEFAULT_FIELDS = ("unknown_tools", "no_match", "approval_policy", "justification")
-TEST_FIELDS = ("name", "tool", "server", "args", "agent", "at", "justification", "expect", "rule",
-               "approval_policy")
+TEST_FIELDS = (
+    "name",
+    "tool",
+    "server",
+    "args",
+    "agent",
+    "at",
+    "justification",
+    "expect",
+    "rule",
+    "approval_policy",
+)
 AGENT_FIELDS = ("name", "id", "labels")
 
 
@@ -89,12 +132,25 @@ def load_policy_file(path: str | Path, team_sizes: dict[str, int] | None = None)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([PolicyIssue(str(path), 1, 1, "", None, f"cannot read policy file: {exc}",
-                                       "check the path and that the file is UTF-8 text")]) from exc
+        raise PolicyError(
+            [
+                PolicyIssue(
+                    str(path),
+                    1,
+                    1,
+                    "",
+                    None,
+                    f"cannot read policy file: {exc}",
+                    "check the path and that the file is UTF-8 text",
+                )
+            ]
+        ) from exc
     return load_policy(text, source=str(path), team_sizes=team_sizes)
 
 
-def parse_policy(text: str, source: str = "<policy>", team_sizes: dict[str, int] | None = None) -> ParsedPolicy:
+def parse_policy(
+    text: str, source: str = "<policy>", team_sizes: dict[str, int] | None = None
+) -> ParsedPolicy:
     reader = _Reader(source, team_sizes)
     parsed = reader.read(text)
     if reader.issues or parsed is None:
@@ -133,31 +189,49 @@ class _Reader:
         self._constructor = SafeConstructor()
 
     # -- issue reporting -------------------------------------------------------------------
-    def add(self, node: Node | None, path: str, message: str, hint: str = "", value: Any = None,
-            line: int | None = None, column: int | None = None) -> None:
+    def add(
+        self,
+        node: Node | None,
+        path: str,
+        message: str,
+        hint: str = "",
+        value: Any = None,
+        line: int | None = None,
+        column: int | None = None,
+    ) -> None:
         node_line, node_column = _mark(node)
         if value is None and isinstance(node, ScalarNode) and node.tag != _NULL:
             value = node.value
-        self.issues.append(PolicyIssue(self.source, line or node_line, column or node_column, path, value,
-                                       message, hint))
+        self.issues.append(
+            PolicyIssue(self.source, line or node_line, column or node_column, path, value, message, hint)
+        )
 
     def value(self, node: Node) -> Any:
         try:
             return self._constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, TypeError, ValueError, RecursionError) as exc:
-            self.add(node, "", f"cannot read this value: {exc}".splitlines()[0],
-                     "only plain YAML values (no tags) are allowed")
+            self.add(
+                node,
+                "",
+                f"cannot read this value: {exc}".splitlines()[0],
+                "only plain YAML values (no tags) are allowed",
+            )
             return None
         finally:
             self._constructor.constructed_objects.clear()
             self._constructor.recursive_objects.clear()
 
     # -- shapes ----------------------------------------------------------------------------
-    def mapping(self, node: Node, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = (),
-                what: str = "") -> dict[str, Node] | None:
+    def mapping(
+        self, node: Node, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = (), what: str = ""
+    ) -> dict[str, Node] | None:
         if not isinstance(node, MappingNode):
-            self.add(node, path, f"{what or path or 'document'} must be a mapping, got {_kind(node)}",
-                     f"expected keys: {', '.join(allowed)}")
+            self.add(
+                node,
+                path,
+                f"{what or path or 'document'} must be a mapping, got {_kind(node)}",
+                f"expected keys: {', '.join(allowed)}",
+            )
             return None
         out: dict[str, Node] = {}
         for key_node, value_node in node.value:
@@ -171,44 +245,65 @@ class _Reader:
                 self.add(key_node, _join(path, key), f"unknown field '{key}'", hint, value=key)
                 continue
             if key in out:
-                self.add(key_node, _join(path, key), f"duplicate field '{key}'", "each field may appear once",
-                         value=key)
+                self.add(
+                    key_node,
+                    _join(path, key),
+                    f"duplicate field '{key}'",
+                    "each field may appear once",
+                    value=key,
+                )
                 continue
             out[key] = value_node
         for key in required:
             if key not in out:
-                self.add(node, path, f"missing required field '{key}'" + (f" in {what}" if what else ""),
-                         f"add '{key}:' to this mapping")
+                self.add(
+                    node,
+                    path,
+                    f"missing required field '{key}'" + (f" in {what}" if what else ""),
+                    f"add '{key}:' to this mapping",
+                )
         return out
 
     def sequence(self, node: Node, path: str, hint: str = "") -> list[Node] | None:
         if isinstance(node, ScalarNode) and node.tag == _NULL:
             return []
         if not isinstance(node, SequenceNode):
-            self.add(node, path, f"{path} must be a list, got {_kind(node)}", hint or "write it as a YAML list")
+            self.add(
+                node, path, f"{path} must be a list, got {_kind(node)}", hint or "write it as a YAML list"
+            )
             return None
         return list(node.value)
 
-    def string(self, node: Node, path: str, choices: tuple[str, ...] = (), allow_empty: bool = False,
-               hint: str = "") -> str | None:
+    def string(
+        self, node: Node, path: str, choices: tuple[str, ...] = (), allow_empty: bool = False, hint: str = ""
+    ) -> str | None:
         if not isinstance(node, ScalarNode) or node.tag != _STR:
             expected = f"one of {', '.join(choices)}" if choices else "a string"
-            self.add(node, path, f"{path} must be {expected}, got {_kind(node)}",
-                     hint or ("quote the value" if isinstance(node, ScalarNode) else ""))
+            self.add(
+                node,
+                path,
+                f"{path} must be {expected}, got {_kind(node)}",
+                hint or ("quote the value" if isinstance(node, ScalarNode) else ""),
+            )
             return None
         text = str(node.value)
         if choices and text not in choices:
             close = difflib.get_close_matches(text, choices, n=1)
-            self.add(node, path, f"{path} must be one of {', '.join(choices)}",
-                     f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(choices)}")
+            self.add(
+                node,
+                path,
+                f"{path} must be one of {', '.join(choices)}",
+                f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(choices)}",
+            )
             return None
         if not allow_empty and not text.strip():
             self.add(node, path, f"{path} must not be empty", hint)
             return None
         return text
 
-    def optional_string(self, fields: dict[str, Node], key: str, path: str,
-                        choices: tuple[str, ...] = ()) -> str | None:
+    def optional_string(
+        self, fields: dict[str, Node], key: str, path: str, choices: tuple[str, ...] = ()
+    ) -> str | None:
         node = fields.get(key)
         if node is None or (isinstance(node, ScalarNode) and node.tag == _NULL):
             return None
@@ -216,7 +311,12 @@ class _Reader:
 
     def integer(self, node: Node, path: str, minimum: int = 0) -> int | None:
         if not isinstance(node, ScalarNode) or node.tag != _INT:
-            self.add(node, path, f"{path} must be an integer, got {_kind(node)}", f"use a whole number >= {minimum}")
+            self.add(
+                node,
+                path,
+                f"{path} must be an integer, got {_kind(node)}",
+                f"use a whole number >= {minimum}",
+            )
             return None
         number = self.value(node)
         if not isinstance(number, int) or number < minimum:
@@ -232,8 +332,12 @@ class _Reader:
 
     def duration(self, node: Node, path: str) -> int | None:
         if not isinstance(node, ScalarNode) or node.tag not in (_STR, _INT):
-            self.add(node, path, f"{path} must be a duration, got {_kind(node)}",
-                     "write seconds (600) or a string like '10m' or '1h30m'")
+            self.add(
+                node,
+                path,
+                f"{path} must be a duration, got {_kind(node)}",
+                "write seconds (600) or a string like '10m' or '1h30m'",
+            )
             return None
         raw = self.value(node)
         try:
@@ -260,14 +364,20 @@ class _Reader:
         if isinstance(node, ScalarNode) and node.tag == _NULL:
             return {}
         if not isinstance(node, MappingNode):
-            self.add(node, path, f"{path} must be a mapping of strings, got {_kind(node)}", "e.g. {KEY: value}")
+            self.add(
+                node, path, f"{path} must be a mapping of strings, got {_kind(node)}", "e.g. {KEY: value}"
+            )
             return None
         out: dict[str, str] = {}
         ok = True
         for key_node, value_node in node.value:
             key = self.string(key_node, f"{path} key")
-            value = self.string(value_node, _join(path, str(getattr(key_node, "value", "?"))), allow_empty=True,
-                                hint="quote numbers and booleans")
+            value = self.string(
+                value_node,
+                _join(path, str(getattr(key_node, "value", "?"))),
+                allow_empty=True,
+                hint="quote numbers and booleans",
+            )
             if key is None or value is None:
                 ok = False
             else:
@@ -281,8 +391,14 @@ class _Reader:
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-            self.add(None, "", f"YAML syntax error: {exc.problem or exc.context}", "check indentation and quoting",
-                     line=line, column=column)
+            self.add(
+                None,
+                "",
+                f"YAML syntax error: {exc.problem or exc.context}",
+                "check indentation and quoting",
+                line=line,
+                column=column,
+            )
             return None
         except yaml.YAMLError as exc:
             self.add(None, "", f"YAML error: {exc}", "check the file is one YAML document")
@@ -297,7 +413,7 @@ class _Reader:
         if "version" in fields:
             node = fields["version"]
             if not (isinstance(node, ScalarNode) and node.tag in (_STR, _INT) and str(node.value) == "1"):
-                self.add(node, "version", "unsupported policy version", "use version: \"1\"")
+                self.add(node, "version", "unsupported policy version", 'use version: "1"')
         parsed.name = self.optional_string(fields, "name", "")
         parsed.description = self.optional_string(fields, "description", "")
         if "timezone" in fields:
@@ -307,8 +423,12 @@ class _Reader:
                     ZoneInfo(tz)
                     parsed.timezone = tz
                 except (ZoneInfoNotFoundError, ValueError):
-                    self.add(fields["timezone"], "timezone", f"unknown timezone '{tz}'",
-                             "use an IANA name such as 'Europe/Berlin' or 'UTC'")
+                    self.add(
+                        fields["timezone"],
+                        "timezone",
+                        f"unknown timezone '{tz}'",
+                        "use an IANA name such as 'Europe/Berlin' or 'UTC'",
+                    )
         if "servers" in fields:
             parsed.servers = self.servers(fields["servers"])
         if "approval_policies" in fields:
@@ -317,15 +437,22 @@ class _Reader:
         if "defaults" in fields:
             parsed.defaults = self.defaults(fields["defaults"], ap_names) or Defaults()
         default_ap = parsed.defaults.approval_policy or (
-            parsed.approval_policies[0].name if parsed.approval_policies else None)
+            parsed.approval_policies[0].name if parsed.approval_policies else None
+        )
         if parsed.defaults.unknown_tools == "require_approval" and default_ap is None:
-            self.add(fields.get("defaults", root), "defaults.unknown_tools",
-                     "defaults.unknown_tools is require_approval but no approval policy is declared",
-                     "declare one under approval_policies, or set defaults.unknown_tools to deny or allow")
+            self.add(
+                fields.get("defaults", root),
+                "defaults.unknown_tools",
+                "defaults.unknown_tools is require_approval but no approval policy is declared",
+                "declare one under approval_policies, or set defaults.unknown_tools to deny or allow",
+            )
         if parsed.defaults.no_match == "require_approval" and default_ap is None:
-            self.add(fields.get("defaults", root), "defaults.no_match",
-                     "defaults.no_match is require_approval but no approval policy is declared",
-                     "declare one under approval_policies")
+            self.add(
+                fields.get("defaults", root),
+                "defaults.no_match",
+                "defaults.no_match is require_approval but no approval policy is declared",
+                "declare one under approval_policies",
+            )
         if "tools" in fields:
             parsed.tools = self.tools(fields["tools"], parsed, ap_names, default_ap)
         if "tests" in fields:
@@ -342,26 +469,57 @@ class _Reader:
                 continue
             name = self.string(fields["name"], f"{path}.name") if "name" in fields else None
             if name is not None and name in seen:
-                self.add(fields["name"], f"{path}.name", f"duplicate server name '{name}'", "server names must be unique")
-            command = self.string_list(fields["command"], f"{path}.command",
-                                       "a command is a list: [python, -m, my_server]") if "command" in fields else None
+                self.add(
+                    fields["name"],
+                    f"{path}.name",
+                    f"duplicate server name '{name}'",
+                    "server names must be unique",
+                )
+            command = (
+                self.string_list(
+                    fields["command"], f"{path}.command", "a command is a list: [python, -m, my_server]"
+                )
+                if "command" in fields
+                else None
+            )
             if command is not None and not command:
-                self.add(fields["command"], f"{path}.command", "command must not be empty", "e.g. [python, -m, my_server]")
+                self.add(
+                    fields["command"],
+                    f"{path}.command",
+                    "command must not be empty",
+                    "e.g. [python, -m, my_server]",
+                )
             url = self.string(fields["url"], f"{path}.url") if "url" in fields else None
             if url is not None and not url.startswith(("http://", "https://")):
-                self.add(fields["url"], f"{path}.url", "url must start with http:// or https://",
-                         "streamable HTTP servers are reached by URL")
+                self.add(
+                    fields["url"],
+                    f"{path}.url",
+                    "url must start with http:// or https://",
+                    "streamable HTTP servers are reached by URL",
+                )
                 url = None
             if ("command" in fields) == ("url" in fields):
-                self.add(item, path, "a server needs exactly one of 'command' (stdio) or 'url' (HTTP)",
-                         "stdio: command: [python, -m, srv]; HTTP: url: https://host/mcp")
+                self.add(
+                    item,
+                    path,
+                    "a server needs exactly one of 'command' (stdio) or 'url' (HTTP)",
+                    "stdio: command: [python, -m, srv]; HTTP: url: https://host/mcp",
+                )
             headers = self.string_map(fields["headers"], f"{path}.headers") if "headers" in fields else {}
             env = self.string_map(fields["env"], f"{path}.env") if "env" in fields else {}
             prefix = self.optional_string(fields, "prefix", path)
             if name is not None:
                 seen.add(name)
-                out.append(ServerConfig(name=name, command=command, url=url, headers=headers or {}, env=env or {},
-                                        prefix=prefix))
+                out.append(
+                    ServerConfig(
+                        name=name,
+                        command=command,
+                        url=url,
+                        headers=headers or {},
+                        env=env or {},
+                        prefix=prefix,
+                    )
+                )
         return out
 
     def approval_policies(self, node: Node) -> list[ApprovalPolicy]:
@@ -374,46 +532,77 @@ class _Reader:
                 continue
             name = self.string(fields["name"], f"{path}.name") if "name" in fields else None
             if name is not None and name in seen:
-                self.add(fields["name"], f"{path}.name", f"duplicate approval policy '{name}'", "names must be unique")
+                self.add(
+                    fields["name"],
+                    f"{path}.name",
+                    f"duplicate approval policy '{name}'",
+                    "names must be unique",
+                )
                 name = None
             approvers = self._approvers(fields, path)
             teams = self.string_list(fields["teams"], f"{path}.teams") if "teams" in fields else []
             quorum = self.integer(fields["quorum"], f"{path}.quorum", minimum=1) if "quorum" in fields else 1
             timeout = self.duration(fields["timeout"], f"{path}.timeout") if "timeout" in fields else 3600
             if timeout == 0:
-                self.add(fields["timeout"], f"{path}.timeout", "timeout must be longer than 0 seconds",
-                         "e.g. timeout: 10m")
+                self.add(
+                    fields["timeout"],
+                    f"{path}.timeout",
+                    "timeout must be longer than 0 seconds",
+                    "e.g. timeout: 10m",
+                )
             on_timeout = self.optional_string(fields, "on_timeout", path, ON_TIMEOUT) or "decline"
             decline_mode = self.optional_string(fields, "decline_mode", path, DECLINE_MODES) or "immediate"
-            channels = (self.string_list(fields["channels"], f"{path}.channels") if "channels" in fields
-                        else list(DEFAULT_CHANNELS))
+            channels = (
+                self.string_list(fields["channels"], f"{path}.channels")
+                if "channels" in fields
+                else list(DEFAULT_CHANNELS)
+            )
             for j, channel in enumerate(channels or []):
                 if channel not in CHANNELS:
-                    self.add(cast(SequenceNode, fields["channels"]).value[j], f"{path}.channels[{j}]",
-                             f"unknown channel '{channel}'", f"channels: {', '.join(CHANNELS)}")
+                    self.add(
+                        cast(SequenceNode, fields["channels"]).value[j],
+                        f"{path}.channels[{j}]",
+                        f"unknown channel '{channel}'",
+                        f"channels: {', '.join(CHANNELS)}",
+                    )
             flags = {}
             for key in ("require_passkey", "require_decline_reason"):
                 flags[key] = self.boolean(fields[key], f"{path}.{key}") if key in fields else False
-            max_grant = self.duration(fields["max_grant"], f"{path}.max_grant") if "max_grant" in fields else 0
-            escalation = self.escalation(fields["escalation"], f"{path}.escalation", timeout) \
-                if "escalation" in fields else []
+            max_grant = (
+                self.duration(fields["max_grant"], f"{path}.max_grant") if "max_grant" in fields else 0
+            )
+            escalation = (
+                self.escalation(fields["escalation"], f"{path}.escalation", timeout)
+                if "escalation" in fields
+                else []
+            )
             description = self.optional_string(fields, "description", path)
             if approvers is not None and teams is not None and quorum is not None:
                 self._check_pool(item, fields, path, approvers, teams, quorum)
-            if None in (name, approvers, teams, quorum, timeout, channels, max_grant, escalation) or \
-                    None in flags.values():
+            if (
+                None in (name, approvers, teams, quorum, timeout, channels, max_grant, escalation)
+                or None in flags.values()
+            ):
                 continue
             if name is not None:
                 seen.add(name)
-            out.append(ApprovalPolicy(
-                name=cast(str, name), approvers=cast(list[str], approvers), teams=cast(list[str], teams),
-                quorum=cast(int, quorum), timeout_seconds=cast(int, timeout),
-                on_timeout=on_timeout,  # type: ignore[arg-type]
-                escalation=cast(list[EscalationLevel], escalation), channels=cast(list[str], channels),
-                require_passkey=bool(flags["require_passkey"]), decline_mode=decline_mode,  # type: ignore[arg-type]
-                require_decline_reason=bool(flags["require_decline_reason"]),
-                max_grant_seconds=cast(int, max_grant), description=description,
-            ))
+            out.append(
+                ApprovalPolicy(
+                    name=cast(str, name),
+                    approvers=cast(list[str], approvers),
+                    teams=cast(list[str], teams),
+                    quorum=cast(int, quorum),
+                    timeout_seconds=cast(int, timeout),
+                    on_timeout=on_timeout,  # type: ignore[arg-type]
+                    escalation=cast(list[EscalationLevel], escalation),
+                    channels=cast(list[str], channels),
+                    require_passkey=bool(flags["require_passkey"]),
+                    decline_mode=decline_mode,  # type: ignore[arg-type]
+                    require_decline_reason=bool(flags["require_decline_reason"]),
+                    max_grant_seconds=cast(int, max_grant),
+                    description=description,
+                )
+            )
         return out
 
     def _approvers(self, fields: dict[str, Node], path: str) -> list[str] | None:
@@ -422,26 +611,44 @@ class _Reader:
         approvers = self.string_list(fields["approvers"], f"{path}.approvers", "approvers are user emails")
         for j, user in enumerate(approvers or []):
             if "@" not in user:
-                self.add(cast(SequenceNode, fields["approvers"]).value[j], f"{path}.approvers[{j}]",
-                         f"approver '{user}' is not an email address",
-                         "approvers are user emails; put team names under 'teams'")
+                self.add(
+                    cast(SequenceNode, fields["approvers"]).value[j],
+                    f"{path}.approvers[{j}]",
+                    f"approver '{user}' is not an email address",
+                    "approvers are user emails; put team names under 'teams'",
+                )
                 approvers = None
         return approvers
 
-    def _check_pool(self, item: Node, fields: dict[str, Node], path: str, approvers: list[str], teams: list[str],
-                    quorum: int) -> None:
+    def _check_pool(
+        self,
+        item: Node,
+        fields: dict[str, Node],
+        path: str,
+        approvers: list[str],
+        teams: list[str],
+        quorum: int,
+    ) -> None:
         if not approvers and not teams:
-            self.add(item, path, "approval policy has no approvers and no teams",
-                     "add 'approvers: [you@example.com]' or 'teams: [sre]'")
+            self.add(
+                item,
+                path,
+                "approval policy has no approvers and no teams",
+                "add 'approvers: [you@example.com]' or 'teams: [sre]'",
+            )
             return
         sizes = self.team_sizes
         if teams and (sizes is None or any(team not in sizes for team in teams)):
             return  # a team of unknown size may hold any number of approvers
         pool = len(set(approvers)) + sum((sizes or {})[team] for team in teams)
         if quorum > pool:
-            self.add(fields.get("quorum", item), f"{path}.quorum",
-                     f"quorum {quorum} is larger than the approver pool ({pool})",
-                     f"lower quorum to at most {pool} or add approvers or teams", value=quorum)
+            self.add(
+                fields.get("quorum", item),
+                f"{path}.quorum",
+                f"quorum {quorum} is larger than the approver pool ({pool})",
+                f"lower quorum to at most {pool} or add approvers or teams",
+                value=quorum,
+            )
 
     def escalation(self, node: Node, path: str, timeout: int | None) -> list[EscalationLevel] | None:
         items = self.sequence(node, path, "escalation is a list of {after: 10m, to: [users or teams]}")
@@ -457,26 +664,44 @@ class _Reader:
                 ok = False
                 continue
             after = self.duration(fields["after"], f"{lpath}.after")
-            targets = self.string_list(fields["to"], f"{lpath}.to", "users are emails, anything else is a team")
+            targets = self.string_list(
+                fields["to"], f"{lpath}.to", "users are emails, anything else is a team"
+            )
             if after is None or targets is None:
                 ok = False
                 continue
             if after <= previous:
-                self.add(fields["after"], f"{lpath}.after",
-                         "escalation levels must come later than the previous one and after 0s",
-                         "'after' is measured from request creation; order levels by time")
+                self.add(
+                    fields["after"],
+                    f"{lpath}.after",
+                    "escalation levels must come later than the previous one and after 0s",
+                    "'after' is measured from request creation; order levels by time",
+                )
                 ok = False
             elif timeout is not None and after >= timeout:
-                self.add(fields["after"], f"{lpath}.after", "escalation happens at or after the timeout",
-                         f"the request expires after {timeout}s; escalate earlier or raise timeout")
+                self.add(
+                    fields["after"],
+                    f"{lpath}.after",
+                    "escalation happens at or after the timeout",
+                    f"the request expires after {timeout}s; escalate earlier or raise timeout",
+                )
                 ok = False
             if not targets:
-                self.add(fields["to"], f"{lpath}.to", "escalation level has nobody to escalate to",
-                         "list users (emails) or team names")
+                self.add(
+                    fields["to"],
+                    f"{lpath}.to",
+                    "escalation level has nobody to escalate to",
+                    "list users (emails) or team names",
+                )
                 ok = False
             previous = max(previous, after)
-            out.append(EscalationLevel(after_seconds=after, users=[t for t in targets if "@" in t],
-                                       teams=[t for t in targets if "@" not in t]))
+            out.append(
+                EscalationLevel(
+                    after_seconds=after,
+                    users=[t for t in targets if "@" in t],
+                    teams=[t for t in targets if "@" not in t],
+                )
+            )
         return out if ok else None
 
     def defaults(self, node: Node, ap_names: set[str]) -> Defaults | None:
@@ -487,22 +712,36 @@ class _Reader:
             return None
         unknown = self.optional_string(fields, "unknown_tools", "defaults", ACTIONS) or "require_approval"
         no_match = self.optional_string(fields, "no_match", "defaults", ACTIONS) or "allow"
-        justification = self.optional_string(fields, "justification", "defaults", JUSTIFICATIONS) or "optional"
+        justification = (
+            self.optional_string(fields, "justification", "defaults", JUSTIFICATIONS) or "optional"
+        )
         ap = self.optional_string(fields, "approval_policy", "defaults")
         if ap is not None and ap not in ap_names:
             self._missing_ap(fields["approval_policy"], "defaults.approval_policy", ap, ap_names)
             ap = None
-        return Defaults(unknown_tools=unknown, no_match=no_match, approval_policy=ap,  # type: ignore[arg-type]
-                        justification=justification)  # type: ignore[arg-type]
+        return Defaults(
+            unknown_tools=cast(Action, unknown),
+            no_match=cast(Action, no_match),
+            approval_policy=ap,
+            justification=cast(Justification, justification),
+        )
 
     def _missing_ap(self, node: Node, path: str, name: str, ap_names: set[str]) -> None:
         close = difflib.get_close_matches(name, sorted(ap_names), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else (
-            f"declared approval policies: {', '.join(sorted(ap_names))}" if ap_names
-            else "declare it under approval_policies")
+        hint = (
+            f"did you mean '{close[0]}'?"
+            if close
+            else (
+                f"declared approval policies: {', '.join(sorted(ap_names))}"
+                if ap_names
+                else "declare it under approval_policies"
+            )
+        )
         self.add(node, path, f"approval policy '{name}' is not defined", hint)
 
-    def tools(self, node: Node, parsed: ParsedPolicy, ap_names: set[str], default_ap: str | None) -> list[ToolEntry]:
+    def tools(
+        self, node: Node, parsed: ParsedPolicy, ap_names: set[str], default_ap: str | None
+    ) -> list[ToolEntry]:
         out: list[ToolEntry] = []
         server_names = {s.name for s in parsed.servers}
         for i, item in enumerate(self.sequence(node, "tools") or []):
@@ -510,48 +749,92 @@ class _Reader:
             fields = self.mapping(item, path, TOOL_FIELDS, ("name",), what="a tool")
             if fields is None:
                 continue
-            name = self.string(fields["name"], f"{path}.name", hint="a tool name or glob like 'delete_*'") \
-                if "name" in fields else None
+            name = (
+                self.string(fields["name"], f"{path}.name", hint="a tool name or glob like 'delete_*'")
+                if "name" in fields
+                else None
+            )
             server = self.optional_string(fields, "server", path)
             if server is not None and server_names and server not in server_names and not _is_glob(server):
                 close = difflib.get_close_matches(server, sorted(server_names), n=1)
-                self.add(fields["server"], f"{path}.server", f"server '{server}' is not declared under servers",
-                         f"did you mean '{close[0]}'?" if close else f"declared: {', '.join(sorted(server_names))}")
+                self.add(
+                    fields["server"],
+                    f"{path}.server",
+                    f"server '{server}' is not declared under servers",
+                    f"did you mean '{close[0]}'?"
+                    if close
+                    else f"declared: {', '.join(sorted(server_names))}",
+                )
             justification = self.optional_string(fields, "justification", path, JUSTIFICATIONS)
             description = self.optional_string(fields, "description", path)
             rules: list[Rule] = []
             shorthand = [k for k in ("action", "when", "approval_policy", "message", "risk") if k in fields]
             if "rules" in fields and shorthand:
-                self.add(fields[shorthand[0]], f"{path}.{shorthand[0]}",
-                         f"'{shorthand[0]}' cannot be combined with 'rules'",
-                         "move it into a rule, or drop 'rules' and use the shorthand 'action:'")
+                self.add(
+                    fields[shorthand[0]],
+                    f"{path}.{shorthand[0]}",
+                    f"'{shorthand[0]}' cannot be combined with 'rules'",
+                    "move it into a rule, or drop 'rules' and use the shorthand 'action:'",
+                )
             elif "rules" in fields:
                 for j, rule_node in enumerate(self.sequence(fields["rules"], f"{path}.rules") or []):
-                    rule = self.rule(rule_node, f"{path}.rules[{j}]", RULE_FIELDS, ap_names, default_ap, parsed,
-                                     (i, j))
+                    rule = self.rule(
+                        rule_node, f"{path}.rules[{j}]", RULE_FIELDS, ap_names, default_ap, parsed, (i, j)
+                    )
                     if rule is not None:
                         rules.append(rule)
                 if not self.sequence(fields["rules"], f"{path}.rules"):
-                    self.add(fields["rules"], f"{path}.rules", "a tool needs at least one rule",
-                             "add a rule, e.g. - {action: require_approval}")
+                    self.add(
+                        fields["rules"],
+                        f"{path}.rules",
+                        "a tool needs at least one rule",
+                        "add a rule, e.g. - {action: require_approval}",
+                    )
             elif shorthand:
-                rule = self.rule(item, path, TOOL_FIELDS, ap_names, default_ap, parsed, (i, 0), shorthand=True)
+                rule = self.rule(
+                    item, path, TOOL_FIELDS, ap_names, default_ap, parsed, (i, 0), shorthand=True
+                )
                 if rule is not None:
                     rules.append(rule)
             else:
-                self.add(item, path, "a tool needs 'rules' or a blanket 'action'",
-                         "e.g. action: require_approval, or rules: [{when: ..., action: ...}]")
+                self.add(
+                    item,
+                    path,
+                    "a tool needs 'rules' or a blanket 'action'",
+                    "e.g. action: require_approval, or rules: [{when: ..., action: ...}]",
+                )
             if name is not None:
-                out.append(ToolEntry(name=name, rules=rules, server=server,
-                                     justification=justification,  # type: ignore[arg-type]
-                                     description=description))
+                out.append(
+                    ToolEntry(
+                        name=name,
+                        rules=rules,
+                        server=server,
+                        justification=justification,  # type: ignore[arg-type]
+                        description=description,
+                    )
+                )
         return out
 
-    def rule(self, node: Node, path: str, allowed: tuple[str, ...], ap_names: set[str], default_ap: str | None,
-             parsed: ParsedPolicy, key: tuple[int, int], shorthand: bool = False) -> Rule | None:
+    def rule(
+        self,
+        node: Node,
+        path: str,
+        allowed: tuple[str, ...],
+        ap_names: set[str],
+        default_ap: str | None,
+        parsed: ParsedPolicy,
+        key: tuple[int, int],
+        shorthand: bool = False,
+    ) -> Rule | None:
         if shorthand:
-            fields = cast(dict[str, Node], {k: v for k, v in cast(MappingNode, node).value
-                                            if isinstance(k, ScalarNode) and k.value in allowed})
+            fields = cast(
+                dict[str, Node],
+                {
+                    k.value: v
+                    for k, v in cast(MappingNode, node).value
+                    if isinstance(k, ScalarNode) and k.value in allowed
+                },
+            )
         else:
             mapped = self.mapping(node, path, allowed, ("action",), what="a rule")
             if mapped is None:
@@ -559,7 +842,12 @@ class _Reader:
             fields = mapped
         if "action" not in fields:
             if shorthand:
-                self.add(node, path, "missing required field 'action'", "add action: allow | deny | require_approval")
+                self.add(
+                    node,
+                    path,
+                    "missing required field 'action'",
+                    "add action: allow | deny | require_approval",
+                )
             return None
         action = self.string(fields["action"], f"{path}.action", ACTIONS)
         when: str | None = None
@@ -569,27 +857,47 @@ class _Reader:
                 program, problem = compile_condition(when)
                 if problem is not None:
                     line, column = self._expr_position(fields["when"], problem.line, problem.column)
-                    self.add(fields["when"], f"{path}.when", problem.message, problem.hint, value=when,
-                             line=line, column=column)
+                    self.add(
+                        fields["when"],
+                        f"{path}.when",
+                        problem.message,
+                        problem.hint,
+                        value=when,
+                        line=line,
+                        column=column,
+                    )
                 else:
                     parsed.programs[key] = program
         ap = self.optional_string(fields, "approval_policy", path)
         if ap is not None and ap not in ap_names:
             self._missing_ap(fields["approval_policy"], f"{path}.approval_policy", ap, ap_names)
         if action == "require_approval" and ap is None and default_ap is None:
-            self.add(fields["action"], f"{path}.action", "require_approval needs an approval policy",
-                     "set approval_policy: NAME here or in defaults, and declare it under approval_policies")
+            self.add(
+                fields["action"],
+                f"{path}.action",
+                "require_approval needs an approval policy",
+                "set approval_policy: NAME here or in defaults, and declare it under approval_policies",
+            )
         if ap is not None and action in ("allow", "deny"):
-            self.add(fields["approval_policy"], f"{path}.approval_policy",
-                     f"approval_policy has no effect with action '{action}'",
-                     "remove it, or use action: require_approval")
+            self.add(
+                fields["approval_policy"],
+                f"{path}.approval_policy",
+                f"approval_policy has no effect with action '{action}'",
+                "remove it, or use action: require_approval",
+            )
         message = self.optional_string(fields, "message", path)
         description = self.optional_string(fields, "description", path)
         risk = self.optional_string(fields, "risk", path, RISKS)
         if action is None:
             return None
-        return Rule(action=cast(Action, action), when=when, approval_policy=ap, message=message,
-                    description=description, risk=risk)  # type: ignore[arg-type]
+        return Rule(
+            action=cast(Action, action),
+            when=when,
+            approval_policy=ap,
+            message=message,
+            description=description,
+            risk=cast(Risk | None, risk),
+        )
 
     def _expr_position(self, node: Node, line: int, column: int) -> tuple[int, int]:
         node_line, node_column = _mark(node)
@@ -613,7 +921,9 @@ class _Reader:
             if "args" in fields:
                 raw = self.value(fields["args"]) if isinstance(fields["args"], MappingNode) else None
                 if not isinstance(raw, dict):
-                    self.add(fields["args"], f"{path}.args", "args must be a mapping", "e.g. args: {amount: 250}")
+                    self.add(
+                        fields["args"], f"{path}.args", "args must be a mapping", "e.g. args: {amount: 250}"
+                    )
                 else:
                     args = _jsonable(raw)
             agent = self._agent(fields["agent"], f"{path}.agent") if "agent" in fields else None
@@ -624,15 +934,26 @@ class _Reader:
                 if isinstance(rnode, ScalarNode) and rnode.tag == _INT:
                     rule = self.integer(rnode, f"{path}.rule", 0)
                 else:
-                    rule = self.string(rnode, f"{path}.rule", hint="a rule index (0-based) or its description")
+                    rule = self.string(
+                        rnode, f"{path}.rule", hint="a rule index (0-based) or its description"
+                    )
             if tool is None or expect is None:
                 continue
-            out.append(PolicyTestCase(
-                tool=tool, expect=cast(Action, expect), args=args, server=self.optional_string(fields, "server", path),
-                agent=agent, at=at, justification=self.optional_string(fields, "justification", path),
-                rule=rule, approval_policy=self.optional_string(fields, "approval_policy", path),
-                name=self.optional_string(fields, "name", path), line=_mark(item)[0],
-            ))
+            out.append(
+                PolicyTestCase(
+                    tool=tool,
+                    expect=cast(Action, expect),
+                    args=args,
+                    server=self.optional_string(fields, "server", path),
+                    agent=agent,
+                    at=at,
+                    justification=self.optional_string(fields, "justification", path),
+                    rule=rule,
+                    approval_policy=self.optional_string(fields, "approval_policy", path),
+                    name=self.optional_string(fields, "name", path),
+                    line=_mark(item)[0],
+                )
+            )
         return out
 
     def _agent(self, node: Node, path: str) -> AgentInfo | None:
@@ -643,8 +964,11 @@ class _Reader:
         if fields is None:
             return None
         labels = self.string_map(fields["labels"], f"{path}.labels") if "labels" in fields else {}
-        return AgentInfo(name=self.optional_string(fields, "name", path) or "",
-                         id=self.optional_string(fields, "id", path) or "", labels=labels or {})
+        return AgentInfo(
+            name=self.optional_string(fields, "name", path) or "",
+            id=self.optional_string(fields, "id", path) or "",
+            labels=labels or {},
+        )
 
     def _at(self, node: Node, path: str, timezone: str) -> datetime | None:
         raw = self.value(node) if isinstance(node, ScalarNode) else None
@@ -659,8 +983,12 @@ class _Reader:
             except ValueError:
                 moment = None
         if moment is None:
-            self.add(node, path, "at must be an ISO date-time", "e.g. '2025-01-04T10:00:00' (policy timezone) or "
-                     "'2025-01-04T10:00:00Z'")
+            self.add(
+                node,
+                path,
+                "at must be an ISO date-time",
+                "e.g. '2025-01-04T10:00:00' (policy timezone) or '2025-01-04T10:00:00Z'",
+            )
             return None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=ZoneInfo(timezone))
