@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,14 +10,11 @@ from typing import Any
 import httpx
 
 from mcp_gateway.errors import ApiRequestError, ApiUnavailableError
+from policies import arguments_hash
 
 logger = logging.getLogger(__name__)
 
-
-def arguments_hash(arguments: Mapping[str, Any]) -> str:
-    """sha256 over canonical JSON, the formula the hub uses (docs/architecture.md)."""
-    canonical = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+__all__ = ["AgentIdentity", "ApiClient", "ApprovalTicket", "WaitAnswer", "arguments_hash"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +118,9 @@ class ApiClient:
             labels={str(k): str(v) for k, v in (key.get("labels") or {}).items()},
         )
 
-    async def active_policy(self, *, after: int | None = None, wait: float | None = None) -> PolicySnapshotDoc | None:
+    async def active_policy(
+        self, *, after: int | None = None, wait: float | None = None
+    ) -> PolicySnapshotDoc | None:
         """The active snapshot; with `after`/`wait`, a long-poll returning None on 304 (no change)."""
         params: dict[str, str | int] = {}
         timeout = None
@@ -132,11 +129,15 @@ class ApiClient:
         if wait is not None:
             params["wait"] = int(wait)
             timeout = wait + self._timeout
-        response = await self._request("GET", "/policies/active", params=params, timeout=timeout, ok=(200, 304))
+        response = await self._request(
+            "GET", "/policies/active", params=params, timeout=timeout, ok=(200, 304)
+        )
         if response.status_code == 304:
             return None
         body = response.json()
-        return PolicySnapshotDoc(version=int(body["version"]), source=str(body["source"]), sha256=str(body["sha256"]))
+        return PolicySnapshotDoc(
+            version=int(body["version"]), source=str(body["source"]), sha256=str(body["sha256"])
+        )
 
     async def create_approval(
         self,
@@ -156,7 +157,9 @@ class ApiClient:
         body = (await self._request("POST", "/approvals", json_body=payload)).json()
         if body.get("status") == "granted" and "grant" in body:
             return ApprovalTicket(status="granted", request=body, grant=body.get("grant"))
-        return ApprovalTicket(status=str(body.get("status", "pending")), request=body, attached=bool(body.get("attached")))
+        return ApprovalTicket(
+            status=str(body.get("status", "pending")), request=body, attached=bool(body.get("attached"))
+        )
 
     async def get_approval(self, approval_id: str) -> dict[str, Any]:
         body: dict[str, Any] = (await self._request("GET", f"/approvals/{approval_id}")).json()
@@ -164,7 +167,9 @@ class ApiClient:
 
     async def wait_for_any(self, ids: Sequence[str], timeout: float) -> WaitAnswer:
         params: dict[str, str | int] = {"ids": ",".join(ids), "timeout": max(1, int(timeout))}
-        body = (await self._request("GET", "/approvals/wait", params=params, timeout=timeout + self._timeout)).json()
+        body = (
+            await self._request("GET", "/approvals/wait", params=params, timeout=timeout + self._timeout)
+        ).json()
         return WaitAnswer(
             decided=list(body.get("decided") or []),
             pending=[str(i) for i in body.get("pending") or []],
@@ -172,7 +177,9 @@ class ApiClient:
 
     async def claim(self, approval_id: str, hash_hex: str) -> dict[str, Any]:
         body: dict[str, Any] = (
-            await self._request("POST", f"/approvals/{approval_id}/claim", json_body={"arguments_hash": hash_hex})
+            await self._request(
+                "POST", f"/approvals/{approval_id}/claim", json_body={"arguments_hash": hash_hex}
+            )
         ).json()
         return body
 

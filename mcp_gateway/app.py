@@ -12,7 +12,6 @@ from typing import Any
 import anyio
 import anyio.abc
 from mcp.server.stdio import stdio_server
-from policies import Policy, PolicyError, load_policy
 
 from mcp_gateway.api_client import AgentIdentity, ApiClient
 from mcp_gateway.checkpoint import Checkpoint
@@ -22,6 +21,7 @@ from mcp_gateway.server import GatewayServer
 from mcp_gateway.snapshot import PolicySnapshot
 from mcp_gateway.spool import AuditSpool
 from mcp_gateway.upstreams import UpstreamPool
+from policies import Policy, PolicyError, load_policy
 
 logger = logging.getLogger(__name__)
 

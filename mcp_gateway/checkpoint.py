@@ -12,11 +12,11 @@ from typing import Any
 
 import anyio
 from mcp.shared.exceptions import MCPError
-from policies import AgentInfo, CallContext, Policy
 
 from mcp_gateway.api_client import AgentIdentity, ApiClient, ApprovalTicket, arguments_hash
 from mcp_gateway.errors import (
     ApiRequestError,
+    ApiUnavailableError,
     GatewayError,
     HashMismatchError,
     JustificationError,
@@ -36,6 +36,7 @@ from mcp_gateway.results import (
 from mcp_gateway.snapshot import PolicySnapshot
 from mcp_gateway.spool import AuditSpool
 from mcp_gateway.upstreams import ToolRoute, UpstreamPool
+from policies import AgentInfo, CallContext, Policy
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +110,7 @@ class Checkpoint:
 
     # -- tools/call -------------------------------------------------------------------------------
 
-    async def call(
-        self, params: Mapping[str, Any], *, progress: Progress | None = None
-    ) -> dict[str, Any]:
+    async def call(self, params: Mapping[str, Any], *, progress: Progress | None = None) -> dict[str, Any]:
         """Handle one raw `tools/call` params dict and return the raw result dict."""
         name = str(params.get("name", ""))
         arguments = dict(params.get("arguments") or {})
@@ -183,14 +182,18 @@ class Checkpoint:
         forwarded: dict[str, Any] = {"name": route.tool_name, "arguments": dict(arguments)}
         meta = (params or {}).get("_meta")
         if isinstance(meta, Mapping):
-            kept = {k: v for k, v in meta.items() if k != "progressToken" and not k.startswith("io.modelcontext")}
+            kept = {
+                k: v for k, v in meta.items() if k != "progressToken" and not k.startswith("io.modelcontext")
+            }
             if kept:
                 forwarded["_meta"] = kept
         try:
             return await upstream.request("tools/call", forwarded, on_progress=progress)
         except MCPError as exc:
             # A protocol error from the upstream (unknown tool, invalid params) reaches the agent as-is.
-            raise UpstreamError(f"{route.server} rejected the call: {exc.error.message}", code=exc.code) from exc
+            raise UpstreamError(
+                f"{route.server} rejected the call: {exc.error.message}", code=exc.code
+            ) from exc
 
     def _audit(
         self,
@@ -227,7 +230,9 @@ class Checkpoint:
     async def _hold(self, judged: _Judged, progress: Progress | None) -> dict[str, Any]:
         name = judged.route.exposed_name
         if self.api is None or self.waiter is None:
-            raise GatewayError(f"{name} needs human approval, but this gateway has no Preloop API to ask; not run")
+            raise GatewayError(
+                f"{name} needs human approval, but this gateway has no Preloop API to ask; not run"
+            )
         try:
             ticket = await self.api.create_approval(
                 tool=judged.route.tool_name,
@@ -235,6 +240,12 @@ class Checkpoint:
                 arguments=judged.arguments,
                 justification=judged.justification,
             )
+        except ApiUnavailableError as exc:
+            raise ApiUnavailableError(
+                f"{name} needs human approval, but the Preloop API is unreachable, so the call was NOT run "
+                f"(the gateway fails closed). Try again once the hub is back. ({exc.message})",
+                tool=name,
+            ) from exc
         except ApiRequestError as exc:
             if exc.code == "policy_mismatch":
                 raise GatewayError(
@@ -244,7 +255,9 @@ class Checkpoint:
             raise
         if ticket.status == "granted":
             return await self._run_granted(judged, ticket, progress)
-        request = ticket.request if ticket.status in ("approved", "declined", "expired", "cancelled") else None
+        request = (
+            ticket.request if ticket.status in ("approved", "declined", "expired", "cancelled") else None
+        )
         if request is None and ticket.status in ("executing", "executed", "failed"):
             request = ticket.request
         if request is None:
@@ -267,7 +280,9 @@ class Checkpoint:
             step += 1
             if progress is not None:
                 waited = self.hold_window - max(0.0, deadline - anyio.current_time())
-                await progress(waited, self.hold_window, f"{name}: waiting for human approval ({approval_id})")
+                await progress(
+                    waited, self.hold_window, f"{name}: waiting for human approval ({approval_id})"
+                )
 
     async def _conclude(
         self, judged: _Judged, request: Mapping[str, Any], progress: Progress | None
@@ -310,12 +325,16 @@ class Checkpoint:
             await self._report(approval_id, success=False, error=exc.message)
             raise
         await self._report(
-            approval_id, success=not result.get("isError"), summary=_summary(result),
+            approval_id,
+            success=not result.get("isError"),
+            summary=_summary(result),
             error=_summary(result) if result.get("isError") else None,
         )
         return result
 
-    async def _run_granted(self, judged: _Judged, ticket: ApprovalTicket, progress: Progress | None) -> dict[str, Any]:
+    async def _run_granted(
+        self, judged: _Judged, ticket: ApprovalTicket, progress: Progress | None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         result = await self._run_upstream(judged.route, judged.arguments, None, progress)
         grant = ticket.grant or {}
@@ -346,7 +365,9 @@ class Checkpoint:
         self, approval_id: str, *, success: bool, summary: str | None = None, error: str | None = None
     ) -> None:
         try:
-            await self.api_required.report_outcome(approval_id, success=success, result_summary=summary, error=error)
+            await self.api_required.report_outcome(
+                approval_id, success=success, result_summary=summary, error=error
+            )
         except GatewayError as exc:
             logger.warning("could not report the outcome of approval %s: %s", approval_id, exc.message)
 
@@ -366,7 +387,12 @@ class Checkpoint:
             "failed": "Approved, but the tool failed when it ran.",
         }
         text = f"Approval {approval_id} for {tool}: {status}. {hints.get(status, '')}".strip()
-        structured = {"status": status, "approval_id": approval_id, "tool": tool, "outcome": request.get("outcome")}
+        structured = {
+            "status": status,
+            "approval_id": approval_id,
+            "tool": tool,
+            "outcome": request.get("outcome"),
+        }
         return tool_result(text, structured, is_error=False)
 
 

@@ -13,7 +13,9 @@ from mcp_gateway.errors import ApiRequestError, GatewayError
 
 logger = logging.getLogger(__name__)
 
-DECIDED_STATUSES = frozenset({"approved", "declined", "expired", "cancelled", "executing", "executed", "failed"})
+DECIDED_STATUSES = frozenset(
+    {"approved", "declined", "expired", "cancelled", "executing", "executed", "failed"}
+)
 
 
 @dataclass

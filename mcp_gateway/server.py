@@ -36,14 +36,18 @@ class _GatewayServer(Server[Any]):
         extensions: dict[str, dict[str, Any]] | None = None,
     ) -> InitializationOptions:
         return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=True), experimental_capabilities, extensions
+            notification_options or NotificationOptions(tools_changed=True),
+            experimental_capabilities,
+            extensions,
         )
 
 
 class GatewayServer:
     """Wraps the lowlevel `Server`; `tools/call` takes a fast path that skips model validation both ways."""
 
-    def __init__(self, checkpoint: Checkpoint, *, name: str = "preloop-gateway", version: str = "0.1.0") -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, *, name: str = "preloop-gateway", version: str = "0.1.0"
+    ) -> None:
         self.checkpoint = checkpoint
         self._bus = InMemorySubscriptionBus()
         self._legacy_sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
@@ -75,7 +79,9 @@ class GatewayServer:
         raw = params.model_dump(by_alias=True, mode="json", exclude_none=True)
         return types.CallToolResult.model_validate(await self.checkpoint.call(raw), by_name=False)
 
-    async def _intercept_call(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    async def _intercept_call(
+        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
+    ) -> HandlerResult:
         if ctx.method != "tools/call" or not isinstance(ctx.params, Mapping):
             return await call_next(ctx)
         self._remember(ctx)

@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
-from policies import Policy, PolicyError, load_policy
 
 from mcp_gateway.api_client import ApiClient
 from mcp_gateway.errors import GatewayError, NoPolicyError
+from policies import Policy, PolicyError, load_policy
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from mcp.shared.dispatcher import CallOptions, ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types import CONNECTION_CLOSED
-from policies import ServerConfig
 
 from mcp_gateway.errors import UpstreamError
+from policies import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,9 @@ class UpstreamPool:
                     if exposed in routes:
                         logger.warning(
                             "tool %r of upstream %s collides with upstream %s; set `prefix` on one of them",
-                            exposed, name, routes[exposed].server,
+                            exposed,
+                            name,
+                            routes[exposed].server,
                         )
                         continue
                     routes[exposed] = ToolRoute(exposed, name, str(tool["name"]), {**tool, "name": exposed})

@@ -1,0 +1,78 @@
+"""`preloop gateway`: run the MCP gateway over stdio or streamable HTTP."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+
+from mcp_gateway.app import Gateway
+from mcp_gateway.config import DEFAULT_API_URL, GatewaySettings
+
+gateway_app = typer.Typer(help="The MCP gateway agents connect to instead of their MCP servers.")
+
+
+def parse_host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise typer.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+@gateway_app.command()
+def gateway(
+    stdio: Annotated[bool, typer.Option("--stdio", help="Serve one agent over stdin/stdout.")] = False,
+    http: Annotated[
+        str | None, typer.Option("--http", help="Serve streamable HTTP on HOST:PORT (path /mcp).")
+    ] = None,
+    api_url: Annotated[
+        str, typer.Option("--api-url", envvar="PRELOOP_API_URL", help="The Preloop hub.")
+    ] = DEFAULT_API_URL,
+    policy: Annotated[
+        Path | None,
+        typer.Option("--policy", help="Use this local policy file instead of the hub's (offline/dev)."),
+    ] = None,
+    hold_window: Annotated[
+        float,
+        typer.Option("--hold-window", help="Seconds a held call waits before returning pending_approval."),
+    ] = 50.0,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Audit spool and cached snapshot directory.")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details to stderr.")] = False,
+) -> None:
+    """Proxy the active policy's MCP servers, enforcing the policy on every tools/call.
+
+    The agent's API key comes from PRELOOP_API_KEY.
+    """
+    if stdio == (http is not None):
+        raise typer.BadParameter("pass exactly one of --stdio or --http HOST:PORT")
+    # stdout carries the MCP protocol in stdio mode, so logs always go to stderr.
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO)
+    base = GatewaySettings()
+    settings = GatewaySettings(
+        api_url=api_url,
+        api_key=base.api_key,
+        policy_file=policy,
+        hold_window=hold_window,
+        data_dir=data_dir or base.data_dir,
+    )
+
+    async def main() -> None:
+        async with Gateway(settings) as gw:
+            if http is not None:
+                host, port = parse_host_port(http)
+                typer.echo(f"preloop gateway: serving MCP on http://{host}:{port}/mcp", err=True)
+                await gw.serve_http(host, port)
+            else:
+                await gw.serve_stdio()
+
+    anyio.run(main)
+
+
+if __name__ == "__main__":
+    gateway_app()
