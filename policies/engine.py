@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from typing import Any
@@ -10,7 +11,7 @@ from zoneinfo import ZoneInfo
 import cel
 
 from policies import canonical
-from policies.celexpr import CEL_VARIABLES
+from policies.celexpr import CEL_VARIABLES, FLATTENABLE, flat_name, flatten
 from policies.loader import ParsedPolicy
 from policies.model import (
     Action,
@@ -50,13 +51,19 @@ class _Plan:
     """Everything needed to decide calls that resolve to one tool entry, prepared at load time."""
 
     __slots__ = (
+        "arg_keys",
+        "combined",
         "entry",
+        "flat",
+        "flat_args",
+        "flat_extra",
         "index",
         "justification",
         "justification_decision",
         "needs",
         "no_match",
         "only_args",
+        "outcomes",
         "shortcut",
         "steps",
         "use_context",
@@ -71,6 +78,7 @@ class _Plan:
         no_match: Decision,
         justification_decision: Decision,
         needs: tuple[str, ...],
+        arg_keys: tuple[str, ...] | None = None,
     ) -> None:
         self.entry = entry
         self.index = index
@@ -80,14 +88,62 @@ class _Plan:
         self.no_match = no_match
         self.needs = needs
         self.only_args = needs == ("args",)
+        # Top-level argument keys the conditions read; None when they look at ``args`` as a whole.
+        # Converting only these to CEL values keeps large arguments (file contents, diffs) cheap.
+        self.arg_keys = arg_keys
         # A prepared cel.Context pays off once two or more programs read the same variables.
         self.use_context = sum(1 for program, _, _ in steps if program is not None) > 1
+        # All conditions folded into one program returning the index of the first match
+        # (``c0 ? 0 : c1 ? 1 : -1``): one CEL call per decision instead of one per rule. Ternaries
+        # short-circuit exactly like the rule order; on any error evaluation falls back to rule by
+        # rule, which finds and reports the failing rule.
+        conditional = [program for program, _, _ in steps if program is not None]
+        self.outcomes: list[Decision] = [decision for program, decision, _ in steps if program is not None]
+        self.outcomes.append(steps[len(conditional)][1] if len(conditional) < len(steps) else no_match)
+        self.combined: Any = None
+        if len(conditional) > 1:
+            folded = "-1"
+            for k in range(len(conditional) - 1, -1, -1):
+                folded = f"({conditional[k].source}) ? {k} : ({folded})"
+            try:
+                self.combined = cel.compile(folded)
+            except (ValueError, RuntimeError, TypeError):
+                self.combined = None
+        self._prepare_flat(conditional)
         if not steps:
             self.shortcut: Decision | None = no_match
         elif steps[0][0] is None:
             self.shortcut = steps[0][1]
         else:
             self.shortcut = None
+
+    def _prepare_flat(self, conditional: list[Any]) -> None:
+        # The fast path: the folded program over flattened variables (see celexpr.flatten).
+        self.flat: Any = None
+        self.flat_args: tuple[tuple[str, str], ...] = ()
+        self.flat_extra: tuple[tuple[str, str | None, str], ...] = ()
+        if not conditional:
+            return
+        folded = "-1"
+        fields: set[tuple[str, str]] = set()
+        plain: set[str] = set()
+        for k in range(len(conditional) - 1, -1, -1):
+            flat = flatten(conditional[k].source)
+            if flat is None:
+                return
+            fields |= flat.fields
+            plain |= set(conditional[k].variables()) & (CEL_VARIABLES - set(FLATTENABLE))
+            folded = f"({flat.source}) ? {k} : ({folded})"
+        try:
+            self.flat = cel.compile(folded)
+        except (ValueError, RuntimeError, TypeError):
+            return
+        self.flat_args = tuple(sorted((f, flat_name(b, f)) for b, f in fields if b == "args"))
+        extra: list[tuple[str, str | None, str]] = [
+            (b, f, flat_name(b, f)) for b, f in sorted(fields) if b != "args"
+        ]
+        extra += [(name, None, name) for name in sorted(plain)]
+        self.flat_extra = tuple(extra)
 
 
 class Policy:
@@ -148,11 +204,35 @@ class Policy:
             return plan.justification_decision
         if plan.shortcut is not None:
             return plan.shortcut
+        flat = plan.flat
+        args = ctx.args
+        if flat is not None and type(args) is dict:
+            variables: dict[str, Any] = {}
+            for key, name in plan.flat_args:
+                if key not in args:
+                    break
+                variables[name] = args[key]
+            else:
+                if not plan.flat_extra or self._fill_extra(plan, ctx, variables):
+                    try:
+                        index = flat.execute(variables)
+                    except _CEL_ERRORS:
+                        index = None
+                    if type(index) is int:
+                        return plan.outcomes[index]
         try:
             if plan.only_args:
-                variables: dict[str, Any] = {"args": ctx.args}
+                variables = {"args": _args_view(ctx.args, plan.arg_keys)}
             else:
-                variables = {name: self._variable(name, ctx) for name in plan.needs}
+                variables = {name: self._variable(name, ctx, plan.arg_keys) for name in plan.needs}
+            combined = plan.combined
+            if combined is not None:
+                try:
+                    index = combined.execute(variables)
+                except _CEL_ERRORS:
+                    index = None
+                if type(index) is int:
+                    return plan.outcomes[index]
             activation: Any = cel.Context(variables=variables) if plan.use_context else variables
         except _NoClockError:
             return _failed(plan.steps[0][2], "no clock was given (CallContext.now is None)")
@@ -192,10 +272,13 @@ class Policy:
     def _plan(self, i: int, entry: ToolEntry, programs: dict[tuple[int, int], Any]) -> _Plan:
         steps: list[tuple[Any, Decision, Decision]] = []
         needs: set[str] = set()
+        arg_keys: set[str] | None = set()
         for j, rule in enumerate(entry.rules):
             program = programs.get((i, j)) if rule.when is not None else None
             if program is not None:
                 needs.update(set(program.variables()) & CEL_VARIABLES)
+                keys = args_keys_read(rule.when or "")
+                arg_keys = None if keys is None or arg_keys is None else arg_keys | keys
             info = RuleInfo(
                 tool=entry.name,
                 server=entry.server,
@@ -225,6 +308,7 @@ class Policy:
             no_match,
             _justification_decision(entry.name),
             tuple(sorted(needs)),
+            tuple(sorted(arg_keys)) if arg_keys is not None else None,
         )
 
     def _unknown_plan(self) -> _Plan:
@@ -287,9 +371,27 @@ class Policy:
             error="",
         )
 
-    def _variable(self, name: str, ctx: CallContext) -> Any:
+    def _fill_extra(self, plan: _Plan, ctx: CallContext, variables: dict[str, Any]) -> bool:
+        """Add the non-argument variables of the fast path; False sends the call to the slow path."""
+        maps: dict[str, Any] = {}
+        try:
+            for base, field, name in plan.flat_extra:
+                if field is None:
+                    variables[name] = self._variable(name, ctx, None)
+                    continue
+                if base not in maps:
+                    maps[base] = self._variable(base, ctx, None)
+                value = maps[base].get(field, _MISSING)
+                if value is _MISSING:
+                    return False
+                variables[name] = value
+        except _NoClockError:
+            return False
+        return True
+
+    def _variable(self, name: str, ctx: CallContext, arg_keys: tuple[str, ...] | None) -> Any:
         if name == "args":
-            return ctx.args
+            return _args_view(ctx.args, arg_keys)
         if name == "tool":
             return ctx.tool
         if name == "server":
@@ -327,6 +429,30 @@ def time_map(now: datetime, tz: ZoneInfo) -> dict[str, Any]:
         "year": local.year,
         "timezone": str(tz),
     }
+
+
+_ARGS_USE = re.compile(r"(?<![A-Za-z0-9_.])args(?![A-Za-z0-9_])(\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)(\s*\()?)?")
+
+
+def args_keys_read(source: str) -> set[str] | None:
+    """Top-level keys of ``args`` an expression reads, or None when it uses ``args`` otherwise.
+
+    Only ``args.NAME`` selections narrow the set; any other use (``size(args)``, ``args['k']``,
+    ``'k' in args``, ``args.size()``) needs the whole map. A mention inside a string literal can
+    only widen the result, never hide a real use, so the narrowing is always safe.
+    """
+    keys: set[str] = set()
+    for match in _ARGS_USE.finditer(source):
+        if match.group(2) is None or match.group(3) is not None:
+            return None
+        keys.add(match.group(2))
+    return keys
+
+
+def _args_view(args: Any, keys: tuple[str, ...] | None) -> Any:
+    if keys is None or not isinstance(args, dict):
+        return args
+    return {key: args[key] for key in keys if key in args}
 
 
 def _server_ok(entry: ToolEntry | None, server: str | None) -> bool:
