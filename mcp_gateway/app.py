@@ -142,12 +142,13 @@ class Gateway:
             await self.server.server.run(read, write, self.server.server.create_initialization_options())
 
     def http_app(self, host: str = "127.0.0.1") -> Any:
-        return self.server.server.streamable_http_app(host=host)
+        return self.server.http_app(host=host)
 
     async def serve_http(self, host: str, port: int, *, started: anyio.Event | None = None) -> None:
         import uvicorn
 
-        config = uvicorn.Config(self.http_app(host), host=host, port=port, log_level="warning", lifespan="on")
+        app = self.http_app(host)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
         server = uvicorn.Server(config)
         if started is None:
             await server.serve()

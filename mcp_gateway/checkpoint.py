@@ -112,6 +112,17 @@ class Checkpoint:
 
     async def call(self, params: Mapping[str, Any], *, progress: Progress | None = None) -> dict[str, Any]:
         """Handle one raw `tools/call` params dict and return the raw result dict."""
+        result = await self.try_call(params, progress=progress, allow_hold=True)
+        assert result is not None
+        return result
+
+    async def call_without_hold(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Settle a call that needs no waiting; None when it must be held (the caller takes the slow path)."""
+        return await self.try_call(params, progress=None, allow_hold=False)
+
+    async def try_call(
+        self, params: Mapping[str, Any], *, progress: Progress | None, allow_hold: bool
+    ) -> dict[str, Any] | None:
         name = str(params.get("name", ""))
         arguments = dict(params.get("arguments") or {})
         try:
@@ -138,7 +149,7 @@ class Checkpoint:
                 self._audit(judged, "deny", decision, is_error=True)
                 return denied_result(name, str(message), _rule_dict(rule), decision.reason)
             if action == "require_approval":
-                return await self._hold(judged, progress)
+                return await self._hold(judged, progress) if allow_hold else None
             raise GatewayError(f"the policy returned an unknown verdict {action!r}; the call was not run")
         except GatewayError as exc:
             return error_result(exc)

@@ -53,6 +53,10 @@ def gateway(
         raise typer.BadParameter("pass exactly one of --stdio or --http HOST:PORT")
     # stdout carries the MCP protocol in stdio mode, so logs always go to stderr.
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        # One line per upstream HTTP request would cost more than the proxy hop itself.
+        for noisy in ("httpx", "httpx2", "mcp"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     base = GatewaySettings()
     settings = GatewaySettings(
         api_url=api_url,
@@ -71,7 +75,7 @@ def gateway(
             else:
                 await gw.serve_stdio()
 
-    anyio.run(main)
+    anyio.run(main, backend_options={"use_uvloop": True})
 
 
 if __name__ == "__main__":

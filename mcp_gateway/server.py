@@ -16,6 +16,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Too
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gateway.checkpoint import Checkpoint
+from mcp_gateway.fastlane import FastPathApp
 
 logger = logging.getLogger(__name__)
 
@@ -91,9 +92,18 @@ class GatewayServer:
         if isinstance(meta, Mapping) and meta.get("progressToken") is not None:
             progress = session.report_progress
         result = await self.checkpoint.call(ctx.params, progress=progress)
-        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
-            result = {**result, "resultType": "complete"}
+        if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            if "resultType" not in result:
+                result = {**result, "resultType": "complete"}
+        elif "resultType" in result:
+            result = {k: v for k, v in result.items() if k != "resultType"}
         return result
+
+    def http_app(self, *, host: str = "127.0.0.1", path: str = "/mcp") -> FastPathApp:
+        """The streamable-HTTP ASGI app: the SDK's, behind the tools/call fast path."""
+        inner = self.server.streamable_http_app(host=host, streamable_http_path=path)
+        local = host in ("127.0.0.1", "localhost", "::1")
+        return FastPathApp(inner, self.checkpoint.call_without_hold, path=path, local_only=local)
 
     async def notify_tools_changed(self) -> None:
         """Tell every connected agent the tool list changed (legacy sessions and modern listen streams)."""

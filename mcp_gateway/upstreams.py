@@ -23,6 +23,7 @@ from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types import CONNECTION_CLOSED
 
 from mcp_gateway.errors import UpstreamError
+from mcp_gateway.fastlane import HttpFastLane
 from policies import ServerConfig
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,7 @@ class Upstream:
         self._generation_changed = anyio.Event()
         self.last_error: str | None = None
         self._stop = anyio.Event()
+        self.fast_lane: HttpFastLane | None = None
 
     def describe(self) -> str:
         if self.config.url:
@@ -114,6 +116,8 @@ class Upstream:
                     with anyio.fail_after(30):
                         init = await session.initialize()
                     self._live = _Live(session, dispatcher, str(init.protocol_version))
+                    if self.config.url and self.fast_lane is None:
+                        await self._open_fast_lane()
                     self.generation += 1
                     self.last_error = None
                     self._ready.set()
@@ -153,6 +157,17 @@ class Upstream:
             await anyio.sleep(backoff)
             backoff = min(5.0, backoff * 2)
 
+    async def _open_fast_lane(self) -> None:
+        """Modern HTTP upstreams take allowed calls as stateless POSTs, skipping the session's layers."""
+        assert self.config.url is not None
+        headers = {k: expand_env(str(v)) for k, v in (self.config.headers or {}).items()}
+        lane = HttpFastLane(expand_env(str(self.config.url)), headers)
+        if await lane.probe():
+            self.fast_lane = lane
+            logger.info("upstream %s speaks %s; allowed calls use the fast lane", self.name, lane.version)
+        else:
+            await lane.aclose()
+
     def stop(self) -> None:
         self._stop.set()
 
@@ -189,6 +204,9 @@ class Upstream:
         A request that failed because the connection was already gone never reached the server,
         so it is resent once on the new session; `retry_safe` extends that to any closed connection.
         """
+        lane = self.fast_lane
+        if lane is not None and method == "tools/call" and on_progress is None and params is not None:
+            return await lane.call_tool(params)
         for attempt in range(2):
             live = await self._session(connect_timeout)
             opts: CallOptions = {"headers": {"mcp-protocol-version": live.protocol_version}}
