@@ -69,20 +69,25 @@ def route_handlers() -> list[Any]:
 
 
 def create_app(settings: Settings | None = None, *, with_worker: bool = True, hub: Hub | None = None) -> Litestar:
-    settings = settings or load_settings()
-    hub = hub or Hub(settings)
+    """Build the app. With `hub` given, the caller has started it and owns its lifecycle."""
+    settings = settings or (hub.settings if hub else load_settings())
+    owns_hub = hub is None
+    running = hub or Hub(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await hub.start(with_worker=with_worker)
+        if not owns_hub:
+            yield
+            return
+        await running.start(with_worker=with_worker)
         if settings.demo.enabled:
             from backend.demo import ensure_demo
 
-            await ensure_demo(hub)
+            await ensure_demo(running)
         try:
             yield
         finally:
-            await hub.stop()
+            await running.stop()
 
     app = Litestar(
         route_handlers=route_handlers(),
@@ -105,5 +110,5 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         debug=False,
         logging_config=None,
     )
-    app.state.hub = hub
+    app.state.hub = running
     return app

@@ -98,27 +98,44 @@ def serve(
     import uvicorn
 
     from backend.app import create_app
+    from backend.demo import ensure_demo
+    from backend.hub import Hub
     from backend.logs import configure_logging
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     configure_logging(settings.log.level, settings.log.format)
     _check_port_free(settings.server.host, settings.server.port)
+
+    async def main() -> bool:
+        # Connect before serving, so an unreachable database or Redis is one line, not a traceback.
+        hub = Hub(settings)
+        try:
+            await hub.start(with_worker=not no_worker)
+        except PreloopError:
+            await hub.stop()
+            raise
+        try:
+            if settings.demo.enabled:
+                await ensure_demo(hub)
+            config = uvicorn.Config(
+                create_app(hub=hub), host=settings.server.host, port=settings.server.port, log_config=None,
+                lifespan="on", timeout_graceful_shutdown=5,
+            )
+            server = uvicorn.Server(config)
+            typer.echo(f"Preloop hub running on {settings.server.base_url} "
+                       f"(API docs: {settings.server.base_url}/schema)", err=True)
+            await server.serve()
+            return server.started
+        finally:
+            await hub.stop()
+
     try:
-        application = create_app(settings, with_worker=not no_worker)
+        started = asyncio.run(main())
     except PreloopError as exc:
         raise fail(exc.message) from None
-    typer.echo(f"Preloop hub starting on {settings.server.base_url} (API docs: {settings.server.base_url}/schema)",
-               err=True)
-    config = uvicorn.Config(
-        application, host=settings.server.host, port=settings.server.port, log_config=None, lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    try:
-        server.run()
-    except PreloopError as exc:
-        raise fail(exc.message) from None
-    if not server.started:
+    except KeyboardInterrupt:
+        return
+    if not started:
         raise fail("the hub did not start; see the log line above")
 
 

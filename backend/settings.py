@@ -187,11 +187,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     public_url = _env(env, "PRELOOP_PUBLIC_URL")
     if public_url and urlsplit(public_url).scheme not in {"http", "https"}:
         raise SettingsError("PRELOOP_PUBLIC_URL", public_url, "must start with http:// or https://")
+    env_port = _int(env, "PRELOOP_PORT", DEFAULT_PORT, lo=1, hi=65535)
     server = ServerSettings(
         host=str(overrides.get("host") or _env(env, "PRELOOP_HOST", "127.0.0.1")),
-        port=int(str(overrides["port"])) if overrides.get("port") else _int(
-            env, "PRELOOP_PORT", DEFAULT_PORT, lo=1, hi=65535
-        ),
+        port=int(str(overrides.get("port") or env_port)),
         public_url=public_url.rstrip("/"),
         data_dir=Path(str(overrides.get("data_dir") or _env(env, "PRELOOP_DATA_DIR", ".preloop"))),
     )

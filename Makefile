@@ -1,0 +1,52 @@
+# Preloop — run `make help` for the list of targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+NPM_STAMP := tests/interop/node_modules/.package-lock.json
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test check bench clean services
+
+help: ## Show this help
+	@echo "Preloop make targets:"
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-9s\033[0m %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(STAMP_TEST): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	@touch $@ $(STAMP_RUN)
+
+$(NPM_STAMP): tests/interop/package.json tests/interop/package-lock.json
+	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
+	@touch $@
+
+install: $(STAMP_RUN) ## Create .venv and install Preloop (leaves .venv/bin/preloop ready)
+
+run: install ## Start the embedded hub (SQLite + embedded Redis + worker + gateway) with a demo
+	$(BIN)/preloop serve
+
+test: $(STAMP_TEST) $(NPM_STAMP) ## Install what tests need and run the whole suite
+	$(BIN)/pytest
+
+check: $(STAMP_TEST) ## Lint (ruff) and type-check (mypy --strict)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: $(STAMP_TEST) $(NPM_STAMP) ## Run every benchmark; each ends with one RESULT line
+	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+services: ## Start the local PostgreSQL and Redis if they are not running (test machines)
+	bash .ci/services
+
+clean: ## Remove the virtualenv, caches and the embedded data dir
+	rm -rf $(VENV) .preloop .pytest_cache .mypy_cache .ruff_cache tests/interop/node_modules

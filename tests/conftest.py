@@ -1,0 +1,184 @@
+"""Shared fixtures: real SQLite and PostgreSQL, real Redis, a running hub.
+
+Every DB-touching test runs twice, on SQLite and on PostgreSQL (the `database_url` fixture is
+parametrized). With CI=true a missing PostgreSQL or Redis fails the run instead of skipping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import redis as redis_sync
+
+from backend.settings import Settings, load_settings
+from tests.helpers import Org, free_port, make_org
+
+PG_ADMIN_URL = os.environ.get("PRELOOP_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("PRELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def _unavailable(what: str, exc: BaseException) -> None:
+    message = f"{what} is not reachable ({type(exc).__name__}: {exc})"
+    if IN_CI:
+        pytest.fail(f"{message}; CI requires it", pytrace=False)
+    pytest.skip(message)
+
+
+# --- PostgreSQL: one fresh database per test session, tables emptied between tests ----------
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    name = f"preloop_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, asyncpg.PostgresError) as exc:
+        _unavailable(f"PostgreSQL at {PG_ADMIN_URL}", exc)
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def _postgres_migrated(postgres_database: str) -> str:
+    from backend import db
+
+    async def main() -> None:
+        engine = await db.connect(postgres_database)
+        try:
+            await db.migrate()
+        finally:
+            await db.disconnect(engine)
+
+    asyncio.run(main())
+    return postgres_database
+
+
+async def _truncate_postgres(url: str) -> None:
+    from backend.piccolo_app import ALL_TABLES
+
+    conn = await asyncpg.connect(url)
+    try:
+        names = ", ".join(f'"{t._meta.tablename}"' for t in ALL_TABLES)
+        await conn.execute(f"TRUNCATE {names} CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'preloop.db'}"
+    url: str = request.getfixturevalue("_postgres_migrated")
+    asyncio.run(_truncate_postgres(url))
+    return url
+
+
+@pytest.fixture
+def redis_url() -> str:
+    client = redis_sync.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis_sync.RedisError as exc:
+        _unavailable(f"Redis at {REDIS_URL}", exc)
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def settings(database_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    return load_settings(
+        {
+            "PRELOOP_DATABASE_URL": database_url,
+            "PRELOOP_REDIS_URL": redis_url,
+            "PRELOOP_DATA_DIR": str(tmp_path / "data"),
+            "PRELOOP_DEMO": "false",
+            "PRELOOP_SECRET_KEY": "test-secret",
+            "PRELOOP_SWEEP_SECONDS": "1",
+        }
+    )
+
+
+@pytest.fixture
+async def hub(settings: Settings) -> AsyncIterator[Any]:
+    """A started hub (database + Redis + bus + job queue), without an in-process worker."""
+    from backend.hub import Hub
+
+    running = Hub(settings)
+    await running.start(with_worker=False)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture
+async def org(hub: Any) -> Org:
+    return await make_org()
+
+
+@pytest.fixture
+async def client(hub: Any) -> AsyncIterator[Any]:
+    """An HTTP client on the full app, in the test's own event loop (the hub fixture runs it)."""
+    import httpx
+
+    from backend.app import create_app
+
+    app = create_app(hub=hub)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as http:
+        http.hub = hub  # type: ignore[attr-defined]
+        yield http
+
+
+@dataclass
+class LiveHub:
+    url: str
+    settings: Settings
+    app: Any
+
+
+@pytest.fixture
+def live_hub(settings: Settings) -> Iterator[LiveHub]:
+    """The real hub served by uvicorn on a free port in a background thread (worker included)."""
+    import uvicorn
+
+    from backend.app import create_app
+
+    port = free_port()
+    app = create_app(settings, with_worker=True)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the hub did not start")
+        time.sleep(0.02)
+    try:
+        yield LiveHub(f"http://127.0.0.1:{port}", settings, app)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
