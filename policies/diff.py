@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 
 from policies.canonical import export_policy
+from policies.errors import PolicyError
 from policies.loader import load_policy
 
 
@@ -18,9 +19,15 @@ def diff_policies(
 ) -> str:
     """A unified diff of the canonical YAML of both policies ("" when they mean the same).
 
-    ``old_text`` None (no active version yet) diffs against an empty document.
+    ``old_text`` None or empty (no active version yet) diffs against an empty document. The new
+    text must load; PolicyError is raised otherwise.
     """
-    old = canonical_yaml(old_text, old_name) if old_text is not None else ""
+    old = ""
+    if old_text is not None and old_text.strip():
+        try:
+            old = canonical_yaml(old_text, old_name)
+        except PolicyError:
+            old = old_text  # an old version the current schema rejects still diffs, as text
     new = canonical_yaml(new_text, new_name)
     lines = difflib.unified_diff(
         old.splitlines(keepends=True), new.splitlines(keepends=True), fromfile=old_name, tofile=new_name
