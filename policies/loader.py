@@ -187,6 +187,8 @@ class _Reader:
         self.team_sizes = team_sizes
         self.issues: list[PolicyIssue] = []
         self._constructor = SafeConstructor()
+        self.declared_ap_names: set[str] = set()
+        self.declared_ap_order: list[str] = []
 
     # -- issue reporting -------------------------------------------------------------------
     def add(
@@ -433,11 +435,13 @@ class _Reader:
             parsed.servers = self.servers(fields["servers"])
         if "approval_policies" in fields:
             parsed.approval_policies = self.approval_policies(fields["approval_policies"])
-        ap_names = {ap.name for ap in parsed.approval_policies}
+        # Names of every declared approval policy, valid or not, so one bad policy does not also
+        # turn each reference to it into a second error.
+        ap_names = {ap.name for ap in parsed.approval_policies} | self.declared_ap_names
         if "defaults" in fields:
             parsed.defaults = self.defaults(fields["defaults"], ap_names) or Defaults()
         default_ap = parsed.defaults.approval_policy or (
-            parsed.approval_policies[0].name if parsed.approval_policies else None
+            self.declared_ap_order[0] if self.declared_ap_order else None
         )
         if parsed.defaults.unknown_tools == "require_approval" and default_ap is None:
             self.add(
@@ -539,6 +543,9 @@ class _Reader:
                     "names must be unique",
                 )
                 name = None
+            if name is not None:
+                self.declared_ap_names.add(name)
+                self.declared_ap_order.append(name)
             approvers = self._approvers(fields, path)
             teams = self.string_list(fields["teams"], f"{path}.teams") if "teams" in fields else []
             quorum = self.integer(fields["quorum"], f"{path}.quorum", minimum=1) if "quorum" in fields else 1
@@ -746,9 +753,11 @@ class _Reader:
         server_names = {s.name for s in parsed.servers}
         for i, item in enumerate(self.sequence(node, "tools") or []):
             path = f"tools[{i}]"
+            before = len(self.issues)
             fields = self.mapping(item, path, TOOL_FIELDS, ("name",), what="a tool")
             if fields is None:
                 continue
+            had_unknown = len(self.issues) > before
             name = (
                 self.string(fields["name"], f"{path}.name", hint="a tool name or glob like 'delete_*'")
                 if "name" in fields
@@ -796,7 +805,7 @@ class _Reader:
                 )
                 if rule is not None:
                     rules.append(rule)
-            else:
+            elif not had_unknown:  # a misspelt 'action' already has its own error
                 self.add(
                     item,
                     path,
