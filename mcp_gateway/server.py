@@ -11,7 +11,7 @@ import mcp_types as types
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
-from mcp.server.session import ServerSession
+from mcp.server.connection import Connection
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -51,7 +51,8 @@ class GatewayServer:
     ) -> None:
         self.checkpoint = checkpoint
         self._bus = InMemorySubscriptionBus()
-        self._legacy_sessions: weakref.WeakSet[ServerSession] = weakref.WeakSet()
+        # Handshake-era clients get change notifications on their connection's standalone stream.
+        self._legacy_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
         self.server = _GatewayServer(
             name,
             version=version,
@@ -65,7 +66,10 @@ class GatewayServer:
 
     def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
-            self._legacy_sessions.add(ctx.session)
+            # `ServerSession` is per request; the connection it wraps lives as long as the client.
+            connection = getattr(ctx.session, "_connection", None)
+            if isinstance(connection, Connection):
+                self._legacy_connections.add(connection)
 
     async def _list_tools(
         self, ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None
@@ -108,9 +112,9 @@ class GatewayServer:
     async def notify_tools_changed(self) -> None:
         """Tell every connected agent the tool list changed (legacy sessions and modern listen streams)."""
         await self._bus.publish(ToolsListChanged())
-        for session in list(self._legacy_sessions):
+        for connection in list(self._legacy_connections):
             try:
-                await session.send_tool_list_changed()
-            except Exception:  # a closed agent session must not stop the others
-                logger.debug("dropping list_changed for a closed session", exc_info=True)
-                self._legacy_sessions.discard(session)
+                await connection.send_tool_list_changed()
+            except Exception:  # a closed agent connection must not stop the others
+                logger.debug("dropping list_changed for a closed connection", exc_info=True)
+                self._legacy_connections.discard(connection)
