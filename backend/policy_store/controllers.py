@@ -24,7 +24,11 @@ class PolicyController(Controller):
     @post("/policies/validate", operation_id="validate_policy", status_code=200)
     async def validate(self, data: SourceBody, principal: Principal) -> dict[str, Any]:
         policy = await service.compile_for_org(principal.org_id, data.source)
-        return {"ok": True, "sha256": policy.version_hash}
+        return {
+            "ok": True,
+            "sha256": policy.version_hash,
+            "warnings": await service.directory_warnings(principal.org_id, policy),
+        }
 
     @post("/policies", operation_id="apply_policy", guards=[admin_guard], status_code=201,
           summary="Store a new immutable version and make it active")
@@ -49,7 +53,7 @@ class PolicyController(Controller):
         hub: Hub,
         after: int | None = Parameter(default=None, ge=0),
         wait: float = Parameter(default=0, ge=0, le=300),
-    ) -> Response[dict[str, Any]]:
+    ) -> Response[Any]:
         if after is None or wait <= 0:
             return Response(await service.get_active(principal.org_id))
         changed = asyncio.Event()
@@ -63,7 +67,7 @@ class PolicyController(Controller):
         finally:
             unsubscribe()
         if row is None or row["version"] <= after:
-            return Response({}, status_code=304)
+            return Response(content=None, status_code=304)
         return Response(await service.get_active(principal.org_id))
 
     @post("/policies/diff", operation_id="diff_policy", status_code=200)

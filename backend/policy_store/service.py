@@ -70,6 +70,27 @@ def cached_policy(org_id: uuid.UUID | str, sha256: str, source: str) -> Policy:
     return policy
 
 
+async def directory_warnings(org_id: uuid.UUID, policy: Policy) -> list[str]:
+    """Names the policy uses that this organization does not have: nobody could vote there."""
+    from backend.accounts.tables import User
+
+    teams = await team_members(org_id)
+    emails = {row["email"] for row in await User.select(User.email).where(User.org == org_id)}
+    warnings: list[str] = []
+    for approval in policy.approval_policies:
+        escalation_users = [u for level in approval.escalation for u in level.users]
+        escalation_teams = [t for level in approval.escalation for t in level.teams]
+        for email in sorted(set(approval.approvers) | set(escalation_users)):
+            if email not in emails:
+                warnings.append(f"approval policy {approval.name!r}: no user {email} in this organization")
+        for team in sorted(set(approval.teams) | set(escalation_teams)):
+            if team not in teams:
+                warnings.append(f"approval policy {approval.name!r}: no team {team!r} in this organization")
+            elif not teams[team]:
+                warnings.append(f"approval policy {approval.name!r}: team {team!r} has no members")
+    return warnings
+
+
 def _version_dict(row: dict[str, Any], *, with_source: bool = True) -> dict[str, Any]:
     out = {
         "id": str(row["id"]),
@@ -138,7 +159,7 @@ async def apply(
     await bus.publish(policy_topic(org_id), {"version": version, "sha256": sha})
     saved = await PolicyVersion.select().where(PolicyVersion.id == row.id).first()
     assert saved is not None
-    return _version_dict(saved, with_source=False)
+    return {**_version_dict(saved, with_source=False), "warnings": await directory_warnings(org_id, policy)}
 
 
 async def list_versions(org_id: uuid.UUID) -> list[dict[str, Any]]:
