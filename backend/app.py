@@ -42,7 +42,13 @@ def _validation_error(_: Request, exc: ValidationException) -> Response[dict[str
 
 
 def _http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
-    codes = {404: "not_found", 405: "method_not_allowed", 401: "not_authenticated", 403: "forbidden", 429: "rate_limited"}
+    codes = {
+        404: "not_found",
+        405: "method_not_allowed",
+        401: "not_authenticated",
+        403: "forbidden",
+        429: "rate_limited",
+    }
     return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.extra or None)
 
 
@@ -53,7 +59,12 @@ def _unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:  
 
 def route_handlers() -> list[Any]:
     handlers: list[Any] = [
-        SystemController, AuthController, UserController, TeamController, KeyController, AuditController,
+        SystemController,
+        AuthController,
+        UserController,
+        TeamController,
+        KeyController,
+        AuditController,
     ]
     from backend.policy_store.controllers import PolicyController
 

@@ -107,7 +107,7 @@ class Bus:
                         continue
                     self._deliver(channel[len(PREFIX) :], body["m"])
             except asyncio.CancelledError:
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise
             except Exception:
                 logger.exception("bus subscriber lost Redis; reconnecting")

@@ -256,6 +256,7 @@ def key_create(
         from backend.errors import NotFound
 
         org = await _org_id()
+        owner: dict[str, Any] | None
         if user:
             owner = await service.get_user(org, user)
         else:

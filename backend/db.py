@@ -7,6 +7,7 @@ import io
 import logging
 import os
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
@@ -24,7 +25,7 @@ os.environ.setdefault("PICCOLO_CONF", "backend.piccolo_conf")
 logger = logging.getLogger("preloop.db")
 
 
-def engine_for(url: str) -> Engine:
+def engine_for(url: str) -> Engine[Any]:
     validate_database_url(url)
     parts = urlsplit(url)
     if parts.scheme == "sqlite":
@@ -35,7 +36,7 @@ def engine_for(url: str) -> Engine:
     return PostgresEngine(config={"dsn": url})
 
 
-def use_database(engine: Engine) -> Engine:
+def use_database(engine: Engine[Any]) -> Engine[Any]:
     """Point every table (and Piccolo's migration machinery) at `engine`."""
     piccolo_conf.DB = engine
     for table in [*ALL_TABLES, Migration]:
@@ -43,12 +44,12 @@ def use_database(engine: Engine) -> Engine:
     return engine
 
 
-def is_postgres(engine: Engine | None = None) -> bool:
+def is_postgres(engine: Engine[Any] | None = None) -> bool:
     engine = engine or piccolo_conf.DB
     return engine is not None and engine.engine_type == "postgres"
 
 
-async def connect(url: str) -> Engine:
+async def connect(url: str) -> Engine[Any]:
     """Create the engine, check it answers, start a pool on PostgreSQL."""
     engine = use_database(engine_for(url))
     try:
@@ -64,12 +65,12 @@ async def connect(url: str) -> Engine:
     return engine
 
 
-async def disconnect(engine: Engine) -> None:
+async def disconnect(engine: Engine[Any]) -> None:
     if isinstance(engine, PostgresEngine):
         await engine.close_connection_pool()
 
 
-async def ping(engine: Engine | None = None) -> None:
+async def ping(engine: Engine[Any] | None = None) -> None:
     engine = engine or piccolo_conf.DB
     if engine is None:
         raise StartupError("no database configured")

@@ -23,7 +23,7 @@ logger = logging.getLogger("preloop.hub")
 @dataclass
 class Hub:
     settings: Settings
-    engine: Engine | None = None
+    engine: Engine[Any] | None = None
     redis: RedisHandle | None = None
     bus: Bus = field(default_factory=lambda: Bus(None))
     jobs: ArqRedis | None = None

@@ -27,7 +27,7 @@ from backend.errors import Conflict, NotAuthenticated, NotFound, ValidationFaile
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TEAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-TOKEN_PREFIX = "pl_"
+TOKEN_PREFIX = "pl_"  # noqa: S105 - a public marker, not a secret
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,9 @@ async def create_org(name: str, slug: str | None = None) -> dict[str, Any]:
 async def get_org_by_slug(slug: str) -> dict[str, Any]:
     org = await Organization.select().where(Organization.slug == slug).first()
     if org is None:
-        raise NotFound(f"no organization {slug!r}", detail={"hint": "preloop serve creates the demo org on first start"})
+        raise NotFound(
+            f"no organization {slug!r}", detail={"hint": "preloop serve creates the demo org on first start"}
+        )
     return org
 
 
@@ -115,7 +117,9 @@ async def default_org() -> dict[str, Any]:
     """The single-tenant default: the oldest organization."""
     org = await Organization.select().order_by(Organization.created_at).first()
     if org is None:
-        raise NotFound("no organization exists yet", detail={"hint": "run `preloop serve` once, or `preloop db migrate`"})
+        raise NotFound(
+            "no organization exists yet", detail={"hint": "run `preloop serve` once, or `preloop db migrate`"}
+        )
     return org
 
 
@@ -149,7 +153,11 @@ async def add_user(
     )
     await user.save()
     await record(
-        org_id, "user.created", actor or Actor.system(), subject_type="user", subject_id=user.id,
+        org_id,
+        "user.created",
+        actor or Actor.system(),
+        subject_type="user",
+        subject_id=user.id,
         data={"email": email, "role": role},
     )
     return {"id": user.id, "email": email, "role": role, "name": name}
@@ -173,7 +181,9 @@ async def add_team(org_id: uuid.UUID, name: str, *, actor: Actor | None = None) 
         raise Conflict(f"team {name} already exists", code="duplicate_team")
     team = Team(org=org_id, name=name, org_name=f"{org_id}:{name}", created_at=now())
     await team.save()
-    await record(org_id, "team.created", actor or Actor.system(), subject_type="team", subject_id=team.id, data={"name": name})
+    await record(
+        org_id, "team.created", actor or Actor.system(), subject_type="team", subject_id=team.id, data={"name": name}
+    )
     return {"id": team.id, "name": name}
 
 
@@ -192,7 +202,11 @@ async def add_member(org_id: uuid.UUID, team_name: str, email: str, *, actor: Ac
         return
     await TeamMembership(team=team["id"], user=user["id"], team_user=key, created_at=now()).save()
     await record(
-        org_id, "team.member_added", actor or Actor.system(), subject_type="team", subject_id=team["id"],
+        org_id,
+        "team.member_added",
+        actor or Actor.system(),
+        subject_type="team",
+        subject_id=team["id"],
         data={"team": team_name, "email": user["email"]},
     )
 
@@ -244,7 +258,11 @@ async def create_key(
     )
     await key.save()
     await record(
-        org_id, "key.created", actor or Actor.system(), subject_type="key", subject_id=key.id,
+        org_id,
+        "key.created",
+        actor or Actor.system(),
+        subject_type="key",
+        subject_id=key.id,
         data={"name": key.name, "scope": scope, "prefix": prefix, "user_id": str(user_id)},
     )
     return token, {"id": key.id, "name": key.name, "prefix": prefix, "scope": scope}
@@ -255,8 +273,16 @@ async def principal_for_token(token: str) -> Principal:
         raise NotAuthenticated("that is not a Preloop API key", detail={"hint": "keys start with pl_"})
     row = (
         await ApiKey.select(
-            ApiKey.id, ApiKey.org, ApiKey.name, ApiKey.scope, ApiKey.labels, ApiKey.revoked_at,
-            ApiKey.user.id, ApiKey.user.email, ApiKey.user.role, ApiKey.user.is_active,
+            ApiKey.id,
+            ApiKey.org,
+            ApiKey.name,
+            ApiKey.scope,
+            ApiKey.labels,
+            ApiKey.revoked_at,
+            ApiKey.user.id,
+            ApiKey.user.email,
+            ApiKey.user.role,
+            ApiKey.user.is_active,
         )
         .where(ApiKey.token_hash == sha256_hex(token))
         .first()
@@ -265,8 +291,15 @@ async def principal_for_token(token: str) -> Principal:
     if row is None or row["revoked_at"] is not None or not row["user.is_active"]:
         raise NotAuthenticated("unknown or revoked API key")
     return Principal(
-        org_id=row["org"], user_id=row["user.id"], email=row["user.email"], role=row["user.role"], via="key",
-        key_id=row["id"], key_name=row["name"], scope=row["scope"], labels=row["labels"] or {},
+        org_id=row["org"],
+        user_id=row["user.id"],
+        email=row["user.email"],
+        role=row["user.role"],
+        via="key",
+        key_id=row["id"],
+        key_name=row["name"],
+        scope=row["scope"],
+        labels=row["labels"] or {},
     )
 
 
@@ -289,8 +322,12 @@ async def login(org_id: uuid.UUID, email: str, password: str, *, hours: int) -> 
 async def principal_for_session(token: str) -> Principal:
     row = (
         await UserSession.select(
-            UserSession.expires_at, UserSession.user.id, UserSession.user.org, UserSession.user.email,
-            UserSession.user.role, UserSession.user.is_active,
+            UserSession.expires_at,
+            UserSession.user.id,
+            UserSession.user.org,
+            UserSession.user.email,
+            UserSession.user.role,
+            UserSession.user.is_active,
         )
         .where(UserSession.token_hash == sha256_hex(token))
         .first()

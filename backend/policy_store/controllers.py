@@ -79,7 +79,7 @@ class PolicyController(Controller):
         return await service.rollback(principal.org_id, data.version, principal.actor, hub.bus, principal.user_id)
 
     @get("/policies/export", operation_id="export_policy", media_type=MediaType.TEXT)
-    async def export(self, principal: Principal, format: str = "yaml") -> Response[str]:  # noqa: A002
+    async def export(self, principal: Principal, format: str = "yaml") -> Response[str]:
         text = await service.export(principal.org_id, format)
         media = "application/yaml" if format == "yaml" else MediaType.JSON
         return Response(text, media_type=media)

@@ -108,9 +108,13 @@ def _version_dict(row: dict[str, Any], *, with_source: bool = True) -> dict[str,
 
 
 async def active_row(org_id: uuid.UUID) -> dict[str, Any] | None:
-    return await PolicyVersion.select().where(
-        (PolicyVersion.org == org_id) & (PolicyVersion.is_active == True)  # noqa: E712
-    ).first()
+    return (
+        await PolicyVersion.select()
+        .where(
+            (PolicyVersion.org == org_id) & (PolicyVersion.is_active == True)  # noqa: E712
+        )
+        .first()
+    )
 
 
 async def get_active(org_id: uuid.UUID) -> dict[str, Any]:
@@ -128,7 +132,13 @@ async def active_policy(org_id: uuid.UUID) -> tuple[dict[str, Any], Policy] | No
 
 
 async def apply(
-    org_id: uuid.UUID, source: str, actor: Actor, bus: Bus, *, message: str = "", rolled_back_from: int | None = None,
+    org_id: uuid.UUID,
+    source: str,
+    actor: Actor,
+    bus: Bus,
+    *,
+    message: str = "",
+    rolled_back_from: int | None = None,
     user_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """Validate, then store as the next version and make it active, all or nothing."""
@@ -136,24 +146,43 @@ async def apply(
     sha = hashlib.sha256(source.encode()).hexdigest()
     async with write_transaction():
         await lock(f"policy:{org_id}")
-        last = await PolicyVersion.select(PolicyVersion.version).where(PolicyVersion.org == org_id).order_by(
-            PolicyVersion.version, ascending=False
-        ).first()
+        last = (
+            await PolicyVersion.select(PolicyVersion.version)
+            .where(PolicyVersion.org == org_id)
+            .order_by(PolicyVersion.version, ascending=False)
+            .first()
+        )
         version = (last["version"] + 1) if last else 1
         await PolicyVersion.update({PolicyVersion.is_active: False}).where(
             (PolicyVersion.org == org_id) & (PolicyVersion.is_active == True)  # noqa: E712
         )
         row = PolicyVersion(
-            org=org_id, version=version, org_version=f"{org_id}:{version}", source=source, sha256=sha,
-            message=message, is_active=True, created_by=user_id, created_by_label=actor.label,
-            created_at=datetime.now(UTC), rolled_back_from=rolled_back_from,
+            org=org_id,
+            version=version,
+            org_version=f"{org_id}:{version}",
+            source=source,
+            sha256=sha,
+            message=message,
+            is_active=True,
+            created_by=user_id,
+            created_by_label=actor.label,
+            created_at=datetime.now(UTC),
+            rolled_back_from=rolled_back_from,
         )
         await row.save()
         await record(
-            org_id, "policy.rolled_back" if rolled_back_from else "policy.applied", actor,
-            subject_type="policy", subject_id=str(row.id),
-            data={"version": version, "sha256": sha, "message": message, "rolled_back_from": rolled_back_from,
-                  "tools": len(getattr(policy, "tools", []) or [])},
+            org_id,
+            "policy.rolled_back" if rolled_back_from else "policy.applied",
+            actor,
+            subject_type="policy",
+            subject_id=str(row.id),
+            data={
+                "version": version,
+                "sha256": sha,
+                "message": message,
+                "rolled_back_from": rolled_back_from,
+                "tools": len(getattr(policy, "tools", []) or []),
+            },
         )
     _CACHE[(str(org_id), sha)] = policy
     await bus.publish(policy_topic(org_id), {"version": version, "sha256": sha})
@@ -163,8 +192,8 @@ async def apply(
 
 
 async def list_versions(org_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows = await PolicyVersion.select().where(PolicyVersion.org == org_id).order_by(
-        PolicyVersion.version, ascending=False
+    rows = (
+        await PolicyVersion.select().where(PolicyVersion.org == org_id).order_by(PolicyVersion.version, ascending=False)
     )
     return [_version_dict(row, with_source=False) for row in rows]
 
@@ -176,12 +205,19 @@ async def get_version(org_id: uuid.UUID, version: int) -> dict[str, Any]:
     return _version_dict(row)
 
 
-async def rollback(org_id: uuid.UUID, version: int, actor: Actor, bus: Bus, user_id: uuid.UUID | None) -> dict[str, Any]:
+async def rollback(
+    org_id: uuid.UUID, version: int, actor: Actor, bus: Bus, user_id: uuid.UUID | None
+) -> dict[str, Any]:
     target = await get_version(org_id, version)
     if target["is_active"]:
         raise Conflict(f"version {version} is already active", code="already_active")
     return await apply(
-        org_id, target["source"], actor, bus, message=f"rollback to version {version}", rolled_back_from=version,
+        org_id,
+        target["source"],
+        actor,
+        bus,
+        message=f"rollback to version {version}",
+        rolled_back_from=version,
         user_id=user_id,
     )
 
