@@ -50,15 +50,21 @@ async def test_apply_creates_immutable_versions_with_who_and_when(client: Any) -
     active = (await client.get("/api/v1/policies/active", headers=auth(org.agent_token))).json()
     assert active["version"] == 2 and active["source"] == second_source
 
-    kinds = [row["kind"] for row in await AuditEvent.select(AuditEvent.kind).where(
-        AuditEvent.kind.like("policy.%")).order_by(AuditEvent.seq)]
+    kinds = [
+        row["kind"]
+        for row in await AuditEvent.select(AuditEvent.kind)
+        .where(AuditEvent.kind.like("policy.%"))
+        .order_by(AuditEvent.seq)
+    ]
     assert kinds == ["policy.applied", "policy.applied"]
 
 
 async def test_invalid_policy_is_rejected_whole_with_locations(client: Any) -> None:
     org = await make_org()
     admin = auth(org.admin_token)
-    bad = SIMPLE.replace("approval_policy: sre", "approval_policy: nobody").replace("args.environment ==", "args.environment ===")
+    bad = SIMPLE.replace("approval_policy: sre", "approval_policy: nobody").replace(
+        "args.environment ==", "args.environment ==="
+    )
     response = await client.post("/api/v1/policies", json={"source": bad}, headers=admin)
     assert response.status_code == 422
     error = response.json()["error"]
@@ -128,13 +134,19 @@ async def test_evaluate_returns_decision_and_rule(client: Any) -> None:
     org = await make_org()
     await client.post("/api/v1/policies", json={"source": SIMPLE}, headers=auth(org.admin_token))
     agent = auth(org.agent_token)
-    held = (await client.post("/api/v1/evaluate", json={
-        "tool": "deploy_production", "args": {"environment": "production"}}, headers=agent)).json()
+    held = (
+        await client.post(
+            "/api/v1/evaluate", json={"tool": "deploy_production", "args": {"environment": "production"}}, headers=agent
+        )
+    ).json()
     assert held["decision"] == "require_approval"
     assert held["approval_policy"]["quorum"] == 2 and held["approval_policy"]["teams"] == ["sre"]
     assert held["rule"]["risk"] == "high" and held["policy_version"] == 1
-    allowed = (await client.post("/api/v1/evaluate", json={
-        "tool": "deploy_production", "args": {"environment": "staging"}}, headers=agent)).json()
+    allowed = (
+        await client.post(
+            "/api/v1/evaluate", json={"tool": "deploy_production", "args": {"environment": "staging"}}, headers=agent
+        )
+    ).json()
     assert allowed["decision"] == "allow" and allowed["approval_policy"] is None
     unknown = (await client.post("/api/v1/evaluate", json={"tool": "rm_rf", "args": {}}, headers=agent)).json()
     assert unknown["decision"] == "deny"
