@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get
+from litestar.response import Redirect
 
 from backend.accounts.service import Principal
 from backend.hub import Hub
@@ -12,6 +13,10 @@ from backend.hub import Hub
 
 class SystemController(Controller):
     tags = ["system"]
+
+    @get("/", operation_id="home", exclude_from_auth=True, include_in_schema=False)
+    async def home(self) -> Redirect:
+        return Redirect(path="/app/")
 
     @get("/health", operation_id="health", exclude_from_auth=True, summary="Database and Redis reachability")
     async def health(self, hub: Hub) -> Response[dict[str, Any]]:

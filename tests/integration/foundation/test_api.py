@@ -99,3 +99,14 @@ async def test_orgs_never_see_each_other(client: Any) -> None:
     assert {u["email"].split("@")[1] for u in users} == {"globex.test"}
     teams = (await client.get("/api/v1/teams", headers=auth(acme.admin_token))).json()
     assert teams == [{"name": "sre", "members": ["alice@acme.test", "bob@acme.test"]}]
+
+
+async def test_the_approver_app_is_hosted(client: Any) -> None:
+    home = await client.get("/")
+    assert home.status_code in {301, 302, 307, 308} and home.headers["location"] == "/app/"
+    page = await client.get("/app/")
+    assert page.status_code == 200 and '<link rel="manifest" href="/app/manifest.webmanifest">' in page.text
+    manifest = (await client.get("/app/manifest.webmanifest")).json()
+    assert manifest["start_url"] == "/app/" and manifest["display"] == "standalone"
+    for asset in ("/app/app.js", "/app/sw.js", "/app/style.css", "/app/icon.svg"):
+        assert (await client.get(asset)).status_code == 200, asset
