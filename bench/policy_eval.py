@@ -19,9 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import celpy  # noqa: E402
+import celpy
 
-from policies import AgentInfo, CallContext, load_policy  # noqa: E402
+from policies import AgentInfo, CallContext, load_policy
 
 TOOLS = 50
 CONDITIONS = [
@@ -78,7 +78,9 @@ def build_calls(count: int, seed: int = 11) -> list[tuple[str, dict[str, Any]]]:
     return calls
 
 
-def run_ours(text: str, calls: list[tuple[str, dict[str, Any]]], seconds: float) -> tuple[float, list[float], list[str]]:
+def run_ours(
+    text: str, calls: list[tuple[str, dict[str, Any]]], seconds: float
+) -> tuple[float, list[float], list[str]]:
     policy = load_policy(text, source="bench")
     now = datetime(2025, 1, 8, 12, tzinfo=UTC)
     agent = AgentInfo(name="bench", id="k_1")
@@ -120,7 +122,7 @@ def run_baseline(
                 return action
             try:
                 result = program.evaluate(activation)
-            except Exception:  # noqa: BLE001 - mirror our fail-closed rule in the baseline
+            except Exception:
                 return "require_approval" if action != "allow" else "deny"
             if isinstance(result, Exception):
                 return "require_approval" if action != "allow" else "deny"

@@ -194,7 +194,9 @@ def test_arguments_hash_is_canonical() -> None:
     assert arguments_hash({"b": 2}) != arguments_hash({"b": 1})
 
 
-@pytest.mark.parametrize("name", ["blanket", "conditional", "amount", "time_based", "team_quorum", "escalation", "demo"])
+@pytest.mark.parametrize(
+    "name", ["blanket", "conditional", "amount", "time_based", "team_quorum", "escalation", "demo"]
+)
 def test_canonical_export_round_trips(name: str) -> None:
     policy = load_policy((EXAMPLES / f"{name}.yaml").read_text())
     again = load_policy(export_policy(policy, "yaml"))
