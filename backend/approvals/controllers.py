@@ -1,0 +1,228 @@
+"""REST for approval requests and grants; every handler hands off to the service."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, MediaType, Response, get, post
+from litestar.params import Parameter, QueryParameter
+from litestar.response import Stream
+
+from backend.accounts.service import Principal
+from backend.approvals import service
+from backend.approvals.schemas import (
+    ApproveBody,
+    BatchBody,
+    CancelBody,
+    ClaimBody,
+    CreateBody,
+    DeclineBody,
+    OutcomeBody,
+    RevokeBody,
+    WaitBody,
+)
+from backend.events import EventsController
+from backend.hub import Hub
+
+
+class ApprovalController(Controller):
+    path = "/api/v1/approvals"
+    tags = ["approvals"]
+
+    @post(
+        "",
+        operation_id="create_approval",
+        summary="Hold a call for approval (201 new, 200 attached or granted)",
+    )
+    async def create(self, data: CreateBody, principal: Principal, hub: Hub) -> Response[dict[str, Any]]:
+        status, body = await service.create_request(
+            hub,
+            principal,
+            tool=data.tool,
+            server=data.server,
+            arguments=data.arguments,
+            hash_hex=data.arguments_hash,
+            justification=data.justification,
+        )
+        return Response(body, status_code=status)
+
+    @get("", operation_id="list_approvals", summary="History, newest first, filtered")
+    async def list_requests(
+        self,
+        principal: Principal,
+        start_date: str | None = None,
+        end_date: str | None = None,
+        tool: str | None = None,
+        approver: str | None = None,
+        status: str | None = None,
+        limit: int = Parameter(default=100, ge=1, le=1000),
+        offset: int = Parameter(default=0, ge=0),
+    ) -> list[dict[str, Any]]:
+        return await service.list_requests(
+            principal,
+            start_date=start_date,
+            end_date=end_date,
+            tool=tool,
+            approver=approver,
+            status=status,
+            limit=limit,
+            offset=offset,
+        )
+
+    @get("/export", operation_id="export_approvals", summary="Stream the filtered history as CSV or JSON")
+    async def export(
+        self,
+        principal: Principal,
+        format: str = "json",
+        start_date: str | None = None,
+        end_date: str | None = None,
+        tool: str | None = None,
+        approver: str | None = None,
+        status: str | None = None,
+    ) -> Stream:
+        chunks = await service.export(
+            principal,
+            format,
+            start_date=start_date,
+            end_date=end_date,
+            tool=tool,
+            approver=approver,
+            status=status,
+        )
+        media = "text/csv; charset=utf-8" if format == "csv" else MediaType.JSON
+        return Stream(
+            chunks,
+            media_type=media,
+            headers={"Content-Disposition": f'attachment; filename="approvals.{format}"'},
+        )
+
+    @get("/wait", operation_id="wait_for_approvals", summary="Long-poll until any listed request is decided")
+    async def wait(
+        self,
+        principal: Principal,
+        hub: Hub,
+        ids: str,
+        seconds: float = QueryParameter(name="timeout", default=25.0, ge=0, le=3600),
+    ) -> dict[str, Any]:
+        return await service.wait_for_decisions(hub, principal, service.parse_ids(ids), seconds)
+
+    @post(
+        "/wait",
+        operation_id="wait_for_approvals_post",
+        status_code=200,
+        summary="The same long-poll with the ids in the body (for long id lists)",
+    )
+    async def wait_post(self, data: WaitBody, principal: Principal, hub: Hub) -> dict[str, Any]:
+        return await service.wait_for_decisions(hub, principal, service.parse_ids(data.ids), data.timeout)
+
+    @post(
+        "/batch",
+        operation_id="decide_approvals",
+        status_code=200,
+        summary="Approve or decline several requests; each is its own checked vote",
+    )
+    async def batch(self, data: BatchBody, principal: Principal, hub: Hub) -> dict[str, Any]:
+        results = await service.vote_many(
+            hub,
+            principal,
+            data.ids,
+            data.decision,
+            reason=data.reason,
+            grant_seconds=data.grant_seconds,
+            channel=data.channel,
+        )
+        return {
+            "results": results,
+            "ok": sum(1 for r in results if r["ok"]),
+            "failed": sum(1 for r in results if not r["ok"]),
+        }
+
+    @get("/{approval_id:str}", operation_id="get_approval")
+    async def get_request(self, approval_id: str, principal: Principal) -> dict[str, Any]:
+        return await service.get_request(principal, approval_id)
+
+    @get(
+        "/{approval_id:str}/outcome",
+        operation_id="get_approval_outcome",
+        summary="Machine-readable verdict: kind approved/declined/expired/cancelled, by, reason",
+    )
+    async def outcome(self, approval_id: str, principal: Principal) -> dict[str, Any]:
+        item = await service.get_request(principal, approval_id)
+        return {
+            "id": item["id"],
+            "status": item["status"],
+            "outcome": item["outcome"],
+            "execution": item["execution"],
+        }
+
+    @post("/{approval_id:str}/approve", operation_id="approve_approval", status_code=200)
+    async def approve(
+        self, approval_id: str, principal: Principal, hub: Hub, data: ApproveBody | None = None
+    ) -> dict[str, Any]:
+        body = data or ApproveBody()
+        return await service.vote(
+            hub,
+            principal,
+            approval_id,
+            "approve",
+            reason=body.reason,
+            grant_seconds=body.grant_seconds,
+            channel=body.channel,
+        )
+
+    @post("/{approval_id:str}/decline", operation_id="decline_approval", status_code=200)
+    async def decline(
+        self, approval_id: str, principal: Principal, hub: Hub, data: DeclineBody | None = None
+    ) -> dict[str, Any]:
+        body = data or DeclineBody()
+        return await service.vote(
+            hub, principal, approval_id, "decline", reason=body.reason, channel=body.channel
+        )
+
+    @post("/{approval_id:str}/cancel", operation_id="cancel_approval", status_code=200)
+    async def cancel(
+        self, approval_id: str, principal: Principal, hub: Hub, data: CancelBody | None = None
+    ) -> dict[str, Any]:
+        return await service.cancel(hub, principal, approval_id, (data or CancelBody()).reason)
+
+    @post(
+        "/{approval_id:str}/claim",
+        operation_id="claim_approval",
+        status_code=200,
+        summary="Start running an approved call, once; the arguments hash must match",
+    )
+    async def claim(
+        self, approval_id: str, data: ClaimBody, principal: Principal, hub: Hub
+    ) -> dict[str, Any]:
+        return await service.claim(hub, principal, approval_id, data.arguments_hash)
+
+    @post("/{approval_id:str}/outcome", operation_id="report_approval_outcome", status_code=200)
+    async def report(
+        self, approval_id: str, data: OutcomeBody, principal: Principal, hub: Hub
+    ) -> dict[str, Any]:
+        return await service.report_outcome(
+            hub,
+            principal,
+            approval_id,
+            success=data.success,
+            result_summary=data.result_summary,
+            error=data.error,
+        )
+
+
+class GrantController(Controller):
+    path = "/api/v1/grants"
+    tags = ["approvals"]
+
+    @get("", operation_id="list_grants", summary="Time-boxed grants, newest first")
+    async def list_grants(self, principal: Principal, active: bool | None = None) -> list[dict[str, Any]]:
+        return await service.list_grants(principal, active=active)
+
+    @post("/{grant_id:str}/revoke", operation_id="revoke_grant", status_code=200)
+    async def revoke(
+        self, grant_id: str, principal: Principal, hub: Hub, data: RevokeBody | None = None
+    ) -> dict[str, Any]:
+        return await service.revoke_grant(hub, principal, grant_id, (data or RevokeBody()).reason)
+
+
+CONTROLLERS = [ApprovalController, GrantController, EventsController]

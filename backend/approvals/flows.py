@@ -1,0 +1,558 @@
+"""Every state change of an approval request, in one place: votes, deadlines, audit, wake-ups."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from backend.accounts.service import Principal, team_members
+from backend.accounts.tables import User
+from backend.approvals.tables import ApprovalRequest, Grant, Vote
+from backend.audit.service import Actor, record
+from backend.errors import Conflict, Forbidden, ValidationFailed
+from backend.events import publish_event
+from backend.notifications import service as notifications
+from backend.transactions import lock, write_transaction
+
+if TYPE_CHECKING:
+    from backend.hub import Hub
+
+logger = logging.getLogger("preloop.approvals")
+
+DECIDED = frozenset({"approved", "declined", "expired", "cancelled", "executing", "executed", "failed"})
+Effect = Callable[[], Awaitable[None]]
+_EFFECTS: ContextVar[list[Effect] | None] = ContextVar("approval_effects", default=None)
+
+
+def approval_topic(request_id: uuid.UUID | str) -> str:
+    """Bus topic that wakes the long-polls waiting on one request."""
+    return f"approval:{request_id}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- a transaction whose announcements wait for the commit ----------------------------------
+
+
+@asynccontextmanager
+async def unit_of_work() -> AsyncIterator[None]:
+    """A write transaction; bus messages and jobs registered inside run only once it commits.
+
+    A waiter woken before the commit would read the old row and sleep again, so announcing
+    after the commit is what makes push-based waiting correct.
+    """
+    if _EFFECTS.get() is not None:  # nested: the outer unit announces
+        async with write_transaction():
+            yield
+        return
+    effects: list[Effect] = []
+    token = _EFFECTS.set(effects)
+    try:
+        async with write_transaction():
+            yield
+    finally:
+        _EFFECTS.reset(token)
+    for effect in effects:
+        await effect()
+
+
+def after_commit(effect: Effect) -> None:
+    effects = _EFFECTS.get()
+    if effects is None:
+        raise RuntimeError("after_commit() needs an enclosing unit_of_work()")
+    effects.append(effect)
+
+
+# --- rows -------------------------------------------------------------------------------------
+
+
+def parse_id(value: Any) -> uuid.UUID | None:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+async def load_row(request_id: uuid.UUID | str) -> dict[str, Any] | None:
+    rid = parse_id(request_id)
+    if rid is None:
+        return None
+    return await ApprovalRequest.select().where(ApprovalRequest.id == rid).output(load_json=True).first()
+
+
+def policy_of(row: dict[str, Any]) -> dict[str, Any]:
+    return row.get("approval_policy") or {}
+
+
+def _ts(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def user_ref(user_id: Any, email: str) -> dict[str, Any]:
+    return {"type": "user", "id": str(user_id), "email": email}
+
+
+# --- who may vote -------------------------------------------------------------------------------
+
+
+async def eligible_users(row: dict[str, Any], *, include_future_levels: bool = False) -> dict[str, str]:
+    """User id -> email of everyone who may vote now: named approvers, team members and the
+    targets of escalation levels that have fired. The requesting key's owner is never eligible."""
+    policy = policy_of(row)
+    members = await team_members(row["org"])
+    emails: set[str] = {e.lower() for e in policy.get("approvers", [])}
+    teams: set[str] = set(policy.get("teams", []))
+    for index, level in enumerate(policy.get("escalation", [])):
+        if include_future_levels or index < int(row.get("escalation_level") or 0):
+            emails.update(e.lower() for e in level.get("users", []))
+            teams.update(level.get("teams", []))
+    for team in teams:
+        emails.update(members.get(team, []))
+    if not emails:
+        return {}
+    users = await User.select(User.id, User.email).where(
+        (User.org == row["org"]) & (User.email.is_in(sorted(emails))) & (User.is_active == True)  # noqa: E712
+    )
+    requester = str(row.get("requester") or "")
+    return {str(u["id"]): u["email"] for u in users if str(u["id"]) != requester}
+
+
+async def level_targets(row: dict[str, Any], level: int) -> dict[str, str]:
+    """Users an escalation level adds (people already eligible before it are not re-notified)."""
+    before = await eligible_users({**row, "escalation_level": level - 1})
+    after = await eligible_users({**row, "escalation_level": level})
+    return {uid: email for uid, email in after.items() if uid not in before}
+
+
+# --- the one place where state changes --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Change:
+    """Extra facts for one transition."""
+
+    outcome: dict[str, Any] | None = None
+    values: dict[str, Any] | None = None
+    audit: dict[str, Any] | None = None
+
+
+async def transition(
+    hub: Hub, row: dict[str, Any] | None, new: str, actor: Actor, change: Change | None = None
+) -> dict[str, Any] | None:
+    """Move a request from its current state to `new`; None when someone else moved it first.
+
+    Must run inside `unit_of_work()`. The UPDATE is conditional on the old state, so of any
+    number of racing callers exactly one wins and only the winner's audit event and
+    announcements happen.
+    """
+    change = change or Change()
+    old = row["status"] if row is not None else None
+    stamp = now()
+    values: dict[str, Any]
+    match (old, new):
+        case (None, "pending"):
+            assert change.values is not None
+            fresh = ApprovalRequest(**change.values)
+            await fresh.save()
+            updated = await load_row(fresh.id)
+            assert updated is not None
+            await _audit(
+                updated,
+                "approval.requested",
+                actor,
+                change,
+                {
+                    "tool": updated["tool"],
+                    "server": updated["server"],
+                    "arguments_hash": updated["arguments_hash"],
+                    "agent": updated["agent_name"],
+                    "rule": updated["rule"],
+                    "policy_version": updated["policy_version"],
+                    "approval_policy": policy_of(updated).get("name"),
+                    "expires_at": str(updated["expires_at"]),
+                },
+            )
+            await _notify(hub, updated, level=0, users=await eligible_users(updated))
+            _schedule(hub, updated)
+            _announce(hub, updated, "approval.requested")
+            return updated
+        case ("pending", "approved" | "declined" | "expired" | "cancelled"):
+            values = {
+                "status": new,
+                "decided_at": stamp,
+                "outcome": change.outcome,
+                "next_escalation_at": None,
+            }
+        case ("approved", "cancelled"):
+            values = {"status": new, "outcome": change.outcome}
+        case ("approved", "executing"):
+            values = {"status": new, "execution": {"claimed_at": stamp.isoformat(), **(change.values or {})}}
+        case ("executing", "executed" | "failed"):
+            execution = {**((row or {}).get("execution") or {}), **(change.values or {})}
+            values = {"status": new, "executed_at": stamp, "execution": execution}
+        case ("pending", "escalated"):
+            values = dict(change.values or {})
+        case _:
+            raise Conflict(
+                f"a request that is {old} cannot become {new}",
+                detail={"status": old, "wanted": new},
+                code="invalid_transition",
+            )
+    assert row is not None
+    updated = await _conditional_update(row, values, same_level=new == "escalated")
+    if updated is None:
+        return None
+    match (old, new):
+        case ("pending", "escalated"):
+            level = int(updated["escalation_level"])
+            await _audit(updated, "approval.escalated", actor, change, {"level": level})
+            await _notify(hub, updated, level=level, users=await level_targets(updated, level))
+            _schedule(hub, updated)
+            _announce(hub, updated, "approval.escalated")
+        case ("pending", "approved"):
+            await _audit(updated, "approval.approved", actor, change, {"outcome": change.outcome})
+            if int(updated.get("grant_seconds") or 0) > 0:
+                await _create_grant(updated, actor)
+            _announce(hub, updated, "approval.approved")
+        case (_, "executing" | "executed" | "failed"):
+            await _audit(updated, f"approval.{new}", actor, change, {"execution": updated.get("execution")})
+            _announce(hub, updated, f"approval.{new}")
+        case _:
+            await _audit(updated, f"approval.{new}", actor, change, {"outcome": change.outcome, "from": old})
+            _announce(hub, updated, f"approval.{new}")
+    return updated
+
+
+async def _conditional_update(
+    row: dict[str, Any], values: dict[str, Any], *, same_level: bool
+) -> dict[str, Any] | None:
+    condition = (ApprovalRequest.id == row["id"]) & (ApprovalRequest.status == row["status"])
+    if same_level:
+        condition &= ApprovalRequest.escalation_level == int(row["escalation_level"])
+    columns = {getattr(ApprovalRequest, name): value for name, value in values.items()}
+    changed = await ApprovalRequest.update(columns).where(condition).returning(ApprovalRequest.id)
+    if not changed:
+        return None
+    return await load_row(row["id"])
+
+
+async def _audit(row: dict[str, Any], kind: str, actor: Actor, change: Change, data: dict[str, Any]) -> None:
+    await record(
+        row["org"],
+        kind,
+        actor,
+        subject_type="approval",
+        subject_id=row["id"],
+        data={**data, **(change.audit or {})},
+    )
+
+
+async def _notify(hub: Hub, row: dict[str, Any], *, level: int, users: dict[str, str]) -> None:
+    channels = policy_of(row).get("channels") or ["web"]
+    created = await notifications.queue_deliveries(row["org"], row, users.items(), channels, level=level)
+
+    async def announce() -> None:
+        await notifications.announce(hub.bus, row["org"], row["id"], created, level=level)
+
+    after_commit(announce)
+
+
+def _schedule(hub: Hub, row: dict[str, Any]) -> None:
+    """Queue the deadline jobs for what the row says is due; the ids make repeats harmless."""
+    rid = str(row["id"])
+    expires = _ts(row.get("expires_at"))
+    escalates = _ts(row.get("next_escalation_at"))
+    level = int(row.get("escalation_level") or 0) + 1
+
+    async def enqueue() -> None:
+        if expires is not None and row["escalation_level"] == 0:
+            await hub.enqueue("expire_request", rid, job_id=f"expire:{rid}", defer_until=expires)
+        if escalates is not None:
+            await hub.enqueue(
+                "escalate_request", rid, level, job_id=f"escalate:{rid}:{level}", defer_until=escalates
+            )
+
+    after_commit(enqueue)
+
+
+def _announce(hub: Hub, row: dict[str, Any], kind: str) -> None:
+    message = {"id": str(row["id"]), "status": row["status"], "escalation_level": row["escalation_level"]}
+
+    async def publish() -> None:
+        if row["status"] != "pending":
+            await hub.bus.publish(approval_topic(row["id"]), message)
+        await publish_event(
+            hub.bus,
+            row["org"],
+            kind,
+            {
+                "request_id": str(row["id"]),
+                "tool": row["tool"],
+                "status": row["status"],
+                "outcome": row.get("outcome"),
+            },
+        )
+
+    after_commit(publish)
+
+
+async def _create_grant(row: dict[str, Any], actor: Actor) -> None:
+    decided = _ts(row["decided_at"]) or now()
+    grant = Grant(
+        org=row["org"],
+        request=row["id"],
+        agent_key=row["agent_key"],
+        tool=row["tool"],
+        server=row["server"],
+        arguments_hash=row["arguments_hash"],
+        granted_by=parse_id(actor.id) if actor.type == "user" else None,
+        created_at=decided,
+        expires_at=decided + timedelta(seconds=int(row["grant_seconds"])),
+    )
+    await grant.save()
+    await record(
+        row["org"],
+        "grant.created",
+        actor,
+        subject_type="grant",
+        subject_id=grant.id,
+        data={
+            "request_id": str(row["id"]),
+            "tool": row["tool"],
+            "server": row["server"],
+            "arguments_hash": row["arguments_hash"],
+            "seconds": int(row["grant_seconds"]),
+            "expires_at": grant.expires_at.isoformat(),
+        },
+    )
+
+
+# --- votes --------------------------------------------------------------------------------------
+
+
+def voter(principal: Principal) -> Actor:
+    return Actor("user", str(principal.user_id), principal.email)
+
+
+async def reject_vote(row: dict[str, Any], principal: Principal, why: str, message: str) -> Forbidden:
+    """Audit a vote that is not allowed; return the 403 to raise."""
+    async with unit_of_work():
+        await record(
+            row["org"],
+            "approval.vote_rejected",
+            principal.actor,
+            subject_type="approval",
+            subject_id=row["id"],
+            data={"why": why, "email": principal.email, "via": principal.via},
+        )
+    return Forbidden(message, code=why, detail={"request_id": str(row["id"])})
+
+
+async def record_vote(
+    hub: Hub,
+    principal: Principal,
+    row: dict[str, Any],
+    decision: str,
+    *,
+    reason: str | None = None,
+    grant_seconds: int = 0,
+    channel: str = "api",
+) -> dict[str, Any]:
+    """Store one person's vote and decide the request when it settles it."""
+    policy = policy_of(row)
+    if not principal.can_decide:
+        raise await reject_vote(
+            row,
+            principal,
+            "agent_cannot_vote",
+            "agent keys cannot vote; use an approver-scoped key or a login",
+        )
+    if str(principal.user_id) == str(row.get("requester") or ""):
+        raise await reject_vote(
+            row, principal, "own_request", "you own the key that made this request, so you cannot vote on it"
+        )
+    eligible = await eligible_users(row)
+    if str(principal.user_id) not in eligible:
+        raise await reject_vote(
+            row, principal, "not_eligible", f"{principal.email} is not an approver of this request"
+        )
+    reason = (reason or "").strip() or None
+    if decision == "decline" and policy.get("require_decline_reason") and not reason:
+        raise ValidationFailed(
+            "this policy requires a reason to decline", code="reason_required", detail={"field": "reason"}
+        )
+    if grant_seconds < 0:
+        raise ValidationFailed("grant_seconds cannot be negative", detail={"field": "grant_seconds"})
+    if decision == "approve" and grant_seconds > 0:
+        cap = int(policy.get("max_grant_seconds") or 0)
+        if cap <= 0:
+            raise ValidationFailed(
+                "this request's approval policy does not allow time-boxed grants",
+                code="grants_disabled",
+                detail={"field": "grant_seconds", "max_grant_seconds": 0},
+            )
+        grant_seconds = min(grant_seconds, cap)
+    async with unit_of_work():
+        await lock(f"approval:{row['id']}")
+        current = await load_row(row["id"])
+        assert current is not None
+        if current["status"] != "pending":
+            raise _already_decided(current)
+        key = f"{current['id']}:{principal.user_id}"
+        if await Vote.exists().where(Vote.request_user == key):
+            raise Conflict(
+                "you have already voted on this request; a second vote is not counted",
+                code="already_voted",
+                detail={"request_id": str(current["id"])},
+            )
+        try:
+            await Vote(
+                request=current["id"],
+                user=principal.user_id,
+                request_user=key,
+                decision=decision,
+                reason=reason,
+                channel=channel[:20],
+                created_at=now(),
+            ).save()
+        except (asyncpg.UniqueViolationError, _sqlite_integrity()) as exc:
+            raise Conflict("you have already voted on this request", code="already_voted") from exc
+        await record(
+            current["org"],
+            f"approval.vote_{decision}",
+            voter(principal),
+            subject_type="approval",
+            subject_id=current["id"],
+            data={"reason": reason, "channel": channel, "grant_seconds": grant_seconds or None},
+        )
+        votes = (
+            await Vote.select(Vote.user, Vote.decision, Vote.reason, Vote.user.email.as_alias("email"))
+            .where(Vote.request == current["id"])
+            .order_by(Vote.created_at)
+        )
+        approvals = [v for v in votes if v["decision"] == "approve"]
+        declines = [v for v in votes if v["decision"] == "decline"]
+        if decision == "approve":
+            # A grant widens an approval, so every approving voter must ask for it: keep the smallest.
+            window = (
+                grant_seconds if len(approvals) == 1 else min(int(current["grant_seconds"]), grant_seconds)
+            )
+            await ApprovalRequest.update({ApprovalRequest.grant_seconds: window}).where(
+                ApprovalRequest.id == current["id"]
+            )
+            current["grant_seconds"] = window
+        quorum = max(1, int(policy.get("quorum") or 1))
+        result = current
+        if len(approvals) >= quorum:
+            outcome = {
+                "kind": "approved",
+                "by": [user_ref(v["user"], v["email"]) for v in approvals],
+                "reason": None,
+            }
+            result = await _decide(hub, current, "approved", voter(principal), outcome)
+        elif decision == "decline" and await _decline_settles(current, quorum, declines):
+            outcome = {
+                "kind": "declined",
+                "by": [user_ref(v["user"], v["email"]) for v in declines],
+                "reason": reason,
+            }
+            result = await _decide(hub, current, "declined", voter(principal), outcome)
+    return result
+
+
+async def _decide(
+    hub: Hub, row: dict[str, Any], new: str, actor: Actor, outcome: dict[str, Any]
+) -> dict[str, Any]:
+    updated = await transition(hub, row, new, actor, Change(outcome=outcome))
+    if updated is None:  # lost to a deadline or another decision: roll the vote back
+        latest = await load_row(row["id"])
+        raise _already_decided(latest or row)
+    return updated
+
+
+async def _decline_settles(row: dict[str, Any], quorum: int, declines: list[dict[str, Any]]) -> bool:
+    if policy_of(row).get("decline_mode", "immediate") != "when_quorum_unreachable":
+        return True
+    # Everyone who could still approve, escalation levels yet to fire included.
+    possible = await eligible_users(row, include_future_levels=True)
+    declined = {str(v["user"]) for v in declines}
+    return len(set(possible) - declined) < quorum
+
+
+def _already_decided(row: dict[str, Any]) -> Conflict:
+    return Conflict(
+        f"this request is already {row['status']}",
+        code="already_decided",
+        detail={"request_id": str(row["id"]), "status": row["status"], "outcome": row.get("outcome")},
+    )
+
+
+def _sqlite_integrity() -> type[Exception]:
+    import sqlite3
+
+    return sqlite3.IntegrityError
+
+
+# --- deadlines ----------------------------------------------------------------------------------
+
+
+async def fire_expiry(hub: Hub, request_id: uuid.UUID | str) -> bool:
+    """Time the request out if its deadline has passed; True if this call did it."""
+    row = await load_row(request_id)
+    if row is None or row["status"] != "pending" or (_ts(row["expires_at"]) or now()) > now():
+        return False
+    async with unit_of_work():
+        await lock(f"approval:{row['id']}")
+        row = await load_row(row["id"])
+        if row is None or row["status"] != "pending":
+            return False
+        policy = policy_of(row)
+        seconds = int(policy.get("timeout_seconds") or 0)
+        actor = Actor.system("timeout")
+        if policy.get("on_timeout") == "approve":
+            outcome = {
+                "kind": "approved",
+                "by": [],
+                "reason": f"approved automatically: no decision within {seconds}s (on_timeout: approve)",
+            }
+            return await transition(hub, row, "approved", actor, Change(outcome=outcome)) is not None
+        outcome = {"kind": "expired", "by": [], "reason": f"no decision within {seconds}s"}
+        return await transition(hub, row, "expired", actor, Change(outcome=outcome)) is not None
+
+
+async def fire_escalation(hub: Hub, request_id: uuid.UUID | str, level: int | None = None) -> bool:
+    """Fire the next escalation level if it is due (and is `level`, when given)."""
+    row = await load_row(request_id)
+    if row is None or row["status"] != "pending" or row["next_escalation_at"] is None:
+        return False
+    if _ts(row["next_escalation_at"]) > now():  # type: ignore[operator]
+        return False
+    async with unit_of_work():
+        await lock(f"approval:{row['id']}")
+        row = await load_row(row["id"])
+        if row is None or row["status"] != "pending" or row["next_escalation_at"] is None:
+            return False
+        reached = int(row["escalation_level"]) + 1
+        if level is not None and level != reached:
+            return False
+        levels = policy_of(row).get("escalation", [])
+        created = _ts(row["created_at"]) or now()
+        following = (
+            created + timedelta(seconds=int(levels[reached]["after_seconds"]))
+            if reached < len(levels)
+            else None
+        )
+        change = Change(values={"escalation_level": reached, "next_escalation_at": following})
+        return await transition(hub, row, "escalated", Actor.system("escalation"), change) is not None

@@ -1,0 +1,68 @@
+"""The org's live event stream (SSE) for the console and the PWA, fed by the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar import Controller, get
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from backend.accounts.service import Principal
+from backend.bus import Bus
+from backend.hub import Hub
+
+KEEPALIVE_SECONDS = 15.0
+
+
+def events_topic(org_id: uuid.UUID | str) -> str:
+    return f"events:{org_id}"
+
+
+async def publish_event(bus: Bus, org_id: uuid.UUID | str, kind: str, data: dict[str, Any]) -> None:
+    """Tell every console and PWA of the org that something happened (a hint; the API has the truth)."""
+    await bus.publish(events_topic(org_id), {"type": kind, "at": datetime.now(UTC).isoformat(), **data})
+
+
+async def _stream(
+    bus: Bus, org_id: uuid.UUID, limit: int | None
+) -> AsyncGenerator[ServerSentEventMessage, None]:
+    sent = 0
+    async with bus.stream(events_topic(org_id)) as queue:
+        # The first message tells the client the subscription is live, so nothing after it is missed.
+        yield ServerSentEventMessage(event="ready", data=json.dumps({"org": str(org_id)}))
+        while limit is None or sent < limit:
+            try:
+                message = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ServerSentEventMessage(comment="keepalive")
+                continue
+            sent += 1
+            yield ServerSentEventMessage(
+                event=str(message.get("type", "message")), data=json.dumps(message, default=str)
+            )
+
+
+class EventsController(Controller):
+    path = "/api/v1/events"
+    tags = ["events"]
+
+    @get("", operation_id="stream_events", summary="Server-sent events of the caller's organization")
+    async def stream(
+        self,
+        principal: Principal,
+        hub: Hub,
+        limit: int | None = Parameter(
+            default=None, ge=1, le=100_000, description="close after this many events"
+        ),
+    ) -> ServerSentEvent:
+        generator = _stream(hub.bus, principal.org_id, limit)
+        return ServerSentEvent(generator, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+__all__ = ["EventsController", "events_topic", "publish_event"]
