@@ -78,12 +78,12 @@ class ApiClient:
         *,
         json_body: Any = None,
         params: Mapping[str, str | int] | None = None,
-        timeout: float | None = None,
+        request_timeout: float | None = None,
         ok: Sequence[int] = (200, 201),
     ) -> httpx.Response:
         try:
             response = await self._http.request(
-                method, path, json=json_body, params=params, timeout=timeout or self._timeout
+                method, path, json=json_body, params=params, timeout=request_timeout or self._timeout
             )
         except httpx.HTTPError as exc:
             raise ApiUnavailableError(f"Preloop API at {self.base_url} is unreachable: {exc!r}") from exc
@@ -118,26 +118,22 @@ class ApiClient:
             labels={str(k): str(v) for k, v in (key.get("labels") or {}).items()},
         )
 
-    async def active_policy(
-        self, *, after: int | None = None, wait: float | None = None
-    ) -> PolicySnapshotDoc | None:
+    async def active_policy(self, *, after: int | None = None, wait: float | None = None) -> PolicySnapshotDoc | None:
         """The active snapshot; with `after`/`wait`, a long-poll returning None on 304 (no change)."""
         params: dict[str, str | int] = {}
-        timeout = None
+        request_timeout = None
         if after is not None:
             params["after"] = after
         if wait is not None:
             params["wait"] = int(wait)
-            timeout = wait + self._timeout
+            request_timeout = wait + self._timeout
         response = await self._request(
-            "GET", "/policies/active", params=params, timeout=timeout, ok=(200, 304)
+            "GET", "/policies/active", params=params, request_timeout=request_timeout, ok=(200, 304)
         )
         if response.status_code == 304:
             return None
         body = response.json()
-        return PolicySnapshotDoc(
-            version=int(body["version"]), source=str(body["source"]), sha256=str(body["sha256"])
-        )
+        return PolicySnapshotDoc(version=int(body["version"]), source=str(body["source"]), sha256=str(body["sha256"]))
 
     async def create_approval(
         self,
@@ -165,10 +161,10 @@ class ApiClient:
         body: dict[str, Any] = (await self._request("GET", f"/approvals/{approval_id}")).json()
         return body
 
-    async def wait_for_any(self, ids: Sequence[str], timeout: float) -> WaitAnswer:
-        params: dict[str, str | int] = {"ids": ",".join(ids), "timeout": max(1, int(timeout))}
+    async def wait_for_any(self, ids: Sequence[str], wait_seconds: float) -> WaitAnswer:
+        params: dict[str, str | int] = {"ids": ",".join(ids), "timeout": max(1, int(wait_seconds))}
         body = (
-            await self._request("GET", "/approvals/wait", params=params, timeout=timeout + self._timeout)
+            await self._request("GET", "/approvals/wait", params=params, request_timeout=wait_seconds + self._timeout)
         ).json()
         return WaitAnswer(
             decided=list(body.get("decided") or []),
@@ -177,9 +173,7 @@ class ApiClient:
 
     async def claim(self, approval_id: str, hash_hex: str) -> dict[str, Any]:
         body: dict[str, Any] = (
-            await self._request(
-                "POST", f"/approvals/{approval_id}/claim", json_body={"arguments_hash": hash_hex}
-            )
+            await self._request("POST", f"/approvals/{approval_id}/claim", json_body={"arguments_hash": hash_hex})
         ).json()
         return body
 

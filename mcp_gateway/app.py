@@ -155,7 +155,7 @@ class Gateway:
             return
         async with anyio.create_task_group() as tg:
             tg.start_soon(server.serve)
-            while not server.started:
+            while not server.started:  # noqa: ASYNC110 - uvicorn offers no started event
                 await anyio.sleep(0.01)
             started.set()
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 
 from mcp_gateway.api_client import AgentIdentity, ApiClient, ApprovalTicket, arguments_hash
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 JUSTIFICATION = "justification"
 
-Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+Progress = ProgressFnT
 
 
 def with_justification(definition: Mapping[str, Any], mode: str) -> dict[str, Any]:
@@ -150,9 +151,9 @@ class Checkpoint:
                 return denied_result(name, str(message), _rule_dict(rule), decision.reason)
             if action == "require_approval":
                 return await self._hold(judged, progress) if allow_hold else None
-            raise GatewayError(f"the policy returned an unknown verdict {action!r}; the call was not run")
         except GatewayError as exc:
             return error_result(exc)
+        return error_result(GatewayError(f"the policy returned an unknown verdict {action!r}; the call was not run"))
 
     def _prepare(self, policy: Policy, name: str, arguments: dict[str, Any]) -> _Judged:
         route = self.pool.route(name)
@@ -193,18 +194,14 @@ class Checkpoint:
         forwarded: dict[str, Any] = {"name": route.tool_name, "arguments": dict(arguments)}
         meta = (params or {}).get("_meta")
         if isinstance(meta, Mapping):
-            kept = {
-                k: v for k, v in meta.items() if k != "progressToken" and not k.startswith("io.modelcontext")
-            }
+            kept = {k: v for k, v in meta.items() if k != "progressToken" and not k.startswith("io.modelcontext")}
             if kept:
                 forwarded["_meta"] = kept
         try:
             return await upstream.request("tools/call", forwarded, on_progress=progress)
         except MCPError as exc:
             # A protocol error from the upstream (unknown tool, invalid params) reaches the agent as-is.
-            raise UpstreamError(
-                f"{route.server} rejected the call: {exc.error.message}", code=exc.code
-            ) from exc
+            raise UpstreamError(f"{route.server} rejected the call: {exc.error.message}", code=exc.code) from exc
 
     def _audit(
         self,
@@ -241,9 +238,7 @@ class Checkpoint:
     async def _hold(self, judged: _Judged, progress: Progress | None) -> dict[str, Any]:
         name = judged.route.exposed_name
         if self.api is None or self.waiter is None:
-            raise GatewayError(
-                f"{name} needs human approval, but this gateway has no Preloop API to ask; not run"
-            )
+            raise GatewayError(f"{name} needs human approval, but this gateway has no Preloop API to ask; not run")
         try:
             ticket = await self.api.create_approval(
                 tool=judged.route.tool_name,
@@ -266,9 +261,7 @@ class Checkpoint:
             raise
         if ticket.status == "granted":
             return await self._run_granted(judged, ticket, progress)
-        request = (
-            ticket.request if ticket.status in ("approved", "declined", "expired", "cancelled") else None
-        )
+        request = ticket.request if ticket.status in ("approved", "declined", "expired", "cancelled") else None
         if request is None and ticket.status in ("executing", "executed", "failed"):
             request = ticket.request
         if request is None:
@@ -291,13 +284,9 @@ class Checkpoint:
             step += 1
             if progress is not None:
                 waited = self.hold_window - max(0.0, deadline - anyio.current_time())
-                await progress(
-                    waited, self.hold_window, f"{name}: waiting for human approval ({approval_id})"
-                )
+                await progress(waited, self.hold_window, f"{name}: waiting for human approval ({approval_id})")
 
-    async def _conclude(
-        self, judged: _Judged, request: Mapping[str, Any], progress: Progress | None
-    ) -> dict[str, Any]:
+    async def _conclude(self, judged: _Judged, request: Mapping[str, Any], progress: Progress | None) -> dict[str, Any]:
         name = judged.route.exposed_name
         status = str(request.get("status"))
         approval_id = str(request.get("id"))
@@ -343,9 +332,7 @@ class Checkpoint:
         )
         return result
 
-    async def _run_granted(
-        self, judged: _Judged, ticket: ApprovalTicket, progress: Progress | None
-    ) -> dict[str, Any]:
+    async def _run_granted(self, judged: _Judged, ticket: ApprovalTicket, progress: Progress | None) -> dict[str, Any]:
         started = time.perf_counter()
         result = await self._run_upstream(judged.route, judged.arguments, None, progress)
         grant = ticket.grant or {}
@@ -376,9 +363,7 @@ class Checkpoint:
         self, approval_id: str, *, success: bool, summary: str | None = None, error: str | None = None
     ) -> None:
         try:
-            await self.api_required.report_outcome(
-                approval_id, success=success, result_summary=summary, error=error
-            )
+            await self.api_required.report_outcome(approval_id, success=success, result_summary=summary, error=error)
         except GatewayError as exc:
             logger.warning("could not report the outcome of approval %s: %s", approval_id, exc.message)
 

@@ -26,9 +26,7 @@ def parse_host_port(value: str) -> tuple[str, int]:
 @gateway_app.command()
 def gateway(
     stdio: Annotated[bool, typer.Option("--stdio", help="Serve one agent over stdin/stdout.")] = False,
-    http: Annotated[
-        str | None, typer.Option("--http", help="Serve streamable HTTP on HOST:PORT (path /mcp).")
-    ] = None,
+    http: Annotated[str | None, typer.Option("--http", help="Serve streamable HTTP on HOST:PORT (path /mcp).")] = None,
     api_url: Annotated[
         str, typer.Option("--api-url", envvar="PRELOOP_API_URL", help="The Preloop hub.")
     ] = DEFAULT_API_URL,

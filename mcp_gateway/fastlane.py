@@ -23,6 +23,7 @@ from mcp_types import (
     PROTOCOL_VERSION_META_KEY,
 )
 from mcp_types.version import LATEST_MODERN_VERSION, MODERN_PROTOCOL_VERSIONS
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_gateway.errors import UpstreamError
 
@@ -34,10 +35,6 @@ CLIENT_INFO = {"name": "preloop-gateway", "version": "0.1.0"}
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 FastCall = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
@@ -130,10 +127,7 @@ def _host_allowed(value: bytes | None) -> bool:
     if value is None:
         return False
     host = value.split(b"//", 1)[-1]
-    if host.startswith(b"["):
-        host = host.split(b"]", 1)[0] + b"]"
-    else:
-        host = host.split(b":", 1)[0]
+    host = host.split(b"]", 1)[0] + b"]" if host.startswith(b"[") else host.split(b":", 1)[0]
     return host in _LOCAL_HOSTS
 
 
@@ -210,7 +204,7 @@ class FastPathApp:
 def _replay(body: bytes, receive: Receive) -> Receive:
     sent = False
 
-    async def replay() -> dict[str, Any]:
+    async def replay() -> Message:
         nonlocal sent
         if not sent:
             sent = True

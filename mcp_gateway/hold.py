@@ -8,14 +8,12 @@ from typing import Any
 
 import anyio
 
-from mcp_gateway.api_client import ApiClient
+from mcp_gateway.api_client import ApiClient, WaitAnswer
 from mcp_gateway.errors import ApiRequestError, GatewayError
 
 logger = logging.getLogger(__name__)
 
-DECIDED_STATUSES = frozenset(
-    {"approved", "declined", "expired", "cancelled", "executing", "executed", "failed"}
-)
+DECIDED_STATUSES = frozenset({"approved", "declined", "expired", "cancelled", "executing", "executed", "failed"})
 
 
 @dataclass
@@ -42,15 +40,15 @@ class VerdictWaiter:
     def holding(self) -> int:
         return len(self._waiters)
 
-    async def wait_for_verdict(self, approval_id: str, timeout: float) -> dict[str, Any] | None:
-        """The decided request, or None if no verdict arrived within `timeout` seconds."""
+    async def wait_for_verdict(self, approval_id: str, within: float) -> dict[str, Any] | None:
+        """The decided request, or None if no verdict arrived `within` seconds."""
         waiter = self._waiters.get(approval_id)
         if waiter is None:
             waiter = self._waiters[approval_id] = _Waiter()
             self._changed.set()
         waiter.count += 1
         try:
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(within):
                 await waiter.event.wait()
             return waiter.request
         finally:
@@ -73,14 +71,14 @@ class VerdictWaiter:
             ids = sorted(self._waiters)
             if not ids:
                 continue
-            answer = None
+            answer: WaitAnswer | GatewayError | None = None
             async with anyio.create_task_group() as tg:
 
                 async def restart_on_change(scope: anyio.CancelScope = tg.cancel_scope) -> None:
                     await self._changed.wait()
                     scope.cancel()
 
-                async def poll(scope: anyio.CancelScope = tg.cancel_scope) -> None:
+                async def poll(scope: anyio.CancelScope = tg.cancel_scope, ids: list[str] = ids) -> None:
                     nonlocal answer
                     try:
                         answer = await self._api.wait_for_any(ids, self._poll_seconds)

@@ -18,10 +18,8 @@ def tool_result(text: str, structured: Mapping[str, Any] | None = None, *, is_er
 
 
 def error_result(error: GatewayError) -> dict[str, Any]:
-    structured = {"status": error.status, "message": error.message}
-    structured.update(
-        {k: v for k, v in error.detail.items() if isinstance(v, str | int | float | bool | None)}
-    )
+    structured: dict[str, Any] = {"status": error.status, "message": error.message}
+    structured.update({k: v for k, v in error.detail.items() if isinstance(v, str | int | float | bool | None)})
     return tool_result(error.message, structured, is_error=True)
 
 
@@ -41,9 +39,7 @@ def pending_result(tool: str, approval_id: str, waited: float) -> dict[str, Any]
         f"{STATUS_TOOL} with approval_id={approval_id!r} to check the decision, or repeat exactly the "
         "same call later: it attaches to the same request and runs once it is approved."
     )
-    return tool_result(
-        text, {"status": "pending_approval", "approval_id": approval_id, "tool": tool}, is_error=True
-    )
+    return tool_result(text, {"status": "pending_approval", "approval_id": approval_id, "tool": tool}, is_error=True)
 
 
 def verdict_result(tool: str, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -52,9 +48,7 @@ def verdict_result(tool: str, request: Mapping[str, Any]) -> dict[str, Any]:
     status = str(outcome.get("kind") or request.get("status") or "declined")
     by: Sequence[Any] = outcome.get("by") or []
     reason = outcome.get("reason")
-    who = ", ".join(
-        str(b.get("email") or b.get("name") or b) if isinstance(b, Mapping) else str(b) for b in by
-    )
+    who = ", ".join(str(b.get("email") or b.get("name") or b) if isinstance(b, Mapping) else str(b) for b in by)
     verbs = {
         "declined": "was declined",
         "expired": "expired without a decision",
@@ -80,9 +74,7 @@ STATUS_TOOL_DEFINITION: dict[str, Any] = {
     ),
     "inputSchema": {
         "type": "object",
-        "properties": {
-            "approval_id": {"type": "string", "description": "The id from the pending_approval result."}
-        },
+        "properties": {"approval_id": {"type": "string", "description": "The id from the pending_approval result."}},
         "required": ["approval_id"],
     },
     "annotations": {"readOnlyHint": True, "openWorldHint": False},

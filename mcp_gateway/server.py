@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import mcp_types as types
+from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
-from mcp.server.connection import Connection
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -46,9 +46,7 @@ class _GatewayServer(Server[Any]):
 class GatewayServer:
     """Wraps the lowlevel `Server`; `tools/call` takes a fast path that skips model validation both ways."""
 
-    def __init__(
-        self, checkpoint: Checkpoint, *, name: str = "preloop-gateway", version: str = "0.1.0"
-    ) -> None:
+    def __init__(self, checkpoint: Checkpoint, *, name: str = "preloop-gateway", version: str = "0.1.0") -> None:
         self.checkpoint = checkpoint
         self._bus = InMemorySubscriptionBus()
         # Handshake-era clients get change notifications on their connection's standalone stream.
@@ -84,9 +82,7 @@ class GatewayServer:
         raw = params.model_dump(by_alias=True, mode="json", exclude_none=True)
         return types.CallToolResult.model_validate(await self.checkpoint.call(raw), by_name=False)
 
-    async def _intercept_call(
-        self, ctx: ServerRequestContext[Any, Any], call_next: CallNext
-    ) -> HandlerResult:
+    async def _intercept_call(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         if ctx.method != "tools/call" or not isinstance(ctx.params, Mapping):
             return await call_next(ctx)
         self._remember(ctx)

@@ -57,10 +57,8 @@ class PolicySnapshot:
             await listener(policy)
 
     async def load_file(self, path: Path) -> None:
-        text = path.read_text(encoding="utf-8")
-        await self.install(
-            load_policy(text, source=str(path)), version=None, source_name=str(path), source_text=text
-        )
+        text = await anyio.Path(path).read_text(encoding="utf-8")
+        await self.install(load_policy(text, source=str(path)), version=None, source_name=str(path), source_text=text)
 
     async def follow_api(self, api: ApiClient, *, wait: float = 30.0, retry: float = 2.0) -> None:
         """Fetch the active snapshot, then long-poll for newer versions forever."""

@@ -84,9 +84,7 @@ class AuditSpool:
                     try:
                         out.append((position, json.loads(line)))
                     except ValueError:
-                        logger.warning(
-                            "skipping a corrupt audit spool line at offset %d", position - len(line)
-                        )
+                        logger.warning("skipping a corrupt audit spool line at offset %d", position - len(line))
         except FileNotFoundError:
             return []
         return out

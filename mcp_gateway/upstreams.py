@@ -132,8 +132,8 @@ class Upstream:
                     backoff = 0.2
                     async with anyio.create_task_group() as tg:
 
-                        async def stop_on_end() -> None:
-                            await dispatcher.ended.wait()
+                        async def stop_on_end(ended: anyio.Event = dispatcher.ended) -> None:
+                            await ended.wait()
                             tg.cancel_scope.cancel()
 
                         async def stop_on_request() -> None:
@@ -176,11 +176,11 @@ class Upstream:
         while self.generation < generation:
             await self._generation_changed.wait()
 
-    async def _session(self, timeout: float) -> _Live:
+    async def _session(self, connect_within: float) -> _Live:
         live = self._live
         if live is not None and not live.dispatcher.ended.is_set():
             return live
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(connect_within):
             while True:
                 await self._ready.wait()
                 live = self._live

@@ -34,7 +34,9 @@ BASE = [
 ]
 
 
-async def list_tools(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+async def list_tools(
+    ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+) -> types.ListToolsResult:
     return types.ListToolsResult(tools=[*BASE, *EXTRA])
 
 
@@ -46,7 +48,9 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
         await ctx.session.send_tool_list_changed()
         return types.CallToolResult(content=[types.TextContent(text="added")])
     if params.name == "count_calls":
-        return types.CallToolResult(content=[types.TextContent(text=str(CALLS["count"]))], structured_content={"count": CALLS["count"]})
+        return types.CallToolResult(
+            content=[types.TextContent(text=str(CALLS["count"]))], structured_content={"count": CALLS["count"]}
+        )
     return types.CallToolResult(content=[types.TextContent(text="ok")], structured_content={"received": args})
 
 

@@ -63,9 +63,12 @@ def result_dump(result: Any) -> dict[str, Any]:
 @asynccontextmanager
 async def agent_clients(gw: Gateway) -> AsyncIterator[list[tuple[str, Client]]]:
     """The same gateway seen by three agents: in-process, streamable HTTP modern, streamable HTTP legacy."""
-    async with serving_http(gw) as url, Client(gw.server.server) as inproc, Client(url) as modern, Client(
-        url, mode="legacy"
-    ) as legacy:
+    async with (
+        serving_http(gw) as url,
+        Client(gw.server.server) as inproc,
+        Client(url) as modern,
+        Client(url, mode="legacy") as legacy,
+    ):
         yield [("in-process", inproc), ("http-2026", modern), ("http-legacy", legacy)]
 
 
@@ -87,9 +90,11 @@ async def test_mcp_server_time_is_proxied_faithfully(tmp_path: Path) -> None:
     command = f"[{BIN / 'mcp-server-time'}, --local-timezone, UTC]"
     params = StdioServerParameters(command=str(BIN / "mcp-server-time"), args=["--local-timezone", "UTC"])
     args = {"source_timezone": "Europe/Paris", "time": "09:30", "target_timezone": "Asia/Tokyo"}
-    async with running_gateway(tmp_path, policy_for(f"{{name: time, command: {command}}}")) as gw, Client(
-        params, mode="legacy"
-    ) as direct, agent_clients(gw) as agents:
+    async with (
+        running_gateway(tmp_path, policy_for(f"{{name: time, command: {command}}}")) as gw,
+        Client(params, mode="legacy") as direct,
+        agent_clients(gw) as agents,
+    ):
         expected = result_dump(await direct.call_tool("convert_time", args))
         bad = result_dump(await direct.call_tool("convert_time", {**args, "time": "25:99"}))
         assert bad["isError"] is True
@@ -103,9 +108,15 @@ async def test_mcp_server_time_is_proxied_faithfully(tmp_path: Path) -> None:
 def git_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = {"GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "T",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-           "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z", "PATH": "/usr/bin:/bin"}
+    env = {
+        "GIT_AUTHOR_NAME": "T",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "T",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+        "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+        "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+        "PATH": "/usr/bin:/bin",
+    }
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True, env=env)
     (repo / "README.md").write_text("hello\n")
     subprocess.run(["git", "-C", str(repo), "add", "README.md"], check=True, env=env)
@@ -118,9 +129,11 @@ async def test_mcp_server_git_is_proxied_faithfully(tmp_path: Path, git_repo: Pa
     exe = BIN / "mcp-server-git"
     params = StdioServerParameters(command=str(exe), args=["--repository", str(git_repo)])
     policy = policy_for(f"{{name: git, command: [{exe}, --repository, {git_repo}], prefix: git}}")
-    async with running_gateway(tmp_path, policy) as gw, Client(params, mode="legacy") as direct, agent_clients(
-        gw
-    ) as agents:
+    async with (
+        running_gateway(tmp_path, policy) as gw,
+        Client(params, mode="legacy") as direct,
+        agent_clients(gw) as agents,
+    ):
         status = result_dump(await direct.call_tool("git_status", {"repo_path": str(git_repo)}))
         diff = result_dump(await direct.call_tool("git_diff_unstaged", {"repo_path": str(git_repo)}))
         direct_tools = {t.name: tool_dump(t) for t in (await direct.list_tools()).tools}
@@ -171,9 +184,10 @@ async def test_server_everything_over_http_upstream(tmp_path: Path, everything_j
     with spawned(["node", str(everything_js), "streamableHttp"], env={"PORT": str(port)}) as proc:
         await wait_for_port(port, proc)
         url = f"http://127.0.0.1:{port}/mcp"
-        async with running_gateway(tmp_path, policy_for(f"{{name: everything, url: '{url}'}}")) as gw, Client(
-            url, mode="legacy"
-        ) as direct:
+        async with (
+            running_gateway(tmp_path, policy_for(f"{{name: everything, url: '{url}'}}")) as gw,
+            Client(url, mode="legacy") as direct,
+        ):
             await check_everything(gw, direct)
 
 
@@ -183,9 +197,7 @@ async def test_modern_http_upstream_uses_the_fast_lane(tmp_path: Path) -> None:
     with spawned(cmd) as proc:
         await wait_for_port(port, proc)
         url = f"http://127.0.0.1:{port}/mcp"
-        async with running_gateway(tmp_path, policy_for(f"{{name: demo, url: '{url}'}}")) as gw, Client(
-            url
-        ) as direct:
+        async with running_gateway(tmp_path, policy_for(f"{{name: demo, url: '{url}'}}")) as gw, Client(url) as direct:
             assert gw.pool.upstreams["demo"].fast_lane is not None
             args = {"service": "api", "replicas": 3, "environment": "staging"}
             expected = result_dump(await direct.call_tool("scale_service", args))

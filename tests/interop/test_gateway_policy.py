@@ -97,9 +97,10 @@ async def test_unknown_tool_follows_the_policy_default(tmp_path: Path) -> None:
 
 
 async def test_held_call_fails_closed_when_the_api_is_unreachable(tmp_path: Path) -> None:
-    async with running_gateway(tmp_path, PROBE_POLICY, api_url=closed_port_url()) as gw, Client(
-        gw.server.server
-    ) as client:
+    async with (
+        running_gateway(tmp_path, PROBE_POLICY, api_url=closed_port_url()) as gw,
+        Client(gw.server.server) as client,
+    ):
         held = await client.call_tool("show_args", {"value": "held", "justification": "needs a human"})
         assert held.is_error
         assert structured(held)["status"] == "api_unavailable"
@@ -188,8 +189,17 @@ async def test_gateway_over_stdio_for_an_agent(tmp_path: Path) -> None:
     policy_file.write_text(PROBE_POLICY)
     params = StdioServerParameters(
         command=sys.executable,
-        args=["-m", "mcp_gateway.cli", "--stdio", "--policy", str(policy_file), "--data-dir", str(tmp_path / "d"),
-              "--api-url", closed_port_url()],
+        args=[
+            "-m",
+            "mcp_gateway.cli",
+            "--stdio",
+            "--policy",
+            str(policy_file),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--api-url",
+            closed_port_url(),
+        ],
         cwd=str(Path(__file__).parents[2]),
     )
     for mode in ("legacy", "auto"):
