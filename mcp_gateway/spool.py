@@ -33,6 +33,7 @@ class AuditSpool:
         self.path = data_dir / "audit-spool.jsonl"
         self.offset_path = data_dir / "audit-spool.offset"
         self.batch_size = batch_size
+        self._seal_torn_tail()
         self._file = self.path.open("a", encoding="utf-8")
         self._lock = anyio.Lock()
         self.has_records = anyio.Event()
@@ -41,6 +42,15 @@ class AuditSpool:
 
     def close(self) -> None:
         self._file.close()
+
+    def _seal_torn_tail(self) -> None:
+        """End a line torn by a crash, so the next record starts on its own line (the fragment is skipped)."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with self.path.open("rb+") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":
+                handle.write(b"\n")
 
     def append(self, record: Mapping[str, Any]) -> str:
         """Spool one call record; returns its `event_id`."""
