@@ -272,21 +272,14 @@ def key_create(
     sys.stdout.write(token + "\n")
 
 
-def _mount_optional() -> None:
-    """Subcommands owned by other packages."""
-    try:
-        from backend.policy_store.cli import policy_app
-    except ImportError:  # pragma: no cover - shipped together; guards a partial checkout
-        pass
-    else:
-        app.add_typer(policy_app, name="policy")
-    try:
-        from mcp_gateway.cli import demo_upstream_command, gateway_app
-    except ImportError:  # pragma: no cover
-        pass
-    else:
-        app.add_typer(gateway_app, name="gateway")
-        app.command("demo-upstream", help="Run the bundled demo MCP server on stdio.")(demo_upstream_command)
+def _mount_subcommands() -> None:
+    """Subcommands that live beside their packages; each loads its heavy imports only when run."""
+    from backend.policy_store.cli import policy_app
+    from mcp_gateway.cli import demo_upstream_command, gateway
+
+    app.add_typer(policy_app, name="policy")
+    app.command("gateway")(gateway)
+    app.command("demo-upstream")(demo_upstream_command)
 
 
-_mount_optional()
+_mount_subcommands()

@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import anyio
 import typer
 
-from mcp_gateway.app import Gateway
-from mcp_gateway.config import DEFAULT_API_URL, GatewaySettings
+from mcp_gateway.config import DEFAULT_API_URL
 
 gateway_app = typer.Typer(help="The MCP gateway agents connect to instead of their MCP servers.")
 
@@ -47,6 +45,11 @@ def gateway(
 
     The agent's API key comes from PRELOOP_API_KEY.
     """
+    import anyio  # the SDK and server stack load only when a gateway really starts
+
+    from mcp_gateway.app import Gateway
+    from mcp_gateway.config import GatewaySettings
+
     if stdio == (http is not None):
         raise typer.BadParameter("pass exactly one of --stdio or --http HOST:PORT")
     # stdout carries the MCP protocol in stdio mode, so logs always go to stderr.
@@ -74,6 +77,17 @@ def gateway(
                 await gw.serve_stdio()
 
     anyio.run(main, backend_options={"use_uvloop": True})
+
+
+def demo_upstream_command(
+    http: Annotated[
+        str | None, typer.Option("--http", help="Serve streamable HTTP on HOST:PORT instead of stdio.")
+    ] = None,
+) -> None:
+    """Run the bundled demo MCP server (deploy_production, drop_table, refund, scale_service, read_logs)."""
+    from mcp_gateway.demo_upstream import run_demo
+
+    run_demo(http)
 
 
 if __name__ == "__main__":

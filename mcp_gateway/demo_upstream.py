@@ -122,12 +122,8 @@ def read_logs(
     return "\n".join(out)
 
 
-def demo_upstream_command(
-    http: Annotated[
-        str | None, typer.Option("--http", help="Serve streamable HTTP on HOST:PORT instead of stdio.")
-    ] = None,
-) -> None:
-    """Run the bundled demo MCP server (deploy_production, drop_table, refund, scale_service, read_logs)."""
+def run_demo(http: str | None = None) -> None:
+    """Serve the demo tools on stdio, or on streamable HTTP at HOST:PORT."""
     if http:
         host, _, port = http.rpartition(":")
         demo.run("streamable-http", host=host or "127.0.0.1", port=int(port))
@@ -136,4 +132,6 @@ def demo_upstream_command(
 
 
 if __name__ == "__main__":
+    from mcp_gateway.cli import demo_upstream_command
+
     typer.run(demo_upstream_command)
