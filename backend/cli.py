@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import logging
+import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -93,6 +96,11 @@ def serve(
     port: int = typer.Option(None, min=1, max=65535, help="Port [env PRELOOP_PORT, default 8686]."),
     data_dir: Path = typer.Option(None, help="Embedded database, Redis and secrets [env PRELOOP_DATA_DIR]."),
     no_worker: bool = typer.Option(False, "--no-worker", help="Run the API only; start `preloop worker` apart."),
+    gateway_port: int = typer.Option(
+        None, min=0, max=65535,
+        help="Also run an MCP gateway on this port (default PORT+1 in embedded mode, using the demo agent key; "
+        "0 turns it off).",
+    ),
 ) -> None:
     """Run the hub: API, console, PWA and (unless --no-worker) the job worker, in one process."""
     import uvicorn
@@ -105,6 +113,8 @@ def serve(
     settings = _settings(host=host, port=port, data_dir=data_dir)
     configure_logging(settings.log.level, settings.log.format)
     _check_port_free(settings.server.host, settings.server.port)
+    if gateway_port:
+        _check_port_free(settings.server.host, gateway_port)
 
     async def main() -> bool:
         # Connect before serving, so an unreachable database or Redis is one line, not a traceback.
@@ -124,7 +134,25 @@ def serve(
             server = uvicorn.Server(config)
             typer.echo(f"Preloop hub running on {settings.server.base_url} "
                        f"(API docs: {settings.server.base_url}/schema)", err=True)
-            await server.serve()
+            gw_port = _embedded_gateway_port(settings, gateway_port)
+            if gw_port is None:
+                await server.serve()
+                return server.started
+            serving = asyncio.create_task(server.serve())
+            while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no started event
+                await asyncio.sleep(0.02)
+            if server.started:
+                gateway_task = asyncio.create_task(_run_embedded_gateway(settings, gw_port))
+                await asyncio.wait({serving, gateway_task}, return_when=asyncio.FIRST_COMPLETED)
+                if not gateway_task.done():
+                    gateway_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await gateway_task
+                elif gateway_task.exception() is not None:
+                    logging.getLogger("preloop.gateway").error(
+                        "embedded gateway stopped: %s", gateway_task.exception()
+                    )
+            await serving
             return server.started
         finally:
             await hub.stop()
@@ -137,6 +165,48 @@ def serve(
         return
     if not started:
         raise fail("the hub did not start; see the log line above")
+
+
+def _demo_key(settings: Settings) -> str | None:
+    path = settings.server.data_dir / "demo-agent.key"
+    return path.read_text().strip() if path.exists() else None
+
+
+def _embedded_gateway_port(settings: Settings, requested: int | None) -> int | None:
+    """The embedded gateway runs when asked for, or in embedded mode when the demo key exists."""
+    if requested == 0:
+        return None
+    if requested is None:
+        if not (settings.database.embedded and _demo_key(settings)):
+            return None
+        requested = settings.server.port + 1
+    return requested
+
+
+async def _run_embedded_gateway(settings: Settings, port: int) -> None:
+    from mcp_gateway.app import Gateway
+    from mcp_gateway.config import GatewaySettings
+
+    key = os.environ.get("PRELOOP_API_KEY") or _demo_key(settings)
+    if not key:
+        raise fail("the embedded gateway needs PRELOOP_API_KEY (or the demo agent key in the data dir)")
+    # Upstream commands such as `preloop demo-upstream` must resolve to this installation.
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    gateway_settings = GatewaySettings(
+        api_url=f"http://127.0.0.1:{settings.server.port}" if settings.server.host in {"0.0.0.0", "::"}  # noqa: S104
+        else f"http://{settings.server.host}:{settings.server.port}",
+        api_key=key,
+        data_dir=settings.server.data_dir / "gateway",
+    )
+    async with Gateway(gateway_settings) as gw:
+        typer.echo(
+            f"MCP gateway for agents on http://{settings.server.host}:{port}/mcp "
+            f"(stdio: PRELOOP_API_KEY=$(cat {settings.server.data_dir / 'demo-agent.key'}) preloop gateway --stdio)",
+            err=True,
+        )
+        await gw.serve_http(settings.server.host, port)
 
 
 @app.command()

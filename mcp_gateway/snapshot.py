@@ -51,10 +51,14 @@ class PolicySnapshot:
         self.source_text = source_text
         self.version = version
         self.source_name = source_name
-        self.loaded.set()
         logger.info("policy %s (version %s, %s) is active", source_name, version, policy.version_hash[:12])
-        for listener in self._listeners:
-            await listener(policy)
+        try:
+            for listener in self._listeners:
+                await listener(policy)
+        finally:
+            # Set only once upstreams have been (re)applied, so a gateway that reports itself
+            # ready already routes the policy's tools.
+            self.loaded.set()
 
     async def load_file(self, path: Path) -> None:
         text = await anyio.Path(path).read_text(encoding="utf-8")

@@ -157,6 +157,11 @@ class LiveHub:
     url: str
     settings: Settings
     app: Any
+    loop: asyncio.AbstractEventLoop
+
+    def call(self, coro: Any, timeout: float = 30) -> Any:
+        """Run a coroutine on the hub's own event loop (its database pool lives there)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
 @pytest.fixture
@@ -168,8 +173,10 @@ def live_hub(settings: Settings) -> Iterator[LiveHub]:
 
     port = free_port()
     app = create_app(settings, with_worker=True)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
+                                           timeout_graceful_shutdown=2))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=lambda: loop.run_until_complete(server.serve()), daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
@@ -177,7 +184,8 @@ def live_hub(settings: Settings) -> Iterator[LiveHub]:
             raise RuntimeError("the hub did not start")
         time.sleep(0.02)
     try:
-        yield LiveHub(f"http://127.0.0.1:{port}", settings, app)
+        yield LiveHub(f"http://127.0.0.1:{port}", settings, app, loop)
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+        loop.close()

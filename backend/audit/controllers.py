@@ -13,19 +13,34 @@ from backend.audit.service import Actor, record, verify
 from backend.audit.tables import AuditEvent
 from backend.errors import ValidationFailed
 
+CALL_DECISIONS = frozenset({"allow", "deny", "granted"})
 
-class CallRecord(msgspec.Struct, forbid_unknown_fields=True):
-    """One allowed or denied call, as the gateway saw it."""
+
+class CallRecord(msgspec.Struct):
+    """One allowed, denied or grant-covered call, as the gateway saw it.
+
+    Unknown fields are kept (a newer gateway may report more); the key's identity, not the
+    record's `agent`, is what the audit trusts as the actor.
+    """
 
     event_id: str
     tool: str
     decision: str
     server: str = ""
+    kind: str = "tool_call"
+    exposed_tool: str | None = None
+    arguments: dict[str, Any] | None = None
     arguments_hash: str = ""
+    justification: str | None = None
+    agent: dict[str, Any] | None = None
     rule: dict[str, Any] | None = None
-    at: str | None = None
-    outcome: str | None = None
-    detail: dict[str, Any] = {}
+    reason: str | None = None
+    policy_version: int | None = None
+    policy_hash: str | None = None
+    is_error: bool | None = None
+    duration_ms: float | None = None
+    grant_id: str | None = None
+    recorded_at: str | None = None
 
 
 class CallBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,17 +81,19 @@ class AuditController(Controller):
             raise ValidationFailed("at most 1000 records per batch", detail={"got": len(data.records)})
         actor = Actor("key", str(principal.key_id or principal.user_id), principal.key_name or principal.email)
         for item in data.records:
+            if item.decision not in CALL_DECISIONS:
+                raise ValidationFailed(
+                    f"unknown decision {item.decision!r} in record {item.event_id}",
+                    detail={"hint": f"use one of: {', '.join(sorted(CALL_DECISIONS))}"},
+                )
+            details = {k: v for k, v in msgspec.to_builtins(item).items() if k != "event_id" and v is not None}
             await record(
                 principal.org_id,
                 f"call.{item.decision}",
                 actor,
                 subject_type="tool",
                 subject_id=item.tool[:64],
-                data={
-                    "tool": item.tool, "server": item.server, "arguments_hash": item.arguments_hash,
-                    "rule": item.rule, "at": item.at, "outcome": item.outcome, "detail": item.detail,
-                    "agent": principal.key_name,
-                },
+                data=details,
                 external_id=f"{principal.org_id}:{item.event_id}"[:80],
             )
         return {"accepted": len(data.records)}
