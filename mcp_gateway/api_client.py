@@ -162,9 +162,12 @@ class ApiClient:
         return body
 
     async def wait_for_any(self, ids: Sequence[str], wait_seconds: float) -> WaitAnswer:
-        params: dict[str, str | int] = {"ids": ",".join(ids), "timeout": max(1, int(wait_seconds))}
+        # The POST form carries any number of ids (a thousand held calls would overflow a URL).
+        payload = {"ids": list(ids), "timeout": max(1, int(wait_seconds))}
         body = (
-            await self._request("GET", "/approvals/wait", params=params, request_timeout=wait_seconds + self._timeout)
+            await self._request(
+                "POST", "/approvals/wait", json_body=payload, request_timeout=wait_seconds + self._timeout
+            )
         ).json()
         return WaitAnswer(
             decided=list(body.get("decided") or []),
