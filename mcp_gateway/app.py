@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -61,6 +62,7 @@ class Gateway:
                 api=self.api,
                 agent=agent,
                 hold_window=self.settings.hold_window,
+                background=self._spawn,
             )
             self.mcp = GatewayServer(self.checkpoint)
             await self._tg.start(self.pool.run, [])
@@ -89,6 +91,10 @@ class Gateway:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
         await self._stack.aclose()
+
+    def _spawn(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(work)
 
     async def _identity(self) -> AgentIdentity:
         if not self.settings.api_key:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -87,6 +87,7 @@ class Checkpoint:
         agent: AgentIdentity,
         hold_window: float = 50.0,
         progress_interval: float = 5.0,
+        background: Callable[[Callable[[], Coroutine[Any, Any, None]]], None] | None = None,
     ) -> None:
         self.pool = pool
         self.snapshot = snapshot
@@ -95,6 +96,8 @@ class Checkpoint:
         self.agent = agent
         self.hold_window = hold_window
         self.progress_interval = progress_interval
+        # Where follow-up work (outcome reports) runs, so the agent gets its result first.
+        self._background = background
         self.waiter = VerdictWaiter(api) if api is not None else None
         self._agent_info = AgentInfo(name=agent.name, id=agent.id, labels=dict(agent.labels))
 
@@ -272,19 +275,16 @@ class Checkpoint:
 
     async def _wait(self, approval_id: str, name: str, progress: Progress | None) -> dict[str, Any] | None:
         assert self.waiter is not None
-        deadline = anyio.current_time() + self.hold_window
-        step = 0
-        while True:
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                return None
-            request = await self.waiter.wait_for_verdict(approval_id, min(self.progress_interval, remaining))
-            if request is not None:
-                return request
-            step += 1
+        started = anyio.current_time()
+
+        async def tick() -> None:
             if progress is not None:
-                waited = self.hold_window - max(0.0, deadline - anyio.current_time())
+                waited = anyio.current_time() - started
                 await progress(waited, self.hold_window, f"{name}: waiting for human approval ({approval_id})")
+
+        return await self.waiter.wait_for_verdict(
+            approval_id, self.hold_window, tick=self.progress_interval, on_tick=tick
+        )
 
     async def _conclude(self, judged: _Judged, request: Mapping[str, Any], progress: Progress | None) -> dict[str, Any]:
         name = judged.route.exposed_name
@@ -324,12 +324,19 @@ class Checkpoint:
         except GatewayError as exc:
             await self._report(approval_id, success=False, error=exc.message)
             raise
-        await self._report(
-            approval_id,
-            success=not result.get("isError"),
-            summary=_summary(result),
-            error=_summary(result) if result.get("isError") else None,
-        )
+
+        async def report() -> None:
+            await self._report(
+                approval_id,
+                success=not result.get("isError"),
+                summary=_summary(result),
+                error=_summary(result) if result.get("isError") else None,
+            )
+
+        if self._background is not None:
+            self._background(report)
+        else:
+            await report()
         return result
 
     async def _run_granted(self, judged: _Judged, ticket: ApprovalTicket, progress: Progress | None) -> dict[str, Any]:

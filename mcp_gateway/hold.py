@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,17 +41,36 @@ class VerdictWaiter:
     def holding(self) -> int:
         return len(self._waiters)
 
-    async def wait_for_verdict(self, approval_id: str, within: float) -> dict[str, Any] | None:
-        """The decided request, or None if no verdict arrived `within` seconds."""
+    async def wait_for_verdict(
+        self,
+        approval_id: str,
+        within: float,
+        *,
+        tick: float | None = None,
+        on_tick: Callable[[], Awaitable[None]] | None = None,
+    ) -> dict[str, Any] | None:
+        """The decided request, or None if no verdict arrived `within` seconds.
+
+        The id stays registered for the whole wait (progress ticks included), so the shared
+        long-poll is restarted only when a new id arrives, never by a tick.
+        """
         waiter = self._waiters.get(approval_id)
         if waiter is None:
             waiter = self._waiters[approval_id] = _Waiter()
             self._changed.set()
         waiter.count += 1
         try:
-            with anyio.move_on_after(within):
-                await waiter.event.wait()
-            return waiter.request
+            deadline = anyio.current_time() + within
+            while True:
+                remaining = deadline - anyio.current_time()
+                if remaining <= 0:
+                    return None
+                with anyio.move_on_after(min(tick or remaining, remaining)):
+                    await waiter.event.wait()
+                if waiter.event.is_set():
+                    return waiter.request
+                if on_tick is not None:
+                    await on_tick()
         finally:
             waiter.count -= 1
             if waiter.count == 0 and self._waiters.get(approval_id) is waiter:
