@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
+
 from backend.audit.tables import AuditEvent
-from tests.helpers import Org, auth
+from backend.settings import Settings
+from tests.helpers import Org, auth, free_port
 
 POLICY = """
 version: "1"
@@ -101,3 +111,38 @@ async def audit_kinds(org: Org, subject_id: str) -> list[str]:
         (AuditEvent.org_id == str(org.id)) & (AuditEvent.subject_id == subject_id)
     ).order_by(AuditEvent.seq)
     return [r["kind"] for r in rows]
+
+
+@asynccontextmanager
+async def api_process(settings: Settings) -> AsyncIterator[str]:
+    """`preloop serve --no-worker` in its own process on the test's database and Redis; yields its URL."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PRELOOP_DATABASE_URL": settings.database_url,
+        "PRELOOP_REDIS_URL": settings.redis.url,
+        "PRELOOP_DATA_DIR": str(settings.server.data_dir),
+        "PRELOOP_DEMO": "false",
+        "PRELOOP_SECRET_KEY": "test-secret",
+        "PRELOOP_PORT": str(port),
+    }
+    command = [str(Path(sys.executable).parent / "preloop"), "serve", "--no-worker"]
+    process = await anyio.open_process(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=2) as probe:
+            with anyio.fail_after(30):
+                while True:  # readiness: the port answers once startup completes
+                    try:
+                        if (await probe.get("/health")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await anyio.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        with anyio.move_on_after(10):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()

@@ -1,0 +1,113 @@
+"""Exactly once under concurrency, on PostgreSQL: racing votes, decline and the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from backend.approvals import flows, jobs
+from backend.approvals.tables import ApprovalRequest, Vote
+from backend.audit.service import verify
+from tests.conftest import _truncate_postgres
+from tests.helpers import auth
+from tests.integration.approvals.support import apply_policy, audit_kinds, create
+
+
+@pytest.fixture
+def database_url(_postgres_migrated: str) -> str:
+    """Only PostgreSQL: SQLite serializes every writer, so there is no race to show."""
+    asyncio.run(_truncate_postgres(_postgres_migrated))
+    return _postgres_migrated
+
+
+def _bus_counter(hub: Any, request_id: str) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    hub.bus.subscribe(flows.approval_topic(request_id), lambda _t, m: seen.update([m["status"]]))
+    return seen
+
+
+async def test_fifty_concurrent_approvals_on_quorum_two_decide_once(client: Any, org: Any, hub: Any) -> None:
+    await apply_policy(client, org)
+    rid = (await create(client, org, "drop_table", {"table": "users"}))["id"]
+    seen = _bus_counter(hub, rid)
+    tokens = [org.approver_tokens["alice"], org.approver_tokens["bob"], org.approver_tokens["carol"]]
+    responses = await asyncio.gather(*[
+        client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=auth(tokens[i % 3])) for i in range(50)
+    ])
+    codes = Counter(r.status_code for r in responses)
+    assert codes[200] == 2, codes
+    assert codes[409] == 48, codes
+    refusals = {r.json()["error"]["code"] for r in responses if r.status_code == 409}
+    assert refusals <= {"already_voted", "already_decided"}
+    assert await Vote.count().where(Vote.request == rid) == 2
+    assert (await flows.load_row(rid))["status"] == "approved"  # type: ignore[index]
+    kinds = await audit_kinds(org, rid)
+    assert kinds.count("approval.approved") == 1
+    assert kinds.count("approval.vote_approve") == 2
+    assert seen == Counter({"approved": 1})
+    assert (await verify(org.id)).ok
+
+
+async def test_approve_racing_decline_settles_one_way(client: Any, org: Any, hub: Any) -> None:
+    await apply_policy(client, org)
+    for n in range(10):
+        rid = (await create(client, org, "deploy", {"n": n}))["id"]
+        approve, decline = await asyncio.gather(
+            client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=auth(org.approver_tokens["alice"])),
+            client.post(f"/api/v1/approvals/{rid}/decline", json={"reason": "no"},
+                        headers=auth(org.approver_tokens["bob"])),
+        )
+        assert sorted([approve.status_code, decline.status_code]) == [200, 409]
+        row = await flows.load_row(rid)
+        assert row is not None
+        winner = "approved" if approve.status_code == 200 else "declined"
+        assert row["status"] == winner
+        assert row["outcome"]["kind"] == winner
+        assert await Vote.count().where(Vote.request == rid) == 1  # the loser's vote was rolled back
+        kinds = await audit_kinds(org, rid)
+        assert kinds.count("approval.approved") + kinds.count("approval.declined") == 1
+
+
+async def test_approve_racing_the_timeout_settles_one_way(client: Any, org: Any, hub: Any) -> None:
+    await apply_policy(client, org)
+    outcomes: Counter[str] = Counter()
+    for n in range(10):
+        rid = (await create(client, org, "deploy", {"n": n}))["id"]
+        await ApprovalRequest.update({ApprovalRequest.expires_at: flows.now() - timedelta(seconds=1)}).where(
+            ApprovalRequest.id == rid)
+        seen = _bus_counter(hub, rid)
+        approve, *fired = await asyncio.gather(
+            client.post(f"/api/v1/approvals/{rid}/approve", json={}, headers=auth(org.approver_tokens["carol"])),
+            jobs.expire_request({"hub": hub}, rid),
+            jobs.expire_request({"hub": hub}, rid),
+        )
+        row = await flows.load_row(rid)
+        assert row is not None
+        outcomes[row["status"]] += 1
+        if row["status"] == "approved":
+            assert approve.status_code == 200
+            assert fired == [False, False]
+        else:
+            assert row["status"] == "expired"
+            assert approve.status_code == 409
+            assert sorted(fired) == [False, True]
+            assert await Vote.count().where(Vote.request == rid) == 0
+        kinds = await audit_kinds(org, rid)
+        assert kinds.count("approval.approved") + kinds.count("approval.expired") == 1
+        assert sum(seen.values()) == 1
+    assert sum(outcomes.values()) == 10
+
+
+async def test_concurrent_identical_creates_make_one_request(client: Any, org: Any) -> None:
+    await apply_policy(client, org)
+    responses = await asyncio.gather(*[
+        client.post("/api/v1/approvals", json={"tool": "deploy", "server": "infra", "arguments": {"v": 1}},
+                    headers=auth(org.agent_token))
+        for _ in range(20)
+    ])
+    assert Counter(r.status_code for r in responses) == Counter({201: 1, 200: 19})
+    assert len({r.json()["id"] for r in responses}) == 1
