@@ -2,8 +2,9 @@
 
 Inbound, `FastPathApp` answers `tools/call` POSTs straight from the ASGI scope when the checkpoint can
 settle them at once (allow, deny, errors); held calls, progress requests and every other method go to the
-SDK's app. Outbound, `HttpFastLane` posts `tools/call` to a modern upstream with a pooled HTTP client and
-returns the raw result dict. Both skip model validation: the JSON-RPC result passes through as-is.
+SDK's app. Outbound, `HttpFastLane` posts `tools/call` to a modern upstream over a pooled keep-alive
+connection (`_http1`) and returns the raw result dict. Both skip model validation: the JSON-RPC result
+passes through as-is.
 """
 
 from __future__ import annotations
@@ -13,10 +14,17 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import httpx2
 import msgspec
 from mcp.shared.exceptions import MCPError
-from mcp.shared.inbound import MCP_METHOD_HEADER, MCP_NAME_HEADER, MCP_PROTOCOL_VERSION_HEADER
+from mcp.shared.inbound import (
+    MCP_METHOD_HEADER,
+    MCP_NAME_HEADER,
+    MCP_PROTOCOL_VERSION_HEADER,
+    encode_header_value,
+    find_invalid_x_mcp_header,
+    mcp_param_headers,
+    x_mcp_header_map,
+)
 from mcp_types import (
     CLIENT_CAPABILITIES_META_KEY,
     CLIENT_INFO_META_KEY,
@@ -25,6 +33,7 @@ from mcp_types import (
 from mcp_types.version import LATEST_MODERN_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mcp_gateway._http1 import Http1Error, Http1Pool, Response
 from mcp_gateway.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -38,16 +47,37 @@ _decode = msgspec.json.Decoder().decode
 FastCall = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
-def _parse_body(content_type: str, body: bytes, request_id: int) -> dict[str, Any]:
-    """The JSON-RPC response for `request_id` from a JSON or SSE body."""
-    if content_type.startswith("text/event-stream"):
-        for line in body.splitlines():
-            if line.startswith(b"data:"):
-                message = _decode(line[5:].strip())
-                if isinstance(message, dict) and message.get("id") == request_id:
-                    return message
-        raise UpstreamError("the upstream's event stream ended without a response")
-    message = _decode(body)
+class _ResponseMatcher:
+    """Event filter for an SSE answer: accepts the event carrying the JSON-RPC response to `request_id`."""
+
+    __slots__ = ("message", "request_id")
+
+    def __init__(self, request_id: int) -> None:
+        self.request_id = request_id
+        self.message: dict[str, Any] | None = None
+
+    def __call__(self, data: bytes) -> bool:
+        try:
+            message = _decode(data)
+        except msgspec.DecodeError:
+            return False
+        # Notifications and server-to-client requests may precede the response in the stream.
+        if isinstance(message, dict) and message.get("id") == self.request_id and "method" not in message:
+            self.message = message
+            return True
+        return False
+
+
+def _parse_response(response: Response, matcher: _ResponseMatcher) -> dict[str, Any]:
+    """The JSON-RPC response from a JSON or SSE answer."""
+    if response.content_type.startswith("text/event-stream"):
+        if matcher.message is None:
+            raise UpstreamError(f"the upstream's event stream ended without a response (HTTP {response.status})")
+        return matcher.message
+    try:
+        message = _decode(response.body)
+    except msgspec.DecodeError as exc:
+        raise UpstreamError(f"the upstream answered HTTP {response.status} with a body that is not JSON-RPC") from exc
     if not isinstance(message, dict):
         raise UpstreamError("the upstream answered with something that is not a JSON-RPC response")
     return message
@@ -58,42 +88,64 @@ class HttpFastLane:
 
     def __init__(self, url: str, headers: Mapping[str, str]) -> None:
         self.url = url
-        self._client = httpx2.AsyncClient(headers=dict(headers), timeout=httpx2.Timeout(30.0, read=300.0))
+        self._pool = Http1Pool(url, headers)
         self._ids = itertools.count(1)
         self.version: str | None = None
+        self._meta_fixed: dict[str, Any] = {}
+        self._param_headers: dict[str, dict[tuple[str, ...], str]] = {}
+        self._set_version(LATEST_MODERN_VERSION)
+
+    def _set_version(self, version: str) -> None:
+        self._wire_version = version
+        self._meta_fixed = {
+            PROTOCOL_VERSION_META_KEY: version,
+            CLIENT_INFO_META_KEY: CLIENT_INFO,
+            CLIENT_CAPABILITIES_META_KEY: {},
+        }
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._pool.aclose()
+
+    def absorb_tools(self, tools: list[dict[str, Any]]) -> None:
+        """Remember each tool's `x-mcp-header` annotations, mirrored into `Mcp-Param-*` headers on calls."""
+        maps: dict[str, dict[tuple[str, ...], str]] = {}
+        for tool in tools:
+            schema = tool.get("inputSchema")
+            if isinstance(schema, dict) and find_invalid_x_mcp_header(schema) is None:
+                header_map = x_mcp_header_map(schema)
+                if header_map:
+                    maps[str(tool.get("name"))] = header_map
+        self._param_headers = maps
 
     def _envelope(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        meta = dict(params.get("_meta") or {})
-        meta[PROTOCOL_VERSION_META_KEY] = self.version or LATEST_MODERN_VERSION
-        meta[CLIENT_INFO_META_KEY] = CLIENT_INFO
-        meta[CLIENT_CAPABILITIES_META_KEY] = {}
-        return {**params, "_meta": meta}
+        meta = params.get("_meta")
+        return {**params, "_meta": {**meta, **self._meta_fixed} if meta else self._meta_fixed}
 
-    async def _post(self, method: str, params: Mapping[str, Any], name: str | None = None) -> dict[str, Any]:
+    async def _post(
+        self, method: str, params: Mapping[str, Any], extra: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         request_id = next(self._ids)
         body = _encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": self._envelope(params)})
         headers = {
             "accept": "application/json, text/event-stream",
             "content-type": "application/json",
-            MCP_PROTOCOL_VERSION_HEADER: self.version or LATEST_MODERN_VERSION,
+            MCP_PROTOCOL_VERSION_HEADER: self._wire_version,
             MCP_METHOD_HEADER: method,
         }
-        if name is not None:
-            headers[MCP_NAME_HEADER] = name
+        if extra:
+            headers.update(extra)
         try:
-            response = await self._client.post(self.url, content=body, headers=headers)
-        except httpx2.HTTPError as exc:
-            raise UpstreamError(f"upstream {self.url} is unreachable: {exc!r}") from exc
-        message = _parse_body(response.headers.get("content-type", ""), response.content, request_id)
+            matcher = _ResponseMatcher(request_id)
+            response = await self._pool.request("POST", body, headers, event_filter=matcher)
+        except Http1Error as exc:
+            raise UpstreamError(f"upstream {self.url} failed: {exc}") from exc
+        message = _parse_response(response, matcher)
         if "error" in message:
             error = message["error"] or {}
             raise MCPError(code=int(error.get("code", -32603)), message=str(error.get("message", "")))
         result = message.get("result")
         if not isinstance(result, dict):
-            raise UpstreamError(f"upstream {self.url} sent a response without a result")
+            raise UpstreamError(f"upstream {self.url} sent a response without a result (HTTP {response.status})")
         return result
 
     async def probe(self) -> bool:
@@ -106,10 +158,17 @@ class HttpFastLane:
         if not versions:
             return False
         self.version = versions[-1]
+        self._set_version(self.version)
         return True
 
     async def call_tool(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        result = await self._post("tools/call", params, name=str(params.get("name", "")))
+        name = str(params.get("name", ""))
+        extra = {MCP_NAME_HEADER: encode_header_value(name)}
+        header_map = self._param_headers.get(name)
+        if header_map:
+            arguments = params.get("arguments")
+            extra.update(mcp_param_headers(header_map, arguments if isinstance(arguments, Mapping) else {}))
+        result = await self._post("tools/call", params, extra)
         meta = result.get("_meta")
         if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
             # The upstream's identity is not ours to stamp onto the agent's result.

@@ -237,6 +237,8 @@ class Upstream:
             tools.extend(page.get("tools") or [])
             cursor = page.get("nextCursor")
             if not cursor:
+                if self.fast_lane is not None:
+                    self.fast_lane.absorb_tools(tools)
                 return tools
 
 
