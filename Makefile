@@ -43,7 +43,7 @@ check: $(STAMP_TEST) ## Lint (ruff) and type-check (mypy --strict)
 	$(BIN)/mypy
 
 bench: $(STAMP_TEST) $(NPM_STAMP) ## Run every benchmark; each ends with one RESULT line
-	@set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	@set -e; for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script; done
 
 services: ## Start the local PostgreSQL and Redis if they are not running (test machines)
 	bash .ci/services
