@@ -21,7 +21,7 @@ function card(request) {
   const policy = request.approval_policy || {};
   return `<article class="card" data-id="${escapeHtml(request.id)}">
     <h2>${escapeHtml(request.tool)} ${risk}</h2>
-    <p class="muted">${escapeHtml(request.agent_name || "agent")} · ${new Date(request.created_at).toLocaleString()}
+    <p class="muted">${escapeHtml(request.agent?.name || "agent")} · ${new Date(request.created_at).toLocaleString()}
       · needs ${escapeHtml(policy.quorum || 1)} approval(s)</p>
     <p>${escapeHtml(request.reason || "")}</p>
     ${request.justification ? `<p><strong>Why:</strong> ${escapeHtml(request.justification)}</p>` : ""}
