@@ -28,8 +28,10 @@ def _wait_for(predicate, what: str, timeout: float = 30.0):  # type: ignore[no-u
     pytest.fail(f"timed out waiting for {what}")
 
 
-def test_api_and_worker_run_apart_on_postgres_and_redis(  # noqa: PT019 - the fixture's value is the URL
-    _postgres_migrated: str, redis_url: str, tmp_path: Path
+def test_api_and_worker_run_apart_on_postgres_and_redis(
+    _postgres_migrated: str,  # noqa: PT019 - its value, the database URL, is used
+    redis_url: str,
+    tmp_path: Path,
 ) -> None:
     redis.Redis.from_url(redis_url).delete("preloop:worker:heartbeat")
     port = free_port()
