@@ -29,6 +29,14 @@ logger = logging.getLogger("preloop.approvals")
 
 DECIDED = frozenset({"approved", "declined", "expired", "cancelled", "executing", "executed", "failed"})
 Effect = Callable[[], Awaitable[None]]
+# Column defaults of a fresh request that `create_request` does not set.
+NEW_ROW: dict[str, Any] = {
+    "decided_at": None,
+    "outcome": None,
+    "grant_seconds": 0,
+    "executed_at": None,
+    "execution": None,
+}
 _EFFECTS: ContextVar[list[Effect] | None] = ContextVar("approval_effects", default=None)
 
 
@@ -111,15 +119,16 @@ async def eligible_users(row: dict[str, Any], *, include_future_levels: bool = F
     """User id -> email of everyone who may vote now: named approvers, team members and the
     targets of escalation levels that have fired. The requesting key's owner is never eligible."""
     policy = policy_of(row)
-    members = await team_members(row["org"])
     emails: set[str] = {e.lower() for e in policy.get("approvers", [])}
     teams: set[str] = set(policy.get("teams", []))
     for index, level in enumerate(policy.get("escalation", [])):
         if include_future_levels or index < int(row.get("escalation_level") or 0):
             emails.update(e.lower() for e in level.get("users", []))
             teams.update(level.get("teams", []))
-    for team in teams:
-        emails.update(members.get(team, []))
+    if teams:
+        members = await team_members(row["org"])
+        for team in teams:
+            emails.update(members.get(team, []))
     if not emails:
         return {}
     users = await User.select(User.id, User.email).where(
@@ -164,10 +173,8 @@ async def transition(
     match (old, new):
         case (None, "pending"):
             assert change.values is not None
-            fresh = ApprovalRequest(**change.values)
-            await fresh.save()
-            updated = await load_row(fresh.id)
-            assert updated is not None
+            await ApprovalRequest.insert(ApprovalRequest(**change.values))
+            updated = {**NEW_ROW, **change.values}
             await _audit(
                 updated,
                 "approval.requested",
@@ -245,7 +252,7 @@ async def _conditional_update(
     changed = await ApprovalRequest.update(columns).where(condition).returning(ApprovalRequest.id)
     if not changed:
         return None
-    return await load_row(row["id"])
+    return {**row, **values}
 
 
 async def _audit(row: dict[str, Any], kind: str, actor: Actor, change: Change, data: dict[str, Any]) -> None:
@@ -280,9 +287,7 @@ def _schedule(hub: Hub, row: dict[str, Any]) -> None:
         if expires is not None and row["escalation_level"] == 0:
             await hub.enqueue("expire_request", rid, job_id=f"expire:{rid}", defer_until=expires)
         if escalates is not None:
-            await hub.enqueue(
-                "escalate_request", rid, level, job_id=f"escalate:{rid}:{level}", defer_until=escalates
-            )
+            await hub.enqueue("escalate_request", rid, level, job_id=f"escalate:{rid}:{level}", defer_until=escalates)
 
     after_commit(enqueue)
 
@@ -385,9 +390,7 @@ async def record_vote(
         )
     eligible = await eligible_users(row)
     if str(principal.user_id) not in eligible:
-        raise await reject_vote(
-            row, principal, "not_eligible", f"{principal.email} is not an approver of this request"
-        )
+        raise await reject_vote(row, principal, "not_eligible", f"{principal.email} is not an approver of this request")
     reason = (reason or "").strip() or None
     if decision == "decline" and policy.get("require_decline_reason") and not reason:
         raise ValidationFailed(
@@ -411,12 +414,7 @@ async def record_vote(
         if current["status"] != "pending":
             raise _already_decided(current)
         key = f"{current['id']}:{principal.user_id}"
-        if await Vote.exists().where(Vote.request_user == key):
-            raise Conflict(
-                "you have already voted on this request; a second vote is not counted",
-                code="already_voted",
-                detail={"request_id": str(current["id"])},
-            )
+        # The unique `request_user` column refuses a second vote; the transaction then rolls back.
         try:
             await Vote(
                 request=current["id"],
@@ -428,7 +426,11 @@ async def record_vote(
                 created_at=now(),
             ).save()
         except (asyncpg.UniqueViolationError, _sqlite_integrity()) as exc:
-            raise Conflict("you have already voted on this request", code="already_voted") from exc
+            raise Conflict(
+                "you have already voted on this request; a second vote is not counted",
+                code="already_voted",
+                detail={"request_id": str(current["id"])},
+            ) from exc
         await record(
             current["org"],
             f"approval.vote_{decision}",
@@ -444,11 +446,9 @@ async def record_vote(
         )
         approvals = [v for v in votes if v["decision"] == "approve"]
         declines = [v for v in votes if v["decision"] == "decline"]
-        if decision == "approve":
+        if decision == "approve" and (grant_seconds or int(current["grant_seconds"])):
             # A grant widens an approval, so every approving voter must ask for it: keep the smallest.
-            window = (
-                grant_seconds if len(approvals) == 1 else min(int(current["grant_seconds"]), grant_seconds)
-            )
+            window = grant_seconds if len(approvals) == 1 else min(int(current["grant_seconds"]), grant_seconds)
             await ApprovalRequest.update({ApprovalRequest.grant_seconds: window}).where(
                 ApprovalRequest.id == current["id"]
             )
@@ -472,9 +472,7 @@ async def record_vote(
     return result
 
 
-async def _decide(
-    hub: Hub, row: dict[str, Any], new: str, actor: Actor, outcome: dict[str, Any]
-) -> dict[str, Any]:
+async def _decide(hub: Hub, row: dict[str, Any], new: str, actor: Actor, outcome: dict[str, Any]) -> dict[str, Any]:
     updated = await transition(hub, row, new, actor, Change(outcome=outcome))
     if updated is None:  # lost to a deadline or another decision: roll the vote back
         latest = await load_row(row["id"])
@@ -550,9 +548,7 @@ async def fire_escalation(hub: Hub, request_id: uuid.UUID | str, level: int | No
         levels = policy_of(row).get("escalation", [])
         created = _ts(row["created_at"]) or now()
         following = (
-            created + timedelta(seconds=int(levels[reached]["after_seconds"]))
-            if reached < len(levels)
-            else None
+            created + timedelta(seconds=int(levels[reached]["after_seconds"])) if reached < len(levels) else None
         )
         change = Change(values={"escalation_level": reached, "next_escalation_at": following})
         return await transition(hub, row, "escalated", Actor.system("escalation"), change) is not None
