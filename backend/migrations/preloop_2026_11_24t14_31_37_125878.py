@@ -79,7 +79,7 @@ class User(Table, tablename="app_user", schema=None):
 
 ID = "2026-11-24T14:31:37:125878"
 VERSION = "1.38.0"
-DESCRIPTION = "True"
+DESCRIPTION = "initial schema"
 
 
 async def forwards():

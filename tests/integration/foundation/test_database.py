@@ -60,3 +60,14 @@ async def test_external_ids_make_ingestion_idempotent(hub: Any) -> None:
     again = await record(org, "call.allow", Actor("key", "k"), external_id="spool-1")
     assert first["hash"] == again["hash"]
     assert await AuditEvent.count().where(AuditEvent.org_id == org) == 1
+
+
+async def test_audit_chain_has_an_org_seq_index(hub: Any) -> None:
+    from backend import db
+
+    if db.is_postgres():
+        rows = await AuditEvent.raw("SELECT indexdef FROM pg_indexes WHERE indexname = 'audit_event_org_seq'")
+        assert rows and "(org_id, seq)" in rows[0]["indexdef"]
+    else:
+        rows = await AuditEvent.raw("PRAGMA index_info('audit_event_org_seq')")
+        assert [row["name"] for row in rows] == ["org_id", "seq"]
