@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from mcp_gateway.errors import GatewayError
 
 logger = logging.getLogger(__name__)
+
+_encode = msgspec.json.Encoder(enc_hook=str).encode
 
 Sender = Callable[[Sequence[Mapping[str, Any]]], Awaitable[None]]
 
@@ -23,9 +26,12 @@ Sender = Callable[[Sequence[Mapping[str, Any]]], Awaitable[None]]
 class AuditSpool:
     """Append-only JSONL file plus a delivered-offset file.
 
-    Each record is written and flushed to the OS before the agent gets its result, so a gateway crash
-    loses nothing; the file is fsynced once per flush round. Records carry a uuid `event_id`, which the
-    hub uses to ignore duplicates, so resending after a crash between send and offset update is safe.
+    Durability: each record is handed to the OS with one `write(2)` before the agent gets its result, so a
+    crash of the gateway process loses nothing. It is not fsynced per call: a background round fsyncs the
+    file at most `interval` seconds (default 1 s) after new records, whether or not the hub is reachable,
+    so a power loss or kernel crash can lose at most about that last second. Records carry a uuid
+    `event_id`, which the hub uses to ignore duplicates, so resending after a crash between send and offset
+    update is safe.
     """
 
     def __init__(self, data_dir: Path, *, batch_size: int = 500) -> None:
@@ -34,14 +40,27 @@ class AuditSpool:
         self.offset_path = data_dir / "audit-spool.offset"
         self.batch_size = batch_size
         self._seal_torn_tail()
-        self._file = self.path.open("a", encoding="utf-8")
+        self._fd = self._open()
+        self._dirty = False
         self._lock = anyio.Lock()
         self.has_records = anyio.Event()
         if self.pending_count() > 0:
             self.has_records.set()
 
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            self.sync()
+            os.close(self._fd)
+            self._fd = -1
+
+    def sync(self) -> None:
+        """fsync the spool if records were appended since the last sync."""
+        if self._dirty and self._fd >= 0:
+            self._dirty = False
+            os.fsync(self._fd)
 
     def _seal_torn_tail(self) -> None:
         """End a line torn by a crash, so the next record starts on its own line (the fragment is skipped)."""
@@ -57,8 +76,12 @@ class AuditSpool:
         event = dict(record)
         event.setdefault("event_id", str(uuid.uuid4()))
         event.setdefault("recorded_at", datetime.now(UTC).isoformat())
-        self._file.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
-        self._file.flush()
+        line = _encode(event) + b"\n"
+        # One write(2) on an O_APPEND descriptor: the record is in the OS before the agent sees its result.
+        written = os.write(self._fd, line)
+        while written < len(line):  # only on a nearly full disk
+            written += os.write(self._fd, line[written:])
+        self._dirty = True
         self.has_records.set()
         return str(event["event_id"])
 
@@ -80,15 +103,15 @@ class AuditSpool:
     def pending_count(self) -> int:
         return len(self.pending())
 
-    def _read_from(self, offset: int) -> list[tuple[int, dict[str, Any]]]:
-        """(end offset, record) pairs after `offset`; a torn last line (crash mid-write) is left for later."""
+    def _read_from(self, offset: int, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+        """Up to `limit` (end offset, record) pairs after `offset`; a torn last line (crash mid-write) is left."""
         out: list[tuple[int, dict[str, Any]]] = []
         try:
             with self.path.open("rb") as handle:
                 handle.seek(offset)
                 position = offset
                 for line in handle:
-                    if not line.endswith(b"\n"):
+                    if not line.endswith(b"\n") or (limit is not None and len(out) >= limit):
                         break
                     position += len(line)
                     try:
@@ -102,17 +125,18 @@ class AuditSpool:
     async def flush(self, send: Sender) -> int:
         """Deliver every pending record in batches; returns how many the hub acknowledged.
 
-        Stops at the first failure (records stay spooled) and raises it, so callers can back off.
+        Stops at the first failure (records stay spooled) and raises it, so callers can back off. Reads one
+        batch at a time, so a long outage does not mean re-reading the whole backlog on every retry.
         """
         async with self._lock:
             self.has_records = anyio.Event()
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            entries = self._read_from(self._delivered_offset())
+            self.sync()
             sent = 0
             try:
-                for start in range(0, len(entries), self.batch_size):
-                    batch = entries[start : start + self.batch_size]
+                while True:
+                    batch = self._read_from(self._delivered_offset(), self.batch_size)
+                    if not batch:
+                        break
                     await send([record for _, record in batch])
                     self._store_offset(batch[-1][0])
                     sent += len(batch)
@@ -124,23 +148,26 @@ class AuditSpool:
 
     def _compact_if_drained(self) -> None:
         # Truncate only when everything is delivered, so the offset never points past live data.
-        if self._delivered_offset() >= self.path.stat().st_size and self.path.stat().st_size > 1_000_000:
-            self._file.close()
+        size = self.path.stat().st_size
+        if size > 1_000_000 and self._delivered_offset() >= size:
+            os.close(self._fd)
             self.path.write_bytes(b"")
             self._store_offset(0)
-            self._file = self.path.open("a", encoding="utf-8")
+            self._fd = self._open()
 
     async def run(self, send: Sender, *, interval: float = 1.0, max_backoff: float = 30.0) -> None:
-        """Flush forever: on new records (at most every `interval` s), with backoff while the hub is down."""
+        """Forever: fsync new records within `interval` s and deliver them, backing off while the hub is down."""
         backoff = interval
+        retry_at = 0.0
         while True:
             await self.has_records.wait()
-            try:
-                await self.flush(send)
-                backoff = interval
-            except GatewayError as exc:
-                logger.warning("audit delivery failed, will retry in %.0fs: %s", backoff, exc.message)
-                await anyio.sleep(backoff)
-                backoff = min(max_backoff, backoff * 2)
-                continue
+            self.sync()
+            if anyio.current_time() >= retry_at:
+                try:
+                    await self.flush(send)
+                    backoff = interval
+                except GatewayError as exc:
+                    logger.warning("audit delivery failed, will retry in %.0fs: %s", backoff, exc.message)
+                    retry_at = anyio.current_time() + backoff
+                    backoff = min(max_backoff, backoff * 2)
             await anyio.sleep(interval)
