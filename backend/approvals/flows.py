@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from backend.accounts.service import Principal, team_members
-from backend.accounts.tables import User
+from backend.accounts.service import Principal
+from backend.accounts.tables import TeamMembership, User
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
 from backend.audit.service import Actor, record
 from backend.errors import Conflict, Forbidden, ValidationFailed
@@ -125,17 +125,22 @@ async def eligible_users(row: dict[str, Any], *, include_future_levels: bool = F
         if include_future_levels or index < int(row.get("escalation_level") or 0):
             emails.update(e.lower() for e in level.get("users", []))
             teams.update(level.get("teams", []))
-    if teams:
-        members = await team_members(row["org"])
-        for team in teams:
-            emails.update(members.get(team, []))
-    if not emails:
-        return {}
-    users = await User.select(User.id, User.email).where(
-        (User.org == row["org"]) & (User.email.is_in(sorted(emails))) & (User.is_active == True)  # noqa: E712
-    )
+    found: dict[str, str] = {}
+    if teams:  # one join for every member of the named teams
+        members = await TeamMembership.select(TeamMembership.user.id, TeamMembership.user.email).where(
+            (TeamMembership.team.org == row["org"])
+            & (TeamMembership.team.name.is_in(sorted(teams)))
+            & (TeamMembership.user.is_active == True)  # noqa: E712
+        )
+        found.update({str(m["user.id"]): m["user.email"] for m in members})
+    if emails:
+        users = await User.select(User.id, User.email).where(
+            (User.org == row["org"]) & (User.email.is_in(sorted(emails))) & (User.is_active == True)  # noqa: E712
+        )
+        found.update({str(u["id"]): u["email"] for u in users})
     requester = str(row.get("requester") or "")
-    return {str(u["id"]): u["email"] for u in users if str(u["id"]) != requester}
+    found.pop(requester, None)
+    return found
 
 
 async def level_targets(row: dict[str, Any], level: int) -> dict[str, str]:
