@@ -102,7 +102,7 @@ class ApprovalController(Controller):
         principal: Principal,
         hub: Hub,
         ids: str,
-        seconds: float = QueryParameter(name="timeout", default=25.0, ge=0, le=3600),
+        seconds: float = QueryParameter(name="timeout", default=25.0, ge=0, le=3600),  # type: ignore[assignment]
     ) -> dict[str, Any]:
         return await service.wait_for_decisions(hub, principal, service.parse_ids(ids), seconds)
 

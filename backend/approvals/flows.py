@@ -175,6 +175,7 @@ async def transition(
     old = row["status"] if row is not None else None
     stamp = now()
     values: dict[str, Any]
+    updated: dict[str, Any] | None
     match (old, new):
         case (None, "pending"):
             assert change.values is not None

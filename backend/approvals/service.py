@@ -183,7 +183,7 @@ def _query(
     status: str | None,
     request_ids: list[Any] | None,
 ) -> Any:
-    condition = ApprovalRequest.org == org_id
+    condition: Any = ApprovalRequest.org == org_id
     if (start := _date(start_date, "start_date")) is not None:
         condition &= ApprovalRequest.created_at >= start
     if (end := _date(end_date, "end_date", end=True)) is not None:
@@ -455,7 +455,7 @@ async def create_request(
             return 200, {"status": "granted", "grant": _grant_dict(grant), "id": str(grant["request"])}
         existing = (
             await ApprovalRequest.select()
-            .where(same_call & ApprovalRequest.status.is_in(OPEN_FOR_ATTACH))
+            .where(same_call & ApprovalRequest.status.is_in(list(OPEN_FOR_ATTACH)))
             .order_by(ApprovalRequest.created_at, ascending=False)
             .output(load_json=True)
             .first()
@@ -742,7 +742,7 @@ async def wait_for_decisions(
 
 
 async def list_grants(principal: Principal, *, active: bool | None = None) -> list[dict[str, Any]]:
-    condition = Grant.org == principal.org_id
+    condition: Any = Grant.org == principal.org_id
     if active is True:
         condition &= Grant.revoked_at.is_null() & (Grant.expires_at > now())
     rows = await Grant.select().where(condition).order_by(Grant.created_at, ascending=False).limit(1000)

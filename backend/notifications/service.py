@@ -101,7 +101,7 @@ async def announce(
 async def deliveries_for(request_id: uuid.UUID | str) -> list[dict[str, Any]]:
     rows = (
         await NotificationDelivery.select(
-            NotificationDelivery.all_columns(), NotificationDelivery.user.email.as_alias("email")
+            *NotificationDelivery.all_columns(), NotificationDelivery.user.email.as_alias("email")
         )
         .where(NotificationDelivery.request == request_id)
         .order_by(NotificationDelivery.created_at)
