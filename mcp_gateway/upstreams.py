@@ -156,6 +156,9 @@ class Upstream:
                 break
             await anyio.sleep(backoff)
             backoff = min(5.0, backoff * 2)
+        if self.fast_lane is not None:
+            lane, self.fast_lane = self.fast_lane, None
+            await lane.aclose()
 
     async def _open_fast_lane(self) -> None:
         """Modern HTTP upstreams take allowed calls as stateless POSTs, skipping the session's layers."""
