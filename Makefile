@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 NPM_STAMP := tests/interop/node_modules/.package-lock.json
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
 .PHONY: help install run test check bench clean services
@@ -30,12 +32,17 @@ $(NPM_STAMP): tests/interop/package.json tests/interop/package-lock.json
 	npm ci --prefix tests/interop --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# The e2e tests drive Debian's Chromium (Playwright's own browser download is not used).
+# A machine without apt skips them locally; with CI=true they fail instead.
+$(CHROMIUM):
+	-$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null
+
 install: $(STAMP_RUN) ## Create .venv and install Preloop (leaves .venv/bin/preloop ready)
 
 run: install ## Start the embedded hub (SQLite + embedded Redis + worker + gateway) with a demo
 	$(BIN)/preloop serve
 
-test: $(STAMP_TEST) $(NPM_STAMP) ## Install what tests need and run the whole suite
+test: $(STAMP_TEST) $(NPM_STAMP) $(CHROMIUM) ## Install what tests need and run the whole suite
 	$(BIN)/pytest
 
 check: $(STAMP_TEST) ## Lint (ruff) and type-check (mypy --strict)

@@ -61,8 +61,8 @@ async function start() {
     await refresh();
     const events = new EventSource("/api/v1/events");
     events.onmessage = () => refresh();
-    ["approval.created", "approval.decided", "approval.escalated", "approval.updated"].forEach((name) =>
-      events.addEventListener(name, () => refresh()));
+    const kinds = ["requested", "escalated", "approved", "declined", "expired", "cancelled", "executing", "executed", "failed"];
+    kinds.forEach((kind) => events.addEventListener(`approval.${kind}`, () => refresh()));
   } catch {
     $("#login").hidden = false;
     $("#inbox").hidden = true;
