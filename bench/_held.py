@@ -158,7 +158,8 @@ async def _held_round(hub: _HubProcess, keys: dict[str, str], n: int, data_dir: 
                 print(f"  {len(pending)} calls held at once; approving one by one", file=sys.stderr)
                 decided_at: dict[int, float] = {}
                 approver = {"Authorization": f"Bearer {keys['approver']}"}
-                sem = anyio.Semaphore(int(os.environ.get("PRELOOP_BENCH_DECIDERS", "4")))
+                # One decision at a time by default, as people decide; more to stress the hub.
+                sem = anyio.Semaphore(int(os.environ.get("PRELOOP_BENCH_DECIDERS", "1")))
 
                 async def approve(item: dict[str, Any]) -> None:
                     async with sem:

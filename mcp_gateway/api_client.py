@@ -60,13 +60,23 @@ class WaitAnswer:
 class ApiClient:
     """Calls the hub's REST API with the agent's key; every failure maps to a `GatewayError`."""
 
-    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, api_key: str | None, *, timeout: float = 10.0, pool_timeout: float = 120.0
+    ) -> None:
         headers = {"Accept": "application/json", "User-Agent": "preloop-gateway"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout
-        self._http = httpx.AsyncClient(base_url=f"{self.base_url}/api/v1", headers=headers, timeout=timeout)
+        # A burst of held calls queues for a connection instead of failing: waiting for a free
+        # connection is bounded separately (and generously) from talking to the hub.
+        self._pool_timeout = pool_timeout
+        self._http = httpx.AsyncClient(
+            base_url=f"{self.base_url}/api/v1",
+            headers=headers,
+            timeout=httpx.Timeout(timeout, pool=pool_timeout),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -83,7 +93,11 @@ class ApiClient:
     ) -> httpx.Response:
         try:
             response = await self._http.request(
-                method, path, json=json_body, params=params, timeout=request_timeout or self._timeout
+                method,
+                path,
+                json=json_body,
+                params=params,
+                timeout=httpx.Timeout(request_timeout or self._timeout, pool=self._pool_timeout),
             )
         except httpx.HTTPError as exc:
             raise ApiUnavailableError(f"Preloop API at {self.base_url} is unreachable: {exc!r}") from exc
