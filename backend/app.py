@@ -16,10 +16,12 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.static_files import create_static_files_router
 
 from backend.accounts.controllers import AuthController, KeyController, TeamController, UserController
+from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
 from backend.deps import provide_hub, resolve_principal
 from backend.errors import PreloopError
 from backend.hub import Hub
+from backend.policy_store.controllers import PolicyController
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
 
@@ -66,14 +68,8 @@ def route_handlers() -> list[Any]:
         KeyController,
         AuditController,
     ]
-    from backend.policy_store.controllers import PolicyController
-
     handlers.append(PolicyController)
-    try:
-        from backend.approvals.controllers import CONTROLLERS as approval_controllers
-    except ImportError:  # pragma: no cover - present once the approvals domain lands
-        approval_controllers = []
-    handlers.extend(approval_controllers)
+    handlers.extend(APPROVAL_CONTROLLERS)
     if PWA_DIR.is_dir():
         handlers.append(create_static_files_router(path="/app", directories=[PWA_DIR], html_mode=True, name="pwa"))
     return handlers
