@@ -6,7 +6,7 @@ event loop with the agent's real API key; the upstream is a real MCP stdio serve
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,23 @@ async def wait_for_pending(hub: LiveHub, org: Org, count: int = 1) -> list[str]:
             await anyio.sleep(0.05)
 
 
+async def call_while_deciding(
+    client: Client, tool: str, args: dict[str, Any], hub: LiveHub, org: Org,
+    decide_on: Callable[[str], Awaitable[None]],
+) -> tuple[types.CallToolResult, str]:
+    """The agent's call is held; once its request is pending, `decide_on(approval_id)` runs."""
+    results: list[types.CallToolResult] = []
+
+    async def agent() -> None:
+        results.append(await client.call_tool(tool, args))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(agent)
+        [approval_id] = await wait_for_pending(hub, org)
+        await decide_on(approval_id)
+    return results[0], approval_id
+
+
 async def decide(hub: LiveHub, token: str, approval_id: str, action: str, **body: Any) -> httpx.Response:
     async with httpx.AsyncClient(base_url=hub.url, headers=auth(token)) as http:
         return await http.post(f"/api/v1/approvals/{approval_id}/{action}", json=body)
@@ -101,21 +118,17 @@ async def test_approved_call_runs_once_with_the_approved_arguments(live_hub: Liv
                                                                    tmp_path: Path) -> None:
     async with gateway(live_hub, org, tmp_path) as gw, Client(gw.server.server) as client:
         before = structured(await client.call_tool("count_calls", {}))
-        results: list[types.CallToolResult] = []
 
-        async def agent() -> None:
-            results.append(await client.call_tool("show_args", {"value": "held-1", "n": 7}))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(agent)
-            [approval_id] = await wait_for_pending(live_hub, org)
+        async def approve(approval_id: str) -> None:
             # Nobody but an eligible approver may decide; the agent's own key never can.
             assert (await decide(live_hub, org.agent_token, approval_id, "approve")).status_code == 403
             assert (await decide(live_hub, org.approver_tokens["carol"], approval_id, "approve")).status_code == 403
             approved = await decide(live_hub, org.approver_tokens["alice"], approval_id, "approve")
             assert approved.status_code == 200, approved.text
 
-        [result] = results
+        result, approval_id = await call_while_deciding(
+            client, "show_args", {"value": "held-1", "n": 7}, live_hub, org, approve
+        )
         assert not result.is_error, text_of(result)
         assert structured(result)["received"] == {"value": "held-1", "n": 7}  # exactly the approved arguments
         after = structured(await client.call_tool("count_calls", {}))
@@ -131,18 +144,12 @@ async def test_approved_call_runs_once_with_the_approved_arguments(live_hub: Liv
 
 async def test_declined_call_names_who_and_why(live_hub: LiveHub, org: Org, tmp_path: Path) -> None:
     async with gateway(live_hub, org, tmp_path) as gw, Client(gw.server.server) as client:
-        results: list[types.CallToolResult] = []
-
-        async def agent() -> None:
-            results.append(await client.call_tool("show_args", {"value": "held-2"}))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(agent)
-            [approval_id] = await wait_for_pending(live_hub, org)
+        async def decline(approval_id: str) -> None:
             declined = await decide(live_hub, org.approver_tokens["bob"], approval_id, "decline",
                                     reason="no backup taken")
             assert declined.status_code == 200, declined.text
-        [result] = results
+
+        result, _ = await call_while_deciding(client, "show_args", {"value": "held-2"}, live_hub, org, decline)
         assert result.is_error
         body = structured(result)
         assert body["status"] == "declined"
@@ -200,18 +207,15 @@ async def test_deny_and_allow_are_audited_by_the_hub(live_hub: LiveHub, org: Org
 
 async def test_grant_lets_identical_calls_through(live_hub: LiveHub, org: Org, tmp_path: Path) -> None:
     async with gateway(live_hub, org, tmp_path) as gw, Client(gw.server.server) as client:
-        results: list[types.CallToolResult] = []
-
-        async def agent() -> None:
-            results.append(await client.call_tool("show_args", {"value": "held-4"}))
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(agent)
-            [approval_id] = await wait_for_pending(live_hub, org)
+        async def approve_with_grant(approval_id: str) -> None:
             approved = await decide(live_hub, org.approver_tokens["alice"], approval_id, "approve",
                                     grant_seconds=600)
             assert approved.status_code == 200, approved.text
-        assert not results[0].is_error
+
+        first, _ = await call_while_deciding(
+            client, "show_args", {"value": "held-4"}, live_hub, org, approve_with_grant
+        )
+        assert not first.is_error
         with anyio.fail_after(10):
             repeat = await client.call_tool("show_args", {"value": "held-4"})
         assert not repeat.is_error, text_of(repeat)
