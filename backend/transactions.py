@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from typing import Any
 
 from piccolo.engine.sqlite import SQLiteEngine, TransactionType
 
 from backend import piccolo_conf
+
+Hook = Callable[[], Awaitable[None]]
+
+
+class TransactionState:
+    """Per outermost write transaction: work to run as its last statements, and scratch space."""
+
+    def __init__(self) -> None:
+        self.before_commit: list[Hook] = []
+        self.scratch: dict[str, Any] = {}
+        self.closed = False
+
+
+_STATE: ContextVar[TransactionState | None] = ContextVar("preloop_transaction", default=None)
 
 
 def _engine() -> object:
@@ -17,21 +33,44 @@ def _engine() -> object:
     return piccolo_conf.DB
 
 
+def current_transaction() -> TransactionState | None:
+    """The enclosing write transaction's state, or None outside one (or once it has ended)."""
+    state = _STATE.get()
+    return state if state is not None and not state.closed else None
+
+
 @asynccontextmanager
 async def write_transaction() -> AsyncIterator[None]:
     """A transaction for read-modify-write work.
 
     SQLite: BEGIN IMMEDIATE takes the write lock up front, so two writers never interleave.
     PostgreSQL: a normal transaction; callers add `lock()` or conditional UPDATEs for ordering.
-    Nested use joins the outer transaction.
+    Nested use joins the outer transaction. Hooks registered with `before_commit` run, in order,
+    as the outermost transaction's last statements (so locks they take are held only briefly).
     """
+    if current_transaction() is not None:
+        yield  # nested: the outer transaction is already open (Piccolo treats nesting as a no-op)
+        return
+    state = TransactionState()
+    token = _STATE.set(state)
     engine = _engine()
-    if isinstance(engine, SQLiteEngine):
-        async with engine.transaction(transaction_type=TransactionType.immediate):
-            yield
-    else:
-        async with engine.transaction():  # type: ignore[attr-defined]
-            yield
+    try:
+        if isinstance(engine, SQLiteEngine):
+            async with engine.transaction(transaction_type=TransactionType.immediate):
+                yield
+                await _run_hooks(state)
+        else:
+            async with engine.transaction():  # type: ignore[attr-defined]
+                yield
+                await _run_hooks(state)
+    finally:
+        state.closed = True  # a task that outlived the transaction must not queue work on it
+        _STATE.reset(token)
+
+
+async def _run_hooks(state: TransactionState) -> None:
+    while state.before_commit:
+        await state.before_commit.pop(0)()
 
 
 async def lock(name: str) -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backend.audit.tables import AuditEvent
-from backend.transactions import lock, write_transaction
+from backend.transactions import current_transaction, lock, write_transaction
 
 GENESIS = "0" * 64
 
@@ -65,45 +65,63 @@ async def record(
     data: dict[str, Any] | None = None,
     external_id: str | None = None,
 ) -> dict[str, Any]:
-    """Append one event to the org's chain. Joins the caller's transaction when there is one."""
-    org = str(org_id)
+    """Append one event to the org's chain.
+
+    Inside a write transaction the event is appended as that transaction's last statement, so
+    the org's chain lock is held for one read and one insert, not for the whole unit of work.
+    The returned dict then has no `seq`/`hash` yet. Outside a transaction it is appended at once.
+    """
+    row: dict[str, Any] = {
+        "org_id": str(org_id),
+        "kind": kind,
+        "actor_type": actor.type,
+        "actor_id": str(actor.id),
+        "actor_label": actor.label,
+        "subject_type": subject_type,
+        "subject_id": str(subject_id),
+        "data": json.loads(_canonical(data or {})),
+        # Microsecond precision is all both databases keep; hash what will be read back.
+        "created_at": datetime.now(UTC),
+    }
+    state = current_transaction()
+    if state is not None and external_id is None:
+        pending: list[dict[str, Any]] | None = state.scratch.get("audit")
+        if pending is None:
+            pending = state.scratch["audit"] = []
+            state.before_commit.append(lambda: _append(pending))
+        pending.append(row)
+        return row
     async with write_transaction():
-        await lock(f"audit:{org}")
         if external_id is not None:
             existing = await AuditEvent.select().where(AuditEvent.external_id == external_id).first()
             if existing is not None:
                 return dict(existing)
+        await _append([row], external_id=external_id)
+    return row
+
+
+async def _append(rows: list[dict[str, Any]], *, external_id: str | None = None) -> None:
+    """Chain `rows` onto their orgs' logs, in order, under each org's lock."""
+    by_org: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_org.setdefault(row["org_id"], []).append(row)
+    for org in sorted(by_org):  # a fixed order: two transactions never wait on each other's orgs
+        await lock(f"audit:{org}")
         last = (
             await AuditEvent.select(AuditEvent.seq, AuditEvent.hash)
             .where(AuditEvent.org_id == org)
             .order_by(AuditEvent.seq, ascending=False)
             .first()
         )
-        seq = (last["seq"] + 1) if last else 1
+        seq = last["seq"] if last else 0
         prev = last["hash"] if last else GENESIS
-        # Microsecond precision is all both databases keep; hash what will be read back.
-        row: dict[str, Any] = {
-            "org_id": org,
-            "seq": seq,
-            "kind": kind,
-            "actor_type": actor.type,
-            "actor_id": str(actor.id),
-            "actor_label": actor.label,
-            "subject_type": subject_type,
-            "subject_id": str(subject_id),
-            "data": json.loads(_canonical(data or {})),
-            "created_at": datetime.now(UTC),
-            "prev_hash": prev,
-        }
-        row["hash"] = event_hash(row)
-        await AuditEvent.insert(
-            AuditEvent(
-                **{k: v for k, v in row.items()},
-                chain_pos=f"{org}:{seq}",
-                external_id=external_id,
-            )
-        )
-    return row
+        events = []
+        for row in by_org[org]:
+            seq += 1
+            row["seq"], row["prev_hash"] = seq, prev
+            row["hash"] = prev = event_hash(row)
+            events.append(AuditEvent(**row, chain_pos=f"{org}:{seq}", external_id=external_id))
+        await AuditEvent.insert(*events)
 
 
 @dataclass(frozen=True)

@@ -71,3 +71,30 @@ async def test_audit_chain_has_an_org_seq_index(hub: Any) -> None:
     else:
         rows = await AuditEvent.raw("PRAGMA index_info('audit_event_org_seq')")
         assert [row["name"] for row in rows] == ["org_id", "seq"]
+
+
+async def test_events_of_a_transaction_land_with_it_or_not_at_all(hub: Any) -> None:
+    import pytest
+
+    from backend.transactions import write_transaction
+
+    org = "00000000-0000-0000-0000-00000000a0d5"
+    async with write_transaction():
+        await record(org, "first", Actor.system())
+        await record(org, "second", Actor.system())
+        # Appended as the transaction's last statements: not in the chain yet.
+        assert await AuditEvent.count().where(AuditEvent.org_id == org) == 0
+    rows = await AuditEvent.select(AuditEvent.seq, AuditEvent.kind).where(AuditEvent.org_id == org).order_by(
+        AuditEvent.seq
+    )
+    assert [(r["seq"], r["kind"]) for r in rows] == [(1, "first"), (2, "second")]
+
+    async def failing_unit_of_work() -> None:
+        async with write_transaction():
+            await record(org, "rolled-back", Actor.system())
+            raise RuntimeError("the unit of work fails")
+
+    with pytest.raises(RuntimeError, match="the unit of work fails"):
+        await failing_unit_of_work()
+    assert await AuditEvent.count().where(AuditEvent.org_id == org) == 2
+    assert (await verify(org)).ok
