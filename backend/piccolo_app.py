@@ -15,7 +15,7 @@ from backend.accounts.tables import (
     WebAuthnCredential,
 )
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
-from backend.audit.tables import AuditEvent
+from backend.audit.tables import AuditEvent, AuditHead
 from backend.notifications.tables import NotificationDelivery
 from backend.policy_store.tables import PolicyVersion
 
@@ -34,6 +34,7 @@ ALL_TABLES = [
     Grant,
     NotificationDelivery,
     AuditEvent,
+    AuditHead,
 ]
 
 APP_CONFIG = AppConfig(

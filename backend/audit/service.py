@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from backend.audit.tables import AuditEvent
+from backend.audit.tables import AuditEvent, AuditHead
 from backend.transactions import current_transaction, lock, write_transaction
 
 GENESIS = "0" * 64
@@ -107,14 +107,9 @@ async def _append(rows: list[dict[str, Any]], *, external_id: str | None = None)
         by_org.setdefault(row["org_id"], []).append(row)
     for org in sorted(by_org):  # a fixed order: two transactions never wait on each other's orgs
         await lock(f"audit:{org}")
-        last = (
-            await AuditEvent.select(AuditEvent.seq, AuditEvent.hash)
-            .where(AuditEvent.org_id == org)
-            .order_by(AuditEvent.seq, ascending=False)
-            .first()
-        )
-        seq = last["seq"] if last else 0
-        prev = last["hash"] if last else GENESIS
+        head = await AuditHead.select(AuditHead.seq, AuditHead.hash).where(AuditHead.org_id == org).first()
+        seq = head["seq"] if head else 0
+        prev = head["hash"] if head else GENESIS
         events = []
         for row in by_org[org]:
             seq += 1
@@ -122,6 +117,11 @@ async def _append(rows: list[dict[str, Any]], *, external_id: str | None = None)
             row["hash"] = prev = event_hash(row)
             events.append(AuditEvent(**row, chain_pos=f"{org}:{seq}", external_id=external_id))
         await AuditEvent.insert(*events)
+        moved: dict[Any, Any] = {AuditHead.seq: seq, AuditHead.hash: prev, AuditHead.updated_at: datetime.now(UTC)}
+        if head is None:
+            await AuditHead.insert(AuditHead(org_id=org, seq=seq, hash=prev, updated_at=datetime.now(UTC)))
+        else:
+            await AuditHead.update(moved).where(AuditHead.org_id == org)
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,13 @@ async def verify(org_id: str | uuid.UUID, *, batch: int = 2000) -> VerifyResult:
             .output(load_json=True)
         )
         if not rows:
+            head = await AuditHead.select(AuditHead.seq, AuditHead.hash).where(AuditHead.org_id == org).first()
+            if head is not None and (head["seq"], head["hash"]) != (expected_seq - 1, expected_prev):
+                if head["seq"] >= expected_seq:
+                    problem = f"events {expected_seq}..{head['seq']} are missing from the end of the chain"
+                else:
+                    problem = "the newest event does not match the chain head"
+                return VerifyResult(False, count, expected_seq if head["seq"] >= expected_seq else count, problem)
             return VerifyResult(ok=True, events=count)
         for row in rows:
             if row["seq"] != expected_seq:

@@ -24,3 +24,16 @@ class AuditEvent(Table, tablename="audit_event"):
     # Client-made id for idempotent ingestion (gateway spool resends); null for hub events.
     external_id = Varchar(length=80, null=True, default=None, unique=True)
     note = Text(default="")
+
+
+class AuditHead(Table, tablename="audit_head"):
+    """The newest event of each org's chain, moved with every append under the chain lock.
+
+    Walking the chain finds altered and missing events; comparing its end with this row also
+    finds events removed from the end.
+    """
+
+    org_id = Varchar(length=36, unique=True)
+    seq = BigInt(default=0)
+    hash = Varchar(length=64)
+    updated_at = Timestamptz()

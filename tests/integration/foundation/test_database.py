@@ -46,6 +46,16 @@ async def test_audit_chain_reports_a_removed_event(hub: Any) -> None:
     assert (result.ok, result.first_broken_seq, result.problem) == (False, 2, "event 2 is missing")
 
 
+async def test_audit_chain_reports_events_removed_from_the_end(hub: Any) -> None:
+    org = "00000000-0000-0000-0000-00000000a0d6"
+    for n in range(5):
+        await record(org, "test.event", Actor.system(), data={"n": n})
+    await AuditEvent.delete().where((AuditEvent.org_id == org) & (AuditEvent.seq >= 4))
+    result = await verify(org)
+    assert (result.ok, result.first_broken_seq) == (False, 4)
+    assert result.problem == "events 4..5 are missing from the end of the chain"
+
+
 async def test_concurrent_appends_never_fork_the_chain(hub: Any) -> None:
     org = "00000000-0000-0000-0000-00000000a0d3"
     await asyncio.gather(*(record(org, "race", Actor.system(), data={"n": n}) for n in range(25)))
