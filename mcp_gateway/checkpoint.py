@@ -224,7 +224,7 @@ class Checkpoint:
                 "exposed_tool": judged.route.exposed_name,
                 "server": judged.route.server,
                 "arguments": judged.arguments,
-                "arguments_hash": arguments_hash(judged.arguments),
+                # No hash here: the hub computes it from `arguments` when the record arrives.
                 "justification": judged.justification,
                 "agent": {"id": self.agent.id, "name": self.agent.name},
                 "rule": _rule_dict(rule),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -42,6 +43,10 @@ class AuditSpool:
         self._seal_torn_tail()
         self._fd = self._open()
         self._dirty = False
+        # Event ids: a random prefix per spool opening and a counter: unique across restarts and
+        # gateways, without a getrandom(2) call and UUID formatting on every allowed call.
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count(1)
         self._lock = anyio.Lock()
         self.has_records = anyio.Event()
         if self.pending_count() > 0:
@@ -74,7 +79,7 @@ class AuditSpool:
     def append(self, record: Mapping[str, Any]) -> str:
         """Spool one call record; returns its `event_id`."""
         event = dict(record)
-        event.setdefault("event_id", str(uuid.uuid4()))
+        event.setdefault("event_id", f"{self._id_prefix}-{next(self._ids)}")
         event.setdefault("recorded_at", datetime.now(UTC).isoformat())
         line = _encode(event) + b"\n"
         # One write(2) on an O_APPEND descriptor: the record is in the OS before the agent sees its result.

@@ -12,6 +12,7 @@ from backend.accounts.service import Principal
 from backend.audit.service import Actor, record, verify
 from backend.audit.tables import AuditEvent
 from backend.errors import ValidationFailed
+from policies import arguments_hash
 
 CALL_DECISIONS = frozenset({"allow", "deny", "granted"})
 
@@ -87,6 +88,8 @@ class AuditController(Controller):
                     detail={"hint": f"use one of: {', '.join(sorted(CALL_DECISIONS))}"},
                 )
             details = {k: v for k, v in msgspec.to_builtins(item).items() if k != "event_id" and v is not None}
+            if not item.arguments_hash and item.arguments is not None:
+                details["arguments_hash"] = arguments_hash(item.arguments)
             await record(
                 principal.org_id,
                 f"call.{item.decision}",

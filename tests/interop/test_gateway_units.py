@@ -102,4 +102,5 @@ def test_a_torn_spool_line_from_a_crash_does_not_swallow_later_records(tmp_path:
     assert [r["event_id"] for r in reopened.pending()] == [first]
     second = reopened.append({"tool": "c"})  # the fragment is sealed off; new records stay whole
     assert [r["event_id"] for r in reopened.pending()] == [first, second]
+    assert second != first  # ids stay unique across spool reopenings (a new random prefix each time)
     reopened.close()

@@ -19,6 +19,7 @@ from mcp import Client
 
 from mcp_gateway.app import Gateway
 from mcp_gateway.config import GatewaySettings
+from policies import arguments_hash
 from tests.conftest import LiveHub
 from tests.helpers import Org, auth, make_org
 from tests.interop.conftest import PROBE, PYTHON
@@ -199,10 +200,14 @@ async def test_deny_and_allow_are_audited_by_the_hub(live_hub: LiveHub, org: Org
         async with httpx.AsyncClient(base_url=live_hub.url, headers=auth(org.admin_token)) as http:
             with anyio.fail_after(20):
                 while True:
-                    kinds = {e["kind"] for e in (await http.get("/api/v1/audit/events?limit=1000")).json()}
-                    if {"call.deny", "call.allow"} <= kinds:
+                    events = {e["kind"]: e for e in (await http.get("/api/v1/audit/events?limit=1000")).json()}
+                    if {"call.deny", "call.allow"} <= events.keys():
                         break
                     await anyio.sleep(0.2)
+        allow = events["call.allow"]
+        assert allow["actor_label"] == "ci-bot"  # the key's identity, not what the record claims
+        assert allow["data"]["arguments"] == {"value": "fine"}
+        assert allow["data"]["arguments_hash"] == arguments_hash({"value": "fine"})  # hashed by the hub
 
 
 async def test_grant_lets_identical_calls_through(live_hub: LiveHub, org: Org, tmp_path: Path) -> None:
