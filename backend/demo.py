@@ -16,6 +16,7 @@ from backend.hub import Hub
 logger = logging.getLogger("preloop.demo")
 DEMO_POLICY = Path(__file__).resolve().parent.parent / "policies" / "examples" / "demo.yaml"
 ADMIN_EMAIL = "admin@demo.preloop.dev"
+SRE_EMAIL = "sre@demo.preloop.dev"
 DEVELOPER_EMAIL = "dev@demo.preloop.dev"
 
 
@@ -26,11 +27,15 @@ async def ensure_demo(hub: Hub, *, out: Any = None) -> dict[str, Any] | None:
     out = out or sys.stdout
     org = await accounts.create_org("Demo", "demo")
     password = secrets.token_urlsafe(12)
+    sre_password = secrets.token_urlsafe(12)
     await accounts.add_user(org["id"], ADMIN_EMAIL, role="admin", name="Demo Admin", password=password)
+    # A second approver, so the demo's quorum-2 policy (drop_table) can really be approved.
+    await accounts.add_user(org["id"], SRE_EMAIL, role="approver", name="Demo SRE", password=sre_password)
     # The agent's key belongs to a developer, so the admin is never the requester of its own approval.
     dev = await accounts.add_user(org["id"], DEVELOPER_EMAIL, role="viewer", name="Demo Developer")
     await accounts.add_team(org["id"], "sre")
     await accounts.add_member(org["id"], "sre", ADMIN_EMAIL)
+    await accounts.add_member(org["id"], "sre", SRE_EMAIL)
     token, _ = await accounts.create_key(org["id"], dev["id"], "demo-agent", scope="agent", labels={"demo": True})
     key_file = hub.settings.server.data_dir / "demo-agent.key"
     key_file.parent.mkdir(parents=True, exist_ok=True)
@@ -49,6 +54,7 @@ async def ensure_demo(hub: Hub, *, out: Any = None) -> dict[str, Any] | None:
                 f"    console:  {base}/app/",
                 f"    login:    {ADMIN_EMAIL}",
                 f"    password: {password}",
+                f"    second approver (for quorum-2 policies): {SRE_EMAIL} / {sre_password}",
                 f"    agent key for the demo gateway: {key_file}",
                 "",
             ]
@@ -56,4 +62,7 @@ async def ensure_demo(hub: Hub, *, out: Any = None) -> dict[str, Any] | None:
         file=out,
         flush=True,
     )
-    return {"org": org, "admin_email": ADMIN_EMAIL, "password": password, "key_file": str(key_file)}
+    return {
+        "org": org, "admin_email": ADMIN_EMAIL, "password": password, "sre_email": SRE_EMAIL,
+        "sre_password": sre_password, "key_file": str(key_file),
+    }

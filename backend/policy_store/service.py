@@ -80,6 +80,14 @@ async def directory_warnings(org_id: uuid.UUID, policy: Policy) -> list[str]:
     for approval in policy.approval_policies:
         escalation_users = [u for level in approval.escalation for u in level.users]
         escalation_teams = [t for level in approval.escalation for t in level.teams]
+        # Someone named and also in a named team counts once: quorum needs distinct people.
+        people = {e for e in approval.approvers if e in emails}
+        people.update(member for team in approval.teams for member in teams.get(team, []))
+        if approval.quorum > len(people):
+            warnings.append(
+                f"approval policy {approval.name!r}: quorum {approval.quorum} but only {len(people)} distinct "
+                "approver(s) exist before escalation, so requests cannot be approved unless escalation adds people"
+            )
         for email in sorted(set(approval.approvers) | set(escalation_users)):
             if email not in emails:
                 warnings.append(f"approval policy {approval.name!r}: no user {email} in this organization")

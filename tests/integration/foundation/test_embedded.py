@@ -69,6 +69,8 @@ def test_first_start_creates_the_demo_and_serves_the_whole_loop(tmp_path: Path) 
     password = re.search(r"password: (\S+)", out)
     assert password, out
     assert "login:    admin@demo.preloop.dev" in out
+    second = re.search(r"second approver \(for quorum-2 policies\): sre@demo.preloop.dev / (\S+)", out)
+    assert second, out
     assert f"http://127.0.0.1:{gateway_port}/mcp" in err
 
     # Second start: the demo is not created again and the password is not printed again.
@@ -86,6 +88,9 @@ def test_first_start_creates_the_demo_and_serves_the_whole_loop(tmp_path: Path) 
         login = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/login",
                            json={"email": "admin@demo.preloop.dev", "password": password.group(1)})
         assert login.status_code == 201, login.text
+        sre_login = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/login",
+                               json={"email": "sre@demo.preloop.dev", "password": second.group(1)})
+        assert sre_login.status_code == 201, sre_login.text
     finally:
         again.terminate()
         out2, _ = again.communicate(timeout=30)

@@ -180,3 +180,19 @@ async def test_policies_are_per_org(client: Any) -> None:
     await client.post("/api/v1/policies", json={"source": SIMPLE}, headers=auth(acme.admin_token))
     response = await client.get("/api/v1/policies/active", headers=auth(globex.admin_token))
     assert response.status_code == 404
+
+
+async def test_quorum_counts_distinct_people_not_names(client: Any) -> None:
+    org = await make_org()  # alice and bob are the team sre
+    overlapping = SIMPLE.replace(
+        "    teams: [sre]\n    quorum: 2", "    approvers: [alice@acme.test]\n    teams: [sre]\n    quorum: 3"
+    )
+    assert overlapping != SIMPLE
+    response = await client.post(
+        "/api/v1/policies/validate", json={"source": overlapping}, headers=auth(org.admin_token)
+    )
+    assert response.status_code == 200  # 1 named + 2 in the team passes the document check...
+    assert (
+        "approval policy 'sre': quorum 3 but only 2 distinct approver(s) exist before escalation, so requests "
+        "cannot be approved unless escalation adds people"
+    ) in response.json()["warnings"]  # ...but alice is counted twice, and the hub says so
