@@ -249,6 +249,8 @@ def apply(file: Path = typer.Argument(..., help="Policy file to make active.")) 
     version = data.get("version") if isinstance(data, dict) else None
     sha = str(data.get("sha256", "")) if isinstance(data, dict) else ""
     typer.echo(f"applied {file}: version {version}" + (f" (sha256 {sha[:12]})" if sha else ""))
+    for warning in data.get("warnings", []) if isinstance(data, dict) else []:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @policy_app.command()

@@ -42,6 +42,16 @@ def test_apply_diff_export_through_the_api(live_hub: LiveHub, tmp_path: Path) ->
     assert as_json.returncode == 0 and as_json.stdout.lstrip().startswith("{")
 
 
+def test_apply_prints_the_hubs_warnings(live_hub: LiveHub, tmp_path: Path) -> None:
+    db_env = {"PRELOOP_DATABASE_URL": live_hub.settings.database_url, "PRELOOP_DATA_DIR": str(tmp_path)}
+    assert run(["user", "add", "root@corp.test", "--role", "admin"], db_env).returncode == 0
+    token = run(["key", "create", "--name", "policy-ci", "--scope", "admin"], db_env).stdout.strip()
+    applied = run(["policy", "apply", str(EXAMPLES / "team_quorum.yaml")],
+                  {"PRELOOP_API_URL": live_hub.url, "PRELOOP_API_KEY": token})
+    assert applied.returncode == 0, applied.stderr
+    assert "warning: approval policy 'dba-any-one': no team 'database' in this organization" in applied.stderr
+
+
 def test_api_errors_are_clear(live_hub: LiveHub, tmp_path: Path) -> None:
     example = str(EXAMPLES / "conditional.yaml")
     no_key = run(["policy", "apply", example], {"PRELOOP_API_URL": live_hub.url, "PRELOOP_API_KEY": "pl_x_bad"})
