@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -144,18 +145,23 @@ class _Converter:
         self.leftovers(doc, used, "top level")
         return out
 
-    def workflows(self, raw: Any, key: str) -> list[dict[str, Any]]:
-        if isinstance(raw, dict):  # {name: {...}} form
-            raw = [{"name": name, **(body if isinstance(body, dict) else {})} for name, body in raw.items()]
+    def mappings(self, raw: Any, key: str, name_key: str) -> Iterator[tuple[int, str, dict[str, Any]]]:
+        """(index, location, item) for each mapping of a list, or of the `{name: {...}}` form."""
+        if isinstance(raw, dict):
+            raw = [{name_key: name, **(body if isinstance(body, dict) else {})} for name, body in raw.items()]
         if not isinstance(raw, list):
             self.warn(f"{key} is not a list; nothing converted")
-            return []
-        out = []
+            return
         for i, item in enumerate(raw):
             where = f"{key}[{i}]"
             if not isinstance(item, dict):
                 self.warn(f"{where} is not a mapping; skipped")
                 continue
+            yield i, where, item
+
+    def workflows(self, raw: Any, key: str) -> list[dict[str, Any]]:
+        out = []
+        for i, where, item in self.mappings(raw, key, "name"):
             used = {"name"}
             name = str(item.get("name") or f"workflow-{i + 1}")
             ap: dict[str, Any] = {"name": name}
@@ -227,19 +233,8 @@ class _Converter:
         return out
 
     def tools(self, raw: Any, key: str, workflow_names: set[str]) -> list[dict[str, Any]]:
-        if isinstance(raw, dict):
-            raw = [
-                {"tool_name": name, **(body if isinstance(body, dict) else {})} for name, body in raw.items()
-            ]
-        if not isinstance(raw, list):
-            self.warn(f"{key} is not a list; nothing converted")
-            return []
         out = []
-        for i, item in enumerate(raw):
-            where = f"{key}[{i}]"
-            if not isinstance(item, dict):
-                self.warn(f"{where} is not a mapping; skipped")
-                continue
+        for i, where, item in self.mappings(raw, key, "tool_name"):
             used = {"tool_name", "name"}
             name = item.get("tool_name", item.get("name"))
             if not name:
