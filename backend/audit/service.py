@@ -117,10 +117,11 @@ async def _append(rows: list[dict[str, Any]], *, external_id: str | None = None)
             row["hash"] = prev = event_hash(row)
             events.append(AuditEvent(**row, chain_pos=f"{org}:{seq}", external_id=external_id))
         await AuditEvent.insert(*events)
-        moved: dict[Any, Any] = {AuditHead.seq: seq, AuditHead.hash: prev, AuditHead.updated_at: datetime.now(UTC)}
+        stamp = datetime.now(UTC)
         if head is None:
-            await AuditHead.insert(AuditHead(org_id=org, seq=seq, hash=prev, updated_at=datetime.now(UTC)))
+            await AuditHead.insert(AuditHead(org_id=org, seq=seq, hash=prev, updated_at=stamp))
         else:
+            moved: dict[Any, Any] = {AuditHead.seq: seq, AuditHead.hash: prev, AuditHead.updated_at: stamp}
             await AuditHead.update(moved).where(AuditHead.org_id == org)
 
 
