@@ -49,14 +49,15 @@ def _settings(**overrides: Any) -> Settings:
         raise fail(exc.message) from None
 
 
-def _run_db(settings: Settings, work: Callable[[], Awaitable[T]]) -> T:
-    """Connect, migrate, run `work`, disconnect; turn expected errors into one-line messages."""
+def _run_db(settings: Settings, work: Callable[[], Awaitable[T]], *, migrate: bool = True) -> T:
+    """Connect, migrate (unless told not to), run `work`, disconnect; expected errors become one line."""
     from backend import db
 
     async def main() -> T:
         engine = await db.connect(settings.database_url)
         try:
-            await db.migrate()
+            if migrate:
+                await db.migrate()
             return await work()
         finally:
             await db.disconnect(engine)
@@ -239,19 +240,7 @@ def db_migrate() -> None:
     """Apply pending migrations (also done by `preloop serve` on start)."""
     from backend import db
 
-    settings = _settings()
-
-    async def main() -> list[str]:
-        engine = await db.connect(settings.database_url)
-        try:
-            return await db.migrate()
-        finally:
-            await db.disconnect(engine)
-
-    try:
-        applied = asyncio.run(main())
-    except PreloopError as exc:
-        raise fail(exc.message) from None
+    applied = _run_db(_settings(), db.migrate, migrate=False)
     typer.echo(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else "; up to date"),
                err=True)
 
