@@ -9,7 +9,6 @@ approve call returning to the agent's call returning its result.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 import anyio
 import asyncpg
 import httpx
+from gateway import free_port, percentile  # bench/ is on sys.path, run directly or from gateway.py
 from mcp import Client
 
 PG_ADMIN = os.environ.get("PRELOOP_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
@@ -42,11 +42,6 @@ tools:
     approval_policy: dba
 defaults: {{unknown_tools: deny, justification: none}}
 """
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 async def _scratch_postgres() -> str | None:
@@ -78,7 +73,7 @@ class _HubProcess:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = {**os.environ, **env}
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -104,14 +99,6 @@ class _HubProcess:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=30)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _make_org(hub: _HubProcess) -> dict[str, str]:

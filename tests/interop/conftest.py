@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -15,18 +14,13 @@ import pytest
 
 from mcp_gateway.app import Gateway
 from mcp_gateway.config import GatewaySettings
+from tests.helpers import free_port
 
 HERE = Path(__file__).parent
 PYTHON = sys.executable
 BIN = Path(PYTHON).parent
 EVERYTHING = HERE / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 PROBE = HERE / "probe_upstream.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def closed_port_url() -> str:
