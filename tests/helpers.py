@@ -46,3 +46,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+
+
+def wait_for_health(port: int, process: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll a hub process's /health until it answers; fail early if the process exits."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()  # type: ignore[no-any-return]
+        except httpx.HTTPError:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the hub did not come up"
+            time.sleep(0.2)

@@ -6,14 +6,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import anyio
 import httpx
 from mcp import Client
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for_health
 
 PRELOOP = str(Path(sys.executable).parent / "preloop")
 
@@ -27,15 +26,7 @@ def test_first_start_creates_the_demo_and_serves_the_whole_loop(tmp_path: Path) 
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
-                break
-            except httpx.HTTPError:
-                assert hub.poll() is None, hub.communicate()
-                assert time.monotonic() < deadline, "the hub did not come up"
-                time.sleep(0.2)
+        health = wait_for_health(port, hub)
         assert health["database"] == {"ok": True, "kind": "sqlite"}
         assert health["redis"] == {"ok": True, "embedded": True}
         assert (tmp_path / "data" / "preloop.db").exists()
@@ -77,14 +68,7 @@ def test_first_start_creates_the_demo_and_serves_the_whole_loop(tmp_path: Path) 
     again = subprocess.Popen([PRELOOP, "serve", "--port", str(port), "--gateway-port", "0"], env=env, cwd=tmp_path,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+        wait_for_health(port, again)
         login = httpx.post(f"http://127.0.0.1:{port}/api/v1/auth/login",
                            json={"email": "admin@demo.preloop.dev", "password": password.group(1)})
         assert login.status_code == 201, login.text

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_for_health
 
 PRELOOP = str(Path(sys.executable).parent / "preloop")
 
@@ -53,7 +53,7 @@ def test_api_and_worker_run_apart_on_postgres_and_redis(
             except httpx.HTTPError:
                 return None
 
-        report = _wait_for(health, "the API to answer /health")
+        report = wait_for_health(port, api)
         assert report["database"] == {"ok": True, "kind": "postgresql"}
         assert report["redis"] == {"ok": True, "embedded": False}
         assert report["worker"] == {"last_heartbeat": None}  # no worker in this process
