@@ -61,12 +61,17 @@ def cached_policy(org_id: uuid.UUID | str, sha256: str, source: str) -> Policy:
     key = (str(org_id), sha256)
     policy = _CACHE.get(key)
     if policy is None:
-        policy = load_policy(source, source=f"active policy {sha256[:12]}")
-        _CACHE[key] = policy
-        if len(_CACHE) > _CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    else:
-        _CACHE.move_to_end(key)
+        return _remember(key, load_policy(source, source=f"active policy {sha256[:12]}"))
+    _CACHE.move_to_end(key)
+    return policy
+
+
+def _remember(key: tuple[str, str], policy: Policy) -> Policy:
+    """Keep a compiled version, evicting the least recently used past the cache size."""
+    _CACHE[key] = policy
+    _CACHE.move_to_end(key)
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
     return policy
 
 
@@ -192,7 +197,7 @@ async def apply(
                 "tools": len(getattr(policy, "tools", []) or []),
             },
         )
-    _CACHE[(str(org_id), sha)] = policy
+    _remember((str(org_id), sha), policy)
     await bus.publish(policy_topic(org_id), {"version": version, "sha256": sha})
     saved = await PolicyVersion.select().where(PolicyVersion.id == row.id).first()
     assert saved is not None
