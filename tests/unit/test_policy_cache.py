@@ -1,6 +1,6 @@
 from backend.policy_store import service
 
-SOURCE = 'version: "1"\ntools:\n  - {name: read_logs, action: allow}\n'
+SOURCE = 'version: "1"\ntools:\n  - {name: read_logs, action: allow}\ndefaults: {unknown_tools: deny}\n'
 
 
 def test_compiled_versions_are_cached_and_bounded() -> None:
