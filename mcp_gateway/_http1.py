@@ -52,7 +52,7 @@ class Response:
         return self.headers.get("content-type", "")
 
 
-def _check_header(name: str, value: str) -> None:
+def check_header(name: str, value: str) -> None:
     if any(c in name for c in "\r\n\0:") or any(c in value for c in "\r\n\0"):
         raise ValueError(f"invalid character in HTTP header {name!r}")
 
@@ -270,7 +270,7 @@ class Http1Pool:
         host_header = parts.netloc.rsplit("@", 1)[-1]
         lines = [f"Host: {host_header}"]
         for name, value in (headers or {}).items():
-            _check_header(name, value)
+            check_header(name, value)
             lines.append(f"{name}: {value}")
         self._fixed = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self._idle: list[_Connection] = []
@@ -285,15 +285,16 @@ class Http1Pool:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    def _head(self, method: str, headers: Mapping[str, str] | None, length: int) -> bytes:
-        extra = ""
-        if headers:
-            for name, value in headers.items():
-                _check_header(name, value)
-                extra += f"{name}: {value}\r\n"
-        start = f"{method} {self.path} HTTP/1.1\r\n".encode("latin-1")
-        tail = f"{extra}content-length: {length}\r\n\r\n".encode("latin-1")
-        return start + self._fixed + tail
+    def head(self, method: str, headers: Mapping[str, str] | None = None) -> bytes:
+        """The request line and headers (checked) up to, not including, Content-Length and the blank line.
+
+        Callers that send many requests with the same headers build this once and pass it to `send`.
+        """
+        lines = [f"{method} {self.path} HTTP/1.1\r\n".encode("latin-1"), self._fixed]
+        for name, value in (headers or {}).items():
+            check_header(name, value)
+            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+        return b"".join(lines)
 
     async def request(
         self,
@@ -303,8 +304,15 @@ class Http1Pool:
         *,
         event_filter: EventFilter | None = None,
     ) -> Response:
-        """Send one request; a stale reused connection is retried once on a fresh one (see module doc)."""
-        data = self._head(method, headers, len(body)) + body
+        """Send one request and return its response."""
+        return await self.send(self.head(method, headers), body, event_filter=event_filter)
+
+    async def send(self, head: bytes, body: bytes, *, event_filter: EventFilter | None = None) -> Response:
+        """Send `head` (from `head()`, plus any further checked header lines) with `body`.
+
+        A stale reused connection is retried once on a fresh one (see module doc).
+        """
+        data = b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body)
         for _ in range(3):
             conn = await self._acquire()
             try:

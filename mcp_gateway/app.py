@@ -153,8 +153,22 @@ class Gateway:
     async def serve_http(self, host: str, port: int, *, started: anyio.Event | None = None) -> None:
         import uvicorn
 
+        from mcp_gateway._inbound import protocol_for
+
         app = self.http_app(host)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", access_log=False)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            access_log=False,
+            # Agents talk to the gateway directly; no proxy headers to trust, no per-response extras.
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            http=protocol_for(app),
+        )
         server = uvicorn.Server(config)
         if started is None:
             await server.serve()

@@ -33,7 +33,7 @@ from mcp_types import (
 from mcp_types.version import LATEST_MODERN_VERSION, MODERN_PROTOCOL_VERSIONS
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mcp_gateway._http1 import Http1Error, Http1Pool, Response
+from mcp_gateway._http1 import Http1Error, Http1Pool, Response, check_header
 from mcp_gateway.errors import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,13 @@ def _parse_response(response: Response, matcher: _ResponseMatcher) -> dict[str, 
 
 
 class HttpFastLane:
-    """Stateless `tools/call` POSTs to an upstream that speaks the 2026-07-28 wire."""
+    """Stateless `tools/call` POSTs to an upstream that speaks the 2026-07-28 wire.
+
+    The request head for `tools/call` is built and checked once per protocol version; each call adds only
+    its `Mcp-Name` line (cached per tool), any `Mcp-Param-*` lines and the Content-Length.
+    """
+
+    _NAME_CACHE_LIMIT = 4096
 
     def __init__(self, url: str, headers: Mapping[str, str]) -> None:
         self.url = url
@@ -93,6 +99,8 @@ class HttpFastLane:
         self.version: str | None = None
         self._meta_fixed: dict[str, Any] = {}
         self._param_headers: dict[str, dict[tuple[str, ...], str]] = {}
+        self._call_head = b""
+        self._name_lines: dict[str, bytes] = {}
         self._set_version(LATEST_MODERN_VERSION)
 
     def _set_version(self, version: str) -> None:
@@ -101,6 +109,15 @@ class HttpFastLane:
             PROTOCOL_VERSION_META_KEY: version,
             CLIENT_INFO_META_KEY: CLIENT_INFO,
             CLIENT_CAPABILITIES_META_KEY: {},
+        }
+        self._call_head = self._pool.head("POST", self._headers("tools/call"))
+
+    def _headers(self, method: str) -> dict[str, str]:
+        return {
+            "accept": "application/json, text/event-stream",
+            "content-type": "application/json",
+            MCP_PROTOCOL_VERSION_HEADER: self._wire_version,
+            MCP_METHOD_HEADER: method,
         }
 
     async def aclose(self) -> None:
@@ -117,26 +134,15 @@ class HttpFastLane:
                     maps[str(tool.get("name"))] = header_map
         self._param_headers = maps
 
-    def _envelope(self, params: Mapping[str, Any]) -> dict[str, Any]:
+    def _envelope(self, request_id: int, method: str, params: Mapping[str, Any]) -> bytes:
         meta = params.get("_meta")
-        return {**params, "_meta": {**meta, **self._meta_fixed} if meta else self._meta_fixed}
+        params = {**params, "_meta": {**meta, **self._meta_fixed} if meta else self._meta_fixed}
+        return _encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params})
 
-    async def _post(
-        self, method: str, params: Mapping[str, Any], extra: dict[str, str] | None = None
-    ) -> dict[str, Any]:
-        request_id = next(self._ids)
-        body = _encode({"jsonrpc": "2.0", "id": request_id, "method": method, "params": self._envelope(params)})
-        headers = {
-            "accept": "application/json, text/event-stream",
-            "content-type": "application/json",
-            MCP_PROTOCOL_VERSION_HEADER: self._wire_version,
-            MCP_METHOD_HEADER: method,
-        }
-        if extra:
-            headers.update(extra)
+    async def _post(self, request_id: int, head: bytes, body: bytes) -> dict[str, Any]:
         try:
             matcher = _ResponseMatcher(request_id)
-            response = await self._pool.request("POST", body, headers, event_filter=matcher)
+            response = await self._pool.send(head, body, event_filter=matcher)
         except Http1Error as exc:
             raise UpstreamError(f"upstream {self.url} failed: {exc}") from exc
         message = _parse_response(response, matcher)
@@ -150,8 +156,10 @@ class HttpFastLane:
 
     async def probe(self) -> bool:
         """True when the upstream serves 2026-07-28 (`server/discover` succeeds and lists it)."""
+        request_id = next(self._ids)
+        head = self._pool.head("POST", self._headers("server/discover"))
         try:
-            result = await self._post("server/discover", {})
+            result = await self._post(request_id, head, self._envelope(request_id, "server/discover", {}))
         except (UpstreamError, MCPError, ValueError, msgspec.DecodeError):
             return False
         versions = [v for v in result.get("supportedVersions") or [] if v in MODERN_PROTOCOL_VERSIONS]
@@ -161,14 +169,29 @@ class HttpFastLane:
         self._set_version(self.version)
         return True
 
+    def _name_line(self, name: str) -> bytes:
+        line = self._name_lines.get(name)
+        if line is None:
+            value = encode_header_value(name)
+            check_header(MCP_NAME_HEADER, value)
+            line = f"{MCP_NAME_HEADER}: {value}\r\n".encode("latin-1")
+            if len(self._name_lines) >= self._NAME_CACHE_LIMIT:
+                self._name_lines.clear()
+            self._name_lines[name] = line
+        return line
+
     async def call_tool(self, params: Mapping[str, Any]) -> dict[str, Any]:
         name = str(params.get("name", ""))
-        extra = {MCP_NAME_HEADER: encode_header_value(name)}
+        head = self._call_head + self._name_line(name)
         header_map = self._param_headers.get(name)
         if header_map:
             arguments = params.get("arguments")
-            extra.update(mcp_param_headers(header_map, arguments if isinstance(arguments, Mapping) else {}))
-        result = await self._post("tools/call", params, extra)
+            mirrored = mcp_param_headers(header_map, arguments if isinstance(arguments, Mapping) else {})
+            for header, value in mirrored.items():
+                check_header(header, value)
+                head += f"{header}: {value}\r\n".encode("latin-1")
+        request_id = next(self._ids)
+        result = await self._post(request_id, head, self._envelope(request_id, "tools/call", params))
         meta = result.get("_meta")
         if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
             # The upstream's identity is not ours to stamp onto the agent's result.
@@ -191,7 +214,11 @@ def _host_allowed(value: bytes | None) -> bool:
 
 
 class FastPathApp:
-    """ASGI wrapper: settles modern `tools/call` POSTs itself, hands everything else to the SDK app."""
+    """ASGI wrapper: settles modern `tools/call` POSTs itself, hands everything else to the SDK app.
+
+    `eligible` and `answer` are also used directly by `mcp_gateway._inbound`, which runs them from the
+    HTTP server's protocol without the ASGI message layer.
+    """
 
     def __init__(self, inner: ASGIApp, fast_call: FastCall, *, path: str = "/mcp", local_only: bool) -> None:
         self.inner = inner
@@ -199,22 +226,25 @@ class FastPathApp:
         self.path = path
         self.local_only = local_only
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def eligible(self, scope: Scope) -> bool:
+        """A stateless (2026-07-28 wire) `tools/call` POST to our path, from an allowed origin."""
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
-            await self.inner(scope, receive, send)
-            return
+            return False
         headers = dict(scope["headers"])
-        version = headers.get(b"mcp-protocol-version", b"").decode("latin-1")
-        eligible = (
-            version in MODERN_PROTOCOL_VERSIONS
-            and b"mcp-session-id" not in headers
-            and headers.get(b"mcp-method") == b"tools/call"
-        )
-        if eligible and self.local_only:
-            eligible = _host_allowed(headers.get(b"host")) and (
+        if (
+            headers.get(b"mcp-method") != b"tools/call"
+            or b"mcp-session-id" in headers
+            or headers.get(b"mcp-protocol-version", b"").decode("latin-1") not in MODERN_PROTOCOL_VERSIONS
+        ):
+            return False
+        if self.local_only:
+            return _host_allowed(headers.get(b"host")) and (
                 b"origin" not in headers or _host_allowed(headers.get(b"origin"))
             )
-        if not eligible:
+        return True
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.eligible(scope):
             await self.inner(scope, receive, send)
             return
         chunks = []
@@ -226,9 +256,9 @@ class FastPathApp:
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        answer = await self._try_fast(body)
+        answer = await self.answer(body)
         if answer is None:
-            await self.inner(scope, _replay(body, receive), send)
+            await self.inner(scope, replay(body, receive), send)
             return
         await send(
             {
@@ -239,7 +269,8 @@ class FastPathApp:
         )
         await send({"type": "http.response.body", "body": answer})
 
-    async def _try_fast(self, body: bytes) -> bytes | None:
+    async def answer(self, body: bytes) -> bytes | None:
+        """The JSON-RPC response to a `tools/call` request body, or None when the SDK app must take it."""
         try:
             message = _decode(body)
         except msgspec.DecodeError:
@@ -260,14 +291,15 @@ class FastPathApp:
         return _encode({"jsonrpc": "2.0", "id": message["id"], "result": result})
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that yields the already-read request body first, then defers to the real one."""
     sent = False
 
-    async def replay() -> Message:
+    async def receive_replayed() -> Message:
         nonlocal sent
         if not sent:
             sent = True
             return {"type": "http.request", "body": body, "more_body": False}
         return await receive()
 
-    return replay
+    return receive_replayed

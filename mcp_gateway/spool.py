@@ -78,9 +78,11 @@ class AuditSpool:
 
     def append(self, record: Mapping[str, Any]) -> str:
         """Spool one call record; returns its `event_id`."""
-        event = dict(record)
-        event.setdefault("event_id", f"{self._id_prefix}-{next(self._ids)}")
-        event.setdefault("recorded_at", datetime.now(UTC).isoformat())
+        event = {
+            "event_id": f"{self._id_prefix}-{next(self._ids)}",
+            "recorded_at": datetime.now(UTC).isoformat(),
+            **record,
+        }
         line = _encode(event) + b"\n"
         # One write(2) on an O_APPEND descriptor: the record is in the OS before the agent sees its result.
         written = os.write(self._fd, line)
