@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import time
@@ -35,7 +36,7 @@ from mcp_gateway.results import (
     verdict_result,
 )
 from mcp_gateway.snapshot import PolicySnapshot
-from mcp_gateway.spool import AuditSpool
+from mcp_gateway.spool import AuditSpool, PreparedRecord
 from mcp_gateway.upstreams import ToolRoute, UpstreamPool
 from policies import AgentInfo, CallContext, Policy
 
@@ -150,7 +151,7 @@ class Checkpoint:
             if action == "deny":
                 rule = decision.rule
                 message = (getattr(rule, "message", None) if rule is not None else None) or decision.reason
-                self._audit(judged, "deny", decision, is_error=True)
+                self.spool.commit(self.spool.prepare(self._audit_record(judged, "deny", decision)), is_error=True)
                 return denied_result(name, str(message), _rule_dict(rule), decision.reason)
             if action == "require_approval":
                 return await self._hold(judged, progress) if allow_hold else None
@@ -180,9 +181,26 @@ class Checkpoint:
         self, judged: _Judged, params: Mapping[str, Any], decision: Any, progress: Progress | None
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        result = await self._run_upstream(judged.route, judged.arguments, params, progress)
-        self._audit(judged, "allow", decision, is_error=bool(result.get("isError")), started=started)
+        # The audit record is built and encoded while the upstream works: the request to the upstream is
+        # written before this task first suspends, and the loop runs this callback before it can resume.
+        drafts: list[PreparedRecord] = []
+        asyncio.get_running_loop().call_soon(
+            lambda: drafts.append(self.spool.prepare(self._audit_record(judged, "allow", decision)))
+        )
+        try:
+            result = await self._run_upstream(judged.route, judged.arguments, params, progress)
+        except BaseException:
+            self._commit_audit(drafts, judged, decision, is_error=True, started=started)
+            raise
+        self._commit_audit(drafts, judged, decision, is_error=bool(result.get("isError")), started=started)
         return result
+
+    def _commit_audit(
+        self, drafts: list[PreparedRecord], judged: _Judged, decision: Any, *, is_error: bool, started: float
+    ) -> None:
+        prepared = drafts[0] if drafts else self.spool.prepare(self._audit_record(judged, "allow", decision))
+        duration = round((time.perf_counter() - started) * 1000, 3)
+        self.spool.commit(prepared, is_error=is_error, duration_ms=duration)
 
     async def _run_upstream(
         self,
@@ -206,35 +224,22 @@ class Checkpoint:
             # A protocol error from the upstream (unknown tool, invalid params) reaches the agent as-is.
             raise UpstreamError(f"{route.server} rejected the call: {exc.error.message}", code=exc.code) from exc
 
-    def _audit(
-        self,
-        judged: _Judged,
-        verdict: str,
-        decision: Any,
-        *,
-        is_error: bool,
-        started: float | None = None,
-    ) -> None:
-        rule = decision.rule
-        self.spool.append(
-            {
-                "kind": "tool_call",
-                "decision": verdict,
-                "tool": judged.route.tool_name,
-                "exposed_tool": judged.route.exposed_name,
-                "server": judged.route.server,
-                "arguments": judged.arguments,
-                # No hash here: the hub computes it from `arguments` when the record arrives.
-                "justification": judged.justification,
-                "agent": {"id": self.agent.id, "name": self.agent.name},
-                "rule": _rule_dict(rule),
-                "reason": decision.reason,
-                "policy_version": self.snapshot.version,
-                "policy_hash": self.snapshot.policy.version_hash,
-                "is_error": is_error,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3) if started else None,
-            }
-        )
+    def _audit_record(self, judged: _Judged, verdict: str, decision: Any) -> dict[str, Any]:
+        return {
+            "kind": "tool_call",
+            "decision": verdict,
+            "tool": judged.route.tool_name,
+            "exposed_tool": judged.route.exposed_name,
+            "server": judged.route.server,
+            "arguments": judged.arguments,
+            # No hash here: the hub computes it from `arguments` when the record arrives.
+            "justification": judged.justification,
+            "agent": {"id": self.agent.id, "name": self.agent.name},
+            "rule": _rule_dict(decision.rule),
+            "reason": decision.reason,
+            "policy_version": self.snapshot.version,
+            "policy_hash": self.snapshot.policy.version_hash,
+        }
 
     # -- holding ----------------------------------------------------------------------------------
 

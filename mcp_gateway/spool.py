@@ -24,6 +24,16 @@ _encode = msgspec.json.Encoder(enc_hook=str).encode
 Sender = Callable[[Sequence[Mapping[str, Any]]], Awaitable[None]]
 
 
+class PreparedRecord:
+    """An encoded record still open for its last fields (see `AuditSpool.prepare`)."""
+
+    __slots__ = ("event_id", "head")
+
+    def __init__(self, event_id: str, head: bytes) -> None:
+        self.event_id = event_id
+        self.head = head
+
+
 class AuditSpool:
     """Append-only JSONL file plus a delivered-offset file.
 
@@ -78,19 +88,31 @@ class AuditSpool:
 
     def append(self, record: Mapping[str, Any]) -> str:
         """Spool one call record; returns its `event_id`."""
-        event = {
-            "event_id": f"{self._id_prefix}-{next(self._ids)}",
-            "recorded_at": datetime.now(UTC).isoformat(),
-            **record,
-        }
-        line = _encode(event) + b"\n"
+        prepared = self.prepare(record)
+        self.commit(prepared)
+        return prepared.event_id
+
+    def prepare(self, record: Mapping[str, Any]) -> PreparedRecord:
+        """Give `record` its `event_id` and encode it, without writing it yet.
+
+        The gateway prepares a call's record while the upstream works and commits it, with the fields
+        only the result can tell, once the result is in; `commit` is then one small encode and a write.
+        """
+        event_id = f"{self._id_prefix}-{next(self._ids)}"
+        encoded = _encode({"event_id": event_id, **record})
+        return PreparedRecord(event_id, encoded[:-1])  # open-ended: commit appends the last fields
+
+    def commit(self, prepared: PreparedRecord, **fields: Any) -> None:
+        """Write a prepared record, with `fields` and `recorded_at` added, to the spool (one write(2))."""
+        fields["recorded_at"] = datetime.now(UTC).isoformat()
+        tail = _encode(fields)
+        line = b"%s,%s\n" % (prepared.head, tail[1:])
         # One write(2) on an O_APPEND descriptor: the record is in the OS before the agent sees its result.
         written = os.write(self._fd, line)
         while written < len(line):  # only on a nearly full disk
             written += os.write(self._fd, line[written:])
         self._dirty = True
         self.has_records.set()
-        return str(event["event_id"])
 
     def _delivered_offset(self) -> int:
         try:

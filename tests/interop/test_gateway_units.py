@@ -104,3 +104,49 @@ def test_a_torn_spool_line_from_a_crash_does_not_swallow_later_records(tmp_path:
     assert [r["event_id"] for r in reopened.pending()] == [first, second]
     assert second != first  # ids stay unique across spool reopenings (a new random prefix each time)
     reopened.close()
+
+
+class _FailingUpstream:
+    """An upstream whose every request fails the way a dead HTTP server does."""
+
+    fast_lane = None
+
+    async def request(self, method: str, params: Any, **_: Any) -> dict[str, Any]:
+        raise UpstreamError("upstream pay failed: the upstream closed the connection")
+
+
+class _EchoUpstream:
+    fast_lane = None
+
+    async def request(self, method: str, params: Any, **_: Any) -> dict[str, Any]:
+        return {"content": [{"type": "text", "text": "ok"}], "structuredContent": params["arguments"]}
+
+
+ALLOW_REFUND = """
+version: "1"
+tools:
+  - {name: refund, action: allow}
+defaults: {unknown_tools: deny}
+"""
+
+
+@pytest.mark.parametrize(("upstream", "is_error"), [(_EchoUpstream(), False), (_FailingUpstream(), True)])
+async def test_allowed_calls_are_audited_whether_the_upstream_answers_or_fails(
+    tmp_path: Path, upstream: Any, is_error: bool
+) -> None:
+    from policies import load_policy
+
+    checkpoint = _checkpoint(tmp_path)
+    await checkpoint.snapshot.install(load_policy(ALLOW_REFUND), version=7, source_name="test")
+    checkpoint.pool.upstreams["pay"] = upstream
+    checkpoint.pool.routes["refund"] = ToolRoute("refund", "pay", "refund", TOOL)
+    result = await checkpoint.call({"name": "refund", "arguments": {"amount": 10}})
+    assert bool(result.get("isError")) is is_error
+    [record] = checkpoint.spool.pending()
+    assert record["decision"] == "allow"
+    assert record["tool"] == "refund"
+    assert record["arguments"] == {"amount": 10}
+    assert record["policy_version"] == 7
+    assert record["is_error"] is is_error
+    assert record["duration_ms"] >= 0
+    assert record["recorded_at"] and record["event_id"]
