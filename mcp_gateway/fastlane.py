@@ -216,8 +216,8 @@ def _host_allowed(value: bytes | None) -> bool:
 class FastPathApp:
     """ASGI wrapper: settles modern `tools/call` POSTs itself, hands everything else to the SDK app.
 
-    `eligible` and `answer` are also used directly by `mcp_gateway._inbound`, which runs them from the
-    HTTP server's protocol without the ASGI message layer.
+    `eligible_headers` and `answer` are also used directly by `mcp_gateway._inbound`, which runs them
+    from the HTTP server's protocol without the ASGI message layer.
     """
 
     def __init__(self, inner: ASGIApp, fast_call: FastCall, *, path: str = "/mcp", local_only: bool) -> None:
@@ -230,7 +230,10 @@ class FastPathApp:
         """A stateless (2026-07-28 wire) `tools/call` POST to our path, from an allowed origin."""
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
             return False
-        headers = dict(scope["headers"])
+        return self.eligible_headers(dict(scope["headers"]))
+
+    def eligible_headers(self, headers: Mapping[bytes, bytes]) -> bool:
+        """The header part of `eligible`; `headers` has lower-case names."""
         if (
             headers.get(b"mcp-method") != b"tools/call"
             or b"mcp-session-id" in headers

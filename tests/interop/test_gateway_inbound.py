@@ -19,6 +19,7 @@ import pytest
 from mcp import Client
 from mcp_types.version import LATEST_MODERN_VERSION
 
+from mcp_gateway.fastlane import FastPathApp
 from tests.interop.conftest import closed_port_url, running_gateway, serving_http
 from tests.interop.test_gateway_policy import PROBE_POLICY, structured
 
@@ -146,6 +147,16 @@ async def test_keep_alive_pipelining_and_a_body_in_pieces(tmp_path: Path) -> Non
             assert message["id"] == request_id
             assert message["result"]["structuredContent"] == {"received": {"value": "slow"}}
 
+            # A body far larger than uvicorn buffers before it stops reading, sent in small pieces.
+            big = "x" * 300_000
+            request_id, data = tools_call(port, {"value": big, "justification": "test"})
+            raw.announce()
+            for offset in range(0, len(data), 16_384):
+                await stream.send(data[offset : offset + 16_384])
+            _, message = await raw.response()
+            assert message["id"] == request_id
+            assert message["result"]["structuredContent"] == {"received": {"value": big}}
+
 
 async def test_connection_close_is_honoured(tmp_path: Path) -> None:
     async with running_gateway(tmp_path, PROBE_POLICY) as gw, serving_http(gw) as url:
@@ -162,7 +173,24 @@ async def test_connection_close_is_honoured(tmp_path: Path) -> None:
                     await stream.receive()
 
 
-async def test_held_call_falls_back_to_the_sdk_app_and_the_connection_keeps_working(tmp_path: Path) -> None:
+@pytest.fixture
+def through_asgi(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The `Mcp-Method` of every HTTP request that reached the ASGI app instead of the front protocol."""
+    seen: list[bytes] = []
+    asgi_entry = FastPathApp.__call__
+
+    async def counting(self: FastPathApp, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            seen.append(dict(scope["headers"]).get(b"mcp-method", b""))
+        await asgi_entry(self, scope, receive, send)
+
+    monkeypatch.setattr(FastPathApp, "__call__", counting)
+    return seen
+
+
+async def test_held_call_falls_back_to_the_sdk_app_and_the_connection_keeps_working(
+    tmp_path: Path, through_asgi: list[bytes]
+) -> None:
     # The hub is unreachable, so the held call must come back as a fail-closed error from the SDK path.
     async with running_gateway(tmp_path, PROBE_POLICY, api_url=closed_port_url()) as gw, serving_http(gw) as url:
         port = port_of(url)
@@ -186,9 +214,12 @@ async def test_held_call_falls_back_to_the_sdk_app_and_the_connection_keeps_work
             await raw.send(data)
             _, message = await raw.response()
             assert message["result"]["structuredContent"] == {"count": 2}
+        # Only the held call went through the ASGI app; the connection then came back to the fast path
+        # (and the held call went straight to the SDK's app, not through the fast path a second time).
+        assert through_asgi == []
 
 
-async def test_sdk_client_over_http_gets_the_same_verdicts(tmp_path: Path) -> None:
+async def test_sdk_client_over_http_gets_the_same_verdicts(tmp_path: Path, through_asgi: list[bytes]) -> None:
     async with (
         running_gateway(tmp_path, PROBE_POLICY, api_url=closed_port_url()) as gw,
         serving_http(gw) as url,
@@ -200,3 +231,7 @@ async def test_sdk_client_over_http_gets_the_same_verdicts(tmp_path: Path) -> No
         assert structured(denied)["status"] == "denied_by_policy"
         allowed = await client.call_tool("show_args", {"value": "fine", "justification": "routine"})
         assert structured(allowed) == {"received": {"value": "fine"}}
+    # Discovery and listing went through uvicorn and the SDK app; every settled tools/call came back to
+    # the front protocol on the same keep-alive connection.
+    assert b"server/discover" in through_asgi
+    assert b"tools/call" not in through_asgi
