@@ -121,13 +121,10 @@ class Checkpoint:
         assert result is not None
         return result
 
-    async def call_without_hold(self, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Settle a call that needs no waiting; None when it must be held (the caller takes the slow path)."""
-        return await self.try_call(params, progress=None, allow_hold=False)
-
     async def try_call(
         self, params: Mapping[str, Any], *, progress: Progress | None, allow_hold: bool
     ) -> dict[str, Any] | None:
+        """Judge and run one call; with `allow_hold=False`, None when it must be held (the slow path's job)."""
         name = str(params.get("name", ""))
         arguments = dict(params.get("arguments") or {})
         try:
@@ -219,6 +216,9 @@ class Checkpoint:
             if kept:
                 forwarded["_meta"] = kept
         try:
+            lane = upstream.fast_lane
+            if lane is not None and progress is None:
+                return await lane.call_tool(forwarded)  # what `upstream.request` does, one coroutine less
             return await upstream.request("tools/call", forwarded, on_progress=progress)
         except MCPError as exc:
             # A protocol error from the upstream (unknown tool, invalid params) reaches the agent as-is.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import weakref
 from collections.abc import Mapping
@@ -103,7 +104,9 @@ class GatewayServer:
         """The streamable-HTTP ASGI app: the SDK's, behind the tools/call fast path."""
         inner = self.server.streamable_http_app(host=host, streamable_http_path=path)
         local = host in ("127.0.0.1", "localhost", "::1")
-        return FastPathApp(inner, self.checkpoint.call_without_hold, path=path, local_only=local)
+        # Settles what needs no waiting; None sends the call to the SDK app, which may hold it.
+        settle = functools.partial(self.checkpoint.try_call, progress=None, allow_hold=False)
+        return FastPathApp(inner, settle, path=path, local_only=local)
 
     async def notify_tools_changed(self) -> None:
         """Tell every connected agent the tool list changed (legacy sessions and modern listen streams)."""

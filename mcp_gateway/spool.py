@@ -112,7 +112,8 @@ class AuditSpool:
         while written < len(line):  # only on a nearly full disk
             written += os.write(self._fd, line[written:])
         self._dirty = True
-        self.has_records.set()
+        if not self.has_records.is_set():
+            self.has_records.set()
 
     def _delivered_offset(self) -> int:
         try:
