@@ -235,3 +235,34 @@ async def test_sdk_client_over_http_gets_the_same_verdicts(tmp_path: Path, throu
     # the front protocol on the same keep-alive connection.
     assert b"server/discover" in through_asgi
     assert b"tools/call" not in through_asgi
+
+
+async def test_unusual_requests_are_lent_to_uvicorn_and_answered_the_same(
+    tmp_path: Path, through_asgi: list[bytes]
+) -> None:
+    async with running_gateway(tmp_path, PROBE_POLICY) as gw, serving_http(gw) as url:
+        port = port_of(url)
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            raw = RawHttp(stream)
+            # A chunked body: the front does not parse those, uvicorn does.
+            request_id, data = tools_call(port, {"value": "chunked", "justification": "test"})
+            head, body = data.split(b"\r\n\r\n", 1)
+            head = b"\r\n".join(line for line in head.split(b"\r\n") if not line.startswith(b"Content-Length"))
+            chunked = head + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+            await raw.send(chunked)
+            _, message = await raw.response()
+            assert message["id"] == request_id
+            assert message["result"]["structuredContent"] == {"received": {"value": "chunked"}}
+            # A header line the front will not vouch for (a repeated header): lent as well.
+            request_id, data = tools_call(port, {"value": "twice", "justification": "test"})
+            await raw.send(data.replace(b"Accept: ", b"Accept: application/json\r\nAccept: ", 1))
+            _, message = await raw.response()
+            assert message["id"] == request_id
+            assert message["result"]["structuredContent"] == {"received": {"value": "twice"}}
+            assert through_asgi == [b"tools/call", b"tools/call"]
+            # A plain one after them is the front's again.
+            request_id, data = tools_call(port, {"value": "plain", "justification": "test"})
+            await raw.send(data)
+            _, message = await raw.response()
+            assert message["result"]["structuredContent"] == {"received": {"value": "plain"}}
+            assert through_asgi == [b"tools/call", b"tools/call"]
