@@ -123,6 +123,12 @@ async def test_keep_alive_pipelining_and_a_body_in_pieces(tmp_path: Path) -> Non
                 headers = dict(head.headers)
                 assert headers[b"content-type"] == b"application/json"
                 assert b"connection" not in headers
+            # Each answered call is already in the audit spool (written in the step that answered it).
+            records = gw.spool.pending()
+            assert [(r["decision"], r["arguments"], r["is_error"]) for r in records] == [
+                ("allow", {"value": value}, False) for value in ("a", "b", "c")
+            ]
+            assert all(r["justification"] == "test" and r["duration_ms"] > 0 for r in records)
 
             # Two requests in one write: both answered, in order.
             first_id, first = tools_call(port, {"value": "one", "justification": "test"})
