@@ -131,6 +131,8 @@ class FrontProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        if self.idle_since is not None:
+            self.idle_since = self.loop.time()  # a request on its way, however slowly, is not idleness
         if self.busy:
             if len(self.buffer) > MAX_HEAD + MAX_BODY and self.transport is not None:
                 self.transport.pause_reading()  # a pipelining client far ahead of us

@@ -272,3 +272,41 @@ async def test_unusual_requests_are_lent_to_uvicorn_and_answered_the_same(
             _, message = await raw.response()
             assert message["result"]["structuredContent"] == {"received": {"value": "plain"}}
             assert through_asgi == [b"tools/call", b"tools/call"]
+
+
+async def test_idle_connections_close_after_the_keep_alive_timeout_but_slow_requests_do_not(tmp_path: Path) -> None:
+    import uvicorn
+
+    from mcp_gateway._inbound import protocol_for
+    from tests.helpers import free_port
+
+    async with running_gateway(tmp_path, PROBE_POLICY) as gw:
+        app = gw.http_app()
+        port = free_port()
+        config = uvicorn.Config(app, port=port, log_level="warning", timeout_keep_alive=1, http=protocol_for(app))
+        server = uvicorn.Server(config)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve)
+            with anyio.fail_after(15):
+                while not server.started:
+                    await anyio.sleep(0.02)
+            async with (
+                await anyio.connect_tcp("127.0.0.1", port) as idle,
+                await anyio.connect_tcp("127.0.0.1", port) as slow,
+            ):
+                raw = RawHttp(slow)
+                request_id, data = tools_call(port, {"value": "slowly", "justification": "test"})
+                raw.announce()
+                # A piece every 0.4 s: 3 s for the request in all, past the 1 s timeout, never idle that long.
+                pieces = [data[i : i + len(data) // 8 + 1] for i in range(0, len(data), len(data) // 8 + 1)]
+                for piece in pieces:
+                    await slow.send(piece)
+                    await anyio.sleep(0.4)
+                _, message = await raw.response()
+                assert message["id"] == request_id
+                assert message["result"]["structuredContent"] == {"received": {"value": "slowly"}}
+                # The connection that never sent anything was closed meanwhile.
+                with anyio.fail_after(1):
+                    with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError)):
+                        await idle.receive()
+            server.should_exit = True
