@@ -181,23 +181,22 @@ class Checkpoint:
         # The audit record is built and encoded while the upstream works: the request to the upstream is
         # written before this task first suspends, and the loop runs this callback before it can resume.
         drafts: list[PreparedRecord] = []
-        asyncio.get_running_loop().call_soon(
-            lambda: drafts.append(self.spool.prepare(self._audit_record(judged, "allow", decision)))
-        )
+
+        def draft() -> PreparedRecord:
+            return self.spool.prepare(self._audit_record(judged, "allow", decision))
+
+        def commit(is_error: bool) -> None:
+            duration = round((time.perf_counter() - started) * 1000, 3)
+            self.spool.commit(drafts[0] if drafts else draft(), is_error=is_error, duration_ms=duration)
+
+        asyncio.get_running_loop().call_soon(lambda: drafts.append(draft()))
         try:
             result = await self._run_upstream(judged.route, judged.arguments, params, progress)
         except BaseException:
-            self._commit_audit(drafts, judged, decision, is_error=True, started=started)
+            commit(is_error=True)
             raise
-        self._commit_audit(drafts, judged, decision, is_error=bool(result.get("isError")), started=started)
+        commit(is_error=bool(result.get("isError")))
         return result
-
-    def _commit_audit(
-        self, drafts: list[PreparedRecord], judged: _Judged, decision: Any, *, is_error: bool, started: float
-    ) -> None:
-        prepared = drafts[0] if drafts else self.spool.prepare(self._audit_record(judged, "allow", decision))
-        duration = round((time.perf_counter() - started) * 1000, 3)
-        self.spool.commit(prepared, is_error=is_error, duration_ms=duration)
 
     async def _run_upstream(
         self,
@@ -216,9 +215,6 @@ class Checkpoint:
             if kept:
                 forwarded["_meta"] = kept
         try:
-            lane = upstream.fast_lane
-            if lane is not None and progress is None:
-                return await lane.call_tool(forwarded)  # what `upstream.request` does, one coroutine less
             return await upstream.request("tools/call", forwarded, on_progress=progress)
         except MCPError as exc:
             # A protocol error from the upstream (unknown tool, invalid params) reaches the agent as-is.

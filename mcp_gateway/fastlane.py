@@ -70,7 +70,7 @@ class _ResponseMatcher:
 
 def _parse_response(response: Response, matcher: _ResponseMatcher) -> dict[str, Any]:
     """The JSON-RPC response from a JSON or SSE answer."""
-    if response.headers.get("content-type", "").startswith("text/event-stream"):
+    if response.content_type.startswith("text/event-stream"):
         if matcher.message is None:
             raise UpstreamError(f"the upstream's event stream ended without a response (HTTP {response.status})")
         return matcher.message
@@ -145,9 +145,6 @@ class HttpFastLane:
             response = await self._pool.send(head, body, event_filter=matcher)
         except Http1Error as exc:
             raise UpstreamError(f"upstream {self.url} failed: {exc}") from exc
-        return self._result_of(response, matcher)
-
-    def _result_of(self, response: Response, matcher: _ResponseMatcher) -> dict[str, Any]:
         message = _parse_response(response, matcher)
         if "error" in message:
             error = message["error"] or {}
@@ -194,13 +191,7 @@ class HttpFastLane:
                 check_header(header, value)
                 head += f"{header}: {value}\r\n".encode("latin-1")
         request_id = next(self._ids)
-        matcher = _ResponseMatcher(request_id)
-        body = self._envelope(request_id, "tools/call", params)
-        try:  # `_post`, inlined: one coroutine less to resume on the allow path
-            response = await self._pool.send(head, body, event_filter=matcher)
-        except Http1Error as exc:
-            raise UpstreamError(f"upstream {self.url} failed: {exc}") from exc
-        result = self._result_of(response, matcher)
+        result = await self._post(request_id, head, self._envelope(request_id, "tools/call", params))
         meta = result.get("_meta")
         if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
             # The upstream's identity is not ours to stamp onto the agent's result.
