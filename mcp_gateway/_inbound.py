@@ -63,27 +63,28 @@ def parse_head(head: bytes) -> tuple[bytes, bytes, dict[bytes, bytes]] | None:
 
 
 class _IdleSweeper:
-    """Closes front connections idle longer than uvicorn's keep-alive timeout (one timer for all)."""
+    """Closes front connections idle longer than their server's keep-alive timeout (one timer a loop)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.timeout = timeout
+        self.interval = 1.0
         self.connections: weakref.WeakSet[FrontProtocol] = weakref.WeakSet()
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, connection: FrontProtocol) -> None:
         self.connections.add(connection)
+        self.interval = min(self.interval, connection.keep_alive_timeout)
         if self._timer is None:
-            self._timer = self.loop.call_later(min(1.0, self.timeout), self._sweep)
+            self._timer = self.loop.call_later(self.interval, self._sweep)
 
     def _sweep(self) -> None:
         self._timer = None
         now = self.loop.time()
         for connection in list(self.connections):
-            if connection.idle_since is not None and now - connection.idle_since > self.timeout:
+            if connection.idle_since is not None and now - connection.idle_since > connection.keep_alive_timeout:
                 connection.close()
         if self.connections:
-            self._timer = self.loop.call_later(min(1.0, self.timeout), self._sweep)
+            self._timer = self.loop.call_later(self.interval, self._sweep)
 
 
 _sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _IdleSweeper] = weakref.WeakKeyDictionary()
@@ -118,7 +119,7 @@ class FrontProtocol(asyncio.Protocol):
         self.idle_since = self.loop.time()
         sweeper = _sweepers.get(self.loop)
         if sweeper is None:
-            sweeper = _sweepers[self.loop] = _IdleSweeper(self.loop, self.keep_alive_timeout)
+            sweeper = _sweepers[self.loop] = _IdleSweeper(self.loop)
         sweeper.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

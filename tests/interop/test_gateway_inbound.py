@@ -280,7 +280,10 @@ async def test_idle_connections_close_after_the_keep_alive_timeout_but_slow_requ
     from mcp_gateway._inbound import protocol_for
     from tests.helpers import free_port
 
-    async with running_gateway(tmp_path, PROBE_POLICY) as gw:
+    # A server with the default 5 s timeout in the same event loop, reached first: each server's own
+    # timeout applies to its connections.
+    async with running_gateway(tmp_path, PROBE_POLICY) as gw, serving_http(gw) as default_url:
+        patient = await anyio.connect_tcp("127.0.0.1", port_of(default_url))
         app = gw.http_app()
         port = free_port()
         config = uvicorn.Config(app, port=port, log_level="warning", timeout_keep_alive=1, http=protocol_for(app))
@@ -309,4 +312,11 @@ async def test_idle_connections_close_after_the_keep_alive_timeout_but_slow_requ
                 with anyio.fail_after(1):
                     with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError, ConnectionResetError)):
                         await idle.receive()
+            # Idle for over 3 s too, but its server allows 5 s: still open and serving.
+            async with patient:
+                raw = RawHttp(patient)
+                request_id, data = tools_call(port_of(default_url), {"value": "patient", "justification": "test"})
+                await raw.send(data)
+                _, message = await raw.response()
+                assert message["id"] == request_id
             server.should_exit = True
