@@ -62,3 +62,9 @@ def wait_for_health(port: int, process: Any, timeout: float = 60.0) -> dict[str,
             assert process.poll() is None, process.communicate()
             assert time.monotonic() < deadline, "the hub did not come up"
             time.sleep(0.2)
+
+
+def structured(result: Any) -> dict[str, Any]:
+    """A `CallToolResult`'s structured content (asserting it has some)."""
+    assert result.structured_content is not None, result
+    return dict(result.structured_content)

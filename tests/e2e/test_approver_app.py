@@ -38,18 +38,22 @@ def held(live_hub: LiveHub) -> tuple[Any, list[str]]:
     return org, ids
 
 
+def sign_in(page: Any, email: str, password: str) -> None:
+    """Submit the app's sign-in form."""
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
 def test_approver_signs_in_and_decides_from_the_app(live_hub: LiveHub, held: tuple[Any, list[str]], browser: Any,
                                                      tmp_path: Path) -> None:
     org, (first, second) = held
     page = browser.new_page()
     page.goto(f"{live_hub.url}/app/")
-    page.fill("input[name=email]", "alice@acme.test")
-    page.fill("input[name=password]", "wrong")
-    page.click("button[type=submit]")
+    sign_in(page, "alice@acme.test", "wrong")
     page.wait_for_selector("#login-error:has-text('wrong email or password')")
 
-    page.fill("input[name=password]", "pw-alice")
-    page.click("button[type=submit]")
+    sign_in(page, "alice@acme.test", "pw-alice")
     page.wait_for_selector(f"article[data-id='{first}']")
     card = page.locator(f"article[data-id='{first}']")
     assert "drop_table" in card.inner_text() and "old_users" in card.inner_text()
@@ -83,9 +87,7 @@ def test_new_requests_appear_live(live_hub: LiveHub, held: tuple[Any, list[str]]
     org, _ = held
     page = browser.new_page()
     page.goto(f"{live_hub.url}/app/")
-    page.fill("input[name=email]", "bob@acme.test")
-    page.fill("input[name=password]", "pw-bob")
-    page.click("button[type=submit]")
+    sign_in(page, "bob@acme.test", "pw-bob")
     page.wait_for_selector("article >> nth=1")
     with httpx.Client(base_url=live_hub.url, timeout=10) as http:
         created = http.post("/api/v1/approvals", headers=auth(org.agent_token),

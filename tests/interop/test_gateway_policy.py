@@ -16,6 +16,7 @@ from mcp import Client
 from mcp.shared.subscriptions import ToolsListChanged
 
 from mcp_gateway.spool import AuditSpool
+from tests.helpers import structured
 from tests.interop.conftest import PROBE, PYTHON, child_pids, closed_port_url, cmdline, running_gateway, serving_http
 
 pytestmark = pytest.mark.interop
@@ -41,11 +42,6 @@ tools:
     action: allow
 defaults: {{unknown_tools: deny, justification: none}}
 """
-
-
-def structured(result: types.CallToolResult) -> dict[str, Any]:
-    assert result.structured_content is not None, result
-    return dict(result.structured_content)
 
 
 async def test_justification_is_added_required_and_stripped(tmp_path: Path) -> None:

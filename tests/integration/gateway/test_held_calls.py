@@ -21,7 +21,7 @@ from mcp_gateway.app import Gateway
 from mcp_gateway.config import GatewaySettings
 from policies import arguments_hash
 from tests.conftest import LiveHub
-from tests.helpers import Org, auth, make_org
+from tests.helpers import Org, auth, make_org, structured
 from tests.interop.conftest import PROBE, PYTHON
 
 POLICY = f"""
@@ -50,11 +50,6 @@ tools:
     action: allow
 defaults: {{unknown_tools: deny, justification: none}}
 """
-
-
-def structured(result: types.CallToolResult) -> dict[str, Any]:
-    assert result.structured_content is not None, result
-    return dict(result.structured_content)
 
 
 def text_of(result: types.CallToolResult) -> str:

@@ -9,8 +9,8 @@ import httpx
 from mcp import Client
 
 from tests.conftest import LiveHub
-from tests.helpers import Org, auth, make_org
-from tests.integration.gateway.test_held_calls import gateway, structured, text_of, wait_for_pending
+from tests.helpers import Org, auth, make_org, structured
+from tests.integration.gateway.test_held_calls import gateway, text_of, wait_for_pending
 from tests.interop.conftest import PROBE, PYTHON
 
 BASE = f"""
