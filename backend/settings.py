@@ -94,6 +94,11 @@ class ServerSettings:
     def base_url(self) -> str:
         return self.public_url or f"http://{self.host}:{self.port}"
 
+    def web_origin(self, request_base_url: str) -> str:
+        """Origin passkeys are bound to: PRELOOP_PUBLIC_URL's when set, else the one the request reached."""
+        parts = urlsplit(self.public_url or request_base_url)
+        return f"{parts.scheme}://{parts.netloc}"
+
 
 @dataclass(frozen=True)
 class DatabaseSettings:

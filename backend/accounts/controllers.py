@@ -11,7 +11,7 @@ from backend.accounts import service
 from backend.accounts.schemas import KeyBody, LoginBody, TeamBody, UserBody
 from backend.accounts.service import Principal
 from backend.accounts.tables import ApiKey, User
-from backend.deps import SESSION_COOKIE, admin_guard
+from backend.deps import SESSION_COOKIE, admin_guard, session_cookie
 from backend.errors import Forbidden
 from backend.hub import Hub
 
@@ -28,13 +28,7 @@ class AuthController(Controller):
         )
         return Response(
             {"user": {"email": principal.email, "role": principal.role}},
-            cookies=[
-                Cookie(
-                    key=SESSION_COOKIE, value=token, httponly=True, samesite="lax",
-                    secure=hub.settings.server.base_url.startswith("https"),
-                    max_age=hub.settings.security.session_hours * 3600,
-                )
-            ],
+            cookies=[session_cookie(hub, token)],
         )
 
     @post("/logout", operation_id="logout", status_code=204, exclude_from_auth=True)

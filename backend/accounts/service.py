@@ -310,12 +310,22 @@ async def login(org_id: uuid.UUID, email: str, password: str, *, hours: int) -> 
     user = await User.select().where(User.org_email == f"{org_id}:{email.strip().lower()}").first()
     if user is None or not user["is_active"] or not check_password(password, user["password_hash"]):
         raise NotAuthenticated("wrong email or password")
+    return await open_session(user, hours=hours, method="password")
+
+
+async def open_session(user: dict[str, Any], *, hours: int, method: str) -> tuple[str, Principal]:
+    """Start a login session for a user already authenticated by `method` (password, passkey, totp)."""
     token = secrets.token_urlsafe(32)
+    stamp = now()
     await UserSession(
-        user=user["id"], token_hash=sha256_hex(token), created_at=now(), expires_at=now() + timedelta(hours=hours)
+        user=user["id"], token_hash=sha256_hex(token), created_at=stamp, expires_at=stamp + timedelta(hours=hours),
+        passkey_verified_at=stamp if method == "passkey" else None,
     ).save()
-    principal = Principal(org_id=org_id, user_id=user["id"], email=user["email"], role=user["role"], via="session")
-    await record(org_id, "session.login", principal.actor, subject_type="user", subject_id=user["id"])
+    principal = Principal(
+        org_id=user["org"], user_id=user["id"], email=user["email"], role=user["role"], via="session"
+    )
+    data = {} if method == "password" else {"method": method}
+    await record(user["org"], "session.login", principal.actor, subject_type="user", subject_id=user["id"], data=data)
     return token, principal
 
 

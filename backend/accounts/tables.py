@@ -3,6 +3,7 @@
 from piccolo.columns import (
     JSONB,
     UUID,
+    BigInt,
     Boolean,
     ForeignKey,
     Integer,
@@ -100,3 +101,25 @@ class WebAuthnCredential(Table, tablename="webauthn_credential"):
     name = Varchar(length=200, default="")
     created_at = Timestamptz()
     last_used_at = Timestamptz(null=True, default=None)
+
+
+class TotpFactor(Table, tablename="totp_factor"):
+    """A person's TOTP second factor (RFC 6238); usable once `confirmed_at` is set."""
+
+    id = UUID(primary_key=True)
+    user = ForeignKey(references=User, null=False, unique=True)
+    secret = Text()
+    # The last time step accepted: a code of that step or an earlier one is never accepted again.
+    last_step = BigInt(default=0)
+    created_at = Timestamptz()
+    confirmed_at = Timestamptz(null=True, default=None)
+
+
+class RecoveryCode(Table, tablename="recovery_code"):
+    """One-time codes for when the TOTP device is lost; only their SHA-256 is stored."""
+
+    id = UUID(primary_key=True)
+    user = ForeignKey(references=User, null=False)
+    code_hash = Varchar(length=64, unique=True)
+    created_at = Timestamptz()
+    used_at = Timestamptz(null=True, default=None)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, MediaType, Response, get, post
+import msgspec
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.params import Parameter, QueryParameter
 from litestar.response import Stream
 
+from backend.accounts.passkey_schemas import BatchStepUpBody, StepUpBody, StepUpOptions
 from backend.accounts.service import Principal
 from backend.approvals import service
 from backend.approvals.schemas import (
@@ -130,12 +132,39 @@ class ApprovalController(Controller):
             reason=data.reason,
             grant_seconds=data.grant_seconds,
             channel=data.channel,
+            assertion=data.assertion,
         )
         return {
             "results": results,
             "ok": sum(1 for r in results if r["ok"]),
             "failed": sum(1 for r in results if not r["ok"]),
         }
+
+    @post(
+        "/batch/step-up/options",
+        operation_id="batch_step_up_options",
+        status_code=200,
+        summary="One passkey challenge covering several requests (ids and argument hashes) and a decision",
+    )
+    async def batch_step_up(
+        self, data: BatchStepUpBody, request: Request, principal: Principal, hub: Hub  # type: ignore[type-arg]
+    ) -> StepUpOptions:
+        origin = hub.settings.server.web_origin(str(request.base_url))
+        options = await service.step_up_options(hub, principal, data.ids, data.decision, origin)
+        return msgspec.convert(options, StepUpOptions)
+
+    @post(
+        "/{approval_id:str}/step-up/options",
+        operation_id="step_up_options",
+        status_code=200,
+        summary="A passkey challenge derived from this request, the decision and the arguments hash",
+    )
+    async def step_up(
+        self, approval_id: str, data: StepUpBody, request: Request, principal: Principal, hub: Hub  # type: ignore[type-arg]
+    ) -> StepUpOptions:
+        origin = hub.settings.server.web_origin(str(request.base_url))
+        options = await service.step_up_options(hub, principal, [approval_id], data.decision, origin)
+        return msgspec.convert(options, StepUpOptions)
 
     @get("/{approval_id:str}", operation_id="get_approval")
     async def get_request(self, approval_id: str, principal: Principal) -> dict[str, Any]:
@@ -168,6 +197,7 @@ class ApprovalController(Controller):
             reason=body.reason,
             grant_seconds=body.grant_seconds,
             channel=body.channel,
+            assertion=body.assertion,
         )
 
     @post("/{approval_id:str}/decline", operation_id="decline_approval", status_code=200)
@@ -176,7 +206,8 @@ class ApprovalController(Controller):
     ) -> dict[str, Any]:
         body = data or DeclineBody()
         return await service.vote(
-            hub, principal, approval_id, "decline", reason=body.reason, channel=body.channel
+            hub, principal, approval_id, "decline", reason=body.reason, channel=body.channel,
+            assertion=body.assertion,
         )
 
     @post("/{approval_id:str}/cancel", operation_id="cancel_approval", status_code=200)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from backend.accounts import passkeys
+from backend.accounts.passkeys import StepUpProof
 from backend.accounts.service import Principal
 from backend.accounts.tables import TeamMembership, User
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
@@ -380,8 +382,14 @@ async def record_vote(
     reason: str | None = None,
     grant_seconds: int = 0,
     channel: str = "api",
+    assertion: dict[str, Any] | StepUpProof | None = None,
 ) -> dict[str, Any]:
-    """Store one person's vote and decide the request when it settles it."""
+    """Store one person's vote and decide the request when it settles it.
+
+    `assertion` is a passkey step-up (the browser's PublicKeyCredential as JSON, or a proof a batch
+    already verified). A request whose policy says `require_passkey` counts only a vote from an app
+    session carrying one whose challenge names this request, this decision and these arguments.
+    """
     policy = policy_of(row)
     if not principal.can_decide:
         raise await reject_vote(
@@ -413,6 +421,7 @@ async def record_vote(
                 detail={"field": "grant_seconds", "max_grant_seconds": 0},
             )
         grant_seconds = min(grant_seconds, cap)
+    proof = await _step_up(hub, principal, row, decision, channel, assertion)
     async with unit_of_work():
         await lock(f"approval:{row['id']}")
         current = await load_row(row["id"])
@@ -430,6 +439,7 @@ async def record_vote(
                 reason=reason,
                 channel=channel[:20],
                 created_at=now(),
+                assertion=proof.evidence if proof else None,
             ).save()
         except (asyncpg.UniqueViolationError, _sqlite_integrity()) as exc:
             raise Conflict(
@@ -443,7 +453,12 @@ async def record_vote(
             voter(principal),
             subject_type="approval",
             subject_id=current["id"],
-            data={"reason": reason, "channel": channel, "grant_seconds": grant_seconds or None},
+            data={
+                "reason": reason,
+                "channel": channel,
+                "grant_seconds": grant_seconds or None,
+                **({"arguments_hash": current["arguments_hash"], "step_up": proof.evidence} if proof else {}),
+            },
         )
         votes = (
             await Vote.select(Vote.user, Vote.decision, Vote.reason, Vote.user.email.as_alias("email"))
@@ -476,6 +491,71 @@ async def record_vote(
             }
             result = await _decide(hub, current, "declined", voter(principal), outcome)
     return result
+
+
+async def _step_up(
+    hub: Hub,
+    principal: Principal,
+    row: dict[str, Any],
+    decision: str,
+    channel: str,
+    assertion: dict[str, Any] | StepUpProof | None,
+) -> StepUpProof | None:
+    """The verified passkey confirmation of this vote, or None when the policy does not ask for one."""
+    required = bool(policy_of(row).get("require_passkey"))
+    if assertion is None and not required:
+        return None
+    if required and (principal.via != "session" or channel != "app"):
+        raise await reject_vote(
+            row,
+            principal,
+            "passkey_required",
+            "this request's policy needs a passkey confirmation from the Preloop app; "
+            "email links, chat buttons and API keys cannot decide it",
+        )
+    if assertion is None:
+        raise await reject_vote(
+            row,
+            principal,
+            "passkey_required",
+            "this request's policy needs a passkey confirmation: "
+            f"POST /api/v1/approvals/{row['id']}/step-up/options, then vote with the assertion",
+        )
+    if not isinstance(assertion, StepUpProof):
+        [proof] = await confirm_step_up(hub, principal, [row], decision, assertion)
+        return proof
+    if assertion.user_id != str(principal.user_id) or not assertion.covers(
+        str(row["id"]), row["arguments_hash"], decision
+    ):
+        raise await reject_vote(
+            row, principal, "passkey_wrong_request", "this passkey confirmation was made for another request"
+        )
+    return assertion
+
+
+async def confirm_step_up(
+    hub: Hub, principal: Principal, rows: list[dict[str, Any]], decision: str, assertion: dict[str, Any]
+) -> list[StepUpProof]:
+    """Verify one step-up assertion for these requests; a refusal is audited on each of them.
+
+    The proof must cover every listed request with the arguments hash it holds now, so an
+    assertion made for another request, decision or argument set does not count.
+    """
+    assert hub.redis is not None
+    try:
+        proof = await passkeys.verify_step_up(hub.redis.client, principal, decision, assertion)
+    except passkeys.StepUpRefused as exc:
+        refusals = [await reject_vote(row, principal, exc.code, exc.message) for row in rows]
+        raise refusals[0] from exc
+    for row in rows:
+        if not proof.covers(str(row["id"]), row["arguments_hash"], decision):
+            raise await reject_vote(
+                row,
+                principal,
+                "passkey_wrong_request",
+                "this passkey confirmation names other requests or other arguments; confirm this one again",
+            )
+    return [proof] * len(rows)
 
 
 async def _decide(hub: Hub, row: dict[str, Any], new: str, actor: Actor, outcome: dict[str, Any]) -> dict[str, Any]:

@@ -22,11 +22,15 @@ class ApproveBody(msgspec.Struct, forbid_unknown_fields=True):
     grant_seconds: int = 0
     """Also let identical calls through for this long (capped by the policy's max_grant_seconds)."""
     channel: str = "api"
+    assertion: dict[str, Any] | None = None
+    """A passkey step-up (PublicKeyCredential JSON) when the policy requires one."""
 
 
 class DeclineBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: str | None = None
     channel: str = "api"
+    assertion: dict[str, Any] | None = None
+    """A passkey step-up (PublicKeyCredential JSON) when the policy requires one."""
 
 
 class CancelBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,6 +43,8 @@ class BatchBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: str | None = None
     grant_seconds: int = 0
     channel: str = "api"
+    assertion: dict[str, Any] | None = None
+    """A passkey step-up (PublicKeyCredential JSON) when the policy requires one."""
 
 
 class ClaimBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from backend.accounts import passkeys
+from backend.accounts.passkeys import StepUpProof
 from backend.accounts.service import Principal
 from backend.accounts.tables import User
 from backend.approvals import flows
@@ -529,12 +531,36 @@ async def vote(
     reason: str | None = None,
     grant_seconds: int = 0,
     channel: str = "api",
+    assertion: dict[str, Any] | StepUpProof | None = None,
 ) -> dict[str, Any]:
     row = await _row_in_org(principal.org_id, request_id)
     updated = await flows.record_vote(
-        hub, principal, row, decision, reason=reason, grant_seconds=grant_seconds, channel=channel
+        hub, principal, row, decision, reason=reason, grant_seconds=grant_seconds, channel=channel,
+        assertion=assertion,
     )
     return (await present([updated]))[0]
+
+
+async def step_up_options(
+    hub: Hub, principal: Principal, ids: list[str], decision: str, origin: str
+) -> dict[str, Any]:
+    """A passkey challenge naming these pending requests, their argument hashes and the decision."""
+    if not ids or len(ids) > 200:
+        raise ValidationFailed("ids must hold 1 to 200 request ids", detail={"field": "ids", "got": len(ids)})
+    items: list[tuple[str, str]] = []
+    for request_id in dict.fromkeys(ids):
+        row = await _row_in_org(principal.org_id, request_id)
+        if row["status"] != "pending":
+            raise Conflict(
+                f"request {row['id']} is already {row['status']}",
+                code="already_decided",
+                detail={"request_id": str(row["id"]), "status": row["status"]},
+            )
+        items.append((str(row["id"]), row["arguments_hash"]))
+    assert hub.redis is not None
+    return await passkeys.step_up_options(
+        hub.redis.client, principal, items, decision, passkeys.RelyingParty.for_origin(origin)
+    )
 
 
 async def vote_many(
@@ -546,10 +572,19 @@ async def vote_many(
     reason: str | None = None,
     grant_seconds: int = 0,
     channel: str = "api",
+    assertion: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Each id is its own vote with its own checks; one failure does not stop the others."""
+    """Each id is its own vote with its own checks; one failure does not stop the others.
+
+    With `assertion`, one passkey step-up confirms them all: it is verified once, and its
+    challenge must name every listed request with its arguments hash.
+    """
     if not ids or len(ids) > 200:
         raise ValidationFailed("ids must hold 1 to 200 request ids", detail={"field": "ids", "got": len(ids)})
+    proof: StepUpProof | None = None
+    if assertion is not None:
+        rows = [await _row_in_org(principal.org_id, rid) for rid in dict.fromkeys(ids)]
+        proof = (await flows.confirm_step_up(hub, principal, rows, decision, assertion))[0]
     results: list[dict[str, Any]] = []
     for request_id in dict.fromkeys(ids):
         try:
@@ -561,6 +596,7 @@ async def vote_many(
                 reason=reason,
                 grant_seconds=grant_seconds,
                 channel=channel,
+                assertion=proof,
             )
         except (Forbidden, NotFound, Conflict, ValidationFailed) as exc:
             results.append({"id": request_id, "ok": False, "error": exc.to_dict()["error"]})

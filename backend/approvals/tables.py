@@ -54,6 +54,8 @@ class Vote(Table, tablename="vote"):
     reason = Text(null=True, default=None)
     channel = Varchar(length=20, default="api")
     created_at = Timestamptz()
+    # The passkey step-up that confirmed this vote (authenticator data, client data, signature, …).
+    assertion = JSONB(null=True, default=None)
 
 
 class Grant(Table, tablename="approval_grant"):

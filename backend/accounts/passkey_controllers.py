@@ -1,0 +1,60 @@
+"""REST for passkeys: enrol, sign in with a discoverable credential, list, rename, remove."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
+
+from backend.accounts import passkeys
+from backend.accounts.passkey_schemas import AuthenticateBody, Options, Passkey, RegisterBody, RenameBody, SignedIn
+from backend.accounts.service import Principal
+from backend.deps import session_cookie
+from backend.hub import Hub
+
+
+def relying_party(hub: Hub, request: Request) -> passkeys.RelyingParty:  # type: ignore[type-arg]
+    return passkeys.RelyingParty.for_origin(hub.settings.server.web_origin(str(request.base_url)))
+
+
+def redis_of(hub: Hub):  # type: ignore[no-untyped-def]
+    assert hub.redis is not None
+    return hub.redis.client
+
+
+class WebAuthnController(Controller):
+    path = "/api/v1/webauthn"
+    tags = ["passkeys"]
+
+    @post("/register/options", operation_id="passkey_register_options", status_code=200,
+          summary="Options for navigator.credentials.create(): a resident key, user verification required")
+    async def register_options(self, request: Request, principal: Principal, hub: Hub) -> Options:  # type: ignore[type-arg]
+        return Options(await passkeys.registration_options(redis_of(hub), principal, relying_party(hub, request)))
+
+    @post("/register/verify", operation_id="passkey_register_verify", status_code=201,
+          summary="Keep the new passkey (attestation checked, user verified)")
+    async def register_verify(self, data: RegisterBody, principal: Principal, hub: Hub) -> Passkey:
+        return msgspec.convert(await passkeys.register(redis_of(hub), principal, data.credential, data.name), Passkey)
+
+    @post("/authenticate/options", operation_id="passkey_sign_in_options", status_code=200, exclude_from_auth=True,
+          summary="Options for navigator.credentials.get() with a discoverable credential")
+    async def authenticate_options(self, request: Request, hub: Hub) -> Options:  # type: ignore[type-arg]
+        return Options(await passkeys.sign_in_options(redis_of(hub), relying_party(hub, request)))
+
+    @post("/authenticate/verify", operation_id="passkey_sign_in", status_code=200, exclude_from_auth=True,
+          summary="Sign in with a passkey: starts a session (cookie)")
+    async def authenticate_verify(self, data: AuthenticateBody, hub: Hub) -> Response[SignedIn]:
+        hours = hub.settings.security.session_hours
+        token, principal = await passkeys.sign_in(redis_of(hub), data.credential, hours=hours)
+        return Response(SignedIn(principal.email, principal.role, "passkey"), cookies=[session_cookie(hub, token)])
+
+    @get("/credentials", operation_id="list_passkeys", summary="My passkeys, with last use")
+    async def list_credentials(self, principal: Principal) -> list[Passkey]:
+        return msgspec.convert(await passkeys.list_own(principal), list[Passkey])
+
+    @patch("/credentials/{passkey_id:str}", operation_id="rename_passkey")
+    async def rename(self, passkey_id: str, data: RenameBody, principal: Principal) -> Passkey:
+        return msgspec.convert(await passkeys.rename(principal, passkey_id, data.name), Passkey)
+
+    @delete("/credentials/{passkey_id:str}", operation_id="remove_passkey", status_code=204)
+    async def remove(self, passkey_id: str, principal: Principal) -> None:
+        await passkeys.remove(principal, passkey_id)
