@@ -197,6 +197,7 @@ async def transition(
                     "policy_version": updated["policy_version"],
                     "approval_policy": policy_of(updated).get("name"),
                     "expires_at": str(updated["expires_at"]),
+                    **({"require_passkey": True} if policy_of(updated).get("require_passkey") else {}),
                 },
             )
             await _notify(hub, updated, level=0, users=await eligible_users(updated))

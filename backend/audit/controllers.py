@@ -9,8 +9,10 @@ from litestar import Controller, get, post
 from litestar.params import Parameter
 
 from backend.accounts.service import Principal
+from backend.audit.export import export_org
 from backend.audit.service import Actor, record, verify
 from backend.audit.tables import AuditEvent
+from backend.deps import admin_guard
 from backend.errors import ValidationFailed
 from policies import arguments_hash
 
@@ -55,6 +57,11 @@ class AuditController(Controller):
     @get("/verify", operation_id="verify_audit_chain", summary="Check every link of the org's audit chain")
     async def verify_chain(self, principal: Principal) -> dict[str, Any]:
         return (await verify(principal.org_id)).to_dict()
+
+    @get("/export", operation_id="export_audit", guards=[admin_guard],
+         summary="The whole chain and the passkeys' public keys, for `preloop audit verify --signatures`")
+    async def export(self, principal: Principal) -> dict[str, Any]:
+        return await export_org(principal.org_id)
 
     @get("/events", operation_id="list_audit_events")
     async def list_events(
