@@ -16,7 +16,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.static_files import create_static_files_router
 
 from backend.accounts.controllers import AuthController, KeyController, TeamController, UserController
-from backend.accounts.passkey_controllers import WebAuthnController
+from backend.accounts.passkey_controllers import TotpController, WebAuthnController
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
 from backend.deps import provide_hub, resolve_principal
@@ -69,7 +69,7 @@ def route_handlers() -> list[Any]:
         KeyController,
         AuditController,
     ]
-    handlers.append(WebAuthnController)
+    handlers.extend([WebAuthnController, TotpController])
     handlers.append(PolicyController)
     handlers.extend(APPROVAL_CONTROLLERS)
     if PWA_DIR.is_dir():

@@ -24,7 +24,8 @@ class AuthController(Controller):
     async def login(self, data: LoginBody, hub: Hub) -> Response[dict[str, Any]]:
         org = await (service.get_org_by_slug(data.org) if data.org else service.default_org())
         token, principal = await service.login(
-            org["id"], data.email, data.password, hours=hub.settings.security.session_hours
+            org["id"], data.email, data.password, hours=hub.settings.security.session_hours,
+            totp_code=data.totp_code,
         )
         return Response(
             {"user": {"email": principal.email, "role": principal.role}},

@@ -1,12 +1,23 @@
-"""REST for passkeys: enrol, sign in with a discoverable credential, list, rename, remove."""
+"""REST for passkeys (enrol, sign in, list, rename, remove) and the TOTP second factor."""
 
 from __future__ import annotations
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 
-from backend.accounts import passkeys
-from backend.accounts.passkey_schemas import AuthenticateBody, Options, Passkey, RegisterBody, RenameBody, SignedIn
+from backend.accounts import passkeys, totp
+from backend.accounts.passkey_schemas import (
+    AuthenticateBody,
+    Options,
+    Passkey,
+    RecoveryCodes,
+    RegisterBody,
+    RenameBody,
+    SignedIn,
+    TotpCodeBody,
+    TotpEnrolment,
+    TotpStatus,
+)
 from backend.accounts.service import Principal
 from backend.deps import session_cookie
 from backend.hub import Hub
@@ -58,3 +69,29 @@ class WebAuthnController(Controller):
     @delete("/credentials/{passkey_id:str}", operation_id="remove_passkey", status_code=204)
     async def remove(self, passkey_id: str, principal: Principal) -> None:
         await passkeys.remove(principal, passkey_id)
+
+
+class TotpController(Controller):
+    path = "/api/v1/totp"
+    tags = ["passkeys"]
+
+    @get("", operation_id="totp_status")
+    async def status(self, principal: Principal) -> TotpStatus:
+        return msgspec.convert(await totp.status(principal), TotpStatus)
+
+    @post("/enrol", operation_id="totp_enrol", status_code=200,
+          summary="A new TOTP secret with its otpauth URI and QR code (SVG); active once confirmed")
+    async def enrol(self, principal: Principal) -> TotpEnrolment:
+        passkeys.require_session(principal, "turning on TOTP")
+        return msgspec.convert(await totp.begin(principal), TotpEnrolment)
+
+    @post("/confirm", operation_id="totp_confirm", status_code=200,
+          summary="Turn TOTP on with a first code; returns the recovery codes once")
+    async def confirm(self, data: TotpCodeBody, principal: Principal) -> RecoveryCodes:
+        passkeys.require_session(principal, "turning on TOTP")
+        return RecoveryCodes(await totp.confirm(principal, data.code))
+
+    @post("/disable", operation_id="totp_disable", status_code=204, summary="Turn TOTP off with a current code")
+    async def disable(self, data: TotpCodeBody, principal: Principal) -> None:
+        passkeys.require_session(principal, "turning off TOTP")
+        await totp.disable(principal, data.code)

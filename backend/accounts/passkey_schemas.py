@@ -66,3 +66,26 @@ class SignedIn(msgspec.Struct):
     email: str
     role: str
     method: str
+
+
+class TotpCodeBody(msgspec.Struct, forbid_unknown_fields=True):
+    code: str
+
+
+class TotpEnrolment(msgspec.Struct):
+    """Scan `qr_svg` (or type `secret`) into an authenticator app, then confirm with a code."""
+
+    secret: str
+    otpauth_uri: str
+    qr_svg: str
+
+
+class RecoveryCodes(msgspec.Struct):
+    """Shown once; each works once in place of a TOTP code."""
+
+    recovery_codes: list[str]
+
+
+class TotpStatus(msgspec.Struct):
+    enrolled: bool
+    recovery_codes_left: int

@@ -129,7 +129,7 @@ def _options_json(options: Any) -> dict[str, Any]:
     return json.loads(options_to_json(options))  # type: ignore[no-any-return]
 
 
-def _require_session(principal: Principal, what: str) -> None:
+def require_session(principal: Principal, what: str) -> None:
     if principal.via != "session":
         raise Forbidden(
             f"{what} needs a signed-in session in the Preloop app, not an API key",
@@ -142,7 +142,7 @@ def _require_session(principal: Principal, what: str) -> None:
 
 
 async def registration_options(redis: Redis, principal: Principal, rp: RelyingParty) -> dict[str, Any]:
-    _require_session(principal, "adding a passkey")
+    require_session(principal, "adding a passkey")
     existing = await WebAuthnCredential.select(WebAuthnCredential.credential_id).where(
         WebAuthnCredential.user == principal.user_id
     )
@@ -180,7 +180,7 @@ async def register(
     redis: Redis, principal: Principal, credential: dict[str, Any], name: str
 ) -> dict[str, Any]:
     """Verify an attestation (user verified) against its pending challenge and keep the public key."""
-    _require_session(principal, "adding a passkey")
+    require_session(principal, "adding a passkey")
     name = check_name(name or "Passkey")
     pending = await _take(redis, "register", client_challenge(credential))
     if pending is None or pending["user"] != str(principal.user_id):
@@ -266,7 +266,7 @@ async def _own(principal: Principal, passkey_id: str) -> dict[str, Any]:
 
 
 async def rename(principal: Principal, passkey_id: str, name: str) -> dict[str, Any]:
-    _require_session(principal, "renaming a passkey")
+    require_session(principal, "renaming a passkey")
     row = await _own(principal, passkey_id)
     name = check_name(name)
     await WebAuthnCredential.update({WebAuthnCredential.name: name}).where(WebAuthnCredential.id == row["id"])
@@ -276,7 +276,7 @@ async def rename(principal: Principal, passkey_id: str, name: str) -> dict[str, 
 
 
 async def remove(principal: Principal, passkey_id: str) -> None:
-    _require_session(principal, "removing a passkey")
+    require_session(principal, "removing a passkey")
     row = await _own(principal, passkey_id)
     await WebAuthnCredential.delete().where(WebAuthnCredential.id == row["id"])
     await record(principal.org_id, "passkey.removed", principal.actor, subject_type="user",
@@ -388,7 +388,7 @@ async def step_up_options(
     rp: RelyingParty,
 ) -> dict[str, Any]:
     """A challenge derived from the requests, their argument hashes, the decision and a nonce."""
-    _require_session(principal, "confirming a decision with a passkey")
+    require_session(principal, "confirming a decision with a passkey")
     if decision not in {"approve", "decline"}:
         raise ValidationFailed("decision must be approve or decline", detail={"field": "decision"})
     mine = await WebAuthnCredential.select(WebAuthnCredential.credential_id).where(

@@ -11,6 +11,8 @@ class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
     email: str
     password: str
     org: str | None = None
+    totp_code: str | None = None
+    """The 6-digit TOTP code or a recovery code, for people who turned the second factor on."""
 
 
 class UserBody(msgspec.Struct, forbid_unknown_fields=True):

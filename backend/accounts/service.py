@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from backend.accounts import totp
 from backend.accounts.tables import (
     KEY_SCOPES,
     ROLES,
@@ -306,11 +307,16 @@ async def principal_for_token(token: str) -> Principal:
 # --- sessions -----------------------------------------------------------------------------
 
 
-async def login(org_id: uuid.UUID, email: str, password: str, *, hours: int) -> tuple[str, Principal]:
+async def login(
+    org_id: uuid.UUID, email: str, password: str, *, hours: int, totp_code: str | None = None
+) -> tuple[str, Principal]:
     user = await User.select().where(User.org_email == f"{org_id}:{email.strip().lower()}").first()
     if user is None or not user["is_active"] or not check_password(password, user["password_hash"]):
         raise NotAuthenticated("wrong email or password")
-    return await open_session(user, hours=hours, method="password")
+    method = "password"
+    if await totp.enrolled(user["id"]):  # the second factor of people who turned it on
+        method = "password+" + await totp.check(user, totp_code)
+    return await open_session(user, hours=hours, method=method)
 
 
 async def open_session(user: dict[str, Any], *, hours: int, method: str) -> tuple[str, Principal]:
