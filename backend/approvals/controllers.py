@@ -176,7 +176,7 @@ class ApprovalController(Controller):
         summary="Machine-readable verdict: kind approved/declined/expired/cancelled, by, reason",
     )
     async def outcome(self, approval_id: str, principal: Principal) -> dict[str, Any]:
-        item = await service.get_request(principal, approval_id)
+        item = await service.get_request(principal, approval_id, with_flags=False)
         return {
             "id": item["id"],
             "status": item["status"],

@@ -15,7 +15,7 @@ from backend.accounts import passkeys
 from backend.accounts.passkeys import StepUpProof
 from backend.accounts.service import Principal
 from backend.accounts.tables import User
-from backend.approvals import flows
+from backend.approvals import flows, redflags
 from backend.approvals.flows import Change, load_row, now, parse_id, policy_of, unit_of_work
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
 from backend.audit.service import record
@@ -154,9 +154,11 @@ async def _row_in_org(org_id: uuid.UUID, request_id: Any) -> dict[str, Any]:
     return row
 
 
-async def get_request(principal: Principal, request_id: Any) -> dict[str, Any]:
+async def get_request(principal: Principal, request_id: Any, *, with_flags: bool = True) -> dict[str, Any]:
+    """One request; with its red flags (computed from history) unless the caller needs only the state."""
     row = await _row_in_org(principal.org_id, request_id)
-    return (await present([row]))[0]
+    item = (await present([row]))[0]
+    return {**item, "red_flags": await redflags.red_flags(row)} if with_flags else item
 
 
 def _date(value: str | None, field: str, *, end: bool = False) -> datetime | None:
