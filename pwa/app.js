@@ -19,7 +19,8 @@ function escapeHtml(text) {
 function card(request) {
   const risk = request.risk ? `<span class="risk ${escapeHtml(request.risk)}">${escapeHtml(request.risk)}</span>` : "";
   const policy = request.approval_policy || {};
-  return `<article class="card" data-id="${escapeHtml(request.id)}">
+  const passkey = policy.require_passkey ? ' data-passkey="1"' : "";
+  return `<article class="card" data-id="${escapeHtml(request.id)}"${passkey}>
     <h2>${escapeHtml(request.tool)} ${risk}</h2>
     <p class="muted">${escapeHtml(request.agent?.name || "agent")} · ${new Date(request.created_at).toLocaleString()}
       · needs ${escapeHtml(policy.quorum || 1)} approval(s)</p>
@@ -42,9 +43,10 @@ async function refresh() {
 async function decide(article, action) {
   const reason = article.querySelector("textarea").value.trim() || null;
   try {
+    const stepUp = window.preloopPasskeys ? await window.preloopPasskeys.stepUpFor(article, action) : {};
     await api(`/api/v1/approvals/${article.dataset.id}/${action}`, {
       method: "POST",
-      body: JSON.stringify({ reason, channel: "mobile" }),
+      body: JSON.stringify({ reason, channel: "mobile", ...stepUp }),
     });
     await refresh();
   } catch (error) {
