@@ -16,7 +16,7 @@ import pyotp
 import segno
 
 from backend.accounts.tables import RecoveryCode, TotpFactor
-from backend.audit.service import record
+from backend.audit.service import Actor, record
 from backend.errors import Conflict, NotAuthenticated, ValidationFailed
 
 if TYPE_CHECKING:
@@ -137,6 +137,9 @@ async def check(user: dict[str, Any], code: str | None) -> str:
     ).returning(RecoveryCode.id)
     if used:
         return "recovery_code"
+    actor = Actor("user", str(user["id"]), str(user.get("email", "")))
+    await record(user["org"], "session.totp_refused", actor, subject_type="user", subject_id=user["id"],
+                 data={"why": "wrong, expired or already used code"})
     raise NotAuthenticated("the code is wrong, expired or already used", code="totp_invalid",
                            detail={"field": "totp_code"})
 
@@ -145,7 +148,7 @@ async def disable(principal: Principal, code: str) -> None:
     row = await factor(principal.user_id)
     if row is None or row["confirmed_at"] is None:
         raise ValidationFailed("TOTP is not on for you", code="totp_not_enrolled")
-    await check({"id": principal.user_id}, code)
+    await check({"id": principal.user_id, "org": principal.org_id, "email": principal.email}, code)
     await RecoveryCode.delete().where(RecoveryCode.user == principal.user_id)
     await TotpFactor.delete().where(TotpFactor.id == row["id"])
     await record(principal.org_id, "totp.disabled", principal.actor, subject_type="user", subject_id=principal.user_id)

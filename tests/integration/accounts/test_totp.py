@@ -8,6 +8,7 @@ from typing import Any
 import pyotp
 
 from backend.accounts.tables import RecoveryCode, TotpFactor
+from backend.audit.tables import AuditEvent
 from tests.helpers import auth
 from tests.integration.accounts.passkey_support import session
 
@@ -62,6 +63,8 @@ async def test_totp_enrolment_and_login(client: Any, org: Any) -> None:
         off = await browser.post("/api/v1/totp/disable", json={"code": codes[1]})
         assert off.status_code == 204
     assert await TotpFactor.count() == 0
+    refused = await AuditEvent.count().where(AuditEvent.kind == "session.totp_refused")
+    assert refused == 3  # the code too far ahead, the replayed code, the reused recovery code
     async with session(client.hub) as browser:
         assert (await _login(browser, None)).status_code in (200, 201)
     # People without TOTP log in as before; an API key cannot turn it on.
