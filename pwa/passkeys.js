@@ -72,10 +72,45 @@
     return credentialJSON(credential);
   }
 
+  // Step-up challenges are fetched ahead for the cards on screen, so a tap on Approve or Decline
+  // reaches navigator.credentials.get with no network wait in between (iOS drops the gesture
+  // otherwise). The hub keeps each for 120 s and accepts it once; older ones are fetched again.
+  const FRESH_MS = 90_000;
+  const ready = new Map();
+
+  // Marks a card whose two challenges are at hand (data-step-up-ready), for styling and tests.
+  function mark(id) {
+    const article = document.querySelector(`article[data-id="${CSS.escape(id)}"]`);
+    const both = ["approve", "decline"].every((d) => ready.get(`${id}:${d}`)?.value);
+    if (article && both) article.dataset.stepUpReady = "1";
+  }
+
+  function prepare() {
+    for (const article of document.querySelectorAll("article[data-passkey]")) {
+      const id = article.dataset.id;
+      for (const decision of ["approve", "decline"]) {
+        const key = `${id}:${decision}`;
+        if (ready.has(key) && Date.now() - ready.get(key).at < FRESH_MS) continue;
+        const entry = { at: Date.now(), value: null };
+        ready.set(key, entry);
+        call(`/api/v1/approvals/${id}/step-up/options`, "POST", { decision })
+          .then((options) => { entry.value = options; mark(id); }, () => ready.delete(key));
+      }
+      mark(id);
+    }
+  }
+
   // For app.js: the extra vote fields of a card whose policy requires a passkey ({} otherwise).
   async function stepUpFor(article, decision) {
     if (!article.dataset.passkey) return {};
-    return { channel: "app", assertion: await stepUp([article.dataset.id], decision) };
+    const key = `${article.dataset.id}:${decision}`;
+    const entry = ready.get(key);
+    ready.delete(key);
+    if (!entry?.value || Date.now() - entry.at >= FRESH_MS) {
+      return { channel: "app", assertion: await stepUp([article.dataset.id], decision) };
+    }
+    const credential = await navigator.credentials.get({ publicKey: requestOptions(entry.value.public_key) });
+    return { channel: "app", assertion: credentialJSON(credential) };
   }
 
   // --- Settings → Passkeys ---------------------------------------------------------------------
@@ -122,6 +157,8 @@
   }
 
   function mount() {
+    new MutationObserver(prepare).observe($("#requests"), { childList: true });
+    setInterval(prepare, 30_000);
     $("#inbox").append(settings);
     settings.addEventListener("toggle", () => settings.open && showList().catch(() => {}));
     settings.addEventListener("click", settingsClick);

@@ -67,6 +67,10 @@ def test_enrol_sign_in_and_approve_with_a_step_up(live_hub: LiveHub, browser: An
     page.wait_for_selector("#passkey-signin")
     page.click("#passkey-signin")
     page.wait_for_selector("#who:has-text('alice@acme.test')")
+    # The app fetches the card's step-up challenges ahead, so the tap goes straight to the authenticator.
+    page.wait_for_selector(f"article[data-id='{rid}'][data-step-up-ready]")
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
 
     # A vote without an assertion on this policy is refused, even from the signed-in session.
     bare = page.request.post(f"{base}/api/v1/approvals/{rid}/approve", data={"channel": "app"})
@@ -78,6 +82,8 @@ def test_enrol_sign_in_and_approve_with_a_step_up(live_hub: LiveHub, browser: An
     page.screenshot(path=str(tmp_path / "step-up.png"))
     card.locator("button[data-action=approve]").click()
     page.wait_for_selector(f"article[data-id='{rid}']", state="detached")
+    assert [u for u in requested if "step-up" in u] == []
+    assert any(u.endswith(f"/approvals/{rid}/approve") for u in requested)
     with httpx.Client(base_url=live_hub.url, headers=auth(org.admin_token)) as http:
         approved = http.get(f"/api/v1/approvals/{rid}").json()
         export = http.get("/api/v1/audit/export").json()
