@@ -77,7 +77,8 @@ $("#login-form").addEventListener("submit", async (event) => {
   try {
     await api("/api/v1/auth/login", {
       method: "POST",
-      body: JSON.stringify({ email: form.get("email"), password: form.get("password") }),
+      body: JSON.stringify({ email: form.get("email"), password: form.get("password"),
+                             totp_code: form.get("totp_code") || undefined }),
     });
     await start();
   } catch (error) {

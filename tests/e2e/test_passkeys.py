@@ -98,3 +98,37 @@ def test_enrol_sign_in_and_approve_with_a_step_up(live_hub: LiveHub, browser: An
     report = verify_export(export)
     assert report.ok and report.verified == 1, report.to_dict()
     context.close()
+
+
+def test_turn_on_two_step_codes_and_sign_in_with_one(live_hub: LiveHub, browser: Any) -> None:
+    import time
+
+    import pyotp
+
+    live_hub.call(make_org())
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    page.goto(f"{live_hub.url}/app/")
+    sign_in(page, "bob@acme.test", "pw-bob")
+    page.wait_for_selector("#inbox:visible")
+    page.click("#totp summary")
+    page.wait_for_selector("#totp-state:has-text('Off.')")
+    page.click("#totp-start")
+    page.wait_for_selector("#totp-qr svg")
+    secret = page.inner_text("#totp-secret").strip()
+    totp = pyotp.TOTP(secret)
+    now = time.time()
+    page.fill("#totp-code", totp.at(now - 30))
+    page.click("#totp-confirm")
+    page.wait_for_selector("#totp-recovery:visible")
+    assert len(page.inner_text("#totp-recovery-codes").split()) == 10
+    page.wait_for_selector("#totp-state:has-text('On. 10 recovery codes left.')")
+
+    context.clear_cookies()
+    page.reload()
+    sign_in(page, "bob@acme.test", "pw-bob")
+    page.wait_for_selector("#login-error:has-text('6-digit code')")
+    page.fill("input[name=totp_code]", totp.at(now))
+    page.click("button[type=submit]")
+    page.wait_for_selector("#who:has-text('bob@acme.test')")
+    context.close()
