@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
+from redis.asyncio import Redis
 
 from backend.accounts import passkeys, totp
 from backend.accounts.passkey_schemas import (
@@ -27,7 +28,7 @@ def relying_party(hub: Hub, request: Request) -> passkeys.RelyingParty:  # type:
     return passkeys.RelyingParty.for_origin(hub.settings.server.web_origin(str(request.base_url)))
 
 
-def redis_of(hub: Hub):  # type: ignore[no-untyped-def]
+def redis_of(hub: Hub) -> Redis:
     assert hub.redis is not None
     return hub.redis.client
 

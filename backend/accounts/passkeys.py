@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from webauthn import (
@@ -61,8 +62,7 @@ class RelyingParty:
 
     @property
     def id(self) -> str:
-        host = self.origin.split("://", 1)[-1]
-        return host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return urlsplit(self.origin).hostname or ""
 
     @classmethod
     def for_origin(cls, origin: str) -> RelyingParty:
