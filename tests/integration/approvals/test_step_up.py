@@ -48,8 +48,12 @@ async def test_a_passkey_policy_counts_only_a_step_up_vote_for_this_call(client:
         wrong_request = await alice.post(f"/api/v1/approvals/{rid}/approve",
                                          json={"channel": "app", "assertion": for_other})
         assert wrong_request.status_code == 403 and _code(wrong_request) == "passkey_wrong_request"
-        # The real thing.
+        # The real thing. Its challenge is kept server-side, for two minutes at most.
         good = await step_up(alice, key, rid)
+        redis = client.hub.redis.client
+        pending = [k async for k in redis.scan_iter(match="preloop:webauthn:stepup:*")]
+        ttls = [await redis.ttl(k) for k in pending]
+        assert ttls and all(0 < ttl <= 120 for ttl in ttls)
         approved = await alice.post(f"/api/v1/approvals/{rid}/approve", json={"channel": "app", "assertion": good})
         assert approved.status_code == 200, approved.text
         assert approved.json()["status"] == "approved"
