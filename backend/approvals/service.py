@@ -81,6 +81,7 @@ async def _votes_of(request_ids: list[Any]) -> dict[str, list[dict[str, Any]]]:
             Vote.reason,
             Vote.channel,
             Vote.created_at,
+            Vote.assertion,
             Vote.user.email.as_alias("email"),
         )
         .where(Vote.request.is_in(request_ids))
@@ -95,6 +96,7 @@ async def _votes_of(request_ids: list[Any]) -> dict[str, list[dict[str, Any]]]:
                 "reason": v["reason"],
                 "channel": v["channel"],
                 "created_at": _iso(v["created_at"]),
+                "passkey_confirmed": v["assertion"] is not None,
             }
         )
     return out

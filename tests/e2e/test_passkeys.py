@@ -88,7 +88,9 @@ def test_enrol_sign_in_and_approve_with_a_step_up(live_hub: LiveHub, browser: An
         approved = http.get(f"/api/v1/approvals/{rid}").json()
         export = http.get("/api/v1/audit/export").json()
     assert approved["status"] == "approved"
-    assert [(v["user"]["email"], v["channel"]) for v in approved["votes"]] == [("alice@acme.test", "app")]
+    assert [(v["user"]["email"], v["channel"], v["passkey_confirmed"]) for v in approved["votes"]] == [
+        ("alice@acme.test", "app", True)
+    ]
     [after] = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]
     assert after["signCount"] >= 2  # sign-in and step-up
 

@@ -57,6 +57,7 @@ async def test_a_passkey_policy_counts_only_a_step_up_vote_for_this_call(client:
         approved = await alice.post(f"/api/v1/approvals/{rid}/approve", json={"channel": "app", "assertion": good})
         assert approved.status_code == 200, approved.text
         assert approved.json()["status"] == "approved"
+        assert [v["passkey_confirmed"] for v in approved.json()["votes"]] == [True]
         # Replaying the used assertion on the other request is refused.
         replay = await alice.post(f"/api/v1/approvals/{other}/approve", json={"channel": "app", "assertion": good})
         assert replay.status_code == 403 and _code(replay) == "passkey_replayed"
@@ -107,6 +108,7 @@ async def test_policies_without_require_passkey_vote_as_before(client: Any, org:
     plain = await client.post(f"/api/v1/approvals/{rid}/approve", json={},
                               headers=auth(org.approver_tokens["alice"]))
     assert plain.status_code == 200 and plain.json()["status"] == "approved"
+    assert [v["passkey_confirmed"] for v in plain.json()["votes"]] == [False]
 
 
 async def test_batch_step_up_covers_the_listed_ids_and_their_arguments(client: Any, org: Any) -> None:
