@@ -18,10 +18,11 @@ from litestar.static_files import create_static_files_router
 from backend.accounts.controllers import AuthController, KeyController, TeamController, UserController
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
+from backend.console import web as console
 from backend.deps import provide_hub, resolve_principal
 from backend.errors import PreloopError
 from backend.hub import Hub
-from backend.policy_store.controllers import PolicyController
+from backend.policy_store.controllers import PolicyController, SeedShapesController
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
 
@@ -68,8 +69,9 @@ def route_handlers() -> list[Any]:
         KeyController,
         AuditController,
     ]
-    handlers.append(PolicyController)
+    handlers.extend([PolicyController, SeedShapesController])
     handlers.extend(APPROVAL_CONTROLLERS)
+    handlers.extend(console.route_handlers())
     if PWA_DIR.is_dir():
         handlers.append(create_static_files_router(path="/app", directories=[PWA_DIR], html_mode=True, name="pwa"))
     return handlers
@@ -114,6 +116,7 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
             render_plugins=[ScalarRenderPlugin()],
         ),
         lifespan=[lifespan],
+        template_config=console.template_config(),
         debug=False,
         logging_config=None,
     )
