@@ -216,6 +216,11 @@ def test_policy_editor_validates_live_explains_applies_and_rolls_back(
     assert issue.get_attribute("data-line") == str(line)
     assert issue.get_attribute("data-column") not in (None, "", "None", "0")
     assert f"line {line}, column" in issue.inner_text()
+    issue.locator("a.goto").click()  # puts the cursor at that line and column
+    column = int(issue.get_attribute("data-column") or 0)
+    offset = sum(len(text) + 1 for text in broken.splitlines()[: line - 1]) + column - 1
+    assert page.evaluate("() => document.activeElement.id") == "source"
+    assert page.evaluate("() => document.getElementById('source').selectionStart") == offset
 
     # Valid again but one of the file's own tests fails: shown as it is typed.
     failing = POLICY.replace("{tool: deploy, args: {env: dev}, expect: allow}",
@@ -325,3 +330,34 @@ def test_console_posts_need_the_sessions_csrf_token(live_hub: LiveHub, org: Org,
         assert http.post("/console/keys", data={"name": "x"}).status_code == 401
         # A bearer key is not a console session.
         assert http.get("/console/keys", headers=auth(org.admin_token)).status_code in (302, 303, 307)
+
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'")
+
+
+def test_console_works_under_a_csp_without_unsafe_inline(live_hub: LiveHub, org: Org, browser: Any) -> None:
+    """The policy hub-sec adds: no inline script, handler or style may be needed for any feature."""
+    context = browser.new_context()
+
+    def with_csp(route: Any) -> None:
+        answer = route.fetch()
+        route.fulfill(response=answer, headers={**answer.headers, "content-security-policy": CSP})
+
+    context.route(re.compile(r"/console(/(?!static/)|$)"), with_csp)
+    page = context.new_page()
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text) if "Content Security Policy" in message.text
+            else None)
+    page.goto(f"{live_hub.url}/console/login")
+    page.fill("#email", "alice@acme.test")
+    page.fill("#password", "pw-alice")
+    page.click("button[type=submit]")
+    page.wait_for_selector("body[data-live=on]")
+    page.wait_for_selector("#bell-count[data-count='0']")
+    hold(live_hub.url, org, "drop_table", {"table": "csp"})
+    page.wait_for_selector("#bell-count[data-count='1']", timeout=10_000)
+    page.goto(f"{live_hub.url}/console/policies")
+    page.locator("#source").fill("version: 1\ntools: 3\n")
+    page.wait_for_selector("#issues li.issue")
+    assert refused == []

@@ -47,5 +47,23 @@
     source.onerror = function () { document.body.setAttribute("data-live", "retrying"); };
   }
 
-  document.addEventListener("DOMContentLoaded", function () { setupBell(); listen(); });
+  // "line 4, column 7" in the check panel puts the editor's cursor there.
+  function setupIssueLinks() {
+    document.addEventListener("click", function (event) {
+      var link = event.target.closest ? event.target.closest("a.goto") : null;
+      var editor = document.getElementById("source");
+      if (!link || !editor) return;
+      event.preventDefault();
+      var line = parseInt(link.getAttribute("data-line"), 10) || 1;
+      var column = parseInt(link.getAttribute("data-column"), 10) || 1;
+      var lines = editor.value.split("\n");
+      var offset = 0;
+      for (var i = 0; i < Math.min(line - 1, lines.length); i++) offset += lines[i].length + 1;
+      offset += Math.max(0, column - 1);
+      editor.focus();
+      editor.setSelectionRange(offset, offset);
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () { setupBell(); listen(); setupIssueLinks(); });
 })();
