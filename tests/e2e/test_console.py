@@ -123,6 +123,11 @@ def test_held_call_rings_the_bell_live_and_two_approvers_decide(live_hub: LiveHu
     alice.wait_for_selector(f"#pending tr[data-id='{approval}']")
     alice.click("#bell-button")
     assert alice.get_attribute("#bell-button", "aria-expanded") == "true"
+    assert serious_violations(alice) == []
+    alice.keyboard.press("Escape")
+    assert alice.is_hidden("#bell-menu") and alice.evaluate("() => document.activeElement.id") == "bell-button"
+    alice.keyboard.press("Enter")
+    assert alice.get_attribute("#bell-button", "aria-expanded") == "true"
     alice.click(f"#bell-menu li[data-id='{approval}'] a")
     alice.wait_for_selector("#fact-tool")
     assert alice.inner_text("#fact-tool") == "drop_table"
@@ -245,6 +250,7 @@ def test_policy_editor_validates_live_explains_applies_and_rolls_back(
     page.click("#explain-form button[type=submit]")
     page.wait_for_selector("#explain .error:has-text('JSON')")
 
+    assert serious_violations(page) == []  # with the explain panel and check results showing
     page.fill("#message", "quorum 1")
     page.click("#apply")
     page.wait_for_selector("#apply-message:has-text('Applied as version 2')")
@@ -324,6 +330,12 @@ def test_console_posts_need_the_sessions_csrf_token(live_hub: LiveHub, org: Org,
     for form in ({"name": "no-token"}, {"name": "bad-token", "csrf": "0" * 64}):
         answer = page.request.post(f"{live_hub.url}/console/keys", form=form)
         assert answer.status == 403 and "csrf" in answer.text().lower()
+    # Signing out ends the session on the server: the old cookie opens nothing.
+    old = next(c for c in page.context.cookies() if c["name"] == "preloop_session")["value"]
+    page.click("button:has-text('Sign out')")
+    page.wait_for_url(re.compile(r"/console/login"))
+    with httpx.Client(base_url=live_hub.url, cookies={"preloop_session": old}) as http:
+        assert http.get("/console/keys").status_code in (302, 303, 307)
     # Without a session nothing is served but the sign-in page.
     with httpx.Client(base_url=live_hub.url) as http:
         assert http.get("/console/keys").status_code in (302, 303, 307)
