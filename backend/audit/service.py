@@ -196,6 +196,9 @@ async def list_events(
     if subject_id:
         query = query.where(AuditEvent.subject_id == subject_id)
     if actor:
-        query = query.where(AuditEvent.actor_label.ilike(f"%{actor}%"))
+        # SQLite's LIKE already ignores ASCII case (and Piccolo warns on its ILIKE).
+        sqlite = AuditEvent._meta.db.engine_type == "sqlite"
+        column = AuditEvent.actor_label
+        query = query.where(column.like(f"%{actor}%") if sqlite else column.ilike(f"%{actor}%"))
     rows = await query.order_by(AuditEvent.seq, ascending=not newest_first).limit(limit).output(load_json=True)
     return [{**row, "id": str(row["id"])} for row in rows]

@@ -155,7 +155,7 @@ def test_held_call_rings_the_bell_live_and_two_approvers_decide(live_hub: LiveHu
     assert carol.locator("button[value=approve]").count() == 0
     csrf = carol.get_attribute("input[name=csrf]", "value")
     refused = carol.request.post(f"{live_hub.url}/console/approvals/{other}/vote",
-                                 form={"csrf": csrf, "decision": "approve"})
+                                 form={"csrf": csrf, "decision": "approve"}, headers={"Origin": live_hub.url})
     assert refused.status == 422 and "not an approver" in refused.text()
 
     with httpx.Client(base_url=live_hub.url, headers=auth(org.admin_token)) as http:
@@ -316,7 +316,7 @@ def test_viewer_sees_everything_but_the_server_refuses_its_posts(
         "/console/keys": {"name": "sneaky", "scope": "agent"},
     }
     for path, form in forged.items():
-        answer = page.request.post(live_hub.url + path, form={"csrf": csrf, **form})
+        answer = page.request.post(live_hub.url + path, form={"csrf": csrf, **form}, headers={"Origin": live_hub.url})
         assert answer.status == 403, (path, answer.status, answer.text())
     with httpx.Client(base_url=live_hub.url, headers=auth(org.admin_token)) as http:
         assert http.get("/api/v1/policies/active").json()["version"] == 1
@@ -328,7 +328,7 @@ def test_console_posts_need_the_sessions_csrf_token(live_hub: LiveHub, org: Org,
     page = sign_in(browser, live_hub.url, "admin@acme.test", "admin-password")
     page.goto(f"{live_hub.url}/console/keys")
     for form in ({"name": "no-token"}, {"name": "bad-token", "csrf": "0" * 64}):
-        answer = page.request.post(f"{live_hub.url}/console/keys", form=form)
+        answer = page.request.post(f"{live_hub.url}/console/keys", form=form, headers={"Origin": live_hub.url})
         assert answer.status == 403 and "csrf" in answer.text().lower()
     # Signing out ends the session on the server: the old cookie opens nothing.
     old = next(c for c in page.context.cookies() if c["name"] == "preloop_session")["value"]
@@ -339,7 +339,7 @@ def test_console_posts_need_the_sessions_csrf_token(live_hub: LiveHub, org: Org,
     # Without a session nothing is served but the sign-in page.
     with httpx.Client(base_url=live_hub.url) as http:
         assert http.get("/console/keys").status_code in (302, 303, 307)
-        assert http.post("/console/keys", data={"name": "x"}).status_code == 401
+        assert http.post("/console/keys", data={"name": "x"}, headers={"Origin": live_hub.url}).status_code == 401
         # A bearer key is not a console session.
         assert http.get("/console/keys", headers=auth(org.admin_token)).status_code in (302, 303, 307)
 
