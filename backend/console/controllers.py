@@ -10,6 +10,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
 from litestar.response import Redirect, Template
 
 from backend.accounts import service as accounts
@@ -32,6 +33,7 @@ NAV: list[tuple[str, str]] = [
     ("/console/keys", "Agents and keys"),
 ]
 HISTORY_FILTERS = ("start_date", "end_date", "tool", "approver", "status")
+HISTORY_PAGE = 100
 
 
 def _page(request: Request, name: str, **context: Any) -> Template:  # type: ignore[type-arg]
@@ -83,7 +85,9 @@ class ConsoleLoginController(Controller):
     include_in_schema = False
 
     @get("/login", operation_id="console_login_page")
-    async def login_page(self, request: Request, next: str = "/console/approvals") -> Template:  # type: ignore[type-arg]
+    async def login_page(self, request: Request, next: str = "/console/approvals") -> Response[Any]:  # type: ignore[type-arg]
+        if await session.signed_in(request):
+            return Redirect(session.safe_next(next))
         return _page(request, "login.html", next=session.safe_next(next), error=None, email="")
 
     @post("/login", operation_id="console_login", status_code=200)
@@ -178,20 +182,24 @@ class ConsoleController(Controller):
     # --- history -------------------------------------------------------------------------------
 
     @get("/history", operation_id="console_history")
-    async def history(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+    async def history(
+        self, request: Request, principal: Principal, offset: int = Parameter(default=0, ge=0)  # type: ignore[type-arg]
+    ) -> Template:
         filters = {key: request.query_params.get(key) or "" for key in HISTORY_FILTERS}
         error, rows = None, []
         try:
             rows = await approvals.list_requests(
                 principal, start_date=filters["start_date"] or None, end_date=filters["end_date"] or None,
                 tool=filters["tool"] or None, approver=filters["approver"] or None,
-                status=filters["status"] or None, limit=200,
+                status=filters["status"] or None, limit=HISTORY_PAGE + 1, offset=offset,
             )
         except ValidationFailed as exc:
             error = exc.message
         query = urlencode({k: v for k, v in filters.items() if v})
-        return _page(request, "history.html", rows=rows, filters=filters, error=error, query=query,
-                     statuses=("pending", *sorted(flows.DECIDED)))
+        older = offset + HISTORY_PAGE if len(rows) > HISTORY_PAGE else None
+        newer = max(0, offset - HISTORY_PAGE) if offset else None
+        return _page(request, "history.html", rows=rows[:HISTORY_PAGE], filters=filters, error=error, query=query,
+                     statuses=("pending", *sorted(flows.DECIDED)), older=older, newer=newer)
 
     # --- policies ------------------------------------------------------------------------------
 

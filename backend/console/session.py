@@ -41,6 +41,18 @@ def refuse_viewer(principal: Principal) -> None:
         raise Forbidden("viewers can see the console but not change anything", code="viewer_read_only")
 
 
+async def signed_in(connection: ASGIConnection) -> bool:  # type: ignore[type-arg]
+    """Whether the cookie is a live session (the sign-in page sends such visitors on)."""
+    token = connection.cookies.get(SESSION_COOKIE, "")
+    if not token:
+        return False
+    try:
+        await principal_for_session(token)
+    except NotAuthenticated:
+        return False
+    return True
+
+
 async def session_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     """Console pages take the session cookie only (never a bearer key); POSTs must carry its CSRF token."""
     token = connection.cookies.get(SESSION_COOKIE, "")

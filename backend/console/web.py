@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
@@ -14,8 +15,17 @@ from backend.console.controllers import CONTROLLERS
 HERE = Path(__file__).resolve().parent
 
 
+def pretty_json(value: Any) -> str:
+    """Arguments as the agent sent them: indented, non-ASCII kept; autoescaping makes it text, not markup."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _add_filters(engine: JinjaTemplateEngine) -> None:
+    engine.engine.filters["pretty_json"] = pretty_json
+
+
 def template_config() -> TemplateConfig[JinjaTemplateEngine]:
-    return TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine)
+    return TemplateConfig(directory=HERE / "templates", engine=JinjaTemplateEngine, engine_callback=_add_filters)
 
 
 def route_handlers() -> list[Any]:

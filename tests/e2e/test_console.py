@@ -95,6 +95,8 @@ def test_sign_in_navigation_and_every_page_passes_axe(live_hub: LiveHub, org: Or
     page.wait_for_url(re.compile(r"/console/history$"))
     cookie = next(c for c in page.context.cookies() if c["name"] == "preloop_session")
     assert cookie["sameSite"] == "Strict" and cookie["httpOnly"]
+    page.goto(f"{live_hub.url}/console/login")  # already signed in: on to the console
+    page.wait_for_url(re.compile(r"/console/approvals$"))
 
     approval = hold(live_hub.url, org, "drop_table", {"table": "users"})
     for path in ("/console/approvals", f"/console/approvals/{approval}", "/console/history", "/console/policies",
@@ -165,7 +167,9 @@ def test_held_call_rings_the_bell_live_and_two_approvers_decide(live_hub: LiveHu
         ("alice@acme.test", "approve", "app"), ("bob@acme.test", "approve", "app")]
 
 
-def test_history_filters_and_exports_match_the_api(live_hub: LiveHub, org: Org, browser: Any) -> None:
+def test_history_filters_and_exports_match_the_api(
+    live_hub: LiveHub, org: Org, browser: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = hold(live_hub.url, org, "drop_table", {"table": "a"})
     hold(live_hub.url, org, "drop_table", {"table": "b"})
     hold(live_hub.url, org, "deploy", {"env": "prod"})
@@ -202,6 +206,23 @@ def test_history_filters_and_exports_match_the_api(live_hub: LiveHub, org: Org, 
 
     page.goto(f"{live_hub.url}/console/history?start_date=yesterday")
     assert "start_date must be an ISO date" in page.inner_text(".error")
+
+    # Long histories come in pages, newest first, with the filters kept across pages.
+    from backend.console import controllers
+
+    monkeypatch.setattr(controllers, "HISTORY_PAGE", 2)
+    with httpx.Client(base_url=live_hub.url, headers=auth(org.admin_token)) as http:
+        newest_first = [row["id"] for row in http.get("/api/v1/approvals", params={"tool": "*"}).json()]
+    page.goto(f"{live_hub.url}/console/history?tool=*")
+    ids = "rows => rows.map(r => r.dataset.id)"
+    assert page.locator("#history tbody tr[data-id]").evaluate_all(ids) == newest_first[:2]
+    page.click("#older")
+    page.wait_for_url(re.compile(r"offset=2"))
+    assert page.locator("#history tbody tr[data-id]").evaluate_all(ids) == newest_first[2:]
+    assert page.locator("#older").count() == 0 and page.input_value("#tool") == "*"
+    page.click("#newer")
+    page.wait_for_url(re.compile(r"offset=0"))
+    assert page.locator("#history tbody tr[data-id]").evaluate_all(ids) == newest_first[:2]
 
 
 def test_policy_editor_validates_live_explains_applies_and_rolls_back(
@@ -301,8 +322,11 @@ def test_keys_token_shown_once_and_revoke(live_hub: LiveHub, org: Org, browser: 
 def test_viewer_sees_everything_but_the_server_refuses_its_posts(
     live_hub: LiveHub, org: Org, browser: Any
 ) -> None:
-    approval = hold(live_hub.url, org, "drop_table", {"table": "t"})
+    markup = "<img src=x id=injected>"
+    approval = hold(live_hub.url, org, "drop_table", {"table": markup})
     page = sign_in(browser, live_hub.url, "vera@acme.test", "pw-vera")
+    page.goto(f"{live_hub.url}/console/approvals/{approval}")  # what agents send is text, never markup
+    assert markup in page.inner_text("#fact-arguments") and page.locator("#injected").count() == 0
     for path in ("/console/policies", f"/console/approvals/{approval}", "/console/keys"):
         page.goto(live_hub.url + path)
         assert page.locator("#apply, button[value=approve], form[action='/console/keys']").count() == 0
