@@ -397,3 +397,19 @@ def test_console_works_under_a_csp_without_unsafe_inline(live_hub: LiveHub, org:
     page.locator("#source").fill("version: 1\ntools: 3\n")
     page.wait_for_selector("#issues li.issue")
     assert refused == []
+
+
+def test_an_expired_session_goes_back_to_sign_in_even_mid_edit(live_hub: LiveHub, org: Org, browser: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from backend.accounts.tables import UserSession
+
+    page = sign_in(browser, live_hub.url, "admin@acme.test", "admin-password")
+    page.goto(f"{live_hub.url}/console/policies")
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    live_hub.call(UserSession.update({UserSession.expires_at: past}, force=True).run())
+    # The live check is an htmx request: its 401 carries HX-Redirect, so the browser leaves the page.
+    page.locator("#source").fill("version: 1\n")
+    page.wait_for_url(re.compile(r"/console/login"))
+    page.goto(f"{live_hub.url}/console/audit")
+    page.wait_for_url(re.compile(r"/console/login\?next=/console/audit"))
