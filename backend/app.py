@@ -19,10 +19,11 @@ from backend.accounts.controllers import AuthController, KeyController, TeamCont
 from backend.accounts.passkey_controllers import TotpController, WebAuthnController
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
+from backend.console import web as console
 from backend.deps import provide_hub, resolve_principal
 from backend.errors import PreloopError
 from backend.hub import Hub
-from backend.policy_store.controllers import PolicyController
+from backend.policy_store.controllers import PolicyController, SeedShapesController
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
 
@@ -70,8 +71,9 @@ def route_handlers() -> list[Any]:
         AuditController,
     ]
     handlers.extend([WebAuthnController, TotpController])
-    handlers.append(PolicyController)
+    handlers.extend([PolicyController, SeedShapesController])
     handlers.extend(APPROVAL_CONTROLLERS)
+    handlers.extend(console.route_handlers())
     if PWA_DIR.is_dir():
         handlers.append(create_static_files_router(path="/app", directories=[PWA_DIR], html_mode=True, name="pwa"))
     return handlers
@@ -116,6 +118,7 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
             render_plugins=[ScalarRenderPlugin()],
         ),
         lifespan=[lifespan],
+        template_config=console.template_config(),
         debug=False,
         logging_config=None,
     )

@@ -357,3 +357,33 @@ async def principal_for_session(token: str) -> Principal:
 
 async def logout(token: str) -> None:
     await UserSession.delete().where(UserSession.token_hash == sha256_hex(token))
+
+
+async def list_keys(principal: Principal) -> list[dict[str, Any]]:
+    """The org's keys for an admin, the caller's own keys otherwise; never the token."""
+    query = ApiKey.select(
+        ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scope, ApiKey.labels, ApiKey.created_at,
+        ApiKey.last_used_at, ApiKey.revoked_at, ApiKey.user.email,
+    ).where(ApiKey.org == principal.org_id)
+    if not principal.is_admin:
+        query = query.where(ApiKey.user == principal.user_id)
+    rows = await query.order_by(ApiKey.created_at, ascending=False).output(load_json=True)
+    return [{**row, "id": str(row["id"])} for row in rows]
+
+
+async def revoke_key(principal: Principal, key_id: str) -> dict[str, Any]:
+    """Revoke a key of the caller's org (admins any key, others their own); idempotent, audited once."""
+    try:
+        wanted = uuid.UUID(str(key_id))
+    except ValueError as exc:
+        raise NotFound(f"no API key {key_id}") from exc
+    row = await ApiKey.select().where((ApiKey.id == wanted) & (ApiKey.org == principal.org_id)).first()
+    if row is None or (not principal.is_admin and row["user"] != principal.user_id):
+        raise NotFound(f"no API key {key_id}", detail={"hint": "the keys page lists them"})
+    if row["revoked_at"] is None:
+        await ApiKey.update({ApiKey.revoked_at: now()}).where(ApiKey.id == wanted)
+        await record(
+            principal.org_id, "key.revoked", principal.actor, subject_type="key", subject_id=wanted,
+            data={"name": row["name"], "prefix": row["prefix"]},
+        )
+    return {"id": str(wanted), "name": row["name"], "revoked": True}

@@ -174,3 +174,31 @@ async def verify(org_id: str | uuid.UUID, *, batch: int = 2000) -> VerifyResult:
             expected_prev = row["hash"]
             expected_seq += 1
             count += 1
+
+
+async def list_events(
+    org_id: str | uuid.UUID,
+    *,
+    kind: str | None = None,
+    subject_id: str | None = None,
+    actor: str | None = None,
+    after_seq: int = 0,
+    newest_first: bool = False,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """One page of the org's audit events; `kind` ending in '.' or '*' matches a family (e.g. 'policy.')."""
+    query = AuditEvent.select().where((AuditEvent.org_id == str(org_id)) & (AuditEvent.seq > after_seq))
+    if kind:
+        family = kind.rstrip("*")
+        query = query.where(
+            AuditEvent.kind.like(family + "%") if kind.endswith(("*", ".")) else AuditEvent.kind == kind
+        )
+    if subject_id:
+        query = query.where(AuditEvent.subject_id == subject_id)
+    if actor:
+        # SQLite's LIKE already ignores ASCII case (and Piccolo warns on its ILIKE).
+        sqlite = AuditEvent._meta.db.engine_type == "sqlite"
+        column = AuditEvent.actor_label
+        query = query.where(column.like(f"%{actor}%") if sqlite else column.ilike(f"%{actor}%"))
+    rows = await query.order_by(AuditEvent.seq, ascending=not newest_first).limit(limit).output(load_json=True)
+    return [{**row, "id": str(row["id"])} for row in rows]

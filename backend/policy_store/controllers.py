@@ -14,7 +14,7 @@ from backend.accounts.service import Principal
 from backend.deps import admin_guard
 from backend.hub import Hub
 from backend.policy_store import service
-from backend.policy_store.schemas import EvaluateBody, RollbackBody, SourceBody
+from backend.policy_store.schemas import EvaluateBody, RollbackBody, SeedApprovalPolicy, SeedTool, SourceBody
 
 
 class PolicyController(Controller):
@@ -92,3 +92,18 @@ class PolicyController(Controller):
             agent=msgspec.to_builtins(data.agent) if data.agent else None,
             justification=data.justification, at=data.at,
         )
+
+
+class SeedShapesController(Controller):
+    """The active policy read back in the seed's JSON shapes (tool configuration, approval policy)."""
+
+    path = "/api/v1"
+    tags = ["policies"]
+
+    @get("/tools", operation_id="list_tool_configurations")
+    async def tools(self, principal: Principal) -> list[SeedTool]:
+        return msgspec.convert(await service.seed_tools(principal.org_id), list[SeedTool])
+
+    @get("/approval-policies", operation_id="list_approval_policies")
+    async def approval_policies(self, principal: Principal) -> list[SeedApprovalPolicy]:
+        return msgspec.convert(await service.seed_approval_policies(principal.org_id), list[SeedApprovalPolicy])

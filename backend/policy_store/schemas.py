@@ -30,3 +30,40 @@ class EvaluateBody(msgspec.Struct, forbid_unknown_fields=True):
     agent: AgentBody | None = None
     justification: str | None = None
     at: datetime | None = None
+
+
+class SeedCondition(msgspec.Struct):
+    type: str
+    expression: str
+    enabled: bool = True
+
+
+class SeedRule(msgspec.Struct):
+    action: str
+    when: str | None = None
+    approval_policy: str | None = None
+    description: str | None = None
+
+
+class SeedTool(msgspec.Struct):
+    """A tool entry of the active policy in the seed's "Tool Configuration" shape."""
+
+    tool_name: str
+    source: str
+    approval_required: bool
+    approval_policy_id: str | None
+    conditions: list[SeedCondition]
+    rules: list[SeedRule]
+
+
+class SeedApprovalPolicy(msgspec.Struct):
+    """An approval policy of the active policy in the seed's "Approval Policy" shape."""
+
+    id: str
+    name: str
+    description: str | None
+    approvers: list[str]
+    teams: list[str]
+    notification_channels: list[str]
+    timeout_seconds: int
+    quorum: int

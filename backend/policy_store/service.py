@@ -282,3 +282,110 @@ async def evaluate(
     )
     decision = policy.evaluate(context).to_dict()
     return {**decision, "policy_version": row["version"]}
+
+
+# --- the console's editor and the seed's JSON shapes -------------------------------------------
+
+
+async def check_source(org_id: uuid.UUID, source: str) -> dict[str, Any]:
+    """Everything the editor shows for a draft: issues (line, column), its own `tests:`, warnings, diff."""
+    from policies.testing import run_policy_tests
+
+    try:
+        policy = await compile_for_org(org_id, source, name="editor")
+    except ValidationFailed as exc:
+        return {"ok": False, "issues": (exc.detail or {}).get("issues", []), "message": exc.message,
+                "tests": [], "warnings": [], "diff": None}
+    tests = [
+        {"label": result.label, "passed": result.passed, "problems": result.problems,
+         "line": result.case.line, "decision": result.decision.action}
+        for result in run_policy_tests(policy)
+    ]
+    row = await active_row(org_id)
+    return {
+        "ok": all(t["passed"] for t in tests),
+        "issues": [],
+        "message": "",
+        "tests": tests,
+        "warnings": await directory_warnings(org_id, policy),
+        "diff": diff_policies(row["source"] if row else "", source),
+        "active_version": row["version"] if row else None,
+    }
+
+
+async def explain_source(
+    principal: Principal, source: str | None, *, tool: str, server: str, args: dict[str, Any],
+    agent: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """`evaluate` against a draft (or the active policy when `source` is empty), with the approvers named."""
+    if not source:
+        result = await evaluate(principal, tool=tool, server=server, args=args, agent=agent, justification=None,
+                                at=None)
+        found = await active_policy(principal.org_id)
+        policy = found[1] if found else None
+    else:
+        policy = await compile_for_org(principal.org_id, source, name="editor")
+        agent = agent or {}
+        context = CallContext(
+            tool=tool, server=server or None, args=args,
+            agent=AgentInfo(name=str(agent.get("name") or ""), id=str(agent.get("id") or ""),
+                            labels=dict(agent.get("labels") or {})),
+            now=datetime.now(UTC),
+        )
+        result = {**policy.evaluate(context).to_dict(), "policy_version": None}
+    approval = result.get("approval_policy") or {}
+    members = await team_members(principal.org_id) if approval else {}
+    team_people = (member for team in approval.get("teams", []) for member in members.get(team, []))
+    people = sorted({*approval.get("approvers", []), *team_people})
+    return {**result, "approvers": people, "draft": bool(source), "known_policy": policy is not None}
+
+
+def diff_sources(old: str, new: str) -> str:
+    """A unified diff of two stored versions' canonical YAML ("" when they mean the same)."""
+    return diff_policies(old, new, old_name="active", new_name="chosen")
+
+
+def _condition(when: str) -> dict[str, Any]:
+    return {"type": "argument" if "args" in when else "expression", "expression": when, "enabled": True}
+
+
+async def seed_tools(org_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The active policy's tools in the seed's shape (one entry per tool entry of the file)."""
+    found = await active_policy(org_id)
+    if found is None:
+        return []
+    _, policy = found
+    default = policy.default_approval_policy.name if policy.default_approval_policy else None
+    out: list[dict[str, Any]] = []
+    for entry in policy.tools:
+        holding = [rule for rule in entry.rules if rule.action == "require_approval"]
+        out.append({
+            "tool_name": entry.name,
+            "source": entry.server or "external_mcp_server",
+            "approval_required": bool(holding),
+            "approval_policy_id": (holding[0].approval_policy or default) if holding else None,
+            "conditions": [_condition(rule.when) for rule in holding if rule.when],
+            "rules": [{"action": rule.action, "when": rule.when, "approval_policy": rule.approval_policy,
+                       "description": rule.description} for rule in entry.rules],
+        })
+    return out
+
+
+async def seed_approval_policies(org_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The active policy's approval policies in the seed's shape; the id is the policy's name."""
+    found = await active_policy(org_id)
+    if found is None:
+        return []
+    return [
+        {
+            "id": approval.name,
+            "name": approval.name,
+            "description": approval.description,
+            "approvers": list(approval.approvers),
+            "teams": list(approval.teams),
+            "notification_channels": list(approval.channels),
+            "timeout_seconds": approval.timeout_seconds,
+            "quorum": approval.quorum,
+        }
+        for approval in found[1].approval_policies
+    ]

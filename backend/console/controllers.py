@@ -1,0 +1,313 @@
+"""The admin console: server-rendered pages (Jinja2 + htmx) over the same services as the REST API."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from litestar import Controller, Request, Response, get, post
+from litestar.connection import ASGIConnection
+from litestar.datastructures import Cookie
+from litestar.handlers.base import BaseRouteHandler
+from litestar.params import Parameter
+from litestar.response import Redirect, Template
+
+from backend.accounts import service as accounts
+from backend.accounts.service import Principal
+from backend.approvals import flows
+from backend.approvals import service as approvals
+from backend.audit import service as audit
+from backend.console import session
+from backend.deps import SESSION_COOKIE, admin_guard
+from backend.errors import NotAuthenticated, PreloopError, ValidationFailed
+from backend.hub import Hub
+from backend.policy_store import service as policies
+
+#: Navigation entries (path, label). Later pages (teams, channels, autonomy) append here.
+NAV: list[tuple[str, str]] = [
+    ("/console/approvals", "Approvals"),
+    ("/console/history", "History"),
+    ("/console/policies", "Policies"),
+    ("/console/audit", "Audit"),
+    ("/console/keys", "Agents and keys"),
+]
+HISTORY_FILTERS = ("start_date", "end_date", "tool", "approver", "status")
+HISTORY_PAGE = 100
+
+
+def _page(request: Request, name: str, **context: Any) -> Template:  # type: ignore[type-arg]
+    principal: Principal | None = request.scope["state"].get("principal")  # type: ignore[typeddict-item]
+    token = request.cookies.get(SESSION_COOKIE, "")
+    return Template(
+        template_name=f"console/{name}",
+        context={
+            "nav": NAV,
+            "path": request.url.path,
+            "me": principal,
+            "csrf": session.csrf_token(request.app.state.hub, token) if principal else "",
+            "csrf_header": json.dumps({"X-CSRF-Token": session.csrf_token(request.app.state.hub, token)})
+            if principal else "",
+            **context,
+        },
+    )
+
+
+async def _form(request: Request) -> dict[str, str]:  # type: ignore[type-arg]
+    form = await request.form()
+    return {key: str(value) for key, value in form.items()}
+
+
+def _json_object(text: str | None) -> dict[str, Any]:
+    value = json.loads(text or "{}")
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")  # noqa: TRY004 - reported to the person like bad JSON
+    return value
+
+
+def _not_signed_in(request: Request, exc: NotAuthenticated) -> Response[Any]:  # type: ignore[type-arg]
+    if request.method == "GET" and "hx-request" not in request.headers:
+        return Redirect(f"/console/login?next={quote(request.url.path)}")
+    return Response(
+        {"error": {"code": exc.code, "message": exc.message, "status": 401}},
+        status_code=401,
+        headers={"HX-Redirect": "/console/login"},
+    )
+
+
+async def writer_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    """Viewers see everything and change nothing: the server refuses, whatever the page showed."""
+    session.refuse_viewer(await session.principal_of(connection))
+
+
+class ConsoleLoginController(Controller):
+    path = "/console"
+    include_in_schema = False
+
+    @get("/login", operation_id="console_login_page")
+    async def login_page(self, request: Request, next: str = "/console/approvals") -> Response[Any]:  # type: ignore[type-arg]
+        if await session.signed_in(request):
+            return Redirect(session.safe_next(next))
+        return _page(request, "login.html", next=session.safe_next(next), error=None, email="")
+
+    @post("/login", operation_id="console_login", status_code=200)
+    async def login(self, request: Request, hub: Hub) -> Response[Any]:  # type: ignore[type-arg]
+        form = await _form(request)
+        email, target = form.get("email", ""), session.safe_next(form.get("next", ""))
+        try:
+            org = await (accounts.get_org_by_slug(form["org"]) if form.get("org") else accounts.default_org())
+            token, _ = await accounts.login(
+                org["id"], email, form.get("password", ""), hours=hub.settings.security.session_hours
+            )
+        except PreloopError as exc:
+            page = _page(request, "login.html", next=target, error=exc.message, email=email)
+            page.status_code = 401
+            return page
+        return Redirect(
+            target,
+            cookies=[
+                Cookie(
+                    key=SESSION_COOKIE, value=token, httponly=True, samesite="strict", path="/",
+                    secure=hub.settings.server.base_url.startswith("https"),
+                    max_age=hub.settings.security.session_hours * 3600,
+                )
+            ],
+        )
+
+
+class ConsoleController(Controller):
+    """Every page needs a session; every POST carries the session's CSRF token."""
+
+    path = "/console"
+    include_in_schema = False
+    guards = [session.session_guard]
+    exception_handlers = {NotAuthenticated: _not_signed_in}
+
+    @get("", operation_id="console_home")
+    async def home(self) -> Redirect:
+        return Redirect("/console/approvals")
+
+    @post("/logout", operation_id="console_logout")
+    async def logout(self, request: Request) -> Redirect:  # type: ignore[type-arg]
+        await accounts.logout(request.cookies.get(SESSION_COOKIE, ""))
+        return Redirect("/console/login", cookies=[Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/")])
+
+    # --- approvals ---------------------------------------------------------------------------
+
+    @get("/approvals", operation_id="console_approvals")
+    async def approvals_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        pending = await approvals.list_requests(principal, status="pending", limit=200)
+        return _page(request, "approvals.html", pending=pending)
+
+    @get("/approvals/pending", operation_id="console_pending_fragment")
+    async def pending_fragment(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        pending = await approvals.list_requests(principal, status="pending", limit=200)
+        return _page(request, "_pending.html", pending=pending)
+
+    @get("/approvals/bell", operation_id="console_bell_fragment")
+    async def bell(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        pending = await approvals.list_requests(principal, status="pending", limit=10)
+        count = len(await approvals.list_requests(principal, status="pending", limit=1000))
+        return _page(request, "_bell.html", pending=pending, count=count)
+
+    @get("/approvals/{approval_id:str}", operation_id="console_approval_detail")
+    async def detail(self, request: Request, principal: Principal, approval_id: str) -> Template:  # type: ignore[type-arg]
+        return _page(request, "approval.html", **await self._detail(principal, approval_id), error=None)
+
+    @post("/approvals/{approval_id:str}/vote", operation_id="console_vote", guards=[writer_guard])
+    async def vote(self, request: Request, principal: Principal, hub: Hub, approval_id: str) -> Template:  # type: ignore[type-arg]
+        form = await _form(request)
+        decision = form.get("decision", "")
+        error = None
+        if decision not in ("approve", "decline"):
+            error = "choose approve or decline"
+        else:
+            try:
+                await approvals.vote(hub, principal, approval_id, decision, reason=form.get("reason"), channel="app")
+            except PreloopError as exc:
+                error = exc.message
+        page = _page(request, "approval.html", **await self._detail(principal, approval_id), error=error)
+        page.status_code = 200 if error is None else 422
+        return page
+
+    async def _detail(self, principal: Principal, approval_id: str) -> dict[str, Any]:
+        item = await approvals.get_request(principal, approval_id)
+        can_vote = False
+        if item["status"] == "pending" and principal.role != "viewer":
+            row = await flows.load_row(item["id"])
+            voted = any(v["user"]["email"] == principal.email for v in item["votes"])
+            can_vote = row is not None and not voted and str(principal.user_id) in await flows.eligible_users(row)
+        return {"item": item, "can_vote": can_vote}
+
+    # --- history -------------------------------------------------------------------------------
+
+    @get("/history", operation_id="console_history")
+    async def history(
+        self, request: Request, principal: Principal, offset: int = Parameter(default=0, ge=0)  # type: ignore[type-arg]
+    ) -> Template:
+        filters = {key: request.query_params.get(key) or "" for key in HISTORY_FILTERS}
+        error, rows = None, []
+        try:
+            rows = await approvals.list_requests(
+                principal, start_date=filters["start_date"] or None, end_date=filters["end_date"] or None,
+                tool=filters["tool"] or None, approver=filters["approver"] or None,
+                status=filters["status"] or None, limit=HISTORY_PAGE + 1, offset=offset,
+            )
+        except ValidationFailed as exc:
+            error = exc.message
+        query = urlencode({k: v for k, v in filters.items() if v})
+        older = offset + HISTORY_PAGE if len(rows) > HISTORY_PAGE else None
+        newer = max(0, offset - HISTORY_PAGE) if offset else None
+        return _page(request, "history.html", rows=rows[:HISTORY_PAGE], filters=filters, error=error, query=query,
+                     statuses=("pending", *sorted(flows.DECIDED)), older=older, newer=newer)
+
+    # --- policies ------------------------------------------------------------------------------
+
+    @get("/policies", operation_id="console_policies")
+    async def policies_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        active = await policies.active_row(principal.org_id)
+        source = active["source"] if active else ""
+        check = await policies.check_source(principal.org_id, source) if source else None
+        return _page(request, "policies.html", source=source, active=active, check=check,
+                     versions=await policies.list_versions(principal.org_id), message=None)
+
+    @post("/policies/check", operation_id="console_policy_check")
+    async def check(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        form = await _form(request)
+        check = await policies.check_source(principal.org_id, form.get("source", ""))
+        return _page(request, "_check.html", check=check)
+
+    @post("/policies/explain", operation_id="console_policy_explain")
+    async def explain(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        form = await _form(request)
+        error, result = None, None
+        try:
+            args, labels = _json_object(form.get("args")), _json_object(form.get("agent_labels"))
+            result = await policies.explain_source(
+                principal, form.get("source", ""), tool=form.get("tool", "").strip(),
+                server=form.get("server", "").strip(), args=args,
+                agent={"name": form.get("agent", "").strip(), "labels": labels},
+            )
+        except ValueError as exc:
+            error = f"arguments and agent labels must be JSON objects, e.g. {{\"table\": \"users\"}} ({exc})"
+        except PreloopError as exc:
+            error = exc.message
+        return _page(request, "_explain.html", result=result, error=error)
+
+    @post("/policies/apply", operation_id="console_policy_apply", guards=[writer_guard, admin_guard])
+    async def apply(self, request: Request, principal: Principal, hub: Hub) -> Template:  # type: ignore[type-arg]
+        form = await _form(request)
+        source = form.get("source", "")
+        message = None
+        try:
+            applied = await policies.apply(principal.org_id, source, principal.actor, hub.bus,
+                                           message=form.get("message", ""), user_id=principal.user_id)
+            message = f"Applied as version {applied['version']}."
+            if applied["warnings"]:
+                message += " Warnings: " + "; ".join(applied["warnings"])
+        except PreloopError as exc:
+            message = f"Not applied: {exc.message}"
+        active = await policies.active_row(principal.org_id)
+        return _page(request, "policies.html", source=source, active=active,
+                     check=await policies.check_source(principal.org_id, source),
+                     versions=await policies.list_versions(principal.org_id), message=message)
+
+    @get("/policies/versions/{version:int}", operation_id="console_policy_version")
+    async def version(self, request: Request, principal: Principal, version: int) -> Template:  # type: ignore[type-arg]
+        chosen = await policies.get_version(principal.org_id, version)
+        active = await policies.active_row(principal.org_id)
+        compare = policies.diff_sources(active["source"] if active else "", chosen["source"])
+        return _page(request, "version.html", chosen=chosen, active=active, diff=compare)
+
+    @post("/policies/rollback", operation_id="console_policy_rollback", guards=[writer_guard, admin_guard])
+    async def rollback(self, request: Request, principal: Principal, hub: Hub) -> Redirect:  # type: ignore[type-arg]
+        form = await _form(request)
+        try:
+            version = int(form.get("version", ""))
+        except ValueError as exc:
+            raise ValidationFailed("rollback needs a version number", detail={"field": "version"}) from exc
+        await policies.rollback(principal.org_id, version, principal.actor, hub.bus, principal.user_id)
+        return Redirect("/console/policies")
+
+    # --- audit ---------------------------------------------------------------------------------
+
+    @get("/audit", operation_id="console_audit")
+    async def audit_page(
+        self, request: Request, principal: Principal, kind: str = "", actor: str = "", subject: str = ""  # type: ignore[type-arg]
+    ) -> Template:
+        events = await audit.list_events(principal.org_id, kind=kind or None, actor=actor or None,
+                                         subject_id=subject or None, newest_first=True, limit=200)
+        verified = (await audit.verify(principal.org_id)).to_dict()
+        return _page(request, "audit.html", events=events, verified=verified,
+                     filters={"kind": kind, "actor": actor, "subject": subject})
+
+    # --- agents and keys -----------------------------------------------------------------------
+
+    @get("/keys", operation_id="console_keys")
+    async def keys_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        return _page(request, "keys.html", keys=await accounts.list_keys(principal), created=None, error=None)
+
+    @post("/keys", operation_id="console_key_create", guards=[writer_guard])
+    async def create_key(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        form = await _form(request)
+        created, error = None, None
+        scope = form.get("scope", "agent")
+        try:
+            if scope != "agent" and not principal.is_admin:
+                raise ValidationFailed("only admins create approver or admin keys", detail={"field": "scope"})
+            token, meta = await accounts.create_key(principal.org_id, principal.user_id, form.get("name", ""),
+                                                    scope=scope, actor=principal.actor)
+            created = {**meta, "token": token}
+        except PreloopError as exc:
+            error = exc.message
+        page = _page(request, "keys.html", keys=await accounts.list_keys(principal), created=created, error=error)
+        page.headers["Cache-Control"] = "no-store"
+        return page
+
+    @post("/keys/{key_id:str}/revoke", operation_id="console_key_revoke", guards=[writer_guard])
+    async def revoke_key(self, principal: Principal, key_id: str) -> Redirect:
+        await accounts.revoke_key(principal, key_id)
+        return Redirect("/console/keys")
+
+
+CONTROLLERS: list[Any] = [ConsoleLoginController, ConsoleController]
