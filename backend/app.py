@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,7 +27,8 @@ from backend.settings import Settings, load_settings
 from backend.system import SystemController
 
 logger = logging.getLogger("preloop.api")
-PWA_DIR = Path(__file__).resolve().parent.parent / "pwa"
+# The approver app is package data of `pwa`, so it is found the same way from a checkout or a wheel.
+PWA_DIR = Path(str(importlib.resources.files("pwa")))
 
 
 def _error(status: int, code: str, message: str, detail: Any = None) -> Response[dict[str, Any]]:
