@@ -22,6 +22,8 @@ from backend.audit.controllers import AuditController
 from backend.deps import provide_hub, resolve_principal
 from backend.errors import PreloopError
 from backend.hub import Hub
+from backend.observability.asgi import ObservedApp
+from backend.observability.controllers import ObservabilityController
 from backend.policy_store.controllers import PolicyController
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
@@ -71,6 +73,7 @@ def route_handlers() -> list[Any]:
         AuditController,
     ]
     handlers.append(PolicyController)
+    handlers.append(ObservabilityController)
     handlers.extend(APPROVAL_CONTROLLERS)
     if PWA_DIR.is_dir():
         handlers.append(create_static_files_router(path="/app", directories=[PWA_DIR], html_mode=True, name="pwa"))
@@ -120,4 +123,6 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         logging_config=None,
     )
     app.state.hub = running
+    # Outside routing, so every request (404s included) gets an id and is counted.
+    app.asgi_handler = ObservedApp(app.asgi_handler)
     return app
