@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv outside the checkout with the wheel built from this tree installed (deps from the index)."""
     base = tmp_path_factory.mktemp("wheel")
+    # Build from a clean copy: setuptools reuses an in-tree build/, which can hold files deleted since.
+    source = base / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "node_modules", ".preloop", "__pycache__", ".*_cache", ".hypothesis"))
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q", "-w", str(base / "dist")],
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(base / "dist")],
         capture_output=True, text=True, check=False,
     )
     assert built.returncode == 0, built.stderr
