@@ -10,7 +10,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # --- builder: compilers and headers, builds Preloop's wheel and a wheel for every dependency ---
 FROM ${PYTHON_IMAGE} AS builder
 RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential libffi-dev libpq-dev \
+ && apt-get install -y --no-install-recommends build-essential libffi-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from mcp_gateway.api_client import REQUEST_ID
+from mcp_gateway.results import STATUS_TOOL
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Receive, Scope, Send
@@ -23,7 +24,7 @@ REGISTRY = CollectorRegistry()
 CALLS = Counter(
     "preloop_gateway_calls_total",
     "tools/call answered, by decision: allow, deny, approved (held, then run), pending, declined, expired, "
-    "cancelled, error.",
+    "cancelled, error, status (calls of the approval-status tool).",
     ["decision"],
     registry=REGISTRY,
 )
@@ -65,7 +66,7 @@ def install(checkpoint: Checkpoint) -> None:
             _HELD.reset(held_token)
             REQUEST_ID.reset(rid_token)
         if result is not None:  # None: handed to the slow path, which counts it
-            decision = decision_of(result, held=bool(held))
+            decision = "status" if params.get("name") == STATUS_TOOL else decision_of(result, held=bool(held))
             CALLS.labels(decision).inc()
             LATENCY.labels(decision).observe(time.perf_counter() - started)
         return result

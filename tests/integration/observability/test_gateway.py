@@ -36,10 +36,12 @@ async def test_gateway_metrics_and_request_ids(live_hub: LiveHub, org: Org, tmp_
             result, approval_id = await call_while_deciding(client, "show_args", {"value": "held-1"}, live_hub, org,
                                                             approve)
             assert not result.is_error
+            status = await client.call_tool("preloop_approval_status", {"approval_id": approval_id})
+            assert not status.is_error
             response = await http.get("/metrics")
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
         after = response.text
-    for decision in ("allow", "deny", "approved"):
+    for decision in ("allow", "deny", "approved", "status"):
         assert sample(after, "preloop_gateway_calls_total", decision=decision) - sample(
             before, "preloop_gateway_calls_total", decision=decision) == 1, decision
         assert sample(after, "preloop_gateway_call_duration_seconds_count", decision=decision) - sample(
