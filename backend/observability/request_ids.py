@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import uuid
 from contextvars import ContextVar
 
@@ -23,11 +24,17 @@ def accept(raw: bytes | str | None) -> str:
     return uuid.uuid4().hex
 
 
+def _gateway_call_id() -> str | None:
+    """The id of the tool call an embedded gateway is handling (looked up only if the gateway is loaded)."""
+    api_client = sys.modules.get("mcp_gateway.api_client")
+    return api_client.REQUEST_ID.get() if api_client is not None else None
+
+
 class RequestIdFilter(logging.Filter):
-    """Stamps `request_id` on records logged while a request is being served."""
+    """Stamps `request_id` on records logged while a request (or an embedded gateway's call) is handled."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        rid = current.get()
+        rid = current.get() or _gateway_call_id()
         if rid is not None and not hasattr(record, "request_id"):
             record.request_id = rid
         return True

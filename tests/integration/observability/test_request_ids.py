@@ -47,3 +47,16 @@ async def test_each_request_gets_its_own_id_and_log_lines_outside_requests_get_n
     logging.getLogger("preloop.test").warning("outside any request")
     outside = [r for r in access_records.records if r.getMessage() == "outside any request"]
     assert outside and not hasattr(outside[0], "request_id")
+
+
+def test_an_embedded_gateways_log_lines_carry_its_call_id(caplog: pytest.LogCaptureFixture) -> None:
+    from mcp_gateway.api_client import REQUEST_ID
+
+    caplog.handler.addFilter(RequestIdFilter())
+    token = REQUEST_ID.set("call-42")
+    try:
+        logging.getLogger("mcp_gateway.checkpoint").warning("upstream slow")
+    finally:
+        REQUEST_ID.reset(token)
+    [record] = [r for r in caplog.records if r.getMessage() == "upstream slow"]
+    assert record.request_id == "call-42"  # type: ignore[attr-defined]
