@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,12 +24,15 @@ from backend.console import web as console
 from backend.deps import provide_hub, resolve_principal
 from backend.errors import PreloopError
 from backend.hub import Hub
+from backend.observability.asgi import ObservedApp
+from backend.observability.controllers import ObservabilityController
 from backend.policy_store.controllers import PolicyController, SeedShapesController
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
 
 logger = logging.getLogger("preloop.api")
-PWA_DIR = Path(__file__).resolve().parent.parent / "pwa"
+# The approver app is package data of `pwa`, so it is found the same way from a checkout or a wheel.
+PWA_DIR = Path(str(importlib.resources.files("pwa")))
 
 
 def _error(status: int, code: str, message: str, detail: Any = None) -> Response[dict[str, Any]]:
@@ -72,6 +76,7 @@ def route_handlers() -> list[Any]:
     ]
     handlers.extend([WebAuthnController, TotpController])
     handlers.extend([PolicyController, SeedShapesController])
+    handlers.append(ObservabilityController)
     handlers.extend(APPROVAL_CONTROLLERS)
     handlers.extend(console.route_handlers())
     if PWA_DIR.is_dir():
@@ -123,4 +128,6 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         logging_config=None,
     )
     app.state.hub = running
+    # Outside routing, so every request (404s included) gets an id and is counted.
+    app.asgi_handler = ObservedApp(app.asgi_handler)
     return app

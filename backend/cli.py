@@ -211,7 +211,12 @@ async def _run_embedded_gateway(settings: Settings, port: int) -> None:
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    metrics: str = typer.Option(
+        None, "--metrics", metavar="HOST:PORT",
+        help="Serve this worker's Prometheus metrics (deadline lag, decisions, deliveries) at http://HOST:PORT/metrics.",
+    ),
+) -> None:
     """Run the job worker alone (deadlines, sweeps, notifications) against the configured Redis."""
     from backend.logs import configure_logging
     from backend.redis_conn import connect_redis
@@ -221,6 +226,8 @@ def worker() -> None:
     configure_logging(settings.log.level, settings.log.format)
     if settings.redis.embedded:
         raise fail("PRELOOP_REDIS_URL must point at a shared Redis for a separate worker (redis://host:6379/0)")
+    if metrics:
+        _serve_worker_metrics(metrics)
 
     async def main() -> None:
         handle = await connect_redis(settings.redis.url)
@@ -233,6 +240,17 @@ def worker() -> None:
         raise fail(exc.message) from None
     except KeyboardInterrupt:
         pass
+
+
+def _serve_worker_metrics(address: str) -> None:
+    from prometheus_client import start_http_server
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise fail(f"--metrics {address!r} must look like HOST:PORT, e.g. 127.0.0.1:9091")
+    host = host.strip("[]") or "127.0.0.1"
+    _check_port_free(host, int(port))
+    start_http_server(int(port), addr=host)  # a daemon thread; jobs record into the same registry
 
 
 @db_app.command("migrate")

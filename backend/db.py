@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from piccolo.apps.migrations.commands.base import BaseMigrationManager
 from piccolo.apps.migrations.commands.forwards import ForwardsMigrationManager
 from piccolo.apps.migrations.tables import Migration
 from piccolo.engine.base import Engine
@@ -18,7 +20,7 @@ from piccolo.engine.sqlite import SQLiteEngine
 
 from backend import piccolo_conf
 from backend.errors import StartupError
-from backend.piccolo_app import ALL_TABLES
+from backend.piccolo_app import ALL_TABLES, APP_CONFIG
 from backend.settings import validate_database_url
 
 os.environ.setdefault("PICCOLO_CONF", "backend.piccolo_conf")
@@ -92,6 +94,21 @@ async def migrate() -> list[str]:
     for migration_id in applied:
         logger.info("applied migration", extra={"migration": migration_id})
     return applied
+
+
+@functools.cache
+def known_migrations() -> tuple[str, ...]:
+    """Ids of the migrations this code ships (imported once: Piccolo's finder edits sys.path)."""
+    manager = BaseMigrationManager()
+    return tuple(manager.get_migration_ids(manager.get_migration_modules(str(APP_CONFIG.migrations_folder_path))))
+
+
+async def pending_migrations() -> list[str]:
+    """Migrations this code ships that the database has not applied (all of them on an empty database)."""
+    if not await Migration.table_exists():
+        return list(known_migrations())
+    ran = set(await Migration.get_migrations_which_ran(app_name="preloop"))
+    return [m for m in known_migrations() if m not in ran]
 
 
 def _redact(url: str) -> str:

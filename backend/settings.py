@@ -151,6 +151,12 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class ObservabilitySettings:
+    metrics_token: str = ""
+    """PRELOOP_METRICS_TOKEN: when set, /metrics needs `Authorization: Bearer <token>`; empty leaves it open."""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
@@ -159,6 +165,7 @@ class Settings:
     security: SecuritySettings = field(default_factory=SecuritySettings)
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
     @property
     def database_url(self) -> str:
@@ -216,4 +223,5 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
             sweep_seconds=_int(env, "PRELOOP_SWEEP_SECONDS", 5, lo=1, hi=3600),
         ),
         demo=DemoSettings(enabled=_bool(env, "PRELOOP_DEMO", True)),
+        observability=ObservabilitySettings(metrics_token=_env(env, "PRELOOP_METRICS_TOKEN")),
     )

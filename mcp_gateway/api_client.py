@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +15,8 @@ from mcp_gateway.errors import ApiRequestError, ApiUnavailableError
 from policies import arguments_hash
 
 logger = logging.getLogger(__name__)
+# The id of the tool call being handled, sent as X-Request-Id so the hub's log lines name the same call.
+REQUEST_ID: ContextVar[str | None] = ContextVar("preloop_gateway_request_id", default=None)
 
 __all__ = ["AgentIdentity", "ApiClient", "ApprovalTicket", "WaitAnswer", "arguments_hash"]
 
@@ -97,6 +101,7 @@ class ApiClient:
                 path,
                 json=json_body,
                 params=params,
+                headers={"X-Request-Id": REQUEST_ID.get() or uuid.uuid4().hex},
                 timeout=httpx.Timeout(request_timeout or self._timeout, pool=self._pool_timeout),
             )
         except httpx.HTTPError as exc:

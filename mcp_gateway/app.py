@@ -14,6 +14,7 @@ import anyio
 import anyio.abc
 from mcp.server.stdio import stdio_server
 
+from mcp_gateway import metrics
 from mcp_gateway.api_client import AgentIdentity, ApiClient
 from mcp_gateway.checkpoint import Checkpoint
 from mcp_gateway.config import GatewaySettings
@@ -64,6 +65,7 @@ class Gateway:
                 hold_window=self.settings.hold_window,
                 background=self._spawn,
             )
+            metrics.install(self.checkpoint)
             self.mcp = GatewayServer(self.checkpoint)
             await self._tg.start(self.pool.run, [])
             self.snapshot.on_change(self._policy_changed)
@@ -148,7 +150,9 @@ class Gateway:
             await self.server.server.run(read, write, self.server.server.create_initialization_options())
 
     def http_app(self, host: str = "127.0.0.1") -> Any:
-        return self.server.http_app(host=host)
+        app = self.server.http_app(host=host)
+        app.inner = metrics.serve_metrics(app.inner)  # GET /metrics; tools/call keeps its fast path
+        return app
 
     async def serve_http(self, host: str, port: int, *, started: anyio.Event | None = None) -> None:
         import uvicorn

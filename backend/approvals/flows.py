@@ -22,6 +22,7 @@ from backend.audit.service import Actor, record
 from backend.errors import Conflict, Forbidden, ValidationFailed
 from backend.events import publish_event
 from backend.notifications import service as notifications
+from backend.observability import metrics
 from backend.transactions import lock, write_transaction
 
 if TYPE_CHECKING:
@@ -230,6 +231,8 @@ async def transition(
     updated = await _conditional_update(row, values, same_level=new == "escalated")
     if updated is None:
         return None
+    if old == "pending" and new != "escalated":
+        _observe_decision(updated)
     match (old, new):
         case ("pending", "escalated"):
             level = int(updated["escalation_level"])
@@ -299,6 +302,26 @@ def _schedule(hub: Hub, row: dict[str, Any]) -> None:
             await hub.enqueue("escalate_request", rid, level, job_id=f"escalate:{rid}:{level}", defer_until=escalates)
 
     after_commit(enqueue)
+
+
+def _observe_decision(row: dict[str, Any]) -> None:
+    async def observe() -> None:
+        metrics.record_decision(row["status"], _ts(row.get("created_at")), _ts(row.get("decided_at")))
+
+    after_commit(observe)
+
+
+def _observe_deadline(kind: str, due: Any, fired: dict[str, Any] | None) -> bool:
+    """Record how late a deadline fired (once its transaction commits); True if it fired."""
+    if fired is None:
+        return False
+    stamp = now()
+
+    async def observe() -> None:
+        metrics.record_deadline_lag(kind, _ts(due), stamp)
+
+    after_commit(observe)
+    return True
 
 
 def _announce(hub: Hub, row: dict[str, Any], kind: str) -> None:
@@ -612,9 +635,11 @@ async def fire_expiry(hub: Hub, request_id: uuid.UUID | str) -> bool:
                 "by": [],
                 "reason": f"approved automatically: no decision within {seconds}s (on_timeout: approve)",
             }
-            return await transition(hub, row, "approved", actor, Change(outcome=outcome)) is not None
+            fired = await transition(hub, row, "approved", actor, Change(outcome=outcome))
+            return _observe_deadline("expiry", row["expires_at"], fired)
         outcome = {"kind": "expired", "by": [], "reason": f"no decision within {seconds}s"}
-        return await transition(hub, row, "expired", actor, Change(outcome=outcome)) is not None
+        fired = await transition(hub, row, "expired", actor, Change(outcome=outcome))
+        return _observe_deadline("expiry", row["expires_at"], fired)
 
 
 async def fire_escalation(hub: Hub, request_id: uuid.UUID | str, level: int | None = None) -> bool:
@@ -638,4 +663,5 @@ async def fire_escalation(hub: Hub, request_id: uuid.UUID | str, level: int | No
             created + timedelta(seconds=int(levels[reached]["after_seconds"])) if reached < len(levels) else None
         )
         change = Change(values={"escalation_level": reached, "next_escalation_at": following})
-        return await transition(hub, row, "escalated", Actor.system("escalation"), change) is not None
+        fired = await transition(hub, row, "escalated", Actor.system("escalation"), change)
+        return _observe_deadline("escalation", row["next_escalation_at"], fired)

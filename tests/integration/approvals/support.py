@@ -113,19 +113,24 @@ async def audit_kinds(org: Org, subject_id: str) -> list[str]:
     return [r["kind"] for r in rows]
 
 
-@asynccontextmanager
-async def api_process(settings: Settings) -> AsyncIterator[str]:
-    """`preloop serve --no-worker` in its own process on the test's database and Redis; yields its URL."""
-    port = free_port()
-    env = {
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `preloop` child process on the test's database and Redis."""
+    return {
         **os.environ,
         "PRELOOP_DATABASE_URL": settings.database_url,
         "PRELOOP_REDIS_URL": settings.redis.url,
         "PRELOOP_DATA_DIR": str(settings.server.data_dir),
         "PRELOOP_DEMO": "false",
         "PRELOOP_SECRET_KEY": "test-secret",
-        "PRELOOP_PORT": str(port),
+        **extra,
     }
+
+
+@asynccontextmanager
+async def api_process(settings: Settings) -> AsyncIterator[str]:
+    """`preloop serve --no-worker` in its own process on the test's database and Redis; yields its URL."""
+    port = free_port()
+    env = process_env(settings, PRELOOP_PORT=str(port))
     command = [str(Path(sys.executable).parent / "preloop"), "serve", "--no-worker"]
     process = await anyio.open_process(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -141,8 +146,13 @@ async def api_process(settings: Settings) -> AsyncIterator[str]:
                     await anyio.sleep(0.1)
         yield url
     finally:
-        process.terminate()
-        with anyio.move_on_after(10):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
+        await stop_process(process)
+
+
+async def stop_process(process: Any) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 10 s."""
+    process.terminate()
+    with anyio.move_on_after(10):
+        await process.wait()
+    if process.returncode is None:
+        process.kill()

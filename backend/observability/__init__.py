@@ -1,0 +1,1 @@
+"""Metrics, readiness and request ids: what operators see of a running hub."""

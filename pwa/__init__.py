@@ -1,0 +1,1 @@
+"""The approver app's static files, shipped inside the distribution as package data."""
