@@ -175,6 +175,24 @@ class Settings:
         return key
 
 
+@dataclass(frozen=True)
+class ClientSettings:
+    api_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    """PRELOOP_API_URL: the hub that API commands (`preloop approvals ...`) talk to."""
+    api_key: str = ""
+    """PRELOOP_API_KEY: the API key those commands authenticate with (an approver or admin key)."""
+
+
+def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:
+    """Read only what a client of the REST API needs, so a hub's own settings never get in its way."""
+    env = os.environ if env is None else env
+    api_url = _env(env, "PRELOOP_API_URL") or ClientSettings.api_url
+    parts = urlsplit(api_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise SettingsError("PRELOOP_API_URL", api_url, "use the hub's address, e.g. http://127.0.0.1:8686")
+    return ClientSettings(api_url=api_url.rstrip("/"), api_key=_env(env, "PRELOOP_API_KEY"))
+
+
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Read and validate every PRELOOP_* variable; raise SettingsError naming the bad one."""
     env = os.environ if env is None else env
