@@ -134,7 +134,7 @@ class SecuritySettings:
 @dataclass(frozen=True)
 class ApprovalSettings:
     max_wait_seconds: int = 60
-    """PRELOOP_MAX_WAIT_SECONDS: the longest a single /approvals/wait long-poll may hold."""
+    """PRELOOP_MAX_WAIT_SECONDS: the longest a single long-poll (/approvals/wait, /policies/active?wait=) may hold."""
     sweep_seconds: int = 5
     """PRELOOP_SWEEP_SECONDS: how often the worker's backstop sweep looks for missed deadlines."""
 
