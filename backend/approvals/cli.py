@@ -237,6 +237,11 @@ def watch(as_json: bool = typer.Option(False, "--json", help="One JSON object a 
             _follow(client, as_json)
     except (KeyboardInterrupt, _Stop):
         raise typer.Exit(0) from None
+    except BrokenPipeError:
+        # The reader is gone (`watch | head -1`): a normal end. Point stdout at /dev/null so the
+        # interpreter's final flush does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
     except ApiError as exc:
         _exit(exc.message, exc.exit_code)
     finally:

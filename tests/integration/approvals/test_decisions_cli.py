@@ -319,3 +319,62 @@ def test_watch_reconnects_when_the_hub_comes_back(settings: Settings, tmp_path: 
             assert watcher.stop(signal.SIGTERM) == 0
     finally:
         watcher.close()
+
+
+def test_watch_resumes_with_last_event_id_from_a_server_that_numbers_events() -> None:
+    """Today's hub sends no event ids; a hub (or proxy) that does gets `Last-Event-ID` on reconnect."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str | None] = []
+    release = threading.Event()
+
+    class Numbered(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Last-Event-ID"))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            number = 7 + len(seen) - 1
+            event = {"type": "approval.requested", "request_id": f"r{number}", "status": "pending"}
+            self.wfile.write(f"event: ready\ndata: {{}}\n\nid: {number}\nevent: approval.requested\n"
+                             f"data: {json.dumps(event)}\n\n".encode())
+            self.wfile.flush()
+            if len(seen) > 1:
+                release.wait(30)  # the second stream stays open until the test ends
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Numbered)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    watcher = Watcher(f"http://127.0.0.1:{server.server_address[1]}", "pl_any")
+    try:
+        assert "r7" in watcher.expect(watcher.out, "approval.requested")
+        watcher.expect(watcher.err, "lost the hub (the hub closed the stream); reconnecting in 0.5s")
+        watcher.expect(watcher.err, "reconnected to")
+        assert "r8" in watcher.expect(watcher.out, "approval.requested")
+        assert seen == [None, "7"]
+        assert watcher.stop(signal.SIGTERM) == 0
+        assert not any("not replayed" in line for line in watcher.err.queue)
+    finally:
+        release.set()
+        watcher.close()
+        server.shutdown()
+
+
+def test_watch_piped_into_head_ends_cleanly(live_hub: LiveHub, org: Org) -> None:
+    env = {**os.environ, "PRELOOP_API_URL": live_hub.url, "PRELOOP_API_KEY": org.approver_tokens["alice"]}
+    pipeline = subprocess.Popen(["bash", "-c", f"set -o pipefail; {PRELOOP} approvals watch | head -n 1"],
+                                env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert pipeline.stderr is not None
+        assert "watching" in pipeline.stderr.readline()
+        first = hold(live_hub.url, org, env="one")
+        hold(live_hub.url, org, env="two")  # written after head has gone: the pipe is broken
+        out, err = pipeline.communicate(timeout=30)
+        assert pipeline.returncode == 0, err
+        assert first in out and len(out.splitlines()) == 1
+        assert "Traceback" not in err and "Broken pipe" not in err
+    finally:
+        if pipeline.poll() is None:
+            pipeline.kill()
