@@ -56,6 +56,15 @@ def org(live_hub: LiveHub) -> Org:
     return org
 
 
+def test_every_subcommand_has_help_naming_the_exit_codes() -> None:
+    top = subprocess.run([PRELOOP, "approvals", "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert top.returncode == 0 and "6 hub unreachable" in " ".join(top.stdout.split())
+    for command in ("list", "show", "approve", "decline", "watch", "export"):
+        helped = subprocess.run([PRELOOP, "approvals", command, "--help"], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert helped.returncode == 0 and "Usage" in helped.stdout, (command, helped.stderr)
+
+
 def test_list_show_approve_decline(live_hub: LiveHub, org: Org) -> None:
     alice = org.approver_tokens["alice"]
     first, second = hold(live_hub.url, org, env="prod"), hold(live_hub.url, org, env="staging")
