@@ -10,7 +10,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check bench clean services
+.PHONY: help install run test check bench clean services openapi
 
 help: ## Show this help
 	@echo "Preloop make targets:"
@@ -51,6 +51,9 @@ check: $(STAMP_TEST) ## Lint (ruff) and type-check (mypy --strict)
 
 bench: $(STAMP_TEST) $(NPM_STAMP) ## Run every benchmark; each ends with one RESULT line
 	@set -e; for script in bench/[!_]*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+openapi: $(STAMP_RUN) ## Regenerate docs/openapi.json from the app (commit it with the API change)
+	$(BIN)/python -m backend.openapi docs/openapi.json
 
 services: ## Start the local PostgreSQL and Redis if they are not running (test machines)
 	bash .ci/services

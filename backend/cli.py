@@ -351,12 +351,14 @@ def key_create(
 
 def _mount_subcommands() -> None:
     """Subcommands that live beside their packages; each loads its heavy imports only when run."""
+    from backend.approvals.cli import approvals_app
     from backend.audit.cli import audit_app
     from backend.policy_store.cli import policy_app
     from mcp_gateway.cli import demo_upstream_command, gateway
 
     app.add_typer(policy_app, name="policy")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(approvals_app, name="approvals")
     app.command("gateway")(gateway)
     app.command("demo-upstream")(demo_upstream_command)
 

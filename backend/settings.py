@@ -139,7 +139,7 @@ class SecuritySettings:
 @dataclass(frozen=True)
 class ApprovalSettings:
     max_wait_seconds: int = 60
-    """PRELOOP_MAX_WAIT_SECONDS: the longest a single /approvals/wait long-poll may hold."""
+    """PRELOOP_MAX_WAIT_SECONDS: the longest a single long-poll (/approvals/wait, /policies/active?wait=) may hold."""
     sweep_seconds: int = 5
     """PRELOOP_SWEEP_SECONDS: how often the worker's backstop sweep looks for missed deadlines."""
 
@@ -185,6 +185,24 @@ class Settings:
         path.write_text(key)
         path.chmod(0o600)
         return key
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    api_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    """PRELOOP_API_URL: the hub that API commands (`preloop approvals ...`) talk to."""
+    api_key: str = ""
+    """PRELOOP_API_KEY: the API key those commands authenticate with (an approver or admin key)."""
+
+
+def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:
+    """Read only what a client of the REST API needs, so a hub's own settings never get in its way."""
+    env = os.environ if env is None else env
+    api_url = _env(env, "PRELOOP_API_URL") or ClientSettings.api_url
+    parts = urlsplit(api_url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise SettingsError("PRELOOP_API_URL", api_url, "use the hub's address, e.g. http://127.0.0.1:8686")
+    return ClientSettings(api_url=api_url.rstrip("/"), api_key=_env(env, "PRELOOP_API_KEY"))
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:

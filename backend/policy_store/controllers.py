@@ -52,8 +52,9 @@ class PolicyController(Controller):
         principal: Principal,
         hub: Hub,
         after: int | None = Parameter(default=None, ge=0),
-        wait: float = Parameter(default=0, ge=0, le=300),
+        wait: float = Parameter(default=0, ge=0, le=3600, description="seconds; capped by PRELOOP_MAX_WAIT_SECONDS"),
     ) -> Response[Any]:
+        wait = min(wait, float(hub.settings.approvals.max_wait_seconds))
         if after is None or wait <= 0:
             return Response(await service.get_active(principal.org_id))
         changed = asyncio.Event()

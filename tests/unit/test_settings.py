@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from backend.errors import SettingsError
-from backend.settings import DEFAULT_PORT, load_settings
+from backend.settings import DEFAULT_PORT, load_client_settings, load_settings
 
 
 def test_defaults_are_embedded_mode() -> None:
@@ -52,3 +52,12 @@ def test_secret_key_is_generated_once_and_kept(tmp_path: Path) -> None:
     assert len(first) > 40
     assert settings.secret_key() == first
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_client_settings_read_only_the_api_variables() -> None:
+    assert load_client_settings({}).api_url == "http://127.0.0.1:8686"
+    client = load_client_settings({"PRELOOP_API_URL": " https://hub.example.com/ ", "PRELOOP_API_KEY": "pl_k",
+                                   "PRELOOP_PORT": "not-a-port"})  # a hub setting never gets in the way
+    assert (client.api_url, client.api_key) == ("https://hub.example.com", "pl_k")
+    with pytest.raises(SettingsError, match=r"PRELOOP_API_URL='hub:8686': use the hub's address"):
+        load_client_settings({"PRELOOP_API_URL": "hub:8686"})
