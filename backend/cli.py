@@ -126,35 +126,39 @@ def serve(
             await hub.stop()
             raise
         try:
-            if settings.demo.enabled:
-                await ensure_demo(hub)
+            created = await ensure_demo(hub) if settings.demo.enabled else None
             config = uvicorn.Config(
                 create_app(hub=hub), host=settings.server.host, port=settings.server.port, log_config=None,
                 lifespan="on", timeout_graceful_shutdown=5,
             )
             server = uvicorn.Server(config)
-            typer.echo(f"Preloop hub running on {settings.server.base_url} "
-                       f"(API docs: {settings.server.base_url}/schema)", err=True)
             gw_port = _embedded_gateway_port(settings, gateway_port)
-            if gw_port is None:
-                await server.serve()
-                return server.started
             serving = asyncio.create_task(server.serve())
             while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no started event
                 await asyncio.sleep(0.02)
-            if server.started:
-                gateway_task = asyncio.create_task(_run_embedded_gateway(settings, gw_port))
-                await asyncio.wait({serving, gateway_task}, return_when=asyncio.FIRST_COMPLETED)
-                if not gateway_task.done():
-                    gateway_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await gateway_task
-                elif gateway_task.exception() is not None:
-                    logging.getLogger("preloop.gateway").error(
-                        "embedded gateway stopped: %s", gateway_task.exception()
-                    )
+            if not server.started:
+                await serving
+                return False
+            if gw_port is None:
+                _print_ready(settings, None, created)
+                await serving
+                return True
+            gateway_ready = asyncio.Event()
+            gateway_task = asyncio.create_task(_run_embedded_gateway(settings, gw_port, gateway_ready))
+            ready_wait = asyncio.create_task(gateway_ready.wait())
+            await asyncio.wait({ready_wait, gateway_task, serving}, return_when=asyncio.FIRST_COMPLETED)
+            ready_wait.cancel()
+            if gateway_ready.is_set():
+                _print_ready(settings, gw_port, created)
+            await asyncio.wait({serving, gateway_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not gateway_task.done():
+                gateway_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gateway_task
+            elif gateway_task.exception() is not None:
+                logging.getLogger("preloop.gateway").error("embedded gateway stopped: %s", gateway_task.exception())
             await serving
-            return server.started
+            return True
         finally:
             await hub.stop()
 
@@ -166,6 +170,24 @@ def serve(
         return
     if not started:
         raise fail("the hub did not start; see the log line above")
+
+
+def _print_ready(settings: Settings, gw_port: int | None, created: dict[str, Any] | None) -> None:
+    """The last thing `preloop serve` prints: where everything is and, on first start, the logins."""
+    from backend.demo import box, login_lines
+
+    base = settings.server.base_url
+    lines = [f"approver app: {base}/app/", f"API docs:     {base}/schema"]
+    if gw_port is not None:
+        host = settings.server.host
+        lines.append(f"MCP gateway:  http://{host}:{gw_port}/mcp")
+    lines += login_lines(created, settings.server.data_dir / "demo-agent.key")
+    if gw_port is not None:
+        key_file = settings.server.data_dir / "demo-agent.key"
+        preloop = Path(sys.executable).parent / "preloop"
+        lines.append(f"stdio agent:  PRELOOP_API_KEY=$(cat {key_file}) {preloop} gateway --stdio")
+    lines.append("Stop with Ctrl-C.")
+    typer.echo(box(f"Preloop hub running on {base}", lines))
 
 
 def _demo_key(settings: Settings) -> str | None:
@@ -184,17 +206,13 @@ def _embedded_gateway_port(settings: Settings, requested: int | None) -> int | N
     return requested
 
 
-async def _run_embedded_gateway(settings: Settings, port: int) -> None:
+async def _run_embedded_gateway(settings: Settings, port: int, ready: asyncio.Event) -> None:
     from mcp_gateway.app import Gateway
     from mcp_gateway.config import GatewaySettings
 
     key = os.environ.get("PRELOOP_API_KEY") or _demo_key(settings)
     if not key:
         raise fail("the embedded gateway needs PRELOOP_API_KEY (or the demo agent key in the data dir)")
-    # Upstream commands such as `preloop demo-upstream` must resolve to this installation.
-    bin_dir = str(Path(sys.executable).parent)
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     gateway_settings = GatewaySettings(
         api_url=f"http://127.0.0.1:{settings.server.port}" if settings.server.host in {"0.0.0.0", "::"}  # noqa: S104
         else f"http://{settings.server.host}:{settings.server.port}",
@@ -202,11 +220,7 @@ async def _run_embedded_gateway(settings: Settings, port: int) -> None:
         data_dir=settings.server.data_dir / "gateway",
     )
     async with Gateway(gateway_settings) as gw:
-        typer.echo(
-            f"MCP gateway for agents on http://{settings.server.host}:{port}/mcp "
-            f"(stdio: PRELOOP_API_KEY=$(cat {settings.server.data_dir / 'demo-agent.key'}) preloop gateway --stdio)",
-            err=True,
-        )
+        ready.set()
         await gw.serve_http(settings.server.host, port)
 
 
@@ -342,3 +356,7 @@ def _mount_subcommands() -> None:
 
 
 _mount_subcommands()
+
+
+if __name__ == "__main__":
+    app()

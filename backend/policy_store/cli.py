@@ -96,7 +96,9 @@ def explain(
     file: Path = typer.Argument(..., help="Policy file."),
     tool: str = typer.Option(..., "--tool", help="Tool name as the agent calls it."),
     args: str = typer.Option("{}", "--args", help="Arguments as a JSON object."),
-    server: str | None = typer.Option(None, "--server", help="Upstream server name."),
+    server: str | None = typer.Option(
+        None, "--server", help="Upstream server name (default: the one server whose entries list the tool)."
+    ),
     agent: str | None = typer.Option(None, "--agent", help="Agent name."),
     at: str | None = typer.Option(None, "--at", help="ISO time of the call (naive = policy timezone)."),
     justification: str | None = typer.Option(None, "--justification", help="The agent's justification."),
@@ -110,6 +112,14 @@ def explain(
         raise _fail(f"--args is not valid JSON: {exc}", code=2) from exc
     if not isinstance(arguments, dict):
         raise _fail("--args must be a JSON object, e.g. '{\"amount\": 250}'", code=2)
+    if server is None:
+        listing = policy.servers_listing(tool)
+        if len(listing) > 1:
+            raise _fail(
+                f"tool {tool!r} is listed under several servers ({', '.join(listing)}); choose one with --server",
+                code=2,
+            )
+        server = listing[0] if listing else None
     decision = policy.evaluate(
         CallContext(
             tool=tool,

@@ -162,3 +162,26 @@ def test_unreachable_api_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Preloop API at http://127.0.0.1:9")
+
+
+def test_explain_without_server_resolves_the_one_server_listing_the_tool() -> None:
+    result = run("explain", str(EXAMPLES / "demo.yaml"), "--tool", "refund", "--args", '{"amount": 250}', "--json")
+    assert result.exit_code == 0, result.output
+    decision = json.loads(result.output)
+    assert decision["decision"] == "require_approval"
+    assert decision["rule"]["tool"] == "refund" and decision["rule"]["server"] == "demo"
+    assert decision["approval_policy"]["name"] == "finance"
+
+
+def test_explain_without_server_refuses_an_ambiguous_tool(tmp_path: Path) -> None:
+    policy = tmp_path / "two.yaml"
+    policy.write_text(
+        'version: "1"\n'
+        "servers:\n  - {name: a, command: [a]}\n  - {name: b, command: [b]}\n"
+        "tools:\n  - {name: refund, server: a, action: allow}\n  - {name: refund, server: b, action: deny}\n"
+        "defaults: {unknown_tools: deny}\n"
+    )
+    result = run("explain", str(policy), "--tool", "refund")
+    assert result.exit_code == 2
+    assert result.output.strip() == "tool 'refund' is listed under several servers (a, b); choose one with --server"
+    assert run("explain", str(policy), "--tool", "refund", "--server", "b").output.startswith("decision: deny")
