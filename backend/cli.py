@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: no boxes, no <bool>/<str> type tags
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 user_app = typer.Typer(help="People who approve, administer or watch.", no_args_is_help=True)
@@ -358,5 +359,26 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def main() -> None:
+    """The console script: usage errors are one line naming the command's --help, like every other error."""
+    from typer._click import exceptions as usage  # typer 0.2x vendors click; its errors live here
+
+    try:
+        code = app(standalone_mode=False)
+    except usage.NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
+    except usage.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = "; ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
+        typer.echo(f"error: {message}{where}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -33,6 +33,21 @@ def test_every_command_has_help() -> None:
         result = run([*args, "--help"], {})
         assert result.returncode == 0, (args, result.stderr)
         assert "Usage" in result.stdout
+        assert "<bool>" not in result.stdout and "╭" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["policy", "explain", "demo.yaml"], "error: Missing option '--tool'. (see `preloop policy explain --help`)"),
+        (["user", "add", "a@corp.test", "--role"], "error: Option '--role' requires an argument."),
+        (["no-such-command"], "error: No such command 'no-such-command'. (see `preloop --help`)"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], line: str) -> None:
+    result = run(args, {})
+    assert result.returncode == 2
+    assert result.stderr == line + "\n"
 
 
 def test_users_teams_keys_bootstrap(cli_env: dict[str, str]) -> None:
