@@ -16,7 +16,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
-from backend.accounts.controllers import AuthController, KeyController, TeamController, UserController
+from backend.accounts.controllers import AuthController, KeyController, MeController, TeamController, UserController
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
 from backend.deps import provide_hub, resolve_principal
@@ -82,6 +82,7 @@ def route_handlers() -> list[Any]:
     handlers: list[Any] = [
         SystemController,
         AuthController,
+        MeController,
         UserController,
         TeamController,
         KeyController,

@@ -32,7 +32,9 @@ db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 user_app = typer.Typer(help="People who approve, administer or watch.", no_args_is_help=True)
 team_app = typer.Typer(help="Teams of approvers.", no_args_is_help=True)
 key_app = typer.Typer(help="API keys for agents and integrations.", no_args_is_help=True)
+org_app = typer.Typer(help="Organizations (tenants) on this hub.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(org_app, name="org")
 app.add_typer(user_app, name="user")
 app.add_typer(team_app, name="team")
 app.add_typer(key_app, name="key")
@@ -76,6 +78,19 @@ async def _org_id() -> Any:
     if await Organization.count() == 0:
         return (await service.create_org("Default", "default"))["id"]
     return (await service.default_org())["id"]
+
+
+def _cli_actor() -> Any:
+    from backend.audit.service import Actor
+
+    return Actor.system(f"cli ({os.environ.get('USER') or 'unknown user'})")
+
+
+def _read_password() -> str:
+    password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        raise fail("the password read from stdin is shorter than 8 characters")
+    return password
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -269,11 +284,7 @@ def user_add(
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read a login password from stdin."),
 ) -> None:
     """Add a user to the organization."""
-    password = None
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-        if len(password) < 8:
-            raise fail("the password read from stdin is shorter than 8 characters")
+    password = _read_password() if password_stdin else None
     settings = _settings()
 
     async def work() -> dict[str, Any]:
@@ -294,6 +305,66 @@ def user_add(
     typer.echo(f"added {user['email']} as {user['role']}" + (f" in {', '.join(team)}" if team else ""), err=True)
 
 
+@user_app.command("passwd")
+def user_passwd(
+    email: str = typer.Argument(..., help="Whose password to set."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the new password from stdin."),
+) -> None:
+    """Set a user's password (their sessions end); use `user invite` to let them choose one."""
+    if not password_stdin:
+        raise fail("pass --password-stdin and the password on stdin (so it stays out of shell history)", code=2)
+    password = _read_password()
+    settings = _settings()
+
+    async def work() -> None:
+        from backend.accounts import lifecycle
+
+        await lifecycle.set_password(await _org_id(), email, password, actor=_cli_actor())
+
+    _run_db(settings, work)
+    typer.echo(f"password set for {email.strip().lower()}", err=True)
+
+
+@user_app.command("invite")
+def user_invite(email: str = typer.Argument(..., help="Who gets the link.")) -> None:
+    """Print a one-time link (valid 24 h, single use) for the user to set a password."""
+    settings = _settings()
+
+    async def work() -> str:
+        from backend.accounts import lifecycle
+
+        return await lifecycle.create_invite(await _org_id(), email, actor=_cli_actor())
+
+    token = _run_db(settings, work)
+    sys.stdout.write(f"{settings.server.base_url}/app/#invite={token}\n")
+    typer.echo("send this link to them; it works once, for 24 hours", err=True)
+
+
+def _set_active(email: str, active: bool) -> None:
+    settings = _settings()
+
+    async def work() -> dict[str, Any]:
+        from backend.accounts import lifecycle
+
+        return await lifecycle.set_active(await _org_id(), email, active, actor=_cli_actor())
+
+    state = _run_db(settings, work)
+    verb = "reactivated" if active else "deactivated"
+    typer.echo(f"{state['email']} {verb}" if state["changed"] else f"{state['email']} was already {verb}", err=True)
+
+
+@user_app.command("deactivate")
+def user_deactivate(email: str = typer.Argument(..., help="Who to stop.")) -> None:
+    """Stop a user at once: no sign-in, sessions ended, API keys refused."""
+    _set_active(email, False)
+
+
+@user_app.command("reactivate")
+def user_reactivate(email: str = typer.Argument(..., help="Who to let back in.")) -> None:
+    """Let a deactivated user sign in and use their keys again."""
+    _set_active(email, True)
+
+
 @team_app.command("add")
 def team_add(name: str = typer.Argument(..., help="Team name as policies refer to it, e.g. sre_team.")) -> None:
     """Create a team."""
@@ -306,6 +377,89 @@ def team_add(name: str = typer.Argument(..., help="Team name as policies refer t
 
     _run_db(settings, work)
     typer.echo(f"added team {name}", err=True)
+
+
+def _team_change(describe: str, change: Callable[[Any], Awaitable[Any]]) -> None:
+    settings = _settings()
+
+    async def work() -> None:
+        await change(await _org_id())
+
+    _run_db(settings, work)
+    typer.echo(describe, err=True)
+
+
+@team_app.command("add-member")
+def team_add_member(team: str = typer.Argument(...), email: str = typer.Argument(...)) -> None:
+    """Add a user to a team."""
+    from backend.accounts import service
+
+    _team_change(f"added {email} to {team}",
+                 lambda org: service.add_member(org, team, email, actor=_cli_actor()))
+
+
+@team_app.command("remove-member")
+def team_remove_member(team: str = typer.Argument(...), email: str = typer.Argument(...)) -> None:
+    """Remove a user from a team."""
+    from backend.accounts import lifecycle
+
+    _team_change(f"removed {email} from {team}",
+                 lambda org: lifecycle.remove_member(org, team, email, actor=_cli_actor()))
+
+
+@team_app.command("rename")
+def team_rename(old: str = typer.Argument(...), new: str = typer.Argument(...)) -> None:
+    """Rename a team (policies that name the old team need the new name too)."""
+    from backend.accounts import lifecycle
+
+    _team_change(f"renamed team {old} to {new}", lambda org: lifecycle.rename_team(org, old, new, actor=_cli_actor()))
+
+
+@team_app.command("delete")
+def team_delete(name: str = typer.Argument(...)) -> None:
+    """Delete a team and its memberships (the people stay)."""
+    from backend.accounts import lifecycle
+
+    _team_change(f"deleted team {name}", lambda org: lifecycle.delete_team(org, name, actor=_cli_actor()))
+
+
+@key_app.command("revoke")
+def key_revoke(key: str = typer.Argument(..., help="The key's id or prefix (see GET /api/v1/keys).")) -> None:
+    """Revoke an API key at once."""
+    settings = _settings()
+
+    async def work() -> dict[str, Any]:
+        from backend.accounts import lifecycle
+
+        return await lifecycle.revoke_key(await _org_id(), key, actor=_cli_actor())
+
+    revoked = _run_db(settings, work)
+    typer.echo(f"revoked key {revoked['name']} ({revoked['prefix']})", err=True)
+
+
+@org_app.command("add")
+def org_add(
+    name: str = typer.Argument(..., help="Display name."),
+    slug: str = typer.Option(None, "--slug", help="Short id used at sign-in (default: from the name)."),
+    admin: str = typer.Option(None, "--admin", help="Create this admin in the new org and print an invite link."),
+) -> None:
+    """Add an organization (another tenant on the same hub)."""
+    settings = _settings()
+
+    async def work() -> tuple[dict[str, Any], str | None]:
+        from backend.accounts import lifecycle, service
+
+        await _org_id()  # the default org stays the oldest one
+        org = await service.create_org(name, slug, actor=_cli_actor())
+        if not admin:
+            return org, None
+        await service.add_user(org["id"], admin, role="admin", actor=_cli_actor())
+        return org, await lifecycle.create_invite(org["id"], admin, actor=_cli_actor())
+
+    org, token = _run_db(settings, work)
+    typer.echo(f"added organization {org['name']} (slug {org['slug']})", err=True)
+    if token:
+        sys.stdout.write(f"{settings.server.base_url}/app/#invite={token}\n")
 
 
 @key_app.command("create")

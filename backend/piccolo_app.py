@@ -11,6 +11,7 @@ from backend.accounts.tables import (
     Team,
     TeamMembership,
     User,
+    UserInvite,
     UserSession,
     WebAuthnCredential,
 )
@@ -26,6 +27,7 @@ ALL_TABLES = [
     TeamMembership,
     ApiKey,
     UserSession,
+    UserInvite,
     PushSubscription,
     WebAuthnCredential,
     PolicyVersion,

@@ -100,3 +100,14 @@ class WebAuthnCredential(Table, tablename="webauthn_credential"):
     name = Varchar(length=200, default="")
     created_at = Timestamptz()
     last_used_at = Timestamptz(null=True, default=None)
+
+
+class UserInvite(Table, tablename="user_invite"):
+    """A one-time link to set a password (24 h, single use); only the token's SHA-256 is stored."""
+
+    id = UUID(primary_key=True)
+    user = ForeignKey(references=User, null=False)
+    token_hash = Varchar(length=64, unique=True)
+    created_at = Timestamptz()
+    expires_at = Timestamptz()
+    used_at = Timestamptz(null=True, default=None)
