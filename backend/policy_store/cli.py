@@ -161,10 +161,12 @@ def explain(
 
 @policy_app.command("import-preloop")
 def import_preloop(
-    file: Path = typer.Argument(..., help="A policy file in Preloop's YAML format."),
+    file: Path = typer.Argument(..., help="A Preloop policy: its YAML, or JSON objects of its API."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Write the converted policy here."),
 ) -> None:
-    """Convert a Preloop-format policy into this format; unmappable parts are reported, not dropped."""
+    """Convert a Preloop policy (YAML, or its JSON tool configurations / approval policies) into this format.
+
+    Anything that cannot be mapped and could change a decision fails the import."""
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
