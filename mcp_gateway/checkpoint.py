@@ -251,6 +251,7 @@ class Checkpoint:
                 server=judged.route.server,
                 arguments=judged.arguments,
                 justification=judged.justification,
+                input_schema=judged.route.definition.get("inputSchema"),
             )
         except ApiUnavailableError as exc:
             raise ApiUnavailableError(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from backend.accounts.service import Principal
 from backend.accounts.tables import User
-from backend.approvals import flows
+from backend.approvals import flows, inbox
 from backend.approvals.flows import Change, load_row, now, parse_id, policy_of, unit_of_work
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
 from backend.audit.service import record
@@ -54,6 +54,9 @@ EXPORT_COLUMNS = (
 
 
 # --- reading ------------------------------------------------------------------------------------
+
+
+INBOX_LIMIT = 1000  # pending requests read per inbox page (the filter runs in Python)
 
 
 def _iso(value: Any) -> str | None:
@@ -107,6 +110,7 @@ def serialize(row: dict[str, Any], votes: list[dict[str, Any]], emails: dict[str
         "tool": row["tool"],
         "server": row["server"],
         "arguments": row["arguments"],
+        "arguments_to_run": inbox.arguments_to_run(row["arguments"] or {}, row.get("input_schema")),
         "arguments_hash": row["arguments_hash"],
         "agent": {
             "key_id": str(row["agent_key"]) if row.get("agent_key") else None,
@@ -220,9 +224,16 @@ async def list_requests(
     tool: str | None = None,
     approver: str | None = None,
     status: str | None = None,
+    scope: str = "mine",
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
+    """History, newest first. `status=pending` is the caller's inbox: what they can vote on (scope mine)
+    or every pending request (scope all); each pending item then says whether the caller can vote."""
+    if scope not in inbox.SCOPES:
+        raise ValidationFailed(f"unknown scope {scope!r}", detail={"field": "scope", "hint": "mine or all"})
+    if status == "pending":
+        return await _pending(principal, scope, limit, offset)
     ids = await _voted_by(principal.org_id, approver)
     condition = _query(
         principal.org_id, start_date=start_date, end_date=end_date, tool=tool, status=status, request_ids=ids
@@ -236,6 +247,23 @@ async def list_requests(
         .output(load_json=True)
     )
     return await present(rows)
+
+
+async def _pending(principal: Principal, scope: str, limit: int, offset: int) -> list[dict[str, Any]]:
+    rows = (
+        await ApprovalRequest.select()
+        .where((ApprovalRequest.org == principal.org_id) & (ApprovalRequest.status == "pending"))
+        .order_by(ApprovalRequest.created_at, ascending=False)
+        .limit(INBOX_LIMIT)
+        .output(load_json=True)
+    )
+    items = await present(rows)
+    out = []
+    for row, item in zip(rows, items, strict=True):
+        item.update(await inbox.voting_state(principal, row, item))
+        if scope == "all" or item["can_vote"]:
+            out.append(item)
+    return out[offset:offset + limit]
 
 
 def _export_record(item: dict[str, Any]) -> dict[str, Any]:
@@ -377,6 +405,7 @@ async def create_request(
     arguments: dict[str, Any],
     hash_hex: str | None,
     justification: str | None,
+    input_schema: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Hold a call: (201, new request), (200, attached request) or (200, grant that covers it)."""
     tool = tool.strip()
@@ -493,6 +522,7 @@ async def create_request(
             "created_at": created,
             "expires_at": created + timedelta(seconds=int(snapshot["timeout_seconds"])),
             "escalation_level": 0,
+            "input_schema": input_schema if isinstance(input_schema, dict) else None,
             "next_escalation_at": created + timedelta(seconds=int(levels[0]["after_seconds"]))
             if levels
             else None,

@@ -2,6 +2,7 @@ from piccolo.apps.migrations.auto.migration_manager import MigrationManager
 from piccolo.columns.base import OnDelete
 from piccolo.columns.base import OnUpdate
 from piccolo.columns.column_types import ForeignKey
+from piccolo.columns.column_types import JSONB
 from piccolo.columns.column_types import Timestamptz
 from piccolo.columns.column_types import UUID
 from piccolo.columns.column_types import Varchar
@@ -25,7 +26,7 @@ class User(Table, tablename="app_user", schema=None):
     )
 
 
-ID = "2026-12-01T00:27:29:395526"
+ID = "2026-12-01T00:40:27:594937"
 VERSION = "1.38.0"
 DESCRIPTION = "True"
 
@@ -158,6 +159,27 @@ async def forwards():
         db_column_name="used_at",
         column_class_name="Timestamptz",
         column_class=Timestamptz,
+        params={
+            "default": None,
+            "null": True,
+            "primary_key": False,
+            "unique": False,
+            "index": False,
+            "index_method": IndexMethod.btree,
+            "choices": None,
+            "db_column_name": None,
+            "secret": False,
+        },
+        schema=None,
+    )
+
+    manager.add_column(
+        table_class_name="ApprovalRequest",
+        tablename="approval_request",
+        column_name="input_schema",
+        db_column_name="input_schema",
+        column_class_name="JSONB",
+        column_class=JSONB,
         params={
             "default": None,
             "null": True,
