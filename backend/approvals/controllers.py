@@ -56,8 +56,8 @@ class ApprovalController(Controller):
         tool: str | None = None,
         approver: str | None = None,
         status: str | None = None,
-        inbox_scope: str = Parameter(
-            query="scope", default="mine",
+        inbox_scope: str = QueryParameter(  # type: ignore[assignment]
+            name="scope", default="mine",
             description="With status=pending: mine (what you can vote on) or all (every pending)",
         ),
         limit: int = Parameter(default=100, ge=1, le=1000),
