@@ -154,6 +154,8 @@ def serve(
                 await asyncio.sleep(0.02)
             if not server.started:
                 await serving
+                if created is not None:  # the demo logins are shown once: never lose them
+                    _print_ready(settings, None, created)
                 return False
             if gw_port is None:
                 _print_ready(settings, None, created)
@@ -164,14 +166,16 @@ def serve(
             ready_wait = asyncio.create_task(gateway_ready.wait())
             await asyncio.wait({ready_wait, gateway_task, serving}, return_when=asyncio.FIRST_COMPLETED)
             ready_wait.cancel()
-            if gateway_ready.is_set():
-                _print_ready(settings, gw_port, created)
+            if gateway_task.done() and gateway_task.exception() is not None:
+                logging.getLogger("preloop.gateway").error("embedded gateway stopped: %s", gateway_task.exception())
+            # Without a gateway (it failed, logged above) the box still carries the URLs and logins.
+            _print_ready(settings, gw_port if gateway_ready.is_set() else None, created)
             await asyncio.wait({serving, gateway_task}, return_when=asyncio.FIRST_COMPLETED)
             if not gateway_task.done():
                 gateway_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await gateway_task
-            elif gateway_task.exception() is not None:
+            elif gateway_ready.is_set() and gateway_task.exception() is not None:
                 logging.getLogger("preloop.gateway").error("embedded gateway stopped: %s", gateway_task.exception())
             await serving
             return True

@@ -134,6 +134,8 @@ def explain(
         typer.echo(json.dumps(decision.to_dict(), indent=2, ensure_ascii=False))
         return
     typer.echo(f"decision: {decision.action}")
+    if server is not None:
+        typer.echo(f"server:   {server}")
     rule = decision.rule
     if rule is not None:
         typer.echo(f"rule:     {rule.tool} rules[{rule.index}] when {rule.when or '(always)'}")
