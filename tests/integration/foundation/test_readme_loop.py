@@ -130,6 +130,9 @@ def _run_the_loop(section: str, local: Any, env: dict[str, str], port: int, cwd:
                 if pending:
                     break
                 await anyio.sleep(0.2)
+        if tool == "refund":  # the gateway sent the tool's schema: approvers see the default that will apply
+            assert pending[0]["arguments_to_run"] == {**arguments["refund"], "currency": "USD"}
+            assert pending[0]["can_vote"] is True
         for voter in voters:
             voted = voter.post(f"/api/v1/approvals/{pending[0]['id']}/approve", json={})
             assert voted.status_code == 200, voted.text
