@@ -232,32 +232,22 @@ async def list_requests(
     or every pending request (scope all); each pending item then says whether the caller can vote."""
     if scope not in inbox.SCOPES:
         raise ValidationFailed(f"unknown scope {scope!r}", detail={"field": "scope", "hint": "mine or all"})
-    if status == "pending":
-        return await _pending(principal, scope, limit, offset)
     ids = await _voted_by(principal.org_id, approver)
     condition = _query(
         principal.org_id, start_date=start_date, end_date=end_date, tool=tool, status=status, request_ids=ids
     )
+    inbox_view = status == "pending"
     rows = (
         await ApprovalRequest.select()
         .where(condition)
         .order_by(ApprovalRequest.created_at, ascending=False)
-        .limit(limit)
-        .offset(offset)
-        .output(load_json=True)
-    )
-    return await present(rows)
-
-
-async def _pending(principal: Principal, scope: str, limit: int, offset: int) -> list[dict[str, Any]]:
-    rows = (
-        await ApprovalRequest.select()
-        .where((ApprovalRequest.org == principal.org_id) & (ApprovalRequest.status == "pending"))
-        .order_by(ApprovalRequest.created_at, ascending=False)
-        .limit(INBOX_LIMIT)
+        .limit(INBOX_LIMIT if inbox_view else limit)
+        .offset(0 if inbox_view else offset)
         .output(load_json=True)
     )
     items = await present(rows)
+    if not inbox_view:
+        return items
     out = []
     for row, item in zip(rows, items, strict=True):
         item.update(await inbox.voting_state(principal, row, item))
