@@ -16,16 +16,20 @@ help: ## Show this help
 	@echo "Preloop make targets:"
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-9s\033[0m %s\n", $$1, $$2}'
 
+# Installs are quiet: pip's output goes to $(VENV)/install.log and is shown only when it fails.
+PIP_QUIET = > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; echo "install failed (log: $(VENV)/install.log)"; exit 1; }
+
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	@echo "Creating $(VENV) and installing Preloop (first run only)..."
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip $(PIP_QUIET)
 
 $(STAMP_RUN): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+	@$(BIN)/pip install --quiet -e . $(PIP_QUIET)
 	@touch $@
 
 $(STAMP_TEST): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	@$(BIN)/pip install --quiet -e '.[test,dev]' $(PIP_QUIET)
 	@touch $@ $(STAMP_RUN)
 
 $(NPM_STAMP): tests/interop/package.json tests/interop/package-lock.json
@@ -39,8 +43,9 @@ $(CHROMIUM):
 
 install: $(STAMP_RUN) ## Create .venv and install Preloop (leaves .venv/bin/preloop ready)
 
+# Startup logs stay below warnings here, so the box with the logins and URLs is the last thing printed.
 run: install ## Start the embedded hub (SQLite + embedded Redis + worker + gateway) with a demo
-	$(BIN)/preloop serve
+	@PRELOOP_LOG_LEVEL=$${PRELOOP_LOG_LEVEL:-warning} $(BIN)/preloop serve
 
 test: $(STAMP_TEST) $(NPM_STAMP) $(CHROMIUM) ## Install what tests need and run the whole suite
 	$(BIN)/pytest

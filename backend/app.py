@@ -13,10 +13,11 @@ from litestar import Litestar, Request, Response
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
-from backend.accounts.controllers import AuthController, KeyController, TeamController, UserController
+from backend.accounts.controllers import AuthController, KeyController, MeController, TeamController, UserController
 from backend.accounts.passkey_controllers import TotpController, WebAuthnController
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
@@ -33,6 +34,24 @@ from backend.system import SystemController
 logger = logging.getLogger("preloop.api")
 # The approver app is package data of `pwa`, so it is found the same way from a checkout or a wheel.
 PWA_DIR = Path(str(importlib.resources.files("pwa")))
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+API_AUTH_HELP = (
+    "Approval hub and MCP firewall. Authenticate with `Authorization: Bearer <api key>` "
+    "(create one with `preloop key create --name NAME --scope admin`, or `POST /api/v1/keys` once logged in), "
+    "or with the session cookie that `POST /api/v1/auth/login` sets."
+)
+
+
+def _docs_page() -> SwaggerRenderPlugin:
+    """The API reference page; its scripts and styles are package data, so it works with no network."""
+    base = "/static/swagger-ui"
+    return SwaggerRenderPlugin(
+        js_url=f"{base}/swagger-ui-bundle.js",
+        css_url=f"{base}/swagger-ui.css",
+        standalone_preset_js_url=f"{base}/swagger-ui-standalone-preset.js",
+        favicon="<link rel='icon' type='image/svg+xml' href='/app/icon.svg'>",
+        path="/",
+    )
 
 
 def _error(status: int, code: str, message: str, detail: Any = None) -> Response[dict[str, Any]]:
@@ -69,6 +88,7 @@ def route_handlers() -> list[Any]:
     handlers: list[Any] = [
         SystemController,
         AuthController,
+        MeController,
         UserController,
         TeamController,
         KeyController,
@@ -79,6 +99,7 @@ def route_handlers() -> list[Any]:
     handlers.append(ObservabilityController)
     handlers.extend(APPROVAL_CONTROLLERS)
     handlers.extend(console.route_handlers())
+    handlers.append(create_static_files_router(path="/static", directories=[STATIC_DIR], name="static"))
     if PWA_DIR.is_dir():
         handlers.append(create_static_files_router(path="/app", directories=[PWA_DIR], html_mode=True, name="pwa"))
     return handlers
@@ -97,9 +118,12 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
             return
         await running.start(with_worker=with_worker)
         if settings.demo.enabled:
-            from backend.demo import ensure_demo
+            from backend.demo import box, ensure_demo, login_lines
 
-            await ensure_demo(running)
+            created = await ensure_demo(running)
+            if created is not None:
+                key_file = settings.server.data_dir / "demo-agent.key"
+                print(box("Preloop demo created", login_lines(created, key_file)), flush=True)
         try:
             yield
         finally:
@@ -118,9 +142,13 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         openapi_config=OpenAPIConfig(
             title="Preloop",
             version="0.1.0",
-            description="Approval hub and MCP firewall. Authenticate with `Authorization: Bearer <api key>`.",
+            description=API_AUTH_HELP,
             path="/schema",
-            render_plugins=[ScalarRenderPlugin()],
+            render_plugins=[_docs_page()],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="pl_… API key")}
+            ),
+            security=[{"bearer": []}],
         ),
         lifespan=[lifespan],
         template_config=console.template_config(),

@@ -26,12 +26,15 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: no boxes, no <bool>/<str> type tags
 )
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 user_app = typer.Typer(help="People who approve, administer or watch.", no_args_is_help=True)
 team_app = typer.Typer(help="Teams of approvers.", no_args_is_help=True)
 key_app = typer.Typer(help="API keys for agents and integrations.", no_args_is_help=True)
+org_app = typer.Typer(help="Organizations (tenants) on this hub.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(org_app, name="org")
 app.add_typer(user_app, name="user")
 app.add_typer(team_app, name="team")
 app.add_typer(key_app, name="key")
@@ -75,6 +78,19 @@ async def _org_id() -> Any:
     if await Organization.count() == 0:
         return (await service.create_org("Default", "default"))["id"]
     return (await service.default_org())["id"]
+
+
+def _cli_actor() -> Any:
+    from backend.audit.service import Actor
+
+    return Actor.system(f"cli ({os.environ.get('USER') or 'unknown user'})")
+
+
+def _read_password() -> str:
+    password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 8:
+        raise fail("the password read from stdin is shorter than 8 characters")
+    return password
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -126,35 +142,43 @@ def serve(
             await hub.stop()
             raise
         try:
-            if settings.demo.enabled:
-                await ensure_demo(hub)
+            created = await ensure_demo(hub) if settings.demo.enabled else None
             config = uvicorn.Config(
                 create_app(hub=hub), host=settings.server.host, port=settings.server.port, log_config=None,
                 lifespan="on", timeout_graceful_shutdown=5,
             )
             server = uvicorn.Server(config)
-            typer.echo(f"Preloop hub running on {settings.server.base_url} "
-                       f"(API docs: {settings.server.base_url}/schema)", err=True)
             gw_port = _embedded_gateway_port(settings, gateway_port)
-            if gw_port is None:
-                await server.serve()
-                return server.started
             serving = asyncio.create_task(server.serve())
             while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no started event
                 await asyncio.sleep(0.02)
-            if server.started:
-                gateway_task = asyncio.create_task(_run_embedded_gateway(settings, gw_port))
-                await asyncio.wait({serving, gateway_task}, return_when=asyncio.FIRST_COMPLETED)
-                if not gateway_task.done():
-                    gateway_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await gateway_task
-                elif gateway_task.exception() is not None:
-                    logging.getLogger("preloop.gateway").error(
-                        "embedded gateway stopped: %s", gateway_task.exception()
-                    )
+            if not server.started:
+                await serving
+                if created is not None:  # the demo logins are shown once: never lose them
+                    _print_ready(settings, None, created)
+                return False
+            if gw_port is None:
+                _print_ready(settings, None, created)
+                await serving
+                return True
+            gateway_ready = asyncio.Event()
+            gateway_task = asyncio.create_task(_run_embedded_gateway(settings, gw_port, gateway_ready))
+            ready_wait = asyncio.create_task(gateway_ready.wait())
+            await asyncio.wait({ready_wait, gateway_task, serving}, return_when=asyncio.FIRST_COMPLETED)
+            ready_wait.cancel()
+            if gateway_task.done() and gateway_task.exception() is not None:
+                logging.getLogger("preloop.gateway").error("embedded gateway stopped: %s", gateway_task.exception())
+            # Without a gateway (it failed, logged above) the box still carries the URLs and logins.
+            _print_ready(settings, gw_port if gateway_ready.is_set() else None, created)
+            await asyncio.wait({serving, gateway_task}, return_when=asyncio.FIRST_COMPLETED)
+            if not gateway_task.done():
+                gateway_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gateway_task
+            elif gateway_ready.is_set() and gateway_task.exception() is not None:
+                logging.getLogger("preloop.gateway").error("embedded gateway stopped: %s", gateway_task.exception())
             await serving
-            return server.started
+            return True
         finally:
             await hub.stop()
 
@@ -166,6 +190,24 @@ def serve(
         return
     if not started:
         raise fail("the hub did not start; see the log line above")
+
+
+def _print_ready(settings: Settings, gw_port: int | None, created: dict[str, Any] | None) -> None:
+    """The last thing `preloop serve` prints: where everything is and, on first start, the logins."""
+    from backend.demo import box, login_lines
+
+    base = settings.server.base_url
+    lines = [f"approver app: {base}/app/", f"API docs:     {base}/schema"]
+    if gw_port is not None:
+        host = settings.server.host
+        lines.append(f"MCP gateway:  http://{host}:{gw_port}/mcp")
+    lines += login_lines(created, settings.server.data_dir / "demo-agent.key")
+    if gw_port is not None:
+        key_file = settings.server.data_dir / "demo-agent.key"
+        preloop = Path(sys.executable).parent / "preloop"
+        lines.append(f"stdio agent:  PRELOOP_API_KEY=$(cat {key_file}) {preloop} gateway --stdio")
+    lines.append("Stop with Ctrl-C.")
+    typer.echo(box(f"Preloop hub running on {base}", lines))
 
 
 def _demo_key(settings: Settings) -> str | None:
@@ -184,17 +226,13 @@ def _embedded_gateway_port(settings: Settings, requested: int | None) -> int | N
     return requested
 
 
-async def _run_embedded_gateway(settings: Settings, port: int) -> None:
+async def _run_embedded_gateway(settings: Settings, port: int, ready: asyncio.Event) -> None:
     from mcp_gateway.app import Gateway
     from mcp_gateway.config import GatewaySettings
 
     key = os.environ.get("PRELOOP_API_KEY") or _demo_key(settings)
     if not key:
         raise fail("the embedded gateway needs PRELOOP_API_KEY (or the demo agent key in the data dir)")
-    # Upstream commands such as `preloop demo-upstream` must resolve to this installation.
-    bin_dir = str(Path(sys.executable).parent)
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     gateway_settings = GatewaySettings(
         api_url=f"http://127.0.0.1:{settings.server.port}" if settings.server.host in {"0.0.0.0", "::"}  # noqa: S104
         else f"http://{settings.server.host}:{settings.server.port}",
@@ -202,11 +240,7 @@ async def _run_embedded_gateway(settings: Settings, port: int) -> None:
         data_dir=settings.server.data_dir / "gateway",
     )
     async with Gateway(gateway_settings) as gw:
-        typer.echo(
-            f"MCP gateway for agents on http://{settings.server.host}:{port}/mcp "
-            f"(stdio: PRELOOP_API_KEY=$(cat {settings.server.data_dir / 'demo-agent.key'}) preloop gateway --stdio)",
-            err=True,
-        )
+        ready.set()
         await gw.serve_http(settings.server.host, port)
 
 
@@ -272,11 +306,7 @@ def user_add(
     password_stdin: bool = typer.Option(False, "--password-stdin", help="Read a login password from stdin."),
 ) -> None:
     """Add a user to the organization."""
-    password = None
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-        if len(password) < 8:
-            raise fail("the password read from stdin is shorter than 8 characters")
+    password = _read_password() if password_stdin else None
     settings = _settings()
 
     async def work() -> dict[str, Any]:
@@ -297,6 +327,66 @@ def user_add(
     typer.echo(f"added {user['email']} as {user['role']}" + (f" in {', '.join(team)}" if team else ""), err=True)
 
 
+@user_app.command("passwd")
+def user_passwd(
+    email: str = typer.Argument(..., help="Whose password to set."),
+    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the new password from stdin."),
+) -> None:
+    """Set a user's password (their sessions end); use `user invite` to let them choose one."""
+    if not password_stdin:
+        raise fail("pass --password-stdin and the password on stdin (so it stays out of shell history)", code=2)
+    password = _read_password()
+    settings = _settings()
+
+    async def work() -> None:
+        from backend.accounts import lifecycle
+
+        await lifecycle.set_password(await _org_id(), email, password, actor=_cli_actor())
+
+    _run_db(settings, work)
+    typer.echo(f"password set for {email.strip().lower()}", err=True)
+
+
+@user_app.command("invite")
+def user_invite(email: str = typer.Argument(..., help="Who gets the link.")) -> None:
+    """Print a one-time link (valid 24 h, single use) for the user to set a password."""
+    settings = _settings()
+
+    async def work() -> str:
+        from backend.accounts import lifecycle
+
+        return await lifecycle.create_invite(await _org_id(), email, actor=_cli_actor())
+
+    token = _run_db(settings, work)
+    sys.stdout.write(f"{settings.server.base_url}/app/#invite={token}\n")
+    typer.echo("send this link to them; it works once, for 24 hours", err=True)
+
+
+def _set_active(email: str, active: bool) -> None:
+    settings = _settings()
+
+    async def work() -> dict[str, Any]:
+        from backend.accounts import lifecycle
+
+        return await lifecycle.set_active(await _org_id(), email, active, actor=_cli_actor())
+
+    state = _run_db(settings, work)
+    verb = "reactivated" if active else "deactivated"
+    typer.echo(f"{state['email']} {verb}" if state["changed"] else f"{state['email']} was already {verb}", err=True)
+
+
+@user_app.command("deactivate")
+def user_deactivate(email: str = typer.Argument(..., help="Who to stop.")) -> None:
+    """Stop a user at once: no sign-in, sessions ended, API keys refused."""
+    _set_active(email, False)
+
+
+@user_app.command("reactivate")
+def user_reactivate(email: str = typer.Argument(..., help="Who to let back in.")) -> None:
+    """Let a deactivated user sign in and use their keys again."""
+    _set_active(email, True)
+
+
 @team_app.command("add")
 def team_add(name: str = typer.Argument(..., help="Team name as policies refer to it, e.g. sre_team.")) -> None:
     """Create a team."""
@@ -309,6 +399,89 @@ def team_add(name: str = typer.Argument(..., help="Team name as policies refer t
 
     _run_db(settings, work)
     typer.echo(f"added team {name}", err=True)
+
+
+def _team_change(describe: str, change: Callable[[Any], Awaitable[Any]]) -> None:
+    settings = _settings()
+
+    async def work() -> None:
+        await change(await _org_id())
+
+    _run_db(settings, work)
+    typer.echo(describe, err=True)
+
+
+@team_app.command("add-member")
+def team_add_member(team: str = typer.Argument(...), email: str = typer.Argument(...)) -> None:
+    """Add a user to a team."""
+    from backend.accounts import service
+
+    _team_change(f"added {email} to {team}",
+                 lambda org: service.add_member(org, team, email, actor=_cli_actor()))
+
+
+@team_app.command("remove-member")
+def team_remove_member(team: str = typer.Argument(...), email: str = typer.Argument(...)) -> None:
+    """Remove a user from a team."""
+    from backend.accounts import lifecycle
+
+    _team_change(f"removed {email} from {team}",
+                 lambda org: lifecycle.remove_member(org, team, email, actor=_cli_actor()))
+
+
+@team_app.command("rename")
+def team_rename(old: str = typer.Argument(...), new: str = typer.Argument(...)) -> None:
+    """Rename a team (policies that name the old team need the new name too)."""
+    from backend.accounts import lifecycle
+
+    _team_change(f"renamed team {old} to {new}", lambda org: lifecycle.rename_team(org, old, new, actor=_cli_actor()))
+
+
+@team_app.command("delete")
+def team_delete(name: str = typer.Argument(...)) -> None:
+    """Delete a team and its memberships (the people stay)."""
+    from backend.accounts import lifecycle
+
+    _team_change(f"deleted team {name}", lambda org: lifecycle.delete_team(org, name, actor=_cli_actor()))
+
+
+@key_app.command("revoke")
+def key_revoke(key: str = typer.Argument(..., help="The key's id or prefix (see GET /api/v1/keys).")) -> None:
+    """Revoke an API key at once."""
+    settings = _settings()
+
+    async def work() -> dict[str, Any]:
+        from backend.accounts import lifecycle
+
+        return await lifecycle.revoke_key(await _org_id(), key, actor=_cli_actor())
+
+    revoked = _run_db(settings, work)
+    typer.echo(f"revoked key {revoked['name']} ({revoked['prefix']})", err=True)
+
+
+@org_app.command("add")
+def org_add(
+    name: str = typer.Argument(..., help="Display name."),
+    slug: str = typer.Option(None, "--slug", help="Short id used at sign-in (default: from the name)."),
+    admin: str = typer.Option(None, "--admin", help="Create this admin in the new org and print an invite link."),
+) -> None:
+    """Add an organization (another tenant on the same hub)."""
+    settings = _settings()
+
+    async def work() -> tuple[dict[str, Any], str | None]:
+        from backend.accounts import lifecycle, service
+
+        await _org_id()  # the default org stays the oldest one
+        org = await service.create_org(name, slug, actor=_cli_actor())
+        if not admin:
+            return org, None
+        await service.add_user(org["id"], admin, role="admin", actor=_cli_actor())
+        return org, await lifecycle.create_invite(org["id"], admin, actor=_cli_actor())
+
+    org, token = _run_db(settings, work)
+    typer.echo(f"added organization {org['name']} (slug {org['slug']})", err=True)
+    if token:
+        sys.stdout.write(f"{settings.server.base_url}/app/#invite={token}\n")
 
 
 @key_app.command("create")
@@ -364,3 +537,28 @@ def _mount_subcommands() -> None:
 
 
 _mount_subcommands()
+
+
+def main() -> None:
+    """The console script: usage errors are one line naming the command's --help, like every other error."""
+    from typer._click import exceptions as usage  # typer 0.2x vendors click; its errors live here
+
+    try:
+        code = app(standalone_mode=False)
+    except usage.NoArgsIsHelpError as exc:
+        typer.echo(exc.format_message(), err=True)
+        sys.exit(exc.exit_code)
+    except usage.ClickException as exc:
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        message = "; ".join(line.strip() for line in exc.format_message().splitlines() if line.strip())
+        typer.echo(f"error: {message}{where}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ SRE_EMAIL = "sre@demo.preloop.dev"
 DEVELOPER_EMAIL = "dev@demo.preloop.dev"
 
 
-async def ensure_demo(hub: Hub, *, out: Any = None) -> dict[str, Any] | None:
-    """Create the demo once; return what was created (None when an organization already exists)."""
+async def ensure_demo(hub: Hub) -> dict[str, Any] | None:
+    """Create the demo once; return what was created (None when an organization already exists).
+
+    The caller shows the logins (`login_lines`): `preloop serve` prints them last, once everything runs."""
     if await Organization.count() > 0:
         return None
-    out = out or sys.stdout
     org = await accounts.create_org("Demo", "demo")
     password = secrets.token_urlsafe(12)
     sre_password = secrets.token_urlsafe(12)
@@ -45,24 +45,30 @@ async def ensure_demo(hub: Hub, *, out: Any = None) -> dict[str, Any] | None:
         from backend.policy_store.service import apply
 
         await apply(org["id"], DEMO_POLICY.read_text(), Actor.system("demo setup"), hub.bus, message="demo policy")
-    base = hub.settings.server.base_url
-    print(
-        "\n".join(
-            [
-                "",
-                "  Preloop demo created (shown once; change the password after logging in):",
-                f"    console:  {base}/app/",
-                f"    login:    {ADMIN_EMAIL}",
-                f"    password: {password}",
-                f"    second approver (for quorum-2 policies): {SRE_EMAIL} / {sre_password}",
-                f"    agent key for the demo gateway: {key_file}",
-                "",
-            ]
-        ),
-        file=out,
-        flush=True,
-    )
     return {
         "org": org, "admin_email": ADMIN_EMAIL, "password": password, "sre_email": SRE_EMAIL,
         "sre_password": sre_password, "key_file": str(key_file),
     }
+
+
+def login_lines(created: dict[str, Any] | None, key_file: Path) -> list[str]:
+    """What a newcomer needs to sign in: the demo logins on first start, where the agent key is."""
+    lines: list[str] = []
+    if created is not None:
+        lines += [
+            f"login:    {created['admin_email']}",
+            f"password: {created['password']}   (shown once; change it: preloop user passwd EMAIL)",
+            f"second approver (for quorum-2 policies): {created['sre_email']} / {created['sre_password']}",
+        ]
+    if key_file.exists():
+        lines.append(f"agent key for the demo gateway: {key_file}")
+    return lines
+
+
+def box(title: str, lines: list[str]) -> str:
+    """Lines framed so they stand out at the end of a terminal's scroll-back."""
+    width = max(len(title), *(len(line) for line in lines)) if lines else len(title)
+    out = ["+" + "-" * (width + 2) + "+", f"| {title.ljust(width)} |", "|" + " " * (width + 2) + "|"]
+    out += [f"| {line.ljust(width)} |" for line in lines]
+    out.append("+" + "-" * (width + 2) + "+")
+    return "\n".join(out)

@@ -13,6 +13,7 @@ from backend.accounts.tables import (
     TeamMembership,
     TotpFactor,
     User,
+    UserInvite,
     UserSession,
     WebAuthnCredential,
 )
@@ -28,6 +29,7 @@ ALL_TABLES = [
     TeamMembership,
     ApiKey,
     UserSession,
+    UserInvite,
     PushSubscription,
     WebAuthnCredential,
     TotpFactor,

@@ -161,6 +161,7 @@ class ApiClient:
         server: str,
         arguments: Mapping[str, Any],
         justification: str | None,
+        input_schema: Mapping[str, Any] | None = None,
     ) -> ApprovalTicket:
         payload = {
             "tool": tool,
@@ -169,6 +170,8 @@ class ApiClient:
             "arguments_hash": arguments_hash(arguments),
             "justification": justification,
         }
+        if input_schema:  # lets approvers see the defaults the upstream will apply
+            payload["input_schema"] = dict(input_schema)
         body = (await self._request("POST", "/approvals", json_body=payload)).json()
         if body.get("status") == "granted" and "grant" in body:
             return ApprovalTicket(status="granted", request=body, grant=body.get("grant"))

@@ -159,7 +159,9 @@ class Checkpoint:
     def _prepare(self, policy: Policy, name: str, arguments: dict[str, Any]) -> _Judged:
         route = self.pool.route(name)
         if route is None:
-            raise UnknownToolError(f"no upstream server offers a tool named {name!r}", tool=name)
+            broken = self.pool.broken_upstreams()
+            why = ("; " + "; ".join(broken)) if broken else ""
+            raise UnknownToolError(f"no upstream server offers a tool named {name!r}{why}", tool=name)
         justification: str | None = None
         mode = policy.justification_for(route.tool_name, route.server)
         own = JUSTIFICATION in (route.definition.get("inputSchema") or {}).get("properties", {})
@@ -249,6 +251,7 @@ class Checkpoint:
                 server=judged.route.server,
                 arguments=judged.arguments,
                 justification=judged.justification,
+                input_schema=judged.route.definition.get("inputSchema"),
             )
         except ApiUnavailableError as exc:
             raise ApiUnavailableError(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -46,6 +48,29 @@ def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
     return _ENV_REF.sub(substitute, value)
 
 
+class CommandNotFoundError(UpstreamError):
+    """A stdio upstream's command does not exist: retrying cannot help, so calls fail at once."""
+
+
+def resolve_command(server: str, command: Sequence[str]) -> list[str]:
+    """The argv to spawn. `preloop` is this installation's CLI, run with the gateway's own interpreter,
+    so the bundled demo works without the virtualenv on PATH."""
+    argv = list(command)
+    if not argv:
+        raise UpstreamError(f"upstream {server!r} has neither a command nor a url", server=server)
+    if argv[0] == "preloop":
+        return [sys.executable, "-m", "backend.cli", *argv[1:]]
+    if shutil.which(argv[0]) is None:
+        raise CommandNotFoundError(
+            f"upstream server {server!r}: command {argv[0]!r} not found "
+            f"({'no such file' if os.sep in argv[0] else 'not on PATH'}); fix `command` of server "
+            f"{server!r} in the policy or install it",
+            server=server,
+            command=argv[0],
+        )
+    return argv
+
+
 class _WatchedDispatcher(JSONRPCDispatcher[Any]):
     """A JSON-RPC dispatcher that signals when its connection ends (EOF, process exit, HTTP failure)."""
 
@@ -79,6 +104,7 @@ class Upstream:
         self.generation = 0
         self._generation_changed = anyio.Event()
         self.last_error: str | None = None
+        self.broken: CommandNotFoundError | None = None  # set when retrying cannot help
         self._stop = anyio.Event()
         self.fast_lane: HttpFastLane | None = None
 
@@ -92,9 +118,7 @@ class Upstream:
             headers = {k: expand_env(str(v)) for k, v in (self.config.headers or {}).items()}
             client = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0))
             return streamable_http_client(expand_env(str(self.config.url)), http_client=client)
-        command = list(self.config.command or [])
-        if not command:
-            raise UpstreamError(f"upstream {self.name!r} has neither a command nor a url")
+        command = resolve_command(self.name, self.config.command or [])
         env = {k: expand_env(str(v)) for k, v in (self.config.env or {}).items()}
         return stdio_client(StdioServerParameters(command=command[0], args=command[1:], env=env or None))
 
@@ -143,6 +167,11 @@ class Upstream:
                         tg.start_soon(stop_on_end)
                         tg.start_soon(stop_on_request)
                     logger.warning("upstream %s (%s) disconnected; restarting", self.name, self.describe())
+            except CommandNotFoundError as exc:
+                self.broken = exc
+                self.last_error = exc.message
+                logger.error("%s", exc.message)  # noqa: TRY400 - the message is the whole story
+                self._stop.set()
             except Exception as exc:  # supervisor boundary: any failure means reconnect
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("upstream %s (%s) failed: %s", self.name, self.describe(), self.last_error)
@@ -183,6 +212,8 @@ class Upstream:
         live = self._live
         if live is not None and not live.dispatcher.ended.is_set():
             return live
+        if self.broken is not None:
+            raise self.broken
         with anyio.move_on_after(connect_within):
             while True:
                 await self._ready.wait()
@@ -343,3 +374,7 @@ class UpstreamPool:
 
     def route(self, exposed: str) -> ToolRoute | None:
         return self.routes.get(exposed)
+
+    def broken_upstreams(self) -> list[str]:
+        """Why configured upstreams cannot run at all (e.g. a missing command), one message each."""
+        return [u.broken.message for u in self.upstreams.values() if u.broken is not None]

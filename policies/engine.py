@@ -187,6 +187,16 @@ class Policy:
     def server(self, name: str) -> ServerConfig | None:
         return next((s for s in self.servers if s.name == name), None)
 
+    def servers_listing(self, tool: str) -> list[str]:
+        """The servers whose tool entries name ``tool`` (exactly or by glob), in policy order, once each."""
+        names: list[str] = []
+        for entry in self.tools:
+            if entry.server is not None and entry.server not in names and (
+                entry.name == tool or fnmatchcase(tool, entry.name)
+            ):
+                names.append(entry.server)
+        return names
+
     def justification_for(self, tool: str, server: str | None = None) -> Justification:
         """Whether calls of ``tool`` must, may or must not carry a justification."""
         return self._resolve(tool, server).justification

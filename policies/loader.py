@@ -786,13 +786,14 @@ class _Reader:
                     "move it into a rule, or drop 'rules' and use the shorthand 'action:'",
                 )
             elif "rules" in fields:
-                for j, rule_node in enumerate(self.sequence(fields["rules"], f"{path}.rules") or []):
+                rule_nodes = self.sequence(fields["rules"], f"{path}.rules")  # read once: one error per fault
+                for j, rule_node in enumerate(rule_nodes or []):
                     rule = self.rule(
                         rule_node, f"{path}.rules[{j}]", RULE_FIELDS, ap_names, default_ap, parsed, (i, j)
                     )
                     if rule is not None:
                         rules.append(rule)
-                if not self.sequence(fields["rules"], f"{path}.rules"):
+                if rule_nodes == []:
                     self.add(
                         fields["rules"],
                         f"{path}.rules",

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie
 
-from backend.accounts import service
-from backend.accounts.schemas import KeyBody, LoginBody, TeamBody, UserBody
+from backend.accounts import lifecycle, service
+from backend.accounts.schemas import (
+    InviteAcceptBody,
+    InviteAccepted,
+    InviteLink,
+    KeyBody,
+    KeyRevoked,
+    LoginBody,
+    MemberBody,
+    MemberChange,
+    PasswordChangeBody,
+    TeamBody,
+    TeamRenameBody,
+    TeamRenamed,
+    UserBody,
+    UserState,
+)
 from backend.accounts.service import Principal
 from backend.accounts.tables import ApiKey, User
 from backend.deps import SESSION_COOKIE, admin_guard, session_cookie
@@ -38,6 +53,21 @@ class AuthController(Controller):
             await service.logout(token)
         return Response(None, status_code=204, cookies=[Cookie(key=SESSION_COOKIE, value="", max_age=0)])
 
+    @post("/invite", operation_id="accept_invite", exclude_from_auth=True, status_code=200,
+          summary="Set a password from a one-time invite link's token")
+    async def accept_invite(self, data: InviteAcceptBody) -> InviteAccepted:
+        return InviteAccepted(**await lifecycle.accept_invite(data.token, data.password))
+
+
+class MeController(Controller):
+    path = "/api/v1/me"
+    tags = ["accounts"]
+
+    @post("/password", operation_id="change_my_password", status_code=204,
+          summary="Change your own password (signed-in session; takes the current one)")
+    async def change_password(self, data: PasswordChangeBody, principal: Principal) -> None:
+        await lifecycle.change_own_password(principal, data.current_password, data.new_password)
+
 
 class UserController(Controller):
     path = "/api/v1/users"
@@ -60,6 +90,24 @@ class UserController(Controller):
             await service.add_member(principal.org_id, team, user["email"], actor=principal.actor)
         return {**user, "id": str(user["id"])}
 
+    @post("/{email:str}/invite", operation_id="invite_user", guards=[admin_guard], status_code=200,
+          summary="A one-time link (24 h, single use) for the user to set a password")
+    async def invite(self, email: str, principal: Principal, hub: Hub) -> InviteLink:
+        token = await lifecycle.create_invite(principal.org_id, email, actor=principal.actor)
+        link = f"{hub.settings.server.base_url}/app/#invite={token}"
+        return InviteLink(email=email.strip().lower(), link=link, valid_hours=lifecycle.INVITE_HOURS)
+
+    @post("/{email:str}/deactivate", operation_id="deactivate_user", guards=[admin_guard], status_code=200,
+          summary="Stop a user at once: sign-in, sessions and keys")
+    async def deactivate(self, email: str, principal: Principal) -> UserState:
+        return UserState(**await lifecycle.set_active(
+            principal.org_id, email, False, actor=principal.actor, by_user=principal.user_id
+        ))
+
+    @post("/{email:str}/reactivate", operation_id="reactivate_user", guards=[admin_guard], status_code=200)
+    async def reactivate(self, email: str, principal: Principal) -> UserState:
+        return UserState(**await lifecycle.set_active(principal.org_id, email, True, actor=principal.actor))
+
 
 class TeamController(Controller):
     path = "/api/v1/teams"
@@ -77,6 +125,24 @@ class TeamController(Controller):
             await service.add_member(principal.org_id, data.name, email, actor=principal.actor)
         return {"id": str(team["id"]), "name": team["name"], "members": sorted(data.members)}
 
+    @patch("/{name:str}", operation_id="rename_team", guards=[admin_guard], summary="Rename a team")
+    async def rename(self, name: str, data: TeamRenameBody, principal: Principal) -> TeamRenamed:
+        return TeamRenamed(**await lifecycle.rename_team(principal.org_id, name, data.name, actor=principal.actor))
+
+    @delete("/{name:str}", operation_id="delete_team", guards=[admin_guard], status_code=204)
+    async def remove(self, name: str, principal: Principal) -> None:
+        await lifecycle.delete_team(principal.org_id, name, actor=principal.actor)
+
+    @post("/{name:str}/members", operation_id="add_team_member", guards=[admin_guard], status_code=200)
+    async def add_member(self, name: str, data: MemberBody, principal: Principal) -> MemberChange:
+        await service.add_member(principal.org_id, name, data.email, actor=principal.actor)
+        return MemberChange(team=name, email=data.email.strip().lower(), member=True)
+
+    @delete("/{name:str}/members/{email:str}", operation_id="remove_team_member", guards=[admin_guard],
+            status_code=204)
+    async def remove_member(self, name: str, email: str, principal: Principal) -> None:
+        await lifecycle.remove_member(principal.org_id, name, email, actor=principal.actor)
+
 
 class KeyController(Controller):
     path = "/api/v1/keys"
@@ -86,7 +152,7 @@ class KeyController(Controller):
     async def list_keys(self, principal: Principal) -> list[dict[str, Any]]:
         query = ApiKey.select(
             ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scope, ApiKey.created_at, ApiKey.revoked_at,
-            ApiKey.user.email,
+            ApiKey.last_used_at, ApiKey.user.email,
         ).where(ApiKey.org == principal.org_id)
         if not principal.is_admin:
             query = query.where(ApiKey.user == principal.user_id)
@@ -105,3 +171,11 @@ class KeyController(Controller):
             principal.org_id, user_id, data.name, scope=data.scope, labels=data.labels, actor=principal.actor
         )
         return {**meta, "id": str(meta["id"]), "token": token}
+
+    @post("/{key_ref:str}/revoke", operation_id="revoke_key", status_code=200,
+          summary="Revoke a key (by id or prefix) at once; admins any key of the org, others their own")
+    async def revoke(self, key_ref: str, principal: Principal) -> KeyRevoked:
+        if principal.via == "key" and not principal.is_admin:
+            raise Forbidden("an agent or approver key cannot revoke keys; log in or use an admin key")
+        owner = None if principal.is_admin else principal.user_id
+        return KeyRevoked(**await lifecycle.revoke_key(principal.org_id, key_ref, actor=principal.actor, owner=owner))

@@ -28,6 +28,7 @@ from backend.errors import Conflict, NotAuthenticated, NotFound, ValidationFaile
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TEAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 TOKEN_PREFIX = "pl_"  # noqa: S105 - a public marker, not a secret
 
 
@@ -95,13 +96,14 @@ def normalize_email(email: str) -> str:
 # --- organizations ------------------------------------------------------------------------
 
 
-async def create_org(name: str, slug: str | None = None) -> dict[str, Any]:
+async def create_org(name: str, slug: str | None = None, *, actor: Actor | None = None) -> dict[str, Any]:
     slug = slug or re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "org"
     if await Organization.exists().where(Organization.slug == slug):
         raise Conflict(f"an organization with slug {slug!r} already exists", code="duplicate_org")
     org = Organization(name=name, slug=slug, created_at=now())
     await org.save()
-    await record(org.id, "org.created", Actor.system(), subject_type="org", subject_id=org.id, data={"name": name})
+    await record(org.id, "org.created", actor or Actor.system(), subject_type="org", subject_id=org.id,
+                 data={"name": name, "slug": slug})
     return org.to_dict()
 
 
@@ -280,6 +282,7 @@ async def principal_for_token(token: str) -> Principal:
             ApiKey.scope,
             ApiKey.labels,
             ApiKey.revoked_at,
+            ApiKey.last_used_at,
             ApiKey.user.id,
             ApiKey.user.email,
             ApiKey.user.role,
@@ -291,6 +294,10 @@ async def principal_for_token(token: str) -> Principal:
     )
     if row is None or row["revoked_at"] is not None or not row["user.is_active"]:
         raise NotAuthenticated("unknown or revoked API key")
+    moment = now()
+    if row["last_used_at"] is None or moment - row["last_used_at"] > LAST_USED_RESOLUTION:
+        # One write a minute per key at most: "last used" is for people, not an access log.
+        await ApiKey.update({ApiKey.last_used_at: moment}).where(ApiKey.id == row["id"])
     return Principal(
         org_id=row["org"],
         user_id=row["user.id"],

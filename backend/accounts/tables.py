@@ -123,3 +123,14 @@ class RecoveryCode(Table, tablename="recovery_code"):
     code_hash = Varchar(length=64, unique=True)
     created_at = Timestamptz()
     used_at = Timestamptz(null=True, default=None)
+
+
+class UserInvite(Table, tablename="user_invite"):
+    """A one-time link to set a password (24 h, single use); only the token's SHA-256 is stored."""
+
+    id = UUID(primary_key=True)
+    user = ForeignKey(references=User, null=False)
+    token_hash = Varchar(length=64, unique=True)
+    created_at = Timestamptz()
+    expires_at = Timestamptz()
+    used_at = Timestamptz(null=True, default=None)

@@ -45,6 +45,7 @@ class ApprovalController(Controller):
             arguments=data.arguments,
             hash_hex=data.arguments_hash,
             justification=data.justification,
+            input_schema=data.input_schema,
         )
         return Response(body, status_code=status)
 
@@ -57,6 +58,10 @@ class ApprovalController(Controller):
         tool: str | None = None,
         approver: str | None = None,
         status: str | None = None,
+        inbox_scope: str = QueryParameter(  # type: ignore[assignment]
+            name="scope", default="mine",
+            description="With status=pending: mine (what you can vote on) or all (every pending)",
+        ),
         limit: int = Parameter(default=100, ge=1, le=1000),
         offset: int = Parameter(default=0, ge=0),
     ) -> list[dict[str, Any]]:
@@ -67,6 +72,7 @@ class ApprovalController(Controller):
             tool=tool,
             approver=approver,
             status=status,
+            scope=inbox_scope,
             limit=limit,
             offset=offset,
         )

@@ -15,6 +15,8 @@ class CreateBody(msgspec.Struct, forbid_unknown_fields=True):
     arguments: dict[str, Any] = {}
     arguments_hash: str | None = None
     justification: str | None = None
+    input_schema: dict[str, Any] | None = None
+    """The upstream tool's JSON input schema, so approvers see its defaults among the arguments."""
 
 
 class ApproveBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -15,7 +15,7 @@ from backend.accounts import passkeys
 from backend.accounts.passkeys import StepUpProof
 from backend.accounts.service import Principal
 from backend.accounts.tables import User
-from backend.approvals import flows, redflags
+from backend.approvals import flows, inbox, redflags
 from backend.approvals.flows import Change, load_row, now, parse_id, policy_of, unit_of_work
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
 from backend.audit.service import record
@@ -56,6 +56,9 @@ EXPORT_COLUMNS = (
 
 
 # --- reading ------------------------------------------------------------------------------------
+
+
+INBOX_LIMIT = 1000  # pending requests read per inbox page (the filter runs in Python)
 
 
 def _iso(value: Any) -> str | None:
@@ -111,6 +114,7 @@ def serialize(row: dict[str, Any], votes: list[dict[str, Any]], emails: dict[str
         "tool": row["tool"],
         "server": row["server"],
         "arguments": row["arguments"],
+        "arguments_to_run": inbox.arguments_to_run(row["arguments"] or {}, row.get("input_schema")),
         "arguments_hash": row["arguments_hash"],
         "agent": {
             "key_id": str(row["agent_key"]) if row.get("agent_key") else None,
@@ -226,22 +230,36 @@ async def list_requests(
     tool: str | None = None,
     approver: str | None = None,
     status: str | None = None,
+    scope: str = "mine",
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
+    """History, newest first. `status=pending` is the caller's inbox: what they can vote on (scope mine)
+    or every pending request (scope all); each pending item then says whether the caller can vote."""
+    if scope not in inbox.SCOPES:
+        raise ValidationFailed(f"unknown scope {scope!r}", detail={"field": "scope", "hint": "mine or all"})
     ids = await _voted_by(principal.org_id, approver)
     condition = _query(
         principal.org_id, start_date=start_date, end_date=end_date, tool=tool, status=status, request_ids=ids
     )
+    inbox_view = status == "pending"
     rows = (
         await ApprovalRequest.select()
         .where(condition)
         .order_by(ApprovalRequest.created_at, ascending=False)
-        .limit(limit)
-        .offset(offset)
+        .limit(INBOX_LIMIT if inbox_view else limit)
+        .offset(0 if inbox_view else offset)
         .output(load_json=True)
     )
-    return await present(rows)
+    items = await present(rows)
+    if not inbox_view:
+        return items
+    out = []
+    for row, item in zip(rows, items, strict=True):
+        item.update(await inbox.voting_state(principal, row, item))
+        if scope == "all" or item["can_vote"]:
+            out.append(item)
+    return out[offset:offset + limit]
 
 
 def _export_record(item: dict[str, Any]) -> dict[str, Any]:
@@ -383,6 +401,7 @@ async def create_request(
     arguments: dict[str, Any],
     hash_hex: str | None,
     justification: str | None,
+    input_schema: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Hold a call: (201, new request), (200, attached request) or (200, grant that covers it)."""
     tool = tool.strip()
@@ -499,6 +518,7 @@ async def create_request(
             "created_at": created,
             "expires_at": created + timedelta(seconds=int(snapshot["timeout_seconds"])),
             "escalation_level": 0,
+            "input_schema": input_schema if isinstance(input_schema, dict) else None,
             "next_escalation_at": created + timedelta(seconds=int(levels[0]["after_seconds"]))
             if levels
             else None,

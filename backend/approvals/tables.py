@@ -42,6 +42,8 @@ class ApprovalRequest(Table, tablename="approval_request"):
     grant_seconds = Integer(default=0)
     executed_at = Timestamptz(null=True, default=None)
     execution = JSONB(null=True, default=None)
+    # The upstream tool's input schema as the gateway saw it, so approvers see the defaults that will apply.
+    input_schema = JSONB(null=True, default=None)
 
 
 class Vote(Table, tablename="vote"):

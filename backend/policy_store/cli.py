@@ -96,7 +96,9 @@ def explain(
     file: Path = typer.Argument(..., help="Policy file."),
     tool: str = typer.Option(..., "--tool", help="Tool name as the agent calls it."),
     args: str = typer.Option("{}", "--args", help="Arguments as a JSON object."),
-    server: str | None = typer.Option(None, "--server", help="Upstream server name."),
+    server: str | None = typer.Option(
+        None, "--server", help="Upstream server name (default: the one server whose entries list the tool)."
+    ),
     agent: str | None = typer.Option(None, "--agent", help="Agent name."),
     at: str | None = typer.Option(None, "--at", help="ISO time of the call (naive = policy timezone)."),
     justification: str | None = typer.Option(None, "--justification", help="The agent's justification."),
@@ -110,6 +112,14 @@ def explain(
         raise _fail(f"--args is not valid JSON: {exc}", code=2) from exc
     if not isinstance(arguments, dict):
         raise _fail("--args must be a JSON object, e.g. '{\"amount\": 250}'", code=2)
+    if server is None:
+        listing = policy.servers_listing(tool)
+        if len(listing) > 1:
+            raise _fail(
+                f"tool {tool!r} is listed under several servers ({', '.join(listing)}); choose one with --server",
+                code=2,
+            )
+        server = listing[0] if listing else None
     decision = policy.evaluate(
         CallContext(
             tool=tool,
@@ -124,6 +134,8 @@ def explain(
         typer.echo(json.dumps(decision.to_dict(), indent=2, ensure_ascii=False))
         return
     typer.echo(f"decision: {decision.action}")
+    if server is not None:
+        typer.echo(f"server:   {server}")
     rule = decision.rule
     if rule is not None:
         typer.echo(f"rule:     {rule.tool} rules[{rule.index}] when {rule.when or '(always)'}")
@@ -151,10 +163,12 @@ def explain(
 
 @policy_app.command("import-preloop")
 def import_preloop(
-    file: Path = typer.Argument(..., help="A policy file in Preloop's YAML format."),
+    file: Path = typer.Argument(..., help="A Preloop policy: its YAML, or JSON objects of its API."),
     out: Path | None = typer.Option(None, "-o", "--out", help="Write the converted policy here."),
 ) -> None:
-    """Convert a Preloop-format policy into this format; unmappable parts are reported, not dropped."""
+    """Convert a Preloop policy (YAML, or its JSON tool configurations / approval policies) into this format.
+
+    Anything that cannot be mapped and could change a decision fails the import."""
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:

@@ -119,7 +119,9 @@ async def test_history_filters_and_streamed_exports(client: Any, org: Any) -> No
     assert await ids() == sorted([a, b, c])
     assert await ids(tool="deploy") == sorted([a, c])
     assert await ids(tool="rest*") == [b]
-    assert await ids(status="pending") == [c]
+    assert await ids(status="pending") == []  # the admin is no approver of c: their inbox is empty
+    assert await ids(status="pending", scope="all") == [c]
+    assert await ids(status="pending", scope="all", tool="restart") == []  # filters apply to the inbox too
     assert await ids(status="approved,declined") == sorted([a, b])
     assert await ids(approver="alice@acme.test") == [b]
     assert await ids(approver="carol@acme.test") == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -28,11 +29,61 @@ def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
 def test_every_command_has_help() -> None:
     for args in (
         [], ["serve"], ["worker"], ["db", "migrate"], ["user", "add"], ["team", "add"], ["key", "create"],
-        ["policy"], ["gateway"],
+        ["policy"], ["gateway"], ["user", "passwd"], ["user", "invite"], ["user", "deactivate"], ["key", "revoke"],
+        ["team", "rename"], ["org", "add"],
     ):
         result = run([*args, "--help"], {})
         assert result.returncode == 0, (args, result.stderr)
         assert "Usage" in result.stdout
+        assert "<bool>" not in result.stdout and "╭" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["policy", "explain", "demo.yaml"], "error: Missing option '--tool'. (see `preloop policy explain --help`)"),
+        (["user", "add", "a@corp.test", "--role"], "error: Option '--role' requires an argument."),
+        (["no-such-command"], "error: No such command 'no-such-command'. (see `preloop --help`)"),
+    ],
+)
+def test_usage_errors_are_one_line(args: list[str], line: str) -> None:
+    result = run(args, {})
+    assert result.returncode == 2
+    assert result.stderr == line + "\n"
+
+
+def test_account_lifecycle_from_the_cli(cli_env: dict[str, str]) -> None:
+    assert run(["user", "add", "root@corp.test", "--role", "admin"], cli_env).returncode == 0
+    assert run(["user", "add", "ann@corp.test", "--team", "sre"], cli_env).returncode == 0
+    passwd = run(["user", "passwd", "ann@corp.test", "--password-stdin"], cli_env, "a-long-password\n")
+    assert passwd.returncode == 0 and "password set for ann@corp.test" in passwd.stderr
+    assert run(["user", "passwd", "ann@corp.test"], cli_env).returncode == 2  # never from argv
+
+    invite = run(["user", "invite", "root@corp.test"], cli_env)
+    assert invite.returncode == 0, invite.stderr
+    assert re.fullmatch(r"http://127\.0\.0\.1:8686/app/#invite=[\w-]{40,}\n", invite.stdout)
+
+    off = run(["user", "deactivate", "ann@corp.test"], cli_env)
+    assert off.returncode == 0 and "ann@corp.test deactivated" in off.stderr
+    assert "already deactivated" in run(["user", "deactivate", "ann@corp.test"], cli_env).stderr
+    assert run(["user", "reactivate", "ann@corp.test"], cli_env).returncode == 0
+
+    assert run(["team", "rename", "sre", "oncall"], cli_env).returncode == 0
+    assert run(["team", "add-member", "oncall", "root@corp.test"], cli_env).returncode == 0
+    assert run(["team", "remove-member", "oncall", "ann@corp.test"], cli_env).returncode == 0
+    missing = run(["team", "delete", "sre"], cli_env)
+    assert missing.returncode == 1 and missing.stderr == "error: no team 'sre'\n"
+    assert run(["team", "delete", "oncall"], cli_env).returncode == 0
+
+    token = run(["key", "create", "--name", "bot"], cli_env).stdout.strip()
+    prefix = token.split("_")[1]
+    revoked = run(["key", "revoke", prefix], cli_env)
+    assert revoked.returncode == 0 and f"revoked key bot ({prefix})" in revoked.stderr
+
+    second = run(["org", "add", "Second Co", "--slug", "second", "--admin", "boss@second.test"], cli_env)
+    assert second.returncode == 0, second.stderr
+    assert "added organization Second Co (slug second)" in second.stderr and "#invite=" in second.stdout
+    assert "already exists" in run(["org", "add", "Again", "--slug", "second"], cli_env).stderr
 
 
 def test_users_teams_keys_bootstrap(cli_env: dict[str, str]) -> None:

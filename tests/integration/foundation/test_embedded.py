@@ -55,14 +55,14 @@ def test_first_start_creates_the_demo_and_serves_the_whole_loop(tmp_path: Path) 
         assert logs.count("checkout-api") == 3
     finally:
         hub.terminate()
-        out, err = hub.communicate(timeout=30)
+        out, _ = hub.communicate(timeout=30)
     assert hub.returncode in (0, -15)
     password = re.search(r"password: (\S+)", out)
     assert password, out
     assert "login:    admin@demo.preloop.dev" in out
     second = re.search(r"second approver \(for quorum-2 policies\): sre@demo.preloop.dev / (\S+)", out)
     assert second, out
-    assert f"http://127.0.0.1:{gateway_port}/mcp" in err
+    assert f"MCP gateway:  http://127.0.0.1:{gateway_port}/mcp" in out  # in the box, printed last
 
     # Second start: the demo is not created again and the password is not printed again.
     again = subprocess.Popen([PRELOOP, "serve", "--port", str(port), "--gateway-port", "0"], env=env, cwd=tmp_path,

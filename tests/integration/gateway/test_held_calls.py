@@ -75,7 +75,7 @@ async def gateway(live_hub: LiveHub, org: Org, tmp_path: Path, hold_window: floa
 
 async def pending_ids(hub: LiveHub, org: Org) -> list[str]:
     async with httpx.AsyncClient(base_url=hub.url, headers=auth(org.admin_token)) as http:
-        items = (await http.get("/api/v1/approvals", params={"status": "pending"})).json()
+        items = (await http.get("/api/v1/approvals", params={"status": "pending", "scope": "all"})).json()
     return [item["id"] for item in items]
 
 

@@ -166,3 +166,13 @@ def test_good_durations(value: str, seconds: int) -> None:
     policy = load_policy(AP.replace("timeout: 10m", f"timeout: {value}"))
     ap = policy.approval_policy("ops")
     assert ap is not None and ap.timeout_seconds == seconds
+
+
+def test_rules_not_a_list_is_one_error() -> None:
+    issue = only_issue(AP + "tools:\n  - name: deploy\n    rules: 5\n")
+    assert issue.path == "tools[0].rules" and "must be a list" in issue.message
+
+
+def test_empty_rules_is_one_error() -> None:
+    issue = only_issue(AP + "tools:\n  - name: deploy\n    rules: []\n")
+    assert issue.message == "a tool needs at least one rule"

@@ -74,15 +74,35 @@ def test_explain_bad_args() -> None:
     assert result.exit_code == 2 and "--args is not valid JSON" in result.output
 
 
-def test_import_preloop_to_file(tmp_path: Path) -> None:
+def test_import_preloop_round_trip_validate_and_explain(tmp_path: Path) -> None:
     source = tmp_path / "preloop.yaml"
-    source.write_text("approval_workflows:\n  - {name: w, approver_users: [a@x.io], approvals_required: 1}\n"
+    source.write_text(
+        "approval_workflows:\n  - {name: w, approver_users: [a@x.io], approvals_required: 1, tags: [x]}\n"
+        "tools:\n  - {tool_name: deploy, source: infra, approval_workflow: w,\n"
+        "     conditions: [{condition_type: cel, expression: \"args.env == 'prod'\"}]}\n"
+        "defaults: {unknown_tools: deny}\n"
+    )
+    out = tmp_path / "ours.yaml"
+    result = run("import-preloop", str(source), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "warning: approval_workflows[0]: field 'tags' does not affect decisions" in result.output
+    assert run("validate", str(out)).exit_code == 0
+    for args, expected in (('{"env": "prod"}', "require_approval"), ('{"env": "dev"}', "allow")):
+        explained = json.loads(run("explain", str(out), "--tool", "deploy", "--args", args, "--json").output)
+        assert explained["decision"] == expected and explained["rule"]["server"] == "infra"
+    unknown = json.loads(run("explain", str(out), "--tool", "other", "--json").output)
+    assert unknown["decision"] == "deny"
+
+
+def test_import_preloop_fails_instead_of_dropping(tmp_path: Path) -> None:
+    source = tmp_path / "preloop.yaml"
+    source.write_text("approval_workflows:\n  - {name: w, approver_users: [a@x.io]}\n"
                       "tools:\n  - {tool_name: deploy, approval_workflow: w, sla: 5}\n")
     out = tmp_path / "ours.yaml"
     result = run("import-preloop", str(source), "-o", str(out))
-    assert result.exit_code == 0
-    assert "warning: tools[0] (deploy): field 'sla' has no equivalent" in result.output
-    assert (run("validate", str(out))).exit_code == 0
+    assert result.exit_code == 1
+    assert "field 'sla' has no equivalent and could change a decision" in result.output
+    assert f"{source}: cannot convert" in result.output and not out.exists()
 
 
 class _Api(BaseHTTPRequestHandler):
@@ -162,3 +182,26 @@ def test_unreachable_api_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot reach the Preloop API at http://127.0.0.1:9")
+
+
+def test_explain_without_server_resolves_the_one_server_listing_the_tool() -> None:
+    result = run("explain", str(EXAMPLES / "demo.yaml"), "--tool", "refund", "--args", '{"amount": 250}', "--json")
+    assert result.exit_code == 0, result.output
+    decision = json.loads(result.output)
+    assert decision["decision"] == "require_approval"
+    assert decision["rule"]["tool"] == "refund" and decision["rule"]["server"] == "demo"
+    assert decision["approval_policy"]["name"] == "finance"
+
+
+def test_explain_without_server_refuses_an_ambiguous_tool(tmp_path: Path) -> None:
+    policy = tmp_path / "two.yaml"
+    policy.write_text(
+        'version: "1"\n'
+        "servers:\n  - {name: a, command: [a]}\n  - {name: b, command: [b]}\n"
+        "tools:\n  - {name: refund, server: a, action: allow}\n  - {name: refund, server: b, action: deny}\n"
+        "defaults: {unknown_tools: deny}\n"
+    )
+    result = run("explain", str(policy), "--tool", "refund")
+    assert result.exit_code == 2
+    assert result.output.strip() == "tool 'refund' is listed under several servers (a, b); choose one with --server"
+    assert run("explain", str(policy), "--tool", "refund", "--server", "b").output.startswith("decision: deny")
