@@ -15,7 +15,7 @@ from litestar.response import Redirect, Template
 
 from backend.accounts import service as accounts
 from backend.accounts.service import Principal
-from backend.approvals import flows
+from backend.approvals import flows, inbox
 from backend.approvals import service as approvals
 from backend.audit import service as audit
 from backend.console import session
@@ -136,12 +136,12 @@ class ConsoleController(Controller):
 
     @get("/approvals", operation_id="console_approvals")
     async def approvals_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await approvals.list_requests(principal, status="pending", limit=200)
+        pending = await approvals.list_requests(principal, status="pending", scope="all", limit=200)
         return _page(request, "approvals.html", pending=pending)
 
     @get("/approvals/pending", operation_id="console_pending_fragment")
     async def pending_fragment(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await approvals.list_requests(principal, status="pending", limit=200)
+        pending = await approvals.list_requests(principal, status="pending", scope="all", limit=200)
         return _page(request, "_pending.html", pending=pending)
 
     @get("/approvals/bell", operation_id="console_bell_fragment")
@@ -172,11 +172,8 @@ class ConsoleController(Controller):
 
     async def _detail(self, principal: Principal, approval_id: str) -> dict[str, Any]:
         item = await approvals.get_request(principal, approval_id)
-        can_vote = False
-        if item["status"] == "pending" and principal.role != "viewer":
-            row = await flows.load_row(item["id"])
-            voted = any(v["user"]["email"] == principal.email for v in item["votes"])
-            can_vote = row is not None and not voted and str(principal.user_id) in await flows.eligible_users(row)
+        row = await flows.load_row(item["id"])
+        can_vote = row is not None and (await inbox.voting_state(principal, row, item))["can_vote"]
         return {"item": item, "can_vote": can_vote}
 
     # --- history -------------------------------------------------------------------------------
@@ -191,7 +188,7 @@ class ConsoleController(Controller):
             rows = await approvals.list_requests(
                 principal, start_date=filters["start_date"] or None, end_date=filters["end_date"] or None,
                 tool=filters["tool"] or None, approver=filters["approver"] or None,
-                status=filters["status"] or None, limit=HISTORY_PAGE + 1, offset=offset,
+                status=filters["status"] or None, scope="all", limit=HISTORY_PAGE + 1, offset=offset,
             )
         except ValidationFailed as exc:
             error = exc.message

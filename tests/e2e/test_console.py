@@ -188,7 +188,7 @@ def test_history_filters_and_exports_match_the_api(
     page.click("form[role=search] button[type=submit]")
     page.wait_for_url(re.compile(r"status=pending"))
     shown = page.locator("#history tbody tr[data-id]").evaluate_all("rows => rows.map(r => r.dataset.id)")
-    query = {"tool": "drop_*", "status": "pending"}
+    query = {"tool": "drop_*", "status": "pending", "scope": "all"}
     with httpx.Client(base_url=live_hub.url, headers=auth(org.admin_token)) as http:
         api_rows = http.get("/api/v1/approvals", params=query).json()
         assert shown == [row["id"] for row in api_rows] and len(shown) == 1
