@@ -31,6 +31,7 @@ from mcp_gateway.results import (
     STATUS_TOOL_DEFINITION,
     denied_result,
     error_result,
+    for_tool,
     pending_result,
     tool_result,
     verdict_result,
@@ -127,11 +128,14 @@ class Checkpoint:
         """Judge and run one call; with `allow_hold=False`, None when it must be held (the slow path's job)."""
         name = str(params.get("name", ""))
         arguments = dict(params.get("arguments") or {})
+        # The answered tool's definition: the gateway's own results must be valid for it.
+        definition: Mapping[str, Any] | None = None
         try:
             if name == STATUS_TOOL:
                 return await self.approval_status(str(arguments.get("approval_id", "")))
             policy = self.snapshot.policy
             judged = self._prepare(policy, name, arguments)
+            definition = judged.route.definition
             decision = policy.evaluate(
                 CallContext(
                     tool=judged.route.tool_name,
@@ -149,12 +153,13 @@ class Checkpoint:
                 rule = decision.rule
                 message = (getattr(rule, "message", None) if rule is not None else None) or decision.reason
                 self.spool.commit(self.spool.prepare(self._audit_record(judged, "deny", decision)), is_error=True)
-                return denied_result(name, str(message), _rule_dict(rule), decision.reason)
+                return for_tool(denied_result(name, str(message), _rule_dict(rule), decision.reason), definition)
             if action == "require_approval":
-                return await self._hold(judged, progress) if allow_hold else None
+                return for_tool(await self._hold(judged, progress), definition) if allow_hold else None
         except GatewayError as exc:
-            return error_result(exc)
-        return error_result(GatewayError(f"the policy returned an unknown verdict {action!r}; the call was not run"))
+            return for_tool(error_result(exc), definition)
+        unknown = GatewayError(f"the policy returned an unknown verdict {action!r}; the call was not run")
+        return for_tool(error_result(unknown), definition)
 
     def _prepare(self, policy: Policy, name: str, arguments: dict[str, Any]) -> _Judged:
         route = self.pool.route(name)

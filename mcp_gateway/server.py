@@ -23,8 +23,9 @@ logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = (
     "Tools here are guarded by Preloop. Some calls run at once, some are denied by policy and some wait "
-    "for a human approver. A result with structuredContent.status 'pending_approval' means the call has "
-    "not run yet: check it with preloop_approval_status or repeat the same call later."
+    "for a human approver. The gateway's own results carry their status in _meta['dev.preloop/status']: "
+    "'pending_approval' means the call has not run yet: check it with preloop_approval_status or repeat the "
+    "same call later; 'denied_by_policy', 'declined', 'expired' and 'cancelled' mean it did not run."
 )
 
 
