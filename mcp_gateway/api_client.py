@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from mcp_gateway.errors import ApiRequestError, ApiUnavailableError
+from mcp_gateway.errors import ApiRequestError, ApiUnavailableError, HubAuthError
 from policies import arguments_hash
 
 logger = logging.getLogger(__name__)
@@ -61,8 +61,17 @@ class ApiClient:
     """Calls the hub's REST API with the agent's key; every failure maps to a `GatewayError`."""
 
     def __init__(
-        self, base_url: str, api_key: str | None, *, timeout: float = 10.0, pool_timeout: float = 120.0
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float = 10.0,
+        pool_timeout: float = 120.0,
+        key_source: str = "PRELOOP_API_KEY",
     ) -> None:
+        #: Where the key came from, named in errors when the hub refuses it.
+        self.key_source = key_source
+        self.has_key = bool(api_key)
         headers = {"Accept": "application/json", "User-Agent": "preloop-gateway"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -116,6 +125,19 @@ class ApiClient:
             detail = error.get("detail")
         except (ValueError, AttributeError):
             pass
+        if response.status_code in (401, 403):
+            fix = (
+                f"{self.key_source} must be a valid, unrevoked agent key"
+                if self.has_key
+                else f"{self.key_source} is not set: set it to an agent key"
+            )
+            raise HubAuthError(
+                f"the Preloop hub at {self.base_url} refused this gateway's API key (HTTP {response.status_code}: "
+                f"{message}); {fix} (create one with `preloop key create --name NAME --scope agent`)",
+                http_status=response.status_code,
+                code=code,
+                api_detail=detail,
+            )
         raise ApiRequestError(
             f"Preloop API refused {method} {path}: {message}",
             http_status=response.status_code,

@@ -12,12 +12,13 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from mcp.server.stdio import stdio_server
 
 from mcp_gateway.api_client import AgentIdentity, ApiClient
 from mcp_gateway.checkpoint import Checkpoint
 from mcp_gateway.config import GatewaySettings
-from mcp_gateway.errors import GatewayError
+from mcp_gateway.errors import GatewayError, HubAuthError
 from mcp_gateway.server import GatewayServer
 from mcp_gateway.snapshot import PolicySnapshot
 from mcp_gateway.spool import AuditSpool
@@ -70,10 +71,11 @@ class Gateway:
             if self.settings.policy_file is not None:
                 await self.snapshot.load_file(self.settings.policy_file)
             else:
-                await self._load_cached()
+                # The hub first: a cached snapshot may be older and laxer than the active policy.
+                fetched = await self.snapshot.fetch_first(self.api, within=self.settings.startup_timeout)
+                if not fetched and self.snapshot.hub_unreachable:
+                    await self._load_cached()
                 self._tg.start_soon(self._follow_api)
-                with anyio.move_on_after(self.settings.startup_timeout):
-                    await self.snapshot.loaded.wait()
             self._tg.start_soon(self.spool.run, self.api.send_audit)
             if self.checkpoint.waiter is not None:
                 self._tg.start_soon(self.checkpoint.waiter.run)
@@ -104,6 +106,10 @@ class Gateway:
         cache = self.settings.data_dir / "identity.json"
         try:
             agent = await self.api.me()
+        except HubAuthError as exc:
+            # Not "unreachable": the hub answered and said no. Tool calls will say so too.
+            self.snapshot.hub_failed(exc)  # logs it
+            return LOCAL_AGENT
         except GatewayError as exc:
             if cache.exists():
                 data = json.loads(cache.read_text())
@@ -115,8 +121,10 @@ class Gateway:
         return agent
 
     async def _load_cached(self) -> None:
-        """Start from the last good snapshot on disk, so allowed calls work while the hub is down."""
+        """Serve the last good snapshot on disk while the hub is unreachable (and only then)."""
+        reason = self.snapshot.problem.message if self.snapshot.problem is not None else "no answer"
         if not self._cache.exists():
+            logger.warning("hub unreachable (%s) and no cached policy: calls fail closed until it answers", reason)
             return
         try:
             data = json.loads(self._cache.read_text())
@@ -125,11 +133,47 @@ class Gateway:
             logger.warning("ignoring an unreadable cached policy at %s", self._cache)
             return
         version = int(data["version"])
+        logger.warning(
+            "hub unreachable (%s): serving the CACHED policy version %s from %s until the hub answers",
+            reason,
+            version,
+            self._cache,
+        )
         await self.snapshot.install(
-            policy, version=version, source_name=f"cached policy v{version}", source_text=data["source"]
+            policy,
+            version=version,
+            source_name=f"cached policy v{version}",
+            source_text=data["source"],
+            origin="cache",
         )
 
+    def health(self) -> dict[str, Any]:
+        """What `/health` reports: where the policy in force came from and whether the hub answers."""
+        snap = self.snapshot
+        problem = snap.problem
+        hub_state = "reachable"
+        if isinstance(problem, HubAuthError):
+            hub_state = "key_refused"
+        elif problem is not None:
+            hub_state = "unreachable"
+        if self.settings.policy_file is not None:
+            hub_state = "not_used"
+        ok = snap.has_policy and snap.origin in ("hub", "file") and problem is None
+        return {
+            "status": "ok" if ok else "degraded",
+            "policy": {
+                "source": snap.origin,
+                "version": snap.version,
+                "hash": snap.policy.version_hash if snap.has_policy else None,
+                "name": snap.source_name,
+            },
+            "hub": {"url": self.settings.api_url, "state": hub_state, "error": problem.message if problem else None},
+        }
+
     async def _follow_api(self) -> None:
+        # A gateway closed right after starting cancels this before it first runs: notice it before
+        # touching the (by then closed) API client.
+        await anyio.lowlevel.checkpoint()
         await self.snapshot.follow_api(self.api, wait=self.settings.policy_wait)
 
     async def _policy_changed(self, policy: Policy) -> None:
@@ -148,7 +192,7 @@ class Gateway:
             await self.server.server.run(read, write, self.server.server.create_initialization_options())
 
     def http_app(self, host: str = "127.0.0.1") -> Any:
-        return self.server.http_app(host=host)
+        return self.server.http_app(host=host, health=self.health)
 
     async def serve_http(self, host: str, port: int, *, started: anyio.Event | None = None) -> None:
         import uvicorn

@@ -220,11 +220,20 @@ class FastPathApp:
     from the HTTP server's protocol without the ASGI message layer.
     """
 
-    def __init__(self, inner: ASGIApp, fast_call: FastCall, *, path: str = "/mcp", local_only: bool) -> None:
+    def __init__(
+        self,
+        inner: ASGIApp,
+        fast_call: FastCall,
+        *,
+        path: str = "/mcp",
+        local_only: bool,
+        health: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.inner = inner
         self.fast_call = fast_call
         self.path = path
         self.local_only = local_only
+        self.health = health
 
     def eligible(self, scope: Scope) -> bool:
         """A stateless (2026-07-28 wire) `tools/call` POST to our path, from an allowed origin."""
@@ -248,6 +257,9 @@ class FastPathApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.eligible(scope):
+            if scope["type"] == "http" and scope["path"] == "/health" and self.health is not None:
+                await _send_json(send, 200, _encode(self.health()))
+                return
             await self.inner(scope, receive, send)
             return
         chunks = []
@@ -292,6 +304,12 @@ class FastPathApp:
         if "resultType" not in result:
             result = {**result, "resultType": "complete"}
         return _encode({"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def replay(body: bytes, receive: Receive) -> Receive:
