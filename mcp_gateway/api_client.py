@@ -225,5 +225,20 @@ class ApiClient:
             json_body={"success": success, "result_summary": result_summary, "error": error},
         )
 
-    async def send_audit(self, records: Sequence[Mapping[str, Any]]) -> None:
-        await self._request("POST", "/audit/calls", json_body={"records": list(records)})
+    async def send_audit(self, records: Sequence[Mapping[str, Any]]) -> list[str] | None:
+        """Deliver call records; the hub's verdict per record, in order (see `AuditSpool`), None if it gave none."""
+        body = {"records": list(records)}
+        response = await self._request("POST", "/audit/calls", json_body=body, ok=range(200, 300))
+        try:
+            results = response.json().get("results")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(results, list):
+            return None
+        verdicts = []
+        for item in results:
+            status = str(item.get("status")) if isinstance(item, Mapping) else "?"
+            if status == "rejected":
+                status = f"rejected: {item.get('error') or 'invalid record'}"
+            verdicts.append(status)
+        return verdicts

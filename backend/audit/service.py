@@ -100,6 +100,40 @@ async def record(
     return row
 
 
+async def record_once(
+    org_id: str | uuid.UUID,
+    kind: str,
+    actor: Actor,
+    *,
+    external_id: str,
+    subject_type: str = "",
+    subject_id: str | uuid.UUID = "",
+    data: dict[str, Any] | None = None,
+) -> bool:
+    """Append one event unless an event with `external_id` exists; True when it was appended.
+
+    The existence check runs under the org's chain lock, so two concurrent resends of one record
+    store it once.
+    """
+    row: dict[str, Any] = {
+        "org_id": str(org_id),
+        "kind": kind,
+        "actor_type": actor.type,
+        "actor_id": str(actor.id),
+        "actor_label": actor.label,
+        "subject_type": subject_type,
+        "subject_id": str(subject_id),
+        "data": json.loads(_canonical(data or {})),
+        "created_at": datetime.now(UTC),
+    }
+    async with write_transaction():
+        await lock(f"audit:{org_id}")
+        if await AuditEvent.exists().where(AuditEvent.external_id == external_id):
+            return False
+        await _append([row], external_id=external_id)
+    return True
+
+
 async def _append(rows: list[dict[str, Any]], *, external_id: str | None = None) -> None:
     """Chain `rows` onto their orgs' logs, in order, under each org's lock."""
     by_org: dict[str, list[dict[str, Any]]] = {}
