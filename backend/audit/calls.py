@@ -9,7 +9,7 @@ from typing import Any, Literal
 import msgspec
 
 from backend.accounts.service import Principal
-from backend.audit.service import record_once
+from backend.audit.service import record_many_once
 from backend.errors import Forbidden, ValidationFailed
 from policies import arguments_hash
 
@@ -141,6 +141,7 @@ async def ingest(principal: Principal, batch: CallBatch) -> BatchAnswer:
         raise ValidationFailed(f"at most {MAX_BATCH} records per batch", detail={"got": len(batch.records)})
     agent = {"id": str(principal.key_id), "name": principal.key_name, "labels": principal.labels}
     results: list[RecordAnswer] = []
+    valid: list[tuple[int, tuple[str, str, str, dict[str, Any], str]]] = []
     for raw in batch.records:
         item, error = _check(raw)
         event_id = item.event_id if item is not None else (raw.get("event_id") if isinstance(raw, dict) else None)
@@ -154,15 +155,14 @@ async def ingest(principal: Principal, batch: CallBatch) -> BatchAnswer:
             details["reported_agent"] = claimed
         if not item.arguments_hash and item.arguments is not None:
             details["arguments_hash"] = arguments_hash(item.arguments)
-        stored = await record_once(
-            principal.org_id,
-            f"call.{item.decision}",
-            principal.actor,
-            subject_type="tool",
-            subject_id=item.tool[:64],
-            data=details,
-            external_id=external_id(principal.org_id, item.event_id),
-        )
-        results.append(RecordAnswer(item.event_id, "accepted" if stored else "duplicate"))
+        event = (f"call.{item.decision}", "tool", item.tool[:64], details, external_id(principal.org_id, item.event_id))
+        valid.append((len(results), event))
+        results.append(RecordAnswer(item.event_id, "accepted"))
+    if valid:
+        # One transaction for the batch: a resent batch is one lookup, not one round trip per record.
+        stored = await record_many_once(principal.org_id, [event for _, event in valid], actor=principal.actor)
+        for (index, _), new in zip(valid, stored, strict=True):
+            if not new:
+                results[index].status = "duplicate"
     counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected")}
     return BatchAnswer(results=results, **counts)
