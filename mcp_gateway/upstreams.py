@@ -80,6 +80,7 @@ class Upstream:
         self._generation_changed = anyio.Event()
         self.last_error: str | None = None
         self._stop = anyio.Event()
+        self.stop_reason = "stopped"
         self.fast_lane: HttpFastLane | None = None
 
     def describe(self) -> str:
@@ -142,7 +143,10 @@ class Upstream:
 
                         tg.start_soon(stop_on_end)
                         tg.start_soon(stop_on_request)
-                    logger.warning("upstream %s (%s) disconnected; restarting", self.name, self.describe())
+                    if self._stop.is_set():
+                        logger.info("upstream %s (%s) stopped: %s", self.name, self.describe(), self.stop_reason)
+                    else:
+                        logger.warning("upstream %s (%s) disconnected; restarting", self.name, self.describe())
             except Exception as exc:  # supervisor boundary: any failure means reconnect
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("upstream %s (%s) failed: %s", self.name, self.describe(), self.last_error)
@@ -171,7 +175,8 @@ class Upstream:
         else:
             await lane.aclose()
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "stopped") -> None:
+        self.stop_reason = reason
         self._stop.set()
 
     async def wait_for_generation(self, generation: int) -> None:
@@ -289,7 +294,9 @@ class UpstreamPool:
         wanted = {c.name: c for c in configs}
         for name, upstream in list(self.upstreams.items()):
             if name not in wanted or wanted[name] != upstream.config:
-                upstream.stop()
+                reason = "removed by the new policy" if name not in wanted else "its configuration changed"
+                logger.info("upstream %s: %s", name, reason)
+                upstream.stop(reason)
                 del self.upstreams[name]
         started: list[Upstream] = []
         for name, config in wanted.items():
