@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable, Coroutine
@@ -192,7 +193,25 @@ class Gateway:
             await self.server.server.run(read, write, self.server.server.create_initialization_options())
 
     def http_app(self, host: str = "127.0.0.1") -> Any:
-        return self.server.http_app(host=host, health=self.health)
+        return self.server.http_app(host=host, health=self.health, fast_path=self.fast_path)
+
+    @functools.cached_property
+    def fast_path(self) -> bool:
+        """Whether the hand-written front and fast lane serve HTTP (off by setting, or if uvicorn moved)."""
+        if not self.settings.fast_path:
+            logger.info("PRELOOP_GATEWAY_FAST_PATH=0: serving through uvicorn and the SDK's ASGI app only")
+            return False
+        from mcp_gateway._inbound import hook_problems
+
+        problems = hook_problems()
+        if problems:
+            logger.error(
+                "the installed uvicorn changed the private hooks the gateway's HTTP front uses (%s); serving "
+                "through the plain ASGI app instead (slower, same answers)",
+                "; ".join(problems),
+            )
+            return False
+        return True
 
     async def serve_http(self, host: str, port: int, *, started: anyio.Event | None = None) -> None:
         import uvicorn
@@ -211,7 +230,7 @@ class Gateway:
             proxy_headers=False,
             server_header=False,
             date_header=False,
-            http=protocol_for(app),
+            http=protocol_for(app) if self.fast_path else "httptools",
         )
         server = uvicorn.Server(config)
         if started is None:

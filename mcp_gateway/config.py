@@ -29,5 +29,7 @@ class GatewaySettings:
     """PRELOOP_GATEWAY_DATA_DIR: where the audit spool and the last good snapshot live."""
     policy_wait: float = 30.0
     """Seconds each policy long-poll waits for a newer version."""
+    fast_path: bool = field(default_factory=lambda: os.environ.get("PRELOOP_GATEWAY_FAST_PATH", "1") != "0")
+    """PRELOOP_GATEWAY_FAST_PATH: 0 serves HTTP through uvicorn's own protocol and the SDK's ASGI app only."""
     startup_timeout: float = 10.0
     """Seconds to wait at start for the first policy before serving anyway (calls fail closed until it lands)."""

@@ -228,7 +228,10 @@ class FastPathApp:
         path: str = "/mcp",
         local_only: bool,
         health: Callable[[], dict[str, Any]] | None = None,
+        enabled: bool = True,
     ) -> None:
+        #: False: every request goes to the SDK's app (PRELOOP_GATEWAY_FAST_PATH=0).
+        self.enabled = enabled
         self.inner = inner
         self.fast_call = fast_call
         self.path = path
@@ -237,7 +240,9 @@ class FastPathApp:
 
     def eligible(self, scope: Scope) -> bool:
         """A stateless (2026-07-28 wire) `tools/call` POST to our path, from an allowed origin."""
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
+        if not self.enabled or scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        if scope["path"].rstrip("/") != self.path:
             return False
         return self.eligible_headers(dict(scope["headers"]))
 

@@ -102,14 +102,19 @@ class GatewayServer:
         return result
 
     def http_app(
-        self, *, host: str = "127.0.0.1", path: str = "/mcp", health: Callable[[], dict[str, Any]] | None = None
+        self,
+        *,
+        host: str = "127.0.0.1",
+        path: str = "/mcp",
+        health: Callable[[], dict[str, Any]] | None = None,
+        fast_path: bool = True,
     ) -> FastPathApp:
         """The streamable-HTTP ASGI app: the SDK's, behind the tools/call fast path (and `/health`)."""
         inner = self.server.streamable_http_app(host=host, streamable_http_path=path)
         local = host in ("127.0.0.1", "localhost", "::1")
         # Settles what needs no waiting; None sends the call to the SDK app, which may hold it.
         settle = functools.partial(self.checkpoint.try_call, progress=None, allow_hold=False)
-        return FastPathApp(inner, settle, path=path, local_only=local, health=health)
+        return FastPathApp(inner, settle, path=path, local_only=local, health=health, enabled=fast_path)
 
     async def notify_tools_changed(self) -> None:
         """Tell every connected agent the tool list changed (legacy sessions and modern listen streams)."""

@@ -245,6 +245,8 @@ class AuditSpool:
         (appends run on this event loop). The offset is stored before the file shrinks: a crash in between
         only resends (deduplicated), it never skips.
         """
+        if self._fd < 0:
+            return  # closed under a cancelled delivery: the next opening compacts
         delivered = self._delivered_offset()
         if delivered == 0:
             return

@@ -20,6 +20,14 @@ from tests.interop.conftest import BIN, free_port, running_gateway, serving_http
 
 pytestmark = pytest.mark.interop
 
+
+@pytest.fixture(autouse=True, params=["fast-path", "plain-asgi"])
+def http_front(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every fidelity test runs on the hand-written front + fast lane and on the plain ASGI app."""
+    if request.param == "plain-asgi":
+        monkeypatch.setenv("PRELOOP_GATEWAY_FAST_PATH", "0")
+    return str(request.param)
+
 ALLOW_ALL = """
 version: "1"
 servers:
