@@ -67,6 +67,7 @@ class Gateway:
                 background=self._spawn,
             )
             self.mcp = GatewayServer(self.checkpoint)
+            self.pool.on_upstream_event = self.mcp.relay_upstream_event
             await self._tg.start(self.pool.run, [])
             self.snapshot.on_change(self._policy_changed)
             if self.settings.policy_file is not None:

@@ -22,11 +22,14 @@ from mcp_gateway.errors import (
     GatewayError,
     HashMismatchError,
     JustificationError,
+    ResourceRefusedError,
     UnknownToolError,
     UpstreamError,
 )
 from mcp_gateway.hold import VerdictWaiter
 from mcp_gateway.results import (
+    DETAIL_KEY,
+    STATUS_KEY,
     STATUS_TOOL,
     STATUS_TOOL_DEFINITION,
     denied_result,
@@ -40,6 +43,7 @@ from mcp_gateway.snapshot import PolicySnapshot
 from mcp_gateway.spool import AuditSpool, PreparedRecord
 from mcp_gateway.upstreams import ToolRoute, UpstreamPool
 from policies import AgentInfo, CallContext, Policy
+from policies.engine import RESOURCE_READ
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +217,8 @@ class Checkpoint:
         upstream = self.pool.upstreams.get(route.server)
         if upstream is None:
             raise UpstreamError(f"upstream server {route.server!r} is not configured any more")
+        if route.tool_name == RESOURCE_READ:  # a held read, approved
+            return await upstream.request("resources/read", {"uri": arguments["uri"]})
         forwarded: dict[str, Any] = {"name": route.tool_name, "arguments": dict(arguments)}
         meta = (params or {}).get("_meta")
         if isinstance(meta, Mapping):
@@ -241,6 +247,46 @@ class Checkpoint:
             "policy_version": self.snapshot.version,
             "policy_hash": self.snapshot.policy.version_hash,
         }
+
+    # -- resources/read ---------------------------------------------------------------------------
+
+    async def read_resource(self, params: Mapping[str, Any], *, progress: Progress | None = None) -> dict[str, Any]:
+        """Route one `resources/read` to its upstream, judged by the policy's `resources:` rules.
+
+        Returns the upstream's raw result; a read that does not happen raises `ResourceRefusedError`
+        (a JSON-RPC error: `resources/read` has no error result) carrying the same status as a tool's.
+        """
+        uri = str(params.get("uri", ""))
+        server = await self.pool.resolve_uri(uri)
+        if server is None or server not in self.pool.upstreams:
+            raise UpstreamError(f"no upstream server offers the resource {uri!r}", uri=uri)
+        policy = self.snapshot.policy
+        if not policy.resources:
+            return await self.pool.upstreams[server].request("resources/read", dict(params))
+        judged = _Judged(ToolRoute(uri, server, RESOURCE_READ, {}), {"uri": uri}, None)
+        decision = policy.evaluate(
+            CallContext(
+                tool=RESOURCE_READ,
+                server=server,
+                args={"uri": uri},
+                agent=self._agent_info,
+                justification=None,
+                now=datetime.now(UTC),
+            )
+        )
+        if decision.action == "allow":
+            return await self.pool.upstreams[server].request("resources/read", dict(params))
+        if decision.action == "deny":
+            self.spool.commit(self.spool.prepare(self._audit_record(judged, "deny", decision)), is_error=True)
+            message = decision.message or decision.reason
+            result = denied_result(f"reading {uri}", str(message), _rule_dict(decision.rule), decision.reason)
+        else:
+            result = await self._hold(judged, progress)
+        meta = result.get("_meta")
+        if isinstance(meta, Mapping) and STATUS_KEY in meta:
+            detail = {k: v for k, v in meta[DETAIL_KEY].items() if k != "message"}
+            raise ResourceRefusedError(_summary(result) or "the read was not allowed", **detail)
+        return result
 
     # -- holding ----------------------------------------------------------------------------------
 

@@ -67,3 +67,9 @@ class HashMismatchError(GatewayError):
     """The approved arguments do not match the hash the gateway asked approval for."""
 
     status = "arguments_mismatch"
+
+
+class ResourceRefusedError(GatewayError):
+    """A `resources/read` the policy denied, or held without an approval (detail carries the status)."""
+
+    status = "resource_refused"

@@ -13,11 +13,21 @@ from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
-from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ToolsListChanged,
+)
+from mcp.shared.exceptions import MCPError
+from mcp_types.methods import CACHEABLE_METHODS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_gateway.checkpoint import Checkpoint
+from mcp_gateway.errors import GatewayError, ResourceRefusedError
 from mcp_gateway.fastlane import FastPathApp
+from mcp_gateway.results import DETAIL_KEY, STATUS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +37,20 @@ INSTRUCTIONS = (
     "'pending_approval' means the call has not run yet: check it with preloop_approval_status or repeat the "
     "same call later; 'denied_by_policy', 'declined', 'expired' and 'cancelled' mean it did not run."
 )
+
+
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+#: JSON-RPC error code of a `resources/read` the policy refused or held (status in `data`).
+REFUSED = -32001
+
+
+async def _unreachable(ctx: Any, params: Any) -> Any:
+    raise MCPError(INTERNAL_ERROR, "handled by the gateway's middleware")
+
+
+def _plain(detail: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in detail.items() if isinstance(v, str | int | float | bool | dict | list | None)}
 
 
 class _GatewayServer(Server[Any]):
@@ -39,7 +63,8 @@ class _GatewayServer(Server[Any]):
         extensions: dict[str, dict[str, Any]] | None = None,
     ) -> InitializationOptions:
         return super().create_initialization_options(
-            notification_options or NotificationOptions(tools_changed=True),
+            notification_options
+            or NotificationOptions(tools_changed=True, resources_changed=True, prompts_changed=True),
             experimental_capabilities,
             extensions,
         )
@@ -60,9 +85,26 @@ class GatewayServer:
             on_list_tools=self._list_tools,
             on_call_tool=self._call_tool_typed,
             on_subscriptions_listen=ListenHandler(self._bus),
+            # Declared so the server advertises these capabilities; `_intercept` answers them raw.
+            on_list_resources=_unreachable,
+            on_list_resource_templates=_unreachable,
+            on_read_resource=_unreachable,
+            on_list_prompts=_unreachable,
+            on_get_prompt=_unreachable,
+            on_completion=_unreachable,
+            on_set_logging_level=_unreachable,
         )
         # Our middleware replaces the default OpenTelemetry one: a span per message costs more than a proxy hop.
         self.server.middleware = [self._intercept_call]
+        self._proxied = {
+            "resources/list": self._resources_list,
+            "resources/templates/list": self._templates_list,
+            "resources/read": self._resources_read,
+            "prompts/list": self._prompts_list,
+            "prompts/get": self._prompts_get,
+            "completion/complete": self._complete,
+            "logging/setLevel": self._set_level,
+        }
 
     def _remember(self, ctx: ServerRequestContext[Any, Any]) -> None:
         if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
@@ -85,6 +127,17 @@ class GatewayServer:
         return types.CallToolResult.model_validate(await self.checkpoint.call(raw), by_name=False)
 
     async def _intercept_call(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        proxied = self._proxied.get(ctx.method)
+        if proxied is not None:
+            self._remember(ctx)
+            params = ctx.params if isinstance(ctx.params, Mapping) else {}
+            try:
+                result = await proxied(ctx, params)
+            except GatewayError as exc:
+                data = {STATUS_KEY: exc.detail.get("status", exc.status), DETAIL_KEY: _plain(exc.detail)}
+                raise MCPError(REFUSED if isinstance(exc, ResourceRefusedError) else INTERNAL_ERROR, exc.message,
+                               data) from exc
+            return self._for_version(ctx, result)
         if ctx.method != "tools/call" or not isinstance(ctx.params, Mapping):
             return await call_next(ctx)
         self._remember(ctx)
@@ -94,12 +147,83 @@ class GatewayServer:
         if isinstance(meta, Mapping) and meta.get("progressToken") is not None:
             progress = session.report_progress
         result = await self.checkpoint.call(ctx.params, progress=progress)
+        return self._for_version(ctx, result)
+
+    def _for_version(self, ctx: ServerRequestContext[Any, Any], result: dict[str, Any]) -> dict[str, Any]:
         if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
             if "resultType" not in result:
                 result = {**result, "resultType": "complete"}
-        elif "resultType" in result:
-            result = {k: v for k, v in result.items() if k != "resultType"}
+            if ctx.method in CACHEABLE_METHODS:
+                # Merged and policy-filtered answers: immediately stale, never shared across agents.
+                result = {"ttlMs": 0, "cacheScope": "private", **result}
+        elif "resultType" in result or "ttlMs" in result:
+            result = {k: v for k, v in result.items() if k not in ("resultType", "ttlMs", "cacheScope")}
         return result
+
+    # -- resources, prompts, completion, logging (raw pass-through, routed by the pool) -------------
+
+    async def _resources_list(self, ctx: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"resources": await self.checkpoint.pool.list_resources()}
+
+    async def _templates_list(self, ctx: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"resourceTemplates": await self.checkpoint.pool.list_resource_templates()}
+
+    async def _resources_read(self, ctx: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.checkpoint.read_resource(params)
+
+    async def _prompts_list(self, ctx: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"prompts": await self.checkpoint.pool.list_prompts()}
+
+    async def _prompts_get(self, ctx: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        pool = self.checkpoint.pool
+        route = await pool.route_prompt(str(params.get("name", "")))
+        if route is None:
+            raise MCPError(INVALID_PARAMS, f"no upstream server offers a prompt named {params.get('name')!r}")
+        server, name = route
+        return await pool.upstreams[server].request("prompts/get", {**params, "name": name})
+
+    async def _complete(self, ctx: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        pool = self.checkpoint.pool
+        ref = params.get("ref")
+        ref = ref if isinstance(ref, Mapping) else {}
+        if ref.get("type") == "ref/prompt":
+            route = await pool.route_prompt(str(ref.get("name", "")))
+            if route is None:
+                raise MCPError(INVALID_PARAMS, f"no upstream server offers a prompt named {ref.get('name')!r}")
+            server, name = route
+            forwarded = {**params, "ref": {**ref, "name": name}}
+        else:
+            found = await pool.resolve_uri(str(ref.get("uri", "")))
+            if found is None:
+                raise MCPError(INVALID_PARAMS, f"no upstream server offers the resource {ref.get('uri')!r}")
+            server, forwarded = found, dict(params)
+        upstream = pool.upstreams[server]
+        if not upstream.offers("completions"):
+            return {"completion": {"values": [], "hasMore": False}}
+        return await upstream.request("completion/complete", forwarded)
+
+    async def _set_level(self, ctx: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+        await self.checkpoint.pool.set_logging_level(params)
+        return {}
+
+    async def relay_upstream_event(self, kind: str, server: str, payload: Any) -> None:
+        """An upstream's list change or log message, passed on to every connected agent."""
+        if kind == "resources_changed":
+            await self._bus.publish(ResourcesListChanged())
+        elif kind == "prompts_changed":
+            await self._bus.publish(PromptsListChanged())
+        for connection in list(self._legacy_connections):
+            try:
+                if kind == "resources_changed":
+                    await connection.send_resource_list_changed()
+                elif kind == "prompts_changed":
+                    await connection.send_prompt_list_changed()
+                elif kind == "log" and payload is not None:
+                    params = payload.model_dump(by_alias=True, exclude_none=True, mode="json")
+                    await connection.notify("notifications/message", params)
+            except Exception:  # a closed agent connection must not stop the others
+                logger.debug("dropping %s for a closed connection", kind, exc_info=True)
+                self._legacy_connections.discard(connection)
 
     def http_app(
         self,
