@@ -15,6 +15,7 @@ from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.static_files import create_static_files_router
 
+from backend.accounts.agent_check import AgentController
 from backend.accounts.controllers import AuthController, KeyController, TeamController, UserController
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
@@ -66,6 +67,7 @@ def route_handlers() -> list[Any]:
         UserController,
         TeamController,
         KeyController,
+        AgentController,
         AuditController,
     ]
     handlers.append(PolicyController)

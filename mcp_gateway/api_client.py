@@ -154,6 +154,15 @@ class ApiClient:
             labels={str(k): str(v) for k, v in (key.get("labels") or {}).items()},
         )
 
+    async def agent_me(self) -> AgentIdentity:
+        """The agent behind this client's key (`GET /agents/me`); HubAuthError if revoked or not an agent key."""
+        body = (await self._request("GET", "/agents/me")).json()
+        return AgentIdentity(
+            id=str(body["id"]),
+            name=str(body["name"]),
+            labels={str(k): str(v) for k, v in (body.get("labels") or {}).items()},
+        )
+
     async def active_policy(self, *, after: int | None = None, wait: float | None = None) -> PolicySnapshotDoc | None:
         """The active snapshot; with `after`/`wait`, a long-poll returning None on 304 (no change)."""
         params: dict[str, str | int] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -16,6 +16,7 @@ import anyio.abc
 import anyio.lowlevel
 from mcp.server.stdio import stdio_server
 
+from mcp_gateway.agents import AgentDirectory
 from mcp_gateway.api_client import AgentIdentity, ApiClient
 from mcp_gateway.checkpoint import Checkpoint
 from mcp_gateway.config import GatewaySettings
@@ -41,6 +42,7 @@ class Gateway:
         self.spool = AuditSpool(settings.data_dir)
         self.pool = UpstreamPool(on_tools_changed=self._tools_changed)
         self.checkpoint: Checkpoint | None = None
+        self.directory: AgentDirectory | None = None
         self.mcp: GatewayServer | None = None
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -66,7 +68,12 @@ class Gateway:
                 hold_window=self.settings.hold_window,
                 background=self._spawn,
             )
-            self.mcp = GatewayServer(self.checkpoint)
+            if self.settings.policy_file is None or self.settings.require_agent_key:
+                self.directory = AgentDirectory(self.settings.api_url, ttl=self.settings.agent_key_ttl)
+                self._stack.push_async_callback(self.directory.aclose)
+            self.mcp = GatewayServer(
+                self.checkpoint, directory=self.directory, require_agent_key=self.settings.require_agent_key
+            )
             self.pool.on_upstream_event = self.mcp.relay_upstream_event
             await self._tg.start(self.pool.run, [])
             self.snapshot.on_change(self._policy_changed)
@@ -78,7 +85,7 @@ class Gateway:
                 if not fetched and self.snapshot.hub_unreachable:
                     await self._load_cached()
                 self._tg.start_soon(self._follow_api)
-            self._tg.start_soon(self.spool.run, self.api.send_audit)
+            self._tg.start_soon(self.spool.run, self._send_audit)
             if self.checkpoint.waiter is not None:
                 self._tg.start_soon(self.checkpoint.waiter.run)
         except BaseException:
@@ -148,6 +155,25 @@ class Gateway:
             source_text=data["source"],
             origin="cache",
         )
+
+    async def _send_audit(self, records: Sequence[Mapping[str, Any]]) -> list[str] | None:
+        """Deliver records under the key of the agent that made each call, so the hub stamps the right agent.
+
+        Records of an agent whose key this process has not seen (e.g. after a restart) go out under
+        PRELOOP_API_KEY; the hub then keeps the claimed agent as `reported_agent`.
+        """
+        verdicts: list[str] = []
+        start = 0
+        while start < len(records):
+            agent_id = _agent_id(records[start])
+            end = start + 1
+            while end < len(records) and _agent_id(records[end]) == agent_id:
+                end += 1
+            client = self.directory.client_for_agent(agent_id) if self.directory is not None else None
+            answer = await (client or self.api).send_audit(records[start:end])
+            verdicts += answer if answer is not None else ["accepted"] * (end - start)
+            start = end
+        return verdicts
 
     def health(self) -> dict[str, Any]:
         """What `/health` reports: where the policy in force came from and whether the hub answers."""
@@ -242,6 +268,11 @@ class Gateway:
             while not server.started:  # noqa: ASYNC110 - uvicorn offers no started event
                 await anyio.sleep(0.01)
             started.set()
+
+
+def _agent_id(record: Mapping[str, Any]) -> str:
+    agent = record.get("agent")
+    return str(agent.get("id", "")) if isinstance(agent, Mapping) else ""
 
 
 def data_dir_for(path: str | Path | None) -> Path:

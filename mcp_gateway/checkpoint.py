@@ -15,6 +15,7 @@ import anyio
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 
+from mcp_gateway.agents import CURRENT_CALLER, Caller
 from mcp_gateway.api_client import AgentIdentity, ApiClient, ApprovalTicket, arguments_hash
 from mcp_gateway.errors import (
     ApiRequestError,
@@ -106,6 +107,8 @@ class Checkpoint:
         self._background = background
         self.waiter = VerdictWaiter(api) if api is not None else None
         self._agent_info = AgentInfo(name=agent.name, id=agent.id, labels=dict(agent.labels))
+        self._default_caller = Caller(agent, api)
+        self._infos: dict[str, AgentInfo] = {}
 
     # -- tools/list -------------------------------------------------------------------------------
 
@@ -145,7 +148,7 @@ class Checkpoint:
                     tool=judged.route.tool_name,
                     server=judged.route.server,
                     args=judged.arguments,
-                    agent=self._agent_info,
+                    agent=self._info(),
                     justification=judged.justification,
                     now=datetime.now(UTC),
                 )
@@ -241,7 +244,7 @@ class Checkpoint:
             "arguments": judged.arguments,
             # No hash here: the hub computes it from `arguments` when the record arrives.
             "justification": judged.justification,
-            "agent": {"id": self.agent.id, "name": self.agent.name},
+            "agent": self._agent_field(),
             "rule": _rule_dict(decision.rule),
             "reason": decision.reason,
             "policy_version": self.snapshot.version,
@@ -269,7 +272,7 @@ class Checkpoint:
                 tool=RESOURCE_READ,
                 server=server,
                 args={"uri": uri},
-                agent=self._agent_info,
+                agent=self._info(),
                 justification=None,
                 now=datetime.now(UTC),
             )
@@ -292,10 +295,11 @@ class Checkpoint:
 
     async def _hold(self, judged: _Judged, progress: Progress | None) -> dict[str, Any]:
         name = judged.route.exposed_name
-        if self.api is None or self.waiter is None:
+        api = self._who().api
+        if api is None or self.waiter is None:
             raise GatewayError(f"{name} needs human approval, but this gateway has no Preloop API to ask; not run")
         try:
-            ticket = await self.api.create_approval(
+            ticket = await api.create_approval(
                 tool=judged.route.tool_name,
                 server=judged.route.server,
                 arguments=judged.arguments,
@@ -377,9 +381,12 @@ class Checkpoint:
             await self._report(approval_id, success=False, error=exc.message)
             raise
 
+        caller_api = self.api_required  # the background task may not see this request's caller
+
         async def report() -> None:
             await self._report(
                 approval_id,
+                api=caller_api,
                 success=not result.get("isError"),
                 summary=_summary(result),
                 error=_summary(result) if result.get("isError") else None,
@@ -405,7 +412,7 @@ class Checkpoint:
                 "arguments": judged.arguments,
                 "arguments_hash": arguments_hash(judged.arguments),
                 "justification": judged.justification,
-                "agent": {"id": self.agent.id, "name": self.agent.name},
+                "agent": self._agent_field(),
                 "is_error": bool(result.get("isError")),
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             }
@@ -414,15 +421,43 @@ class Checkpoint:
 
     @property
     def api_required(self) -> ApiClient:
-        if self.api is None:
+        api = self._who().api
+        if api is None:
             raise GatewayError("this gateway has no Preloop API configured")
-        return self.api
+        return api
+
+    # -- who is calling ---------------------------------------------------------------------------
+
+    def _who(self) -> Caller:
+        """The agent of the request being served: its own key on HTTP, else the gateway's."""
+        return CURRENT_CALLER.get() or self._default_caller
+
+    def _info(self) -> AgentInfo:
+        caller = CURRENT_CALLER.get()
+        if caller is None:
+            return self._agent_info
+        info = self._infos.get(caller.agent.id)
+        if info is None or info.name != caller.agent.name or info.labels != caller.agent.labels:
+            info = AgentInfo(name=caller.agent.name, id=caller.agent.id, labels=dict(caller.agent.labels))
+            self._infos[caller.agent.id] = info
+        return info
+
+    def _agent_field(self) -> dict[str, str]:
+        agent = self._who().agent
+        return {"id": agent.id, "name": agent.name}
 
     async def _report(
-        self, approval_id: str, *, success: bool, summary: str | None = None, error: str | None = None
+        self,
+        approval_id: str,
+        *,
+        success: bool,
+        summary: str | None = None,
+        error: str | None = None,
+        api: ApiClient | None = None,
     ) -> None:
         try:
-            await self.api_required.report_outcome(approval_id, success=success, result_summary=summary, error=error)
+            client = api or self.api_required
+            await client.report_outcome(approval_id, success=success, result_summary=summary, error=error)
         except GatewayError as exc:
             logger.warning("could not report the outcome of approval %s: %s", approval_id, exc.message)
 

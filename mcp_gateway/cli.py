@@ -64,6 +64,13 @@ def gateway(
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Audit spool and cached snapshot directory.")
     ] = None,
+    require_agent_key: Annotated[
+        bool,
+        typer.Option(
+            "--require-agent-key",
+            help="HTTP: refuse clients that send no `Authorization: Bearer <agent key>` (no PRELOOP_API_KEY default).",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details to stderr.")] = False,
 ) -> None:
     """Proxy the active policy's MCP servers, enforcing the policy on every tools/call.
@@ -91,6 +98,7 @@ def gateway(
         policy_file=policy,
         hold_window=hold_window,
         data_dir=data_dir or base.data_dir,
+        require_agent_key=require_agent_key,
     )
 
     async def main() -> None:

@@ -229,7 +229,10 @@ class FastPathApp:
         local_only: bool,
         health: Callable[[], dict[str, Any]] | None = None,
         enabled: bool = True,
+        require_agent_key: bool = False,
     ) -> None:
+        #: Refuse requests to `path` without an `Authorization` header (401).
+        self.require_agent_key = require_agent_key
         #: False: every request goes to the SDK's app (PRELOOP_GATEWAY_FAST_PATH=0).
         self.enabled = enabled
         self.inner = inner
@@ -250,6 +253,9 @@ class FastPathApp:
         """The header part of `eligible`; `headers` has lower-case names."""
         if (
             headers.get(b"mcp-method") != b"tools/call"
+            # An agent's own key is checked with the hub on the SDK path, which knows the request.
+            or b"authorization" in headers
+            or self.require_agent_key
             or b"mcp-session-id" in headers
             or headers.get(b"mcp-protocol-version", b"").decode("latin-1") not in MODERN_PROTOCOL_VERSIONS
         ):
@@ -264,6 +270,19 @@ class FastPathApp:
         if not self.eligible(scope):
             if scope["type"] == "http" and scope["path"] == "/health" and self.health is not None:
                 await _send_json(send, 200, _encode(self.health()))
+                return
+            if (
+                self.require_agent_key
+                and scope["type"] == "http"
+                and scope["path"].rstrip("/") == self.path
+                and not any(name == b"authorization" for name, _ in scope["headers"])
+            ):
+                refusal = {
+                    "error": "agent_key_required",
+                    "message": "this gateway requires each agent's own key: send `Authorization: Bearer <agent key>` "
+                    "(create one with `preloop key create --name NAME --scope agent`)",
+                }
+                await _send_json(send, 401, _encode(refusal))
                 return
             await self.inner(scope, receive, send)
             return

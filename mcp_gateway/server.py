@@ -24,10 +24,11 @@ from mcp.shared.exceptions import MCPError
 from mcp_types.methods import CACHEABLE_METHODS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcp_gateway.agents import CURRENT_CALLER, AgentDirectory
 from mcp_gateway.checkpoint import Checkpoint
 from mcp_gateway.errors import GatewayError, ResourceRefusedError
 from mcp_gateway.fastlane import FastPathApp
-from mcp_gateway.results import DETAIL_KEY, STATUS_KEY
+from mcp_gateway.results import DETAIL_KEY, STATUS_KEY, error_result
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ INSTRUCTIONS = (
 )
 
 
+INVALID_REQUEST = -32600
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 #: JSON-RPC error code of a `resources/read` the policy refused or held (status in `data`).
@@ -47,6 +49,16 @@ REFUSED = -32001
 
 async def _unreachable(ctx: Any, params: Any) -> Any:
     raise MCPError(INTERNAL_ERROR, "handled by the gateway's middleware")
+
+
+def _bearer(request: Any) -> str | None:
+    """The `Authorization: Bearer` token of an HTTP request (None for stdio and in-process agents)."""
+    headers = getattr(request, "headers", None)
+    if headers is None:
+        return None
+    value = str(headers.get("authorization") or "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 def _plain(detail: Mapping[str, Any]) -> dict[str, Any]:
@@ -73,8 +85,19 @@ class _GatewayServer(Server[Any]):
 class GatewayServer:
     """Wraps the lowlevel `Server`; `tools/call` takes a fast path that skips model validation both ways."""
 
-    def __init__(self, checkpoint: Checkpoint, *, name: str = "preloop-gateway", version: str = "0.1.0") -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        name: str = "preloop-gateway",
+        version: str = "0.1.0",
+        directory: AgentDirectory | None = None,
+        require_agent_key: bool = False,
+    ) -> None:
         self.checkpoint = checkpoint
+        #: Checks the agent keys HTTP clients send; None: every caller is the gateway's own key.
+        self.directory = directory
+        self.require_agent_key = require_agent_key
         self._bus = InMemorySubscriptionBus()
         # Handshake-era clients get change notifications on their connection's standalone stream.
         self._legacy_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
@@ -127,6 +150,25 @@ class GatewayServer:
         return types.CallToolResult.model_validate(await self.checkpoint.call(raw), by_name=False)
 
     async def _intercept_call(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        key = _bearer(ctx.request) if self.directory is not None else None
+        if key is None:
+            return await self._serve(ctx, call_next)
+        assert self.directory is not None
+        try:
+            caller = await self.directory.caller_for(key)
+        except GatewayError as exc:
+            if ctx.method == "tools/call":
+                return self._for_version(ctx, error_result(exc))
+            if ctx.method in self._proxied:
+                raise MCPError(INVALID_REQUEST, exc.message, {STATUS_KEY: exc.status}) from exc
+            return await call_next(ctx)  # initialize, tools/list, ping: no identity needed
+        token = CURRENT_CALLER.set(caller)
+        try:
+            return await self._serve(ctx, call_next)
+        finally:
+            CURRENT_CALLER.reset(token)
+
+    async def _serve(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         proxied = self._proxied.get(ctx.method)
         if proxied is not None:
             self._remember(ctx)
@@ -238,7 +280,15 @@ class GatewayServer:
         local = host in ("127.0.0.1", "localhost", "::1")
         # Settles what needs no waiting; None sends the call to the SDK app, which may hold it.
         settle = functools.partial(self.checkpoint.try_call, progress=None, allow_hold=False)
-        return FastPathApp(inner, settle, path=path, local_only=local, health=health, enabled=fast_path)
+        return FastPathApp(
+            inner,
+            settle,
+            path=path,
+            local_only=local,
+            health=health,
+            enabled=fast_path,
+            require_agent_key=self.require_agent_key,
+        )
 
     async def notify_tools_changed(self) -> None:
         """Tell every connected agent the tool list changed (legacy sessions and modern listen streams)."""
