@@ -9,7 +9,7 @@ from typing import Any, Literal
 import msgspec
 
 from backend.accounts.service import Principal
-from backend.audit.service import record_many_once
+from backend.audit.service import Actor, record_many_once
 from backend.errors import Forbidden, ValidationFailed
 from policies import arguments_hash
 
@@ -160,7 +160,8 @@ async def ingest(principal: Principal, batch: CallBatch) -> BatchAnswer:
         results.append(RecordAnswer(item.event_id, "accepted"))
     if valid:
         # One transaction for the batch: a resent batch is one lookup, not one round trip per record.
-        stored = await record_many_once(principal.org_id, [event for _, event in valid], actor=principal.actor)
+        actor = Actor("key", str(principal.key_id), principal.key_name or principal.email)
+        stored = await record_many_once(principal.org_id, [event for _, event in valid], actor=actor)
         for (index, _), new in zip(valid, stored, strict=True):
             if not new:
                 results[index].status = "duplicate"
