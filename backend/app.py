@@ -17,6 +17,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
+from backend.accounts.agent_check import AgentController
 from backend.accounts.controllers import AuthController, KeyController, MeController, TeamController, UserController
 from backend.accounts.passkey_controllers import TotpController, WebAuthnController
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
@@ -92,6 +93,7 @@ def route_handlers() -> list[Any]:
         UserController,
         TeamController,
         KeyController,
+        AgentController,
         AuditController,
     ]
     handlers.extend([WebAuthnController, TotpController])

@@ -38,6 +38,48 @@ _FIELD = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\t\x20-\x7e\x80-\xff]*"
 _FIELDS = re.compile(_FIELD + rb"(?:\r\n" + _FIELD + rb")*")  # token ":" value, CRLF-separated
 
 
+#: The uvicorn internals this module relies on: methods it overrides or calls, and attributes it reads.
+HOOK_METHODS = {
+    "__init__": ("self", "config", "server_state", "app_state", "_loop"),
+    "data_received": ("self", "data"),
+    "connection_made": ("self", "transport"),
+    "connection_lost": ("self", "exc"),
+    "on_message_begin": ("self",),
+    "on_message_complete": ("self",),
+    "on_response_complete": ("self",),
+    "_start_asgi_task": ("self", "cycle", "app"),
+    "_unset_keepalive_if_required": ("self",),
+}
+HOOK_ATTRIBUTES = ("self.pipeline", "self.cycle", "self.connections", "self.config", "self.app_state", "self.loop")
+
+
+def hook_problems() -> list[str]:
+    """What changed in uvicorn's private protocol since the version this front was written for (empty: fine)."""
+    import inspect
+
+    problems = []
+    for name, params in HOOK_METHODS.items():
+        method = getattr(HttpToolsProtocol, name, None)
+        if method is None:
+            problems.append(f"HttpToolsProtocol.{name} is gone")
+            continue
+        found = tuple(inspect.signature(method).parameters)
+        if found != params:
+            problems.append(f"HttpToolsProtocol.{name}{found} is not {name}{params}")
+    init = inspect.getsource(HttpToolsProtocol.__init__)
+    assigned = set(re.findall(r"(self\.\w+)\s*(?::[^=\n]+)?=", init))
+    problems += [f"HttpToolsProtocol.__init__ no longer sets {a}" for a in HOOK_ATTRIBUTES if a not in assigned]
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+
+    if "self.response_complete =" not in inspect.getsource(RequestResponseCycle.__init__):
+        problems.append("RequestResponseCycle no longer has response_complete")
+    from uvicorn.server import ServerState
+
+    if "self.connections" not in inspect.getsource(ServerState.__init__):
+        problems.append("ServerState no longer has connections")
+    return problems
+
+
 def protocol_for(app: FastPathApp) -> type[FrontProtocol]:
     """The protocol class uvicorn instantiates per connection, bound to `app`."""
     lent: type[LentProtocol] = type("BoundLentProtocol", (LentProtocol,), {"fastlane": app})

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from mcp_gateway.errors import ApiRequestError, ApiUnavailableError
+from mcp_gateway.errors import ApiRequestError, ApiUnavailableError, HubAuthError
 from policies import arguments_hash
 
 logger = logging.getLogger(__name__)
@@ -65,8 +65,17 @@ class ApiClient:
     """Calls the hub's REST API with the agent's key; every failure maps to a `GatewayError`."""
 
     def __init__(
-        self, base_url: str, api_key: str | None, *, timeout: float = 10.0, pool_timeout: float = 120.0
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float = 10.0,
+        pool_timeout: float = 120.0,
+        key_source: str = "PRELOOP_API_KEY",
     ) -> None:
+        #: Where the key came from, named in errors when the hub refuses it.
+        self.key_source = key_source
+        self.has_key = bool(api_key)
         headers = {"Accept": "application/json", "User-Agent": "preloop-gateway"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -121,6 +130,19 @@ class ApiClient:
             detail = error.get("detail")
         except (ValueError, AttributeError):
             pass
+        if response.status_code in (401, 403):
+            fix = (
+                f"{self.key_source} must be a valid, unrevoked agent key"
+                if self.has_key
+                else f"{self.key_source} is not set: set it to an agent key"
+            )
+            raise HubAuthError(
+                f"the Preloop hub at {self.base_url} refused this gateway's API key (HTTP {response.status_code}: "
+                f"{message}); {fix} (create one with `preloop key create --name NAME --scope agent`)",
+                http_status=response.status_code,
+                code=code,
+                api_detail=detail,
+            )
         raise ApiRequestError(
             f"Preloop API refused {method} {path}: {message}",
             http_status=response.status_code,
@@ -135,6 +157,15 @@ class ApiClient:
             id=str(key.get("id", "")),
             name=str(key.get("name") or (body.get("user") or {}).get("email") or "agent"),
             labels={str(k): str(v) for k, v in (key.get("labels") or {}).items()},
+        )
+
+    async def agent_me(self) -> AgentIdentity:
+        """The agent behind this client's key (`GET /agents/me`); HubAuthError if revoked or not an agent key."""
+        body = (await self._request("GET", "/agents/me")).json()
+        return AgentIdentity(
+            id=str(body["id"]),
+            name=str(body["name"]),
+            labels={str(k): str(v) for k, v in (body.get("labels") or {}).items()},
         )
 
     async def active_policy(self, *, after: int | None = None, wait: float | None = None) -> PolicySnapshotDoc | None:
@@ -211,5 +242,20 @@ class ApiClient:
             json_body={"success": success, "result_summary": result_summary, "error": error},
         )
 
-    async def send_audit(self, records: Sequence[Mapping[str, Any]]) -> None:
-        await self._request("POST", "/audit/calls", json_body={"records": list(records)})
+    async def send_audit(self, records: Sequence[Mapping[str, Any]]) -> list[str] | None:
+        """Deliver call records; the hub's verdict per record, in order (see `AuditSpool`), None if it gave none."""
+        body = {"records": list(records)}
+        response = await self._request("POST", "/audit/calls", json_body=body, ok=range(200, 300))
+        try:
+            results = response.json().get("results")
+        except (ValueError, AttributeError):
+            return None
+        if not isinstance(results, list):
+            return None
+        verdicts = []
+        for item in results:
+            status = str(item.get("status")) if isinstance(item, Mapping) else "?"
+            if status == "rejected":
+                status = f"rejected: {item.get('error') or 'invalid record'}"
+            verdicts.append(status)
+        return verdicts

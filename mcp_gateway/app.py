@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
@@ -12,13 +13,15 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from mcp.server.stdio import stdio_server
 
 from mcp_gateway import metrics
+from mcp_gateway.agents import AgentDirectory
 from mcp_gateway.api_client import AgentIdentity, ApiClient
 from mcp_gateway.checkpoint import Checkpoint
 from mcp_gateway.config import GatewaySettings
-from mcp_gateway.errors import GatewayError
+from mcp_gateway.errors import GatewayError, HubAuthError
 from mcp_gateway.server import GatewayServer
 from mcp_gateway.snapshot import PolicySnapshot
 from mcp_gateway.spool import AuditSpool
@@ -40,6 +43,7 @@ class Gateway:
         self.spool = AuditSpool(settings.data_dir)
         self.pool = UpstreamPool(on_tools_changed=self._tools_changed)
         self.checkpoint: Checkpoint | None = None
+        self.directory: AgentDirectory | None = None
         self.mcp: GatewayServer | None = None
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -66,17 +70,24 @@ class Gateway:
                 background=self._spawn,
             )
             metrics.install(self.checkpoint)
-            self.mcp = GatewayServer(self.checkpoint)
+            if self.settings.policy_file is None or self.settings.require_agent_key:
+                self.directory = AgentDirectory(self.settings.api_url, ttl=self.settings.agent_key_ttl)
+                self._stack.push_async_callback(self.directory.aclose)
+            self.mcp = GatewayServer(
+                self.checkpoint, directory=self.directory, require_agent_key=self.settings.require_agent_key
+            )
+            self.pool.on_upstream_event = self.mcp.relay_upstream_event
             await self._tg.start(self.pool.run, [])
             self.snapshot.on_change(self._policy_changed)
             if self.settings.policy_file is not None:
                 await self.snapshot.load_file(self.settings.policy_file)
             else:
-                await self._load_cached()
+                # The hub first: a cached snapshot may be older and laxer than the active policy.
+                fetched = await self.snapshot.fetch_first(self.api, within=self.settings.startup_timeout)
+                if not fetched and self.snapshot.hub_unreachable:
+                    await self._load_cached()
                 self._tg.start_soon(self._follow_api)
-                with anyio.move_on_after(self.settings.startup_timeout):
-                    await self.snapshot.loaded.wait()
-            self._tg.start_soon(self.spool.run, self.api.send_audit)
+            self._tg.start_soon(self.spool.run, self._send_audit)
             if self.checkpoint.waiter is not None:
                 self._tg.start_soon(self.checkpoint.waiter.run)
         except BaseException:
@@ -106,6 +117,10 @@ class Gateway:
         cache = self.settings.data_dir / "identity.json"
         try:
             agent = await self.api.me()
+        except HubAuthError as exc:
+            # Not "unreachable": the hub answered and said no. Tool calls will say so too.
+            self.snapshot.hub_failed(exc)  # logs it
+            return LOCAL_AGENT
         except GatewayError as exc:
             if cache.exists():
                 data = json.loads(cache.read_text())
@@ -117,8 +132,10 @@ class Gateway:
         return agent
 
     async def _load_cached(self) -> None:
-        """Start from the last good snapshot on disk, so allowed calls work while the hub is down."""
+        """Serve the last good snapshot on disk while the hub is unreachable (and only then)."""
+        reason = self.snapshot.problem.message if self.snapshot.problem is not None else "no answer"
         if not self._cache.exists():
+            logger.warning("hub unreachable (%s) and no cached policy: calls fail closed until it answers", reason)
             return
         try:
             data = json.loads(self._cache.read_text())
@@ -127,11 +144,66 @@ class Gateway:
             logger.warning("ignoring an unreadable cached policy at %s", self._cache)
             return
         version = int(data["version"])
+        logger.warning(
+            "hub unreachable (%s): serving the CACHED policy version %s from %s until the hub answers",
+            reason,
+            version,
+            self._cache,
+        )
         await self.snapshot.install(
-            policy, version=version, source_name=f"cached policy v{version}", source_text=data["source"]
+            policy,
+            version=version,
+            source_name=f"cached policy v{version}",
+            source_text=data["source"],
+            origin="cache",
         )
 
+    async def _send_audit(self, records: Sequence[Mapping[str, Any]]) -> list[str] | None:
+        """Deliver records under the key of the agent that made each call, so the hub stamps the right agent.
+
+        Records of an agent whose key this process has not seen (e.g. after a restart) go out under
+        PRELOOP_API_KEY; the hub then keeps the claimed agent as `reported_agent`.
+        """
+        verdicts: list[str] = []
+        start = 0
+        while start < len(records):
+            agent_id = _agent_id(records[start])
+            end = start + 1
+            while end < len(records) and _agent_id(records[end]) == agent_id:
+                end += 1
+            client = self.directory.client_for_agent(agent_id) if self.directory is not None else None
+            answer = await (client or self.api).send_audit(records[start:end])
+            verdicts += answer if answer is not None else ["accepted"] * (end - start)
+            start = end
+        return verdicts
+
+    def health(self) -> dict[str, Any]:
+        """What `/health` reports: where the policy in force came from and whether the hub answers."""
+        snap = self.snapshot
+        problem = snap.problem
+        hub_state = "reachable"
+        if isinstance(problem, HubAuthError):
+            hub_state = "key_refused"
+        elif problem is not None:
+            hub_state = "unreachable"
+        if self.settings.policy_file is not None:
+            hub_state = "not_used"
+        ok = snap.has_policy and snap.origin in ("hub", "file") and problem is None
+        return {
+            "status": "ok" if ok else "degraded",
+            "policy": {
+                "source": snap.origin,
+                "version": snap.version,
+                "hash": snap.policy.version_hash if snap.has_policy else None,
+                "name": snap.source_name,
+            },
+            "hub": {"url": self.settings.api_url, "state": hub_state, "error": problem.message if problem else None},
+        }
+
     async def _follow_api(self) -> None:
+        # A gateway closed right after starting cancels this before it first runs: notice it before
+        # touching the (by then closed) API client.
+        await anyio.lowlevel.checkpoint()
         await self.snapshot.follow_api(self.api, wait=self.settings.policy_wait)
 
     async def _policy_changed(self, policy: Policy) -> None:
@@ -150,9 +222,27 @@ class Gateway:
             await self.server.server.run(read, write, self.server.server.create_initialization_options())
 
     def http_app(self, host: str = "127.0.0.1") -> Any:
-        app = self.server.http_app(host=host)
+        app = self.server.http_app(host=host, health=self.health, fast_path=self.fast_path)
         app.inner = metrics.serve_metrics(app.inner)  # GET /metrics; tools/call keeps its fast path
         return app
+
+    @functools.cached_property
+    def fast_path(self) -> bool:
+        """Whether the hand-written front and fast lane serve HTTP (off by setting, or if uvicorn moved)."""
+        if not self.settings.fast_path:
+            logger.info("PRELOOP_GATEWAY_FAST_PATH=0: serving through uvicorn and the SDK's ASGI app only")
+            return False
+        from mcp_gateway._inbound import hook_problems
+
+        problems = hook_problems()
+        if problems:
+            logger.error(
+                "the installed uvicorn changed the private hooks the gateway's HTTP front uses (%s); serving "
+                "through the plain ASGI app instead (slower, same answers)",
+                "; ".join(problems),
+            )
+            return False
+        return True
 
     async def serve_http(self, host: str, port: int, *, started: anyio.Event | None = None) -> None:
         import uvicorn
@@ -171,7 +261,7 @@ class Gateway:
             proxy_headers=False,
             server_header=False,
             date_header=False,
-            http=protocol_for(app),
+            http=protocol_for(app) if self.fast_path else "httptools",
         )
         server = uvicorn.Server(config)
         if started is None:
@@ -182,6 +272,11 @@ class Gateway:
             while not server.started:  # noqa: ASYNC110 - uvicorn offers no started event
                 await anyio.sleep(0.01)
             started.set()
+
+
+def _agent_id(record: Mapping[str, Any]) -> str:
+    agent = record.get("agent")
+    return str(agent.get("id", "")) if isinstance(agent, Mapping) else ""
 
 
 def data_dir_for(path: str | Path | None) -> Path:

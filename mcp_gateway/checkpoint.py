@@ -15,6 +15,7 @@ import anyio
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 
+from mcp_gateway.agents import CURRENT_CALLER, Caller
 from mcp_gateway.api_client import AgentIdentity, ApiClient, ApprovalTicket, arguments_hash
 from mcp_gateway.errors import (
     ApiRequestError,
@@ -22,15 +23,19 @@ from mcp_gateway.errors import (
     GatewayError,
     HashMismatchError,
     JustificationError,
+    ResourceRefusedError,
     UnknownToolError,
     UpstreamError,
 )
 from mcp_gateway.hold import VerdictWaiter
 from mcp_gateway.results import (
+    DETAIL_KEY,
+    STATUS_KEY,
     STATUS_TOOL,
     STATUS_TOOL_DEFINITION,
     denied_result,
     error_result,
+    for_tool,
     pending_result,
     tool_result,
     verdict_result,
@@ -39,6 +44,7 @@ from mcp_gateway.snapshot import PolicySnapshot
 from mcp_gateway.spool import AuditSpool, PreparedRecord
 from mcp_gateway.upstreams import ToolRoute, UpstreamPool
 from policies import AgentInfo, CallContext, Policy
+from policies.engine import RESOURCE_READ
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +107,8 @@ class Checkpoint:
         self._background = background
         self.waiter = VerdictWaiter(api) if api is not None else None
         self._agent_info = AgentInfo(name=agent.name, id=agent.id, labels=dict(agent.labels))
+        self._default_caller = Caller(agent, api)
+        self._infos: dict[str, AgentInfo] = {}
 
     # -- tools/list -------------------------------------------------------------------------------
 
@@ -127,17 +135,20 @@ class Checkpoint:
         """Judge and run one call; with `allow_hold=False`, None when it must be held (the slow path's job)."""
         name = str(params.get("name", ""))
         arguments = dict(params.get("arguments") or {})
+        # The answered tool's definition: the gateway's own results must be valid for it.
+        definition: Mapping[str, Any] | None = None
         try:
             if name == STATUS_TOOL:
                 return await self.approval_status(str(arguments.get("approval_id", "")))
             policy = self.snapshot.policy
             judged = self._prepare(policy, name, arguments)
+            definition = judged.route.definition
             decision = policy.evaluate(
                 CallContext(
                     tool=judged.route.tool_name,
                     server=judged.route.server,
                     args=judged.arguments,
-                    agent=self._agent_info,
+                    agent=self._info(),
                     justification=judged.justification,
                     now=datetime.now(UTC),
                 )
@@ -149,12 +160,13 @@ class Checkpoint:
                 rule = decision.rule
                 message = (getattr(rule, "message", None) if rule is not None else None) or decision.reason
                 self.spool.commit(self.spool.prepare(self._audit_record(judged, "deny", decision)), is_error=True)
-                return denied_result(name, str(message), _rule_dict(rule), decision.reason)
+                return for_tool(denied_result(name, str(message), _rule_dict(rule), decision.reason), definition)
             if action == "require_approval":
-                return await self._hold(judged, progress) if allow_hold else None
+                return for_tool(await self._hold(judged, progress), definition) if allow_hold else None
         except GatewayError as exc:
-            return error_result(exc)
-        return error_result(GatewayError(f"the policy returned an unknown verdict {action!r}; the call was not run"))
+            return for_tool(error_result(exc), definition)
+        unknown = GatewayError(f"the policy returned an unknown verdict {action!r}; the call was not run")
+        return for_tool(error_result(unknown), definition)
 
     def _prepare(self, policy: Policy, name: str, arguments: dict[str, Any]) -> _Judged:
         route = self.pool.route(name)
@@ -210,6 +222,8 @@ class Checkpoint:
         upstream = self.pool.upstreams.get(route.server)
         if upstream is None:
             raise UpstreamError(f"upstream server {route.server!r} is not configured any more")
+        if route.tool_name == RESOURCE_READ:  # a held read, approved
+            return await upstream.request("resources/read", {"uri": arguments["uri"]})
         forwarded: dict[str, Any] = {"name": route.tool_name, "arguments": dict(arguments)}
         meta = (params or {}).get("_meta")
         if isinstance(meta, Mapping):
@@ -232,21 +246,62 @@ class Checkpoint:
             "arguments": judged.arguments,
             # No hash here: the hub computes it from `arguments` when the record arrives.
             "justification": judged.justification,
-            "agent": {"id": self.agent.id, "name": self.agent.name},
+            "agent": self._agent_field(),
             "rule": _rule_dict(decision.rule),
             "reason": decision.reason,
             "policy_version": self.snapshot.version,
             "policy_hash": self.snapshot.policy.version_hash,
         }
 
+    # -- resources/read ---------------------------------------------------------------------------
+
+    async def read_resource(self, params: Mapping[str, Any], *, progress: Progress | None = None) -> dict[str, Any]:
+        """Route one `resources/read` to its upstream, judged by the policy's `resources:` rules.
+
+        Returns the upstream's raw result; a read that does not happen raises `ResourceRefusedError`
+        (a JSON-RPC error: `resources/read` has no error result) carrying the same status as a tool's.
+        """
+        uri = str(params.get("uri", ""))
+        server = await self.pool.resolve_uri(uri)
+        if server is None or server not in self.pool.upstreams:
+            raise UpstreamError(f"no upstream server offers the resource {uri!r}", uri=uri)
+        policy = self.snapshot.policy
+        if not policy.resources:
+            return await self.pool.upstreams[server].request("resources/read", dict(params))
+        judged = _Judged(ToolRoute(uri, server, RESOURCE_READ, {}), {"uri": uri}, None)
+        decision = policy.evaluate(
+            CallContext(
+                tool=RESOURCE_READ,
+                server=server,
+                args={"uri": uri},
+                agent=self._info(),
+                justification=None,
+                now=datetime.now(UTC),
+            )
+        )
+        if decision.action == "allow":
+            return await self.pool.upstreams[server].request("resources/read", dict(params))
+        if decision.action == "deny":
+            self.spool.commit(self.spool.prepare(self._audit_record(judged, "deny", decision)), is_error=True)
+            message = decision.message or decision.reason
+            result = denied_result(f"reading {uri}", str(message), _rule_dict(decision.rule), decision.reason)
+        else:
+            result = await self._hold(judged, progress)
+        meta = result.get("_meta")
+        if isinstance(meta, Mapping) and STATUS_KEY in meta:
+            detail = {k: v for k, v in meta[DETAIL_KEY].items() if k != "message"}
+            raise ResourceRefusedError(_summary(result) or "the read was not allowed", **detail)
+        return result
+
     # -- holding ----------------------------------------------------------------------------------
 
     async def _hold(self, judged: _Judged, progress: Progress | None) -> dict[str, Any]:
         name = judged.route.exposed_name
-        if self.api is None or self.waiter is None:
+        api = self._who().api
+        if api is None or self.waiter is None:
             raise GatewayError(f"{name} needs human approval, but this gateway has no Preloop API to ask; not run")
         try:
-            ticket = await self.api.create_approval(
+            ticket = await api.create_approval(
                 tool=judged.route.tool_name,
                 server=judged.route.server,
                 arguments=judged.arguments,
@@ -329,9 +384,12 @@ class Checkpoint:
             await self._report(approval_id, success=False, error=exc.message)
             raise
 
+        caller_api = self.api_required  # the background task may not see this request's caller
+
         async def report() -> None:
             await self._report(
                 approval_id,
+                api=caller_api,
                 success=not result.get("isError"),
                 summary=_summary(result),
                 error=_summary(result) if result.get("isError") else None,
@@ -357,7 +415,7 @@ class Checkpoint:
                 "arguments": judged.arguments,
                 "arguments_hash": arguments_hash(judged.arguments),
                 "justification": judged.justification,
-                "agent": {"id": self.agent.id, "name": self.agent.name},
+                "agent": self._agent_field(),
                 "is_error": bool(result.get("isError")),
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
             }
@@ -366,15 +424,43 @@ class Checkpoint:
 
     @property
     def api_required(self) -> ApiClient:
-        if self.api is None:
+        api = self._who().api
+        if api is None:
             raise GatewayError("this gateway has no Preloop API configured")
-        return self.api
+        return api
+
+    # -- who is calling ---------------------------------------------------------------------------
+
+    def _who(self) -> Caller:
+        """The agent of the request being served: its own key on HTTP, else the gateway's."""
+        return CURRENT_CALLER.get() or self._default_caller
+
+    def _info(self) -> AgentInfo:
+        caller = CURRENT_CALLER.get()
+        if caller is None:
+            return self._agent_info
+        info = self._infos.get(caller.agent.id)
+        if info is None or info.name != caller.agent.name or info.labels != caller.agent.labels:
+            info = AgentInfo(name=caller.agent.name, id=caller.agent.id, labels=dict(caller.agent.labels))
+            self._infos[caller.agent.id] = info
+        return info
+
+    def _agent_field(self) -> dict[str, str]:
+        agent = self._who().agent
+        return {"id": agent.id, "name": agent.name}
 
     async def _report(
-        self, approval_id: str, *, success: bool, summary: str | None = None, error: str | None = None
+        self,
+        approval_id: str,
+        *,
+        success: bool,
+        summary: str | None = None,
+        error: str | None = None,
+        api: ApiClient | None = None,
     ) -> None:
         try:
-            await self.api_required.report_outcome(approval_id, success=success, result_summary=summary, error=error)
+            client = api or self.api_required
+            await client.report_outcome(approval_id, success=success, result_summary=summary, error=error)
         except GatewayError as exc:
             logger.warning("could not report the outcome of approval %s: %s", approval_id, exc.message)
 

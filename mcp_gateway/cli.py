@@ -21,6 +21,24 @@ def parse_host_port(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+#: The TypeScript SDK's default request timeout, which progress notifications do not reset.
+CLIENT_TIMEOUT = 60.0
+
+
+def check_hold_window(seconds: float, *, unsafe: bool) -> None:
+    """Refuse a hold window the most common clients would not wait for (see docs/agents.md)."""
+    if seconds <= 0:
+        raise typer.BadParameter(f"--hold-window must be more than 0 seconds, got {seconds:g}")
+    if seconds >= CLIENT_TIMEOUT and not unsafe:
+        raise typer.BadParameter(
+            f"--hold-window {seconds:g} is at or above {CLIENT_TIMEOUT:.0f} s: the TypeScript MCP SDK (Claude Code, "
+            "Cursor, the Inspector) gives up on a request after 60 s even while progress arrives, so the agent "
+            "would see a timeout instead of pending_approval, and a later approval would run nothing. Use a "
+            "value below 60 (default 50), or add --hold-window-unsafe if every client you serve resets its "
+            "timeout on progress."
+        )
+
+
 @gateway_app.command()
 def gateway(
     stdio: Annotated[bool, typer.Option("--stdio", help="Serve one agent over stdin/stdout.")] = False,
@@ -36,9 +54,23 @@ def gateway(
         float,
         typer.Option("--hold-window", help="Seconds a held call waits before returning pending_approval."),
     ] = 50.0,
+    hold_window_unsafe: Annotated[
+        bool,
+        typer.Option(
+            "--hold-window-unsafe",
+            help="Allow a hold window of 60 s or more (clients that time out at 60 s will lose the answer).",
+        ),
+    ] = False,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Audit spool and cached snapshot directory.")
     ] = None,
+    require_agent_key: Annotated[
+        bool,
+        typer.Option(
+            "--require-agent-key",
+            help="HTTP: refuse clients that send no `Authorization: Bearer <agent key>` (no PRELOOP_API_KEY default).",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details to stderr.")] = False,
 ) -> None:
     """Proxy the active policy's MCP servers, enforcing the policy on every tools/call.
@@ -52,6 +84,7 @@ def gateway(
 
     if stdio == (http is not None):
         raise typer.BadParameter("pass exactly one of --stdio or --http HOST:PORT")
+    check_hold_window(hold_window, unsafe=hold_window_unsafe)
     # stdout carries the MCP protocol in stdio mode, so logs always go to stderr.
     logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO)
     if not verbose:
@@ -65,6 +98,7 @@ def gateway(
         policy_file=policy,
         hold_window=hold_window,
         data_dir=data_dir or base.data_dir,
+        require_agent_key=require_agent_key,
     )
 
     async def main() -> None:

@@ -29,5 +29,11 @@ class GatewaySettings:
     """PRELOOP_GATEWAY_DATA_DIR: where the audit spool and the last good snapshot live."""
     policy_wait: float = 30.0
     """Seconds each policy long-poll waits for a newer version."""
+    fast_path: bool = field(default_factory=lambda: os.environ.get("PRELOOP_GATEWAY_FAST_PATH", "1") != "0")
+    """PRELOOP_GATEWAY_FAST_PATH: 0 serves HTTP through uvicorn's own protocol and the SDK's ASGI app only."""
+    require_agent_key: bool = False
+    """Refuse HTTP clients that send no `Authorization: Bearer <agent key>` (instead of acting as PRELOOP_API_KEY)."""
+    agent_key_ttl: float = field(default_factory=lambda: float(os.environ.get("PRELOOP_GATEWAY_AGENT_KEY_TTL", "30")))
+    """PRELOOP_GATEWAY_AGENT_KEY_TTL: seconds an agent key the hub accepted is trusted before a re-check."""
     startup_timeout: float = 10.0
     """Seconds to wait at start for the first policy before serving anyway (calls fail closed until it lands)."""

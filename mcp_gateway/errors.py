@@ -33,6 +33,12 @@ class ApiRequestError(GatewayError):
         self.code = code
 
 
+class HubAuthError(ApiRequestError):
+    """The hub refused the gateway's (or the agent's) API key: 401 or 403. Never retried silently."""
+
+    status = "api_key_refused"
+
+
 class NoPolicyError(GatewayError):
     """No policy snapshot has been loaded yet, so no call can be judged."""
 
@@ -61,3 +67,9 @@ class HashMismatchError(GatewayError):
     """The approved arguments do not match the hash the gateway asked approval for."""
 
     status = "arguments_mismatch"
+
+
+class ResourceRefusedError(GatewayError):
+    """A `resources/read` the policy denied, or held without an approval (detail carries the status)."""
+
+    status = "resource_refused"

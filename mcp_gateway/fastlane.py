@@ -220,15 +220,32 @@ class FastPathApp:
     from the HTTP server's protocol without the ASGI message layer.
     """
 
-    def __init__(self, inner: ASGIApp, fast_call: FastCall, *, path: str = "/mcp", local_only: bool) -> None:
+    def __init__(
+        self,
+        inner: ASGIApp,
+        fast_call: FastCall,
+        *,
+        path: str = "/mcp",
+        local_only: bool,
+        health: Callable[[], dict[str, Any]] | None = None,
+        enabled: bool = True,
+        require_agent_key: bool = False,
+    ) -> None:
+        #: Refuse requests to `path` without an `Authorization` header (401).
+        self.require_agent_key = require_agent_key
+        #: False: every request goes to the SDK's app (PRELOOP_GATEWAY_FAST_PATH=0).
+        self.enabled = enabled
         self.inner = inner
         self.fast_call = fast_call
         self.path = path
         self.local_only = local_only
+        self.health = health
 
     def eligible(self, scope: Scope) -> bool:
         """A stateless (2026-07-28 wire) `tools/call` POST to our path, from an allowed origin."""
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != self.path:
+        if not self.enabled or scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        if scope["path"].rstrip("/") != self.path:
             return False
         return self.eligible_headers(dict(scope["headers"]))
 
@@ -236,6 +253,9 @@ class FastPathApp:
         """The header part of `eligible`; `headers` has lower-case names."""
         if (
             headers.get(b"mcp-method") != b"tools/call"
+            # An agent's own key is checked with the hub on the SDK path, which knows the request.
+            or b"authorization" in headers
+            or self.require_agent_key
             or b"mcp-session-id" in headers
             or headers.get(b"mcp-protocol-version", b"").decode("latin-1") not in MODERN_PROTOCOL_VERSIONS
         ):
@@ -248,6 +268,22 @@ class FastPathApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.eligible(scope):
+            if scope["type"] == "http" and scope["path"] == "/health" and self.health is not None:
+                await _send_json(send, 200, _encode(self.health()))
+                return
+            if (
+                self.require_agent_key
+                and scope["type"] == "http"
+                and scope["path"].rstrip("/") == self.path
+                and not any(name == b"authorization" for name, _ in scope["headers"])
+            ):
+                refusal = {
+                    "error": "agent_key_required",
+                    "message": "this gateway requires each agent's own key: send `Authorization: Bearer <agent key>` "
+                    "(create one with `preloop key create --name NAME --scope agent`)",
+                }
+                await _send_json(send, 401, _encode(refusal))
+                return
             await self.inner(scope, receive, send)
             return
         chunks = []
@@ -292,6 +328,12 @@ class FastPathApp:
         if "resultType" not in result:
             result = {**result, "resultType": "complete"}
         return _encode({"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+
+async def _send_json(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def replay(body: bytes, receive: Receive) -> Receive:

@@ -9,11 +9,31 @@ from mcp_gateway.errors import GatewayError
 
 STATUS_TOOL = "preloop_approval_status"
 
+#: `_meta` keys of the gateway's own results (namespaced, so they never clash with an upstream's).
+STATUS_KEY = "dev.preloop/status"
+DETAIL_KEY = "dev.preloop/detail"
+
 
 def tool_result(text: str, structured: Mapping[str, Any] | None = None, *, is_error: bool) -> dict[str, Any]:
+    """One of the gateway's own results: the status is machine-readable in `_meta` whatever the tool.
+
+    `structuredContent` carries the same detail too, but `for_tool` drops it when the answered tool
+    declares an `outputSchema`, which it could not match (clients validate it even on errors).
+    """
     result: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": is_error}
     if structured is not None:
-        result["structuredContent"] = dict(structured)
+        detail = dict(structured)
+        result["structuredContent"] = detail
+        result["_meta"] = {STATUS_KEY: detail.get("status"), DETAIL_KEY: detail}
+    return result
+
+
+def for_tool(result: dict[str, Any], definition: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The gateway's own `result`, made valid for the tool it answers (see `tool_result`)."""
+    if definition is not None and definition.get("outputSchema") is not None and "structuredContent" in result:
+        meta = result.get("_meta")
+        if isinstance(meta, Mapping) and STATUS_KEY in meta:
+            return {k: v for k, v in result.items() if k != "structuredContent"}
     return result
 
 

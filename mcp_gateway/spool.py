@@ -15,13 +15,15 @@ from typing import Any
 import anyio
 import msgspec
 
-from mcp_gateway.errors import GatewayError
+from mcp_gateway.errors import ApiRequestError, GatewayError, HubAuthError
 
 logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder(enc_hook=str).encode
 
-Sender = Callable[[Sequence[Mapping[str, Any]]], Awaitable[None]]
+#: Delivers a batch; returns the hub's verdict per record, in order ("accepted", "duplicate" or
+#: "rejected: <why>"), or None when the hub answered without verdicts (every record taken).
+Sender = Callable[[Sequence[Mapping[str, Any]]], Awaitable[Sequence[str] | None]]
 
 
 class PreparedRecord:
@@ -49,6 +51,10 @@ class AuditSpool:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.path = data_dir / "audit-spool.jsonl"
         self.offset_path = data_dir / "audit-spool.offset"
+        #: Records the hub refused as invalid, with its reason: kept, never resent, never blocking.
+        self.dead_letter_path = data_dir / "audit-dead-letter.jsonl"
+        #: Only a delivered prefix larger than this is cut off while records are still pending.
+        self.compact_bytes = 1_000_000
         self.batch_size = batch_size
         self._seal_torn_tail()
         self._fd = self._open()
@@ -117,9 +123,15 @@ class AuditSpool:
 
     def _delivered_offset(self) -> int:
         try:
-            return int(self.offset_path.read_text().strip() or 0)
+            offset = int(self.offset_path.read_text().strip() or 0)
         except (FileNotFoundError, ValueError):
             return 0
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        # Past the end only if a crash fell inside a compaction: resend all (the hub dedupes).
+        return offset if offset <= size else 0
 
     def _store_offset(self, offset: int) -> None:
         tmp = self.offset_path.with_suffix(".tmp")
@@ -153,37 +165,110 @@ class AuditSpool:
         return out
 
     async def flush(self, send: Sender) -> int:
-        """Deliver every pending record in batches; returns how many the hub acknowledged.
+        """Deliver every pending record in batches; returns how many the hub took (stored or duplicate).
 
         Stops at the first failure (records stay spooled) and raises it, so callers can back off. Reads one
         batch at a time, so a long outage does not mean re-reading the whole backlog on every retry.
+        Records the hub rejects as invalid go to the dead-letter file instead of blocking the queue.
         """
         async with self._lock:
             self.has_records = anyio.Event()
             self.sync()
-            sent = 0
+            taken = 0
             try:
                 while True:
                     batch = self._read_from(self._delivered_offset(), self.batch_size)
                     if not batch:
                         break
-                    await send([record for _, record in batch])
+                    taken += await self._deliver([record for _, record in batch], send)
                     self._store_offset(batch[-1][0])
-                    sent += len(batch)
             except BaseException:
                 self.has_records.set()
                 raise
-            self._compact_if_drained()
-            return sent
+            finally:
+                self._compact()
+            return taken
 
-    def _compact_if_drained(self) -> None:
-        # Truncate only when everything is delivered, so the offset never points past live data.
+    async def _deliver(self, records: list[dict[str, Any]], send: Sender) -> int:
+        """Send `records`; dead-letter what the hub refuses as invalid. Raises when it cannot tell."""
+        try:
+            answers = await send(records)
+        except HubAuthError:
+            raise  # a key problem is not the records' fault: keep them
+        except ApiRequestError as exc:
+            if exc.http_status >= 500 or exc.http_status in (408, 429):
+                raise
+            # The hub refused the batch as a whole: find the records it cannot take, one half at a time.
+            if len(records) == 1:
+                self._dead_letter(records[0], exc.message)
+                return 0
+            middle = len(records) // 2
+            return await self._deliver(records[:middle], send) + await self._deliver(records[middle:], send)
+        if answers is None:
+            return len(records)
+        if len(answers) != len(records):
+            raise GatewayError(f"the hub answered {len(answers)} verdicts for {len(records)} records; will resend")
+        taken = 0
+        for record, verdict in zip(records, answers, strict=True):
+            if verdict in ("accepted", "duplicate"):
+                taken += 1
+            else:
+                self._dead_letter(record, verdict)
+        return taken
+
+    def _dead_letter(self, record: Mapping[str, Any], reason: str) -> None:
+        logger.error(
+            "the hub rejected audit record %s as invalid (%s); moved to %s, delivery continues",
+            record.get("event_id"),
+            reason,
+            self.dead_letter_path,
+        )
+        line = _encode({"rejected_at": datetime.now(UTC).isoformat(), "reason": reason, "record": record}) + b"\n"
+        fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.dead_letter_path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def _compact(self) -> None:
+        """Drop the delivered prefix: all of the file once drained, else once it passes `compact_bytes`.
+
+        Synchronous from the first stat to the reopened descriptor, so no record is appended in between
+        (appends run on this event loop). The offset is stored before the file shrinks: a crash in between
+        only resends (deduplicated), it never skips.
+        """
+        if self._fd < 0:
+            return  # closed under a cancelled delivery: the next opening compacts
+        delivered = self._delivered_offset()
+        if delivered == 0:
+            return
         size = self.path.stat().st_size
-        if size > 1_000_000 and self._delivered_offset() >= size:
-            os.close(self._fd)
-            self.path.write_bytes(b"")
+        if delivered >= size:
             self._store_offset(0)
-            self._fd = self._open()
+            os.ftruncate(self._fd, 0)
+            return
+        if delivered < self.compact_bytes:
+            return
+        self.sync()
+        with self.path.open("rb") as handle:
+            handle.seek(delivered)
+            rest = handle.read()
+        tmp = self.path.with_suffix(".compact")
+        tmp.write_bytes(rest)
+        with tmp.open("rb") as handle:
+            os.fsync(handle.fileno())
+        self._store_offset(0)
+        os.replace(tmp, self.path)
+        os.close(self._fd)
+        self._fd = self._open()
 
     async def run(self, send: Sender, *, interval: float = 1.0, max_backoff: float = 30.0) -> None:
         """Forever: fsync new records within `interval` s and deliver them, backing off while the hub is down."""

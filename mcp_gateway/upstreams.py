@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 ToolsChanged = Callable[[], Awaitable[None]]
+UpstreamEvent = Callable[[str, Any], Awaitable[None]]
 
 
 def expand_env(value: str, environ: Mapping[str, str] | None = None) -> str:
@@ -106,7 +107,12 @@ class Upstream:
         self.last_error: str | None = None
         self.broken: CommandNotFoundError | None = None  # set when retrying cannot help
         self._stop = anyio.Event()
+        self.stop_reason = "stopped"
         self.fast_lane: HttpFastLane | None = None
+        #: What the server declared at initialize (wire names: resources, prompts, completions, logging).
+        self.capabilities: dict[str, Any] = {}
+        #: Told of upstream resource/prompt list changes and log messages.
+        self.on_event: UpstreamEvent | None = None
 
     def describe(self) -> str:
         if self.config.url:
@@ -125,6 +131,28 @@ class Upstream:
     async def _on_message(self, message: IncomingMessage) -> None:
         if isinstance(message, types.ToolListChangedNotification) and self._on_tools_changed is not None:
             await self._on_tools_changed()
+        elif self.on_event is not None:
+            if isinstance(message, types.ResourceListChangedNotification):
+                await self.on_event("resources_changed", None)
+            elif isinstance(message, types.PromptListChangedNotification):
+                await self.on_event("prompts_changed", None)
+            elif isinstance(message, types.LoggingMessageNotification):
+                await self.on_event("log", message.params)
+
+    def offers(self, capability: str) -> bool:
+        """Whether the connected server declared `capability` (resources, prompts, completions, logging)."""
+        return self.capabilities.get(capability) is not None
+
+    async def list_all(self, method: str, key: str) -> list[dict[str, Any]]:
+        """Every page of a `*/list` method, merged."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = await self.request(method, {"cursor": cursor} if cursor else None, retry_safe=True)
+            items.extend(page.get(key) or [])
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return items
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep a session open until `stop()`; reconnect with backoff whenever it ends."""
@@ -140,6 +168,7 @@ class Upstream:
                     with anyio.fail_after(30):
                         init = await session.initialize()
                     self._live = _Live(session, dispatcher, str(init.protocol_version))
+                    self.capabilities = init.capabilities.model_dump(by_alias=True, exclude_none=True)
                     if self.config.url and self.fast_lane is None:
                         await self._open_fast_lane()
                     self.generation += 1
@@ -166,7 +195,10 @@ class Upstream:
 
                         tg.start_soon(stop_on_end)
                         tg.start_soon(stop_on_request)
-                    logger.warning("upstream %s (%s) disconnected; restarting", self.name, self.describe())
+                    if self._stop.is_set():
+                        logger.info("upstream %s (%s) stopped: %s", self.name, self.describe(), self.stop_reason)
+                    else:
+                        logger.warning("upstream %s (%s) disconnected; restarting", self.name, self.describe())
             except CommandNotFoundError as exc:
                 self.broken = exc
                 self.last_error = exc.message
@@ -200,7 +232,8 @@ class Upstream:
         else:
             await lane.aclose()
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "stopped") -> None:
+        self.stop_reason = reason
         self._stop.set()
 
     async def wait_for_generation(self, generation: int) -> None:
@@ -297,12 +330,21 @@ def exposed_name(config: ServerConfig, tool_name: str) -> str:
 
 
 class UpstreamPool:
-    """All configured upstreams and the merged tool table agents see."""
+    """All configured upstreams and the merged tool table agents see.
+
+    Resources, resource templates and prompts are merged on each list request (prompts renamed like
+    tools); reads, prompt gets and completions are routed back to the server that offered them.
+    """
 
     def __init__(self, *, on_tools_changed: ToolsChanged | None = None) -> None:
         self.upstreams: dict[str, Upstream] = {}
         self.routes: dict[str, ToolRoute] = {}
         self._on_tools_changed = on_tools_changed
+        #: Told of every upstream's resource/prompt list changes and log messages: (kind, server, payload).
+        self.on_upstream_event: Callable[[str, str, Any], Awaitable[None]] | None = None
+        self._resource_routes: dict[str, str] = {}
+        self._template_routes: list[tuple[str, str]] = []
+        self._prompt_routes: dict[str, tuple[str, str]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._refresh_lock = anyio.Lock()
         self.tools_refreshed = anyio.Event()
@@ -320,17 +362,94 @@ class UpstreamPool:
         wanted = {c.name: c for c in configs}
         for name, upstream in list(self.upstreams.items()):
             if name not in wanted or wanted[name] != upstream.config:
-                upstream.stop()
+                reason = "removed by the new policy" if name not in wanted else "its configuration changed"
+                logger.info("upstream %s: %s", name, reason)
+                upstream.stop(reason)
                 del self.upstreams[name]
         started: list[Upstream] = []
         for name, config in wanted.items():
             if name not in self.upstreams:
                 upstream = Upstream(config, on_tools_changed=self._make_tools_changed(name))
+                upstream.on_event = self._make_event(name)
                 self.upstreams[name] = upstream
                 started.append(upstream)
         for upstream in started:
             await self._tg.start(upstream.run)
         await self.refresh_tools()
+
+    def _make_event(self, name: str) -> UpstreamEvent:
+        async def event(kind: str, payload: Any) -> None:
+            if self.on_upstream_event is not None:
+                await self.on_upstream_event(kind, name, payload)
+
+        return event
+
+    # -- resources, prompts, completion, logging ----------------------------------------------------
+
+    def _offering(self, capability: str) -> list[Upstream]:
+        return [u for u in self.upstreams.values() if u.offers(capability)]
+
+    async def _merged(self, capability: str, method: str, key: str) -> list[tuple[Upstream, dict[str, Any]]]:
+        out: list[tuple[Upstream, dict[str, Any]]] = []
+        for upstream in self._offering(capability):
+            try:
+                items = await upstream.list_all(method, key)
+            except (UpstreamError, MCPError) as exc:
+                logger.warning("cannot list %s of upstream %s: %s", key, upstream.name, exc)
+                continue
+            out.extend((upstream, item) for item in items)
+        return out
+
+    async def list_resources(self) -> list[dict[str, Any]]:
+        merged = await self._merged("resources", "resources/list", "resources")
+        self._resource_routes = {str(item.get("uri")): u.name for u, item in merged}
+        return [item for _, item in merged]
+
+    async def list_resource_templates(self) -> list[dict[str, Any]]:
+        merged = await self._merged("resources", "resources/templates/list", "resourceTemplates")
+        self._template_routes = [(str(item.get("uriTemplate", "")).split("{", 1)[0], u.name) for u, item in merged]
+        return [item for _, item in merged]
+
+    async def list_prompts(self) -> list[dict[str, Any]]:
+        merged = await self._merged("prompts", "prompts/list", "prompts")
+        prompts = []
+        self._prompt_routes = {}
+        for upstream, item in merged:
+            exposed = exposed_name(upstream.config, str(item.get("name")))
+            self._prompt_routes[exposed] = (upstream.name, str(item.get("name")))
+            prompts.append({**item, "name": exposed})
+        return prompts
+
+    def server_for_uri(self, uri: str) -> str | None:
+        """Which upstream serves `uri`: listed there, under one of its templates, or the only one with resources."""
+        if uri in self._resource_routes:
+            return self._resource_routes[uri]
+        routes = self._template_routes
+        matches = [(len(prefix), server) for prefix, server in routes if prefix and uri.startswith(prefix)]
+        if matches:
+            return max(matches)[1]
+        offering = self._offering("resources")
+        return offering[0].name if len(offering) == 1 else None
+
+    async def route_prompt(self, exposed: str) -> tuple[str, str] | None:
+        if exposed not in self._prompt_routes:
+            await self.list_prompts()
+        return self._prompt_routes.get(exposed)
+
+    async def resolve_uri(self, uri: str) -> str | None:
+        server = self.server_for_uri(uri)
+        if server is None:
+            await self.list_resources()
+            await self.list_resource_templates()
+            server = self.server_for_uri(uri)
+        return server
+
+    async def set_logging_level(self, params: Mapping[str, Any]) -> None:
+        for upstream in self._offering("logging"):
+            try:
+                await upstream.request("logging/setLevel", dict(params))
+            except (UpstreamError, MCPError) as exc:
+                logger.warning("upstream %s refused logging/setLevel: %s", upstream.name, exc)
 
     def _make_tools_changed(self, name: str) -> ToolsChanged:
         async def changed() -> None:

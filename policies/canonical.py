@@ -97,6 +97,8 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
             "tests": [case.to_dict() for case in policy.tests],
         }
     )
+    if policy.resources:  # absent when unused, so older policies keep their hash
+        out["resources"] = [rule.to_dict() for rule in policy.resources]
     return out
 
 

@@ -21,11 +21,15 @@ from policies.model import (
     Defaults,
     Justification,
     PolicyTestCase,
+    ResourceRule,
     Rule,
     RuleInfo,
     ServerConfig,
     ToolEntry,
 )
+
+#: The call name a `resources/read` is judged (and held for approval) under.
+RESOURCE_READ = "resources/read"
 
 # Everything the cel extension raises for a condition that cannot be evaluated on these inputs
 # (missing key, wrong type, division by zero, unconvertible argument values).
@@ -161,6 +165,7 @@ class Policy:
         self.tools: list[ToolEntry] = list(parsed.tools)
         self.defaults: Defaults = parsed.defaults
         self.tests: list[PolicyTestCase] = list(parsed.tests)
+        self.resources: list[ResourceRule] = list(parsed.resources)
         self._tz = ZoneInfo(parsed.timezone)
         self._by_name = {ap.name: ap for ap in self.approval_policies}
         default_name = self.defaults.approval_policy or (
@@ -207,6 +212,9 @@ class Policy:
 
     def evaluate(self, ctx: CallContext) -> Decision:
         """Decide one call. Never raises for any tool name or arguments."""
+        if ctx.tool == RESOURCE_READ and self.resources:
+            uri = ctx.args.get("uri") if isinstance(ctx.args, dict) else None
+            return self.evaluate_resource(str(uri or ""))
         plan: _Plan = self._cache.get((ctx.tool, ctx.server), _MISSING)
         if plan is _MISSING:
             plan = self._resolve(ctx.tool, ctx.server)
@@ -329,6 +337,29 @@ class Policy:
         return _Plan(
             None, -1, self.defaults.justification, [], decision, _justification_decision("this tool"), ()
         )
+
+    def evaluate_resource(self, uri: str) -> Decision:
+        """Decide one `resources/read` by the `resources:` rules (first matching URI glob); none: allow.
+
+        The hub sees a held read as the call `resources/read` with arguments `{"uri": ...}`, so both
+        sides reach the same decision through `evaluate`.
+        """
+        for j, rule in enumerate(self.resources):
+            if fnmatchcase(uri, rule.uri):
+                ap = self._ap_for(rule)  # type: ignore[arg-type]
+                info = RuleInfo(
+                    tool=RESOURCE_READ,
+                    index=j,
+                    action=rule.action,
+                    when=f"uri matches {rule.uri}",
+                    description=rule.description,
+                    message=rule.message,
+                    approval_policy=ap.name if ap is not None else None,
+                )
+                why = rule.description or rule.message
+                reason = f"Resource rule {j + 1} ({rule.uri}) matched" + (f": {why}" if why else "") + "."
+                return Decision(action=rule.action, reason=reason, rule=info, approval_policy=ap, message=rule.message)
+        return Decision(action="allow", reason="No resource rule matched; reading resources is allowed by default.")
 
     def _ap_for(self, rule: Rule) -> ApprovalPolicy | None:
         if rule.action != "require_approval":

@@ -31,6 +31,7 @@ from policies.model import (
     EscalationLevel,
     Justification,
     PolicyTestCase,
+    ResourceRule,
     Risk,
     Rule,
     ServerConfig,
@@ -53,9 +54,11 @@ TOP_FIELDS = (
     "servers",
     "approval_policies",
     "tools",
+    "resources",
     "defaults",
     "tests",
 )
+RESOURCE_FIELDS = ("uri", "action", "approval_policy", "message", "description")
 SERVER_FIELDS = ("name", "command", "url", "headers", "env", "prefix")
 APPROVAL_FIELDS = (
     "name",
@@ -113,6 +116,7 @@ class ParsedPolicy:
     servers: list[ServerConfig] = field(default_factory=list)
     approval_policies: list[ApprovalPolicy] = field(default_factory=list)
     tools: list[ToolEntry] = field(default_factory=list)
+    resources: list[ResourceRule] = field(default_factory=list)
     defaults: Defaults = field(default_factory=Defaults)
     tests: list[PolicyTestCase] = field(default_factory=list)
     programs: dict[tuple[int, int], Any] = field(default_factory=dict)
@@ -459,9 +463,48 @@ class _Reader:
             )
         if "tools" in fields:
             parsed.tools = self.tools(fields["tools"], parsed, ap_names, default_ap)
+        if "resources" in fields:
+            parsed.resources = self.resources(fields["resources"], ap_names, default_ap)
         if "tests" in fields:
             parsed.tests = self.tests(fields["tests"], parsed.timezone)
         return parsed
+
+    def resources(self, node: Node, ap_names: set[str], default_ap: str | None) -> list[ResourceRule]:
+        """`resources:` rules for `resources/read`, first match wins; no match allows."""
+        out: list[ResourceRule] = []
+        for i, item in enumerate(self.sequence(node, "resources") or []):
+            path = f"resources[{i}]"
+            fields = self.mapping(item, path, RESOURCE_FIELDS, ("uri", "action"), what="a resource rule")
+            if fields is None:
+                continue
+            uri = self.string(fields["uri"], f"{path}.uri", hint="a URI glob like 'file:///etc/*'")
+            action = self.optional_string(fields, "action", path, ("allow", "deny", "require_approval"))
+            approval_policy = self.optional_string(fields, "approval_policy", path)
+            if approval_policy is not None and approval_policy not in ap_names:
+                self.add(
+                    fields["approval_policy"],
+                    f"{path}.approval_policy",
+                    f"approval policy '{approval_policy}' is not declared",
+                    f"declared: {', '.join(sorted(ap_names)) or 'none'}",
+                )
+            if action == "require_approval" and approval_policy is None and default_ap is None:
+                self.add(
+                    fields["action"],
+                    f"{path}.action",
+                    "require_approval needs an approval policy",
+                    "set approval_policy: NAME here or in defaults, and declare it under approval_policies",
+                )
+            if uri is not None and action is not None:
+                out.append(
+                    ResourceRule(
+                        uri=uri,
+                        action=action,  # type: ignore[arg-type]
+                        approval_policy=approval_policy,
+                        message=self.optional_string(fields, "message", path),
+                        description=self.optional_string(fields, "description", path),
+                    )
+                )
+        return out
 
     def servers(self, node: Node) -> list[ServerConfig]:
         out: list[ServerConfig] = []

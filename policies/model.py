@@ -122,6 +122,24 @@ class ToolEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class ResourceRule:
+    """Who may read which resources: a URI glob (fnmatch: `*`, `?`, `[...]`) and what happens on `resources/read`."""
+
+    uri: str
+    action: Action
+    approval_policy: str | None = None
+    message: str | None = None
+    description: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"uri": self.uri, "action": self.action}
+        for key in ("approval_policy", "message", "description"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class Defaults:
     """What happens when no tool entry, or no rule of the matching entry, applies."""
 

@@ -4,50 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Controller, get, post
 from litestar.params import Parameter
 
 from backend.accounts.service import Principal
+from backend.audit import calls
+from backend.audit.calls import BatchAnswer, CallBatch
 from backend.audit.export import export_org
-from backend.audit.service import Actor, record, verify
+from backend.audit.service import verify
 from backend.audit.tables import AuditEvent
 from backend.deps import admin_guard
-from backend.errors import ValidationFailed
-from policies import arguments_hash
-
-CALL_DECISIONS = frozenset({"allow", "deny", "granted"})
-
-
-class CallRecord(msgspec.Struct):
-    """One allowed, denied or grant-covered call, as the gateway saw it.
-
-    Unknown fields are kept (a newer gateway may report more); the key's identity, not the
-    record's `agent`, is what the audit trusts as the actor.
-    """
-
-    event_id: str
-    tool: str
-    decision: str
-    server: str = ""
-    kind: str = "tool_call"
-    exposed_tool: str | None = None
-    arguments: dict[str, Any] | None = None
-    arguments_hash: str = ""
-    justification: str | None = None
-    agent: dict[str, Any] | None = None
-    rule: dict[str, Any] | None = None
-    reason: str | None = None
-    policy_version: int | None = None
-    policy_hash: str | None = None
-    is_error: bool | None = None
-    duration_ms: float | None = None
-    grant_id: str | None = None
-    recorded_at: str | None = None
-
-
-class CallBatch(msgspec.Struct, forbid_unknown_fields=True):
-    records: list[CallRecord]
 
 
 class AuditController(Controller):
@@ -82,28 +48,7 @@ class AuditController(Controller):
         rows = await query.order_by(AuditEvent.seq).limit(limit).output(load_json=True)
         return [{**row, "id": str(row["id"])} for row in rows]
 
-    @post("/calls", operation_id="ingest_call_records", status_code=202,
-          summary="The gateway's allowed/denied call records; idempotent per event_id")
-    async def ingest_calls(self, data: CallBatch, principal: Principal) -> dict[str, Any]:
-        if len(data.records) > 1000:
-            raise ValidationFailed("at most 1000 records per batch", detail={"got": len(data.records)})
-        actor = Actor("key", str(principal.key_id or principal.user_id), principal.key_name or principal.email)
-        for item in data.records:
-            if item.decision not in CALL_DECISIONS:
-                raise ValidationFailed(
-                    f"unknown decision {item.decision!r} in record {item.event_id}",
-                    detail={"hint": f"use one of: {', '.join(sorted(CALL_DECISIONS))}"},
-                )
-            details = {k: v for k, v in msgspec.to_builtins(item).items() if k != "event_id" and v is not None}
-            if not item.arguments_hash and item.arguments is not None:
-                details["arguments_hash"] = arguments_hash(item.arguments)
-            await record(
-                principal.org_id,
-                f"call.{item.decision}",
-                actor,
-                subject_type="tool",
-                subject_id=item.tool[:64],
-                data=details,
-                external_id=f"{principal.org_id}:{item.event_id}"[:80],
-            )
-        return {"accepted": len(data.records)}
+    @post("/calls", operation_id="ingest_call_records", status_code=200,
+          summary="The gateway's call records; one answer per record (accepted, duplicate, rejected)")
+    async def ingest_calls(self, data: CallBatch, principal: Principal) -> BatchAnswer:
+        return await calls.ingest(principal, data)

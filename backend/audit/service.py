@@ -100,10 +100,60 @@ async def record(
     return row
 
 
-async def _append(rows: list[dict[str, Any]], *, external_id: str | None = None) -> None:
+async def record_many_once(
+    org_id: str | uuid.UUID, events: list[tuple[str, str, str, dict[str, Any], str]], *, actor: Actor
+) -> list[bool]:
+    """Append `(kind, subject_type, subject_id, data, external_id)` events in one transaction, skipping
+    those whose external id is already stored (or repeated earlier in `events`); True for each appended.
+
+    The existence check runs under the org's chain lock, so concurrent resends store a record once.
+    """
+    stamp = datetime.now(UTC)
+    async with write_transaction():
+        await lock(f"audit:{org_id}")
+        wanted = list({e[4] for e in events})
+        seen: set[str] = set()
+        for start in range(0, len(wanted), 500):
+            rows = await AuditEvent.select(AuditEvent.external_id).where(
+                AuditEvent.external_id.is_in(wanted[start : start + 500])
+            )
+            seen.update(str(r["external_id"]) for r in rows)
+        fresh: list[dict[str, Any]] = []
+        ids: list[str | None] = []
+        stored: list[bool] = []
+        for kind, subject_type, subject_id, data, external_id in events:
+            if external_id in seen:
+                stored.append(False)
+                continue
+            seen.add(external_id)
+            stored.append(True)
+            fresh.append(
+                {
+                    "org_id": str(org_id),
+                    "kind": kind,
+                    "actor_type": actor.type,
+                    "actor_id": str(actor.id),
+                    "actor_label": actor.label,
+                    "subject_type": subject_type,
+                    "subject_id": subject_id,
+                    "data": json.loads(_canonical(data)),
+                    "created_at": stamp,
+                }
+            )
+            ids.append(external_id)
+        if fresh:
+            await _append(fresh, external_ids=ids)
+    return stored
+
+
+async def _append(
+    rows: list[dict[str, Any]], *, external_id: str | None = None, external_ids: list[str | None] | None = None
+) -> None:
     """Chain `rows` onto their orgs' logs, in order, under each org's lock."""
     by_org: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
+    keys = external_ids if external_ids is not None else [external_id] * len(rows)
+    for row, key in zip(rows, keys, strict=True):
+        row["_external_id"] = key
         by_org.setdefault(row["org_id"], []).append(row)
     for org in sorted(by_org):  # a fixed order: two transactions never wait on each other's orgs
         await lock(f"audit:{org}")
@@ -115,7 +165,8 @@ async def _append(rows: list[dict[str, Any]], *, external_id: str | None = None)
             seq += 1
             row["seq"], row["prev_hash"] = seq, prev
             row["hash"] = prev = event_hash(row)
-            events.append(AuditEvent(**row, chain_pos=f"{org}:{seq}", external_id=external_id))
+            key = row.pop("_external_id")
+            events.append(AuditEvent(**row, chain_pos=f"{org}:{seq}", external_id=key))
         await AuditEvent.insert(*events)
         stamp = datetime.now(UTC)
         if head is None:

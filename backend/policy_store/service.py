@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import uuid
 from collections import OrderedDict
@@ -156,7 +155,8 @@ async def apply(
 ) -> dict[str, Any]:
     """Validate, then store as the next version and make it active, all or nothing."""
     policy = await compile_for_org(org_id, source)
-    sha = hashlib.sha256(source.encode()).hexdigest()
+    # The same hash `policy validate` and the gateway print: of the canonical document, not the bytes.
+    sha = policy.version_hash
     async with write_transaction():
         await lock(f"policy:{org_id}")
         last = (

@@ -27,6 +27,17 @@ BASE = [
         input_schema={"type": "object", "properties": {}},
     ),
     types.Tool(
+        name="lookup",
+        description="Looks a value up; declares an outputSchema (as filesystem and memory tools do).",
+        input_schema={"type": "object", "properties": {"value": {"type": "string"}}},
+        output_schema={
+            "type": "object",
+            "properties": {"value": {"type": "string"}},
+            "required": ["value"],
+            "additionalProperties": False,
+        },
+    ),
+    types.Tool(
         name="add_tool",
         description="Registers a new tool and announces notifications/tools/list_changed.",
         input_schema={"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
@@ -51,6 +62,9 @@ async def call_tool(ctx: ServerRequestContext[Any], params: types.CallToolReques
         return types.CallToolResult(
             content=[types.TextContent(text=str(CALLS["count"]))], structured_content={"count": CALLS["count"]}
         )
+    if params.name == "lookup":
+        value = str(args.get("value", ""))
+        return types.CallToolResult(content=[types.TextContent(text=value)], structured_content={"value": value})
     return types.CallToolResult(content=[types.TextContent(text="ok")], structured_content={"received": args})
 
 

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
@@ -19,6 +20,14 @@ from mcp_gateway.app import Gateway
 from tests.interop.conftest import BIN, free_port, running_gateway, serving_http, spawned, wait_for_port
 
 pytestmark = pytest.mark.interop
+
+
+@pytest.fixture(autouse=True, params=["fast-path", "plain-asgi"])
+def http_front(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every fidelity test runs on the hand-written front + fast lane and on the plain ASGI app."""
+    if request.param == "plain-asgi":
+        monkeypatch.setenv("PRELOOP_GATEWAY_FAST_PATH", "0")
+    return str(request.param)
 
 ALLOW_ALL = """
 version: "1"
@@ -208,3 +217,83 @@ async def test_modern_http_upstream_uses_the_fast_lane(tmp_path: Path) -> None:
                     assert result_dump(await agent.call_tool("scale_service", args)) == expected, label
                     bad = await agent.call_tool("scale_service", {"service": "api", "replicas": -1})
                     assert bad.is_error, label
+
+
+def dump(value: Any) -> Any:
+    return _without_clock(value.model_dump(by_alias=True, exclude_none=True, mode="json"))
+
+
+def without_envelope(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in ("_meta", "resultType", "nextCursor", "ttlMs", "cacheScope")}
+
+
+async def check_everything_beyond_tools(gw: Gateway, direct: Client) -> None:
+    """Resources, templates, prompts, completion and logging look and answer the same through the gateway."""
+    resources = await direct.list_resources()
+    templates = await direct.list_resource_templates()
+    prompts = await direct.list_prompts()
+    links = await direct.call_tool("get-resource-links", {"count": 3})
+    linked = [c.uri for c in links.content if getattr(c, "type", "") == "resource_link"]
+    assert linked
+    uris = [str(r.uri) for r in resources.resources][:3] + [str(u) for u in linked]
+    expected_reads = {uri: without_envelope(dump(await direct.read_resource(uri))) for uri in uris}
+    prompt_args = {"city": "Paris", "state": "TX"}
+    expected_prompt = without_envelope(dump(await direct.get_prompt("args-prompt", prompt_args)))
+    completion_ref = {"type": "ref/prompt", "name": "completable-prompt"}
+    argument = {"name": "department", "value": "E"}
+    expected_completion = without_envelope(dump(await direct.complete(completion_ref, argument)))
+    async with agent_clients(gw) as agents:
+        for label, agent in agents:
+            assert without_envelope(dump(await agent.list_resources())) == without_envelope(dump(resources)), label
+            assert without_envelope(dump(await agent.list_resource_templates())) == without_envelope(
+                dump(templates)
+            ), label
+            assert without_envelope(dump(await agent.list_prompts())) == without_envelope(dump(prompts)), label
+            for uri, expected in expected_reads.items():
+                assert without_envelope(dump(await agent.read_resource(uri))) == expected, (label, uri)
+            assert without_envelope(dump(await agent.get_prompt("args-prompt", prompt_args))) == expected_prompt
+            got = await agent.complete(completion_ref, argument)
+            assert without_envelope(dump(got)) == expected_completion, label
+
+
+async def test_server_everything_resources_prompts_and_completion(tmp_path: Path, everything_js: Path) -> None:
+    params = StdioServerParameters(command="node", args=[str(everything_js), "stdio"])
+    policy = policy_for(f"{{name: everything, command: [node, {everything_js}, stdio]}}")
+    async with running_gateway(tmp_path, policy) as gw, Client(params, mode="legacy") as direct:
+        await check_everything_beyond_tools(gw, direct)
+
+
+async def test_server_everything_resources_prompts_and_completion_over_http(
+    tmp_path: Path, everything_js: Path
+) -> None:
+    port = free_port()
+    with spawned(["node", str(everything_js), "streamableHttp"], env={"PORT": str(port)}) as proc:
+        await wait_for_port(port, proc)
+        url = f"http://127.0.0.1:{port}/mcp"
+        async with (
+            running_gateway(tmp_path, policy_for(f"{{name: everything, url: '{url}'}}")) as gw,
+            Client(url, mode="legacy") as direct,
+        ):
+            await check_everything_beyond_tools(gw, direct)
+
+
+async def test_upstream_log_messages_reach_the_agent(tmp_path: Path, everything_js: Path) -> None:
+    policy = policy_for(f"{{name: everything, command: [node, {everything_js}, stdio]}}")
+    got = anyio.Event()
+    seen: list[Any] = []
+
+    async def on_log(params: Any) -> None:
+        seen.append(params)
+        got.set()
+
+    async with (
+        running_gateway(tmp_path, policy) as gw,
+        serving_http(gw) as url,
+        Client(url, mode="legacy", logging_callback=on_log) as agent,
+    ):
+        await agent.set_logging_level("debug")
+        await agent.call_tool("toggle-simulated-logging", {})
+        with anyio.fail_after(30):
+            await got.wait()
+        await agent.call_tool("toggle-simulated-logging", {})
+    assert seen and seen[0].level
