@@ -22,6 +22,7 @@ from backend.deps import provide_hub, resolve_principal
 from backend.errors import PreloopError
 from backend.hub import Hub
 from backend.policy_store.controllers import PolicyController
+from backend.request_checks import BODY_LIMIT_DEFAULT, check_request
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
 
@@ -49,6 +50,7 @@ def _http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:  # 
         405: "method_not_allowed",
         401: "not_authenticated",
         403: "forbidden",
+        413: "body_too_large",
         429: "rate_limited",
     }
     return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.extra or None)
@@ -114,6 +116,8 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
             render_plugins=[ScalarRenderPlugin()],
         ),
         lifespan=[lifespan],
+        before_request=check_request,
+        request_max_body_size=BODY_LIMIT_DEFAULT,
         debug=False,
         logging_config=None,
     )

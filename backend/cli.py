@@ -7,9 +7,10 @@ import contextlib
 import errno
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -117,12 +118,37 @@ def serve(
     if gateway_port:
         _check_port_free(settings.server.host, gateway_port)
 
+    class HubServer(uvicorn.Server):
+        """uvicorn without its own signal handling: it re-raises SIGTERM after serving, which would
+        kill the process before `hub.stop()` runs. `main` handles SIGINT and SIGTERM alike."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     async def main() -> bool:
-        # Connect before serving, so an unreachable database or Redis is one line, not a traceback.
         hub = Hub(settings)
+        server: uvicorn.Server | None = None
+        starting = asyncio.current_task()
+
+        def on_signal(signum: int) -> None:
+            logging.getLogger("preloop.hub").info("stopping", extra={"signal": signal.Signals(signum).name})
+            hub.begin_shutdown()  # long-polls answer and event streams end now, not at a timeout
+            if server is None:
+                if starting is not None:
+                    starting.cancel()  # still starting: stop that, then clean up below
+            elif server.should_exit:
+                server.force_exit = True  # a second signal: stop waiting for connections
+            else:
+                server.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        # Connect before serving, so an unreachable database or Redis is one line, not a traceback.
         try:
             await hub.start(with_worker=not no_worker)
-        except PreloopError:
+        except (PreloopError, asyncio.CancelledError):
             await hub.stop()
             raise
         try:
@@ -130,9 +156,11 @@ def serve(
                 await ensure_demo(hub)
             config = uvicorn.Config(
                 create_app(hub=hub), host=settings.server.host, port=settings.server.port, log_config=None,
-                lifespan="on", timeout_graceful_shutdown=5,
+                lifespan="on", timeout_graceful_shutdown=1,
             )
-            server = uvicorn.Server(config)
+            server = HubServer(config)
+            if hub.closing.is_set():
+                return True
             typer.echo(f"Preloop hub running on {settings.server.base_url} "
                        f"(API docs: {settings.server.base_url}/schema)", err=True)
             gw_port = _embedded_gateway_port(settings, gateway_port)
@@ -162,8 +190,8 @@ def serve(
         started = asyncio.run(main())
     except PreloopError as exc:
         raise fail(exc.message) from None
-    except KeyboardInterrupt:
-        return
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return  # stopped by a signal while starting; the cleanup has run
     if not started:
         raise fail("the hub did not start; see the log line above")
 

@@ -45,3 +45,24 @@ async def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None: 
     principal = await _principal_of(connection)
     if not principal.is_admin:
         raise Forbidden("this needs an admin (a session, or an admin-scoped key of an admin user)")
+
+
+async def people_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    """Org data (people, keys, audit, history, live events) is for people, not agent keys."""
+    principal = await _principal_of(connection)
+    if principal.is_agent:
+        raise Forbidden(
+            "an agent key cannot read this; it creates requests and reads its own",
+            code="agent_not_allowed",
+        )
+
+
+async def agent_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    """Approval requests come from agents: people decide them, they do not file them."""
+    principal = await _principal_of(connection)
+    if not principal.is_agent:
+        raise Forbidden(
+            "only agent keys create approval requests",
+            code="agents_only",
+            detail={"hint": "create an agent-scoped key (`preloop key create NAME`) for the agent"},
+        )

@@ -61,3 +61,15 @@ class NotFound(PreloopError):
 class Conflict(PreloopError):
     status = 409
     code = "conflict"
+
+
+class BadInput(PreloopError):
+    """Input refused before any handler sees it: too deep, a NUL character, a wrong media type."""
+
+    status = 400
+    code = "invalid_input"
+
+
+class UnsupportedMediaType(PreloopError):
+    status = 415
+    code = "unsupported_media_type"

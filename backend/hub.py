@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,28 @@ class Hub:
     jobs: ArqRedis | None = None
     worker: Any = None
     _worker_task: asyncio.Task[Any] | None = None
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the hub begins shutting down: long-polls answer now and event streams end."""
+    _shutdown_callbacks: set[Callable[[], None]] = field(default_factory=set)
+
+    def begin_shutdown(self) -> None:
+        """Wake every long-poll and stream so each ends with a proper response (idempotent)."""
+        if self.closing.is_set():
+            return
+        self.closing.set()
+        for callback in list(self._shutdown_callbacks):
+            try:
+                callback()
+            except Exception:  # one waiter's failure must not keep the others open
+                logger.exception("shutdown callback failed")
+
+    def at_shutdown(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when shutdown begins (at once if it has); return the unregister function."""
+        if self.closing.is_set():
+            callback()
+            return lambda: None
+        self._shutdown_callbacks.add(callback)
+        return lambda: self._shutdown_callbacks.discard(callback)
 
     async def start(self, *, with_worker: bool, migrate: bool = True) -> None:
         self.engine = await db.connect(self.settings.database_url)
@@ -53,6 +76,7 @@ class Hub:
         )
 
     async def stop(self) -> None:
+        self.begin_shutdown()
         if self.worker is not None:
             await self.worker.close()
         if self._worker_task is not None:

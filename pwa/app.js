@@ -44,7 +44,7 @@ async function decide(article, action) {
   try {
     await api(`/api/v1/approvals/${article.dataset.id}/${action}`, {
       method: "POST",
-      body: JSON.stringify({ reason, channel: "mobile" }),
+      body: JSON.stringify({ reason }),
     });
     await refresh();
   } catch (error) {

@@ -11,16 +11,20 @@ from backend.accounts import service
 from backend.accounts.schemas import KeyBody, LoginBody, TeamBody, UserBody
 from backend.accounts.service import Principal
 from backend.accounts.tables import ApiKey, User
-from backend.deps import SESSION_COOKIE, admin_guard
+from backend.deps import SESSION_COOKIE, admin_guard, people_guard
 from backend.errors import Forbidden
 from backend.hub import Hub
+from backend.request_checks import BODY_LIMIT_SMALL
 
 
 class AuthController(Controller):
     path = "/api/v1/auth"
     tags = ["auth"]
 
-    @post("/login", operation_id="login", exclude_from_auth=True, summary="Start a console/PWA session")
+    @post(
+        "/login", operation_id="login", exclude_from_auth=True, request_max_body_size=BODY_LIMIT_SMALL,
+        summary="Start a console/PWA session",
+    )
     async def login(self, data: LoginBody, hub: Hub) -> Response[dict[str, Any]]:
         org = await (service.get_org_by_slug(data.org) if data.org else service.default_org())
         token, principal = await service.login(
@@ -45,6 +49,7 @@ class AuthController(Controller):
 
 
 class UserController(Controller):
+    guards = [people_guard]
     path = "/api/v1/users"
     tags = ["accounts"]
 
@@ -67,6 +72,7 @@ class UserController(Controller):
 
 
 class TeamController(Controller):
+    guards = [people_guard]
     path = "/api/v1/teams"
     tags = ["accounts"]
 
@@ -84,6 +90,7 @@ class TeamController(Controller):
 
 
 class KeyController(Controller):
+    guards = [people_guard]
     path = "/api/v1/keys"
     tags = ["accounts"]
 

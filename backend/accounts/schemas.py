@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+# Lengths match the columns they land in, so a long value is a 400 naming the field, never a 500.
+Email = Annotated[str, msgspec.Meta(max_length=320)]
+Password = Annotated[str, msgspec.Meta(max_length=1024)]
+Name = Annotated[str, msgspec.Meta(max_length=200)]
+Short = Annotated[str, msgspec.Meta(max_length=100)]
+Labels = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], Any], msgspec.Meta(max_length=32)]
+
 
 class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
-    email: str
-    password: str
-    org: str | None = None
+    email: Email
+    password: Password
+    org: Short | None = None
 
 
 class UserBody(msgspec.Struct, forbid_unknown_fields=True):
-    email: str
-    role: str = "approver"
-    name: str = ""
-    password: str | None = None
-    teams: list[str] = []
+    email: Email
+    role: Short = "approver"
+    name: Name = ""
+    password: Password | None = None
+    teams: Annotated[list[Short], msgspec.Meta(max_length=100)] = []
 
 
 class TeamBody(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    members: list[str] = []
+    name: Short
+    members: Annotated[list[Email], msgspec.Meta(max_length=1000)] = []
 
 
 class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    scope: str = "agent"
-    labels: dict[str, Any] = {}
-    user: str | None = None
+    name: Name
+    scope: Short = "agent"
+    labels: Labels = {}
+    user: Email | None = None

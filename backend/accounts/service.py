@@ -23,11 +23,16 @@ from backend.accounts.tables import (
     UserSession,
 )
 from backend.audit.service import Actor, record
-from backend.errors import Conflict, NotAuthenticated, NotFound, ValidationFailed
+from backend.errors import Conflict, Forbidden, NotAuthenticated, NotFound, ValidationFailed
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TEAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 TOKEN_PREFIX = "pl_"  # noqa: S105 - a public marker, not a secret
+DECIDING_ROLES = frozenset({"approver", "admin"})
+# A key never carries more than its owner's role: viewers own agent keys, approvers approver keys.
+ROLE_RANK = {"viewer": 0, "approver": 1, "admin": 2}
+SCOPE_RANK = {"agent": 0, "approver": 1, "admin": 2}
+HIGHEST_SCOPE = {"viewer": "agent", "approver": "approver", "admin": "admin"}
 
 
 @dataclass(frozen=True)
@@ -55,9 +60,19 @@ class Principal:
         return self.role == "admin" and (self.via == "session" or self.scope == "admin")
 
     @property
+    def is_agent(self) -> bool:
+        """An agent-scoped key: creates requests and reads its own, nothing else of the org."""
+        return self.via == "key" and self.scope == "agent"
+
+    @property
     def can_decide(self) -> bool:
-        """Agents' keys never decide; people do, by session or an approver/admin-scoped key."""
-        return self.via == "session" or self.scope in {"approver", "admin"}
+        """Approvers and admins decide, by session or an approver/admin key; viewers and agents never."""
+        return self.role in DECIDING_ROLES and (self.via == "session" or self.scope in {"approver", "admin"})
+
+    @property
+    def channel(self) -> str:
+        """The vote channel, from how the caller authenticated: a session is the app, a key the API."""
+        return "app" if self.via == "session" else "api"
 
 
 def now() -> datetime:
@@ -244,6 +259,16 @@ async def create_key(
         )
     if not name.strip():
         raise ValidationFailed("a key needs a name (the agent's name)", detail={"field": "name"})
+    owner = await User.select(User.role, User.email).where((User.id == user_id) & (User.org == org_id)).first()
+    if owner is None:
+        raise NotFound("no such user in this organization", detail={"field": "user"})
+    if SCOPE_RANK[scope] > ROLE_RANK.get(owner["role"], 0):
+        highest = HIGHEST_SCOPE.get(owner["role"], "agent")
+        raise Forbidden(
+            f"a {scope} key for {owner['email']} would carry more than their role ({owner['role']})",
+            code="scope_above_role",
+            detail={"field": "scope", "role": owner["role"], "hint": f"use scope {highest} or lower"},
+        )
     prefix = secrets.token_hex(4)
     token = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(

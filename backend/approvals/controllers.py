@@ -21,8 +21,10 @@ from backend.approvals.schemas import (
     RevokeBody,
     WaitBody,
 )
+from backend.deps import agent_guard, people_guard
 from backend.events import EventsController
 from backend.hub import Hub
+from backend.request_checks import BODY_LIMIT_APPROVAL
 
 
 class ApprovalController(Controller):
@@ -32,6 +34,8 @@ class ApprovalController(Controller):
     @post(
         "",
         operation_id="create_approval",
+        guards=[agent_guard],
+        request_max_body_size=BODY_LIMIT_APPROVAL,
         summary="Hold a call for approval (201 new, 200 attached or granted)",
     )
     async def create(self, data: CreateBody, principal: Principal, hub: Hub) -> Response[dict[str, Any]]:
@@ -69,7 +73,10 @@ class ApprovalController(Controller):
             offset=offset,
         )
 
-    @get("/export", operation_id="export_approvals", summary="Stream the filtered history as CSV or JSON")
+    @get(
+        "/export", operation_id="export_approvals", guards=[people_guard],
+        summary="Stream the filtered history as CSV or JSON",
+    )
     async def export(
         self,
         principal: Principal,
@@ -109,6 +116,7 @@ class ApprovalController(Controller):
     @post(
         "/wait",
         operation_id="wait_for_approvals_post",
+        request_max_body_size=BODY_LIMIT_APPROVAL,  # up to 5000 ids
         status_code=200,
         summary="The same long-poll with the ids in the body (for long id lists)",
     )
@@ -129,7 +137,7 @@ class ApprovalController(Controller):
             data.decision,
             reason=data.reason,
             grant_seconds=data.grant_seconds,
-            channel=data.channel,
+            channel=principal.channel,
         )
         return {
             "results": results,
@@ -167,7 +175,7 @@ class ApprovalController(Controller):
             "approve",
             reason=body.reason,
             grant_seconds=body.grant_seconds,
-            channel=body.channel,
+            channel=principal.channel,
         )
 
     @post("/{approval_id:str}/decline", operation_id="decline_approval", status_code=200)
@@ -176,7 +184,7 @@ class ApprovalController(Controller):
     ) -> dict[str, Any]:
         body = data or DeclineBody()
         return await service.vote(
-            hub, principal, approval_id, "decline", reason=body.reason, channel=body.channel
+            hub, principal, approval_id, "decline", reason=body.reason, channel=principal.channel
         )
 
     @post("/{approval_id:str}/cancel", operation_id="cancel_approval", status_code=200)
@@ -213,6 +221,7 @@ class ApprovalController(Controller):
 class GrantController(Controller):
     path = "/api/v1/grants"
     tags = ["approvals"]
+    guards = [people_guard]
 
     @get("", operation_id="list_grants", summary="Time-boxed grants, newest first")
     async def list_grants(self, principal: Principal, active: bool | None = None) -> list[dict[str, Any]]:

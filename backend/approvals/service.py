@@ -152,8 +152,16 @@ async def _row_in_org(org_id: uuid.UUID, request_id: Any) -> dict[str, Any]:
     return row
 
 
-async def get_request(principal: Principal, request_id: Any) -> dict[str, Any]:
+async def _visible_row(principal: Principal, request_id: Any) -> dict[str, Any]:
+    """The request, if the caller may see it: an agent key sees only the requests it made."""
     row = await _row_in_org(principal.org_id, request_id)
+    if principal.is_agent and str(row.get("agent_key") or "") != str(principal.key_id):
+        raise NotFound(f"no approval request {request_id}", detail={"hint": "an agent key sees its own requests"})
+    return row
+
+
+async def get_request(principal: Principal, request_id: Any) -> dict[str, Any]:
+    row = await _visible_row(principal, request_id)
     return (await present([row]))[0]
 
 
@@ -227,6 +235,8 @@ async def list_requests(
     condition = _query(
         principal.org_id, start_date=start_date, end_date=end_date, tool=tool, status=status, request_ids=ids
     )
+    if principal.is_agent:
+        condition &= ApprovalRequest.agent_key == principal.key_id
     rows = (
         await ApprovalRequest.select()
         .where(condition)
@@ -285,6 +295,8 @@ async def export(
     condition = _query(
         principal.org_id, start_date=start_date, end_date=end_date, tool=tool, status=status, request_ids=ids
     )
+    if principal.is_agent:
+        condition &= ApprovalRequest.agent_key == principal.key_id
     await record(
         principal.org_id,
         "approval.exported",
@@ -548,6 +560,11 @@ async def vote_many(
     channel: str = "api",
 ) -> list[dict[str, Any]]:
     """Each id is its own vote with its own checks; one failure does not stop the others."""
+    if not principal.can_decide:
+        raise Forbidden(
+            f"{principal.email} cannot approve or decline ({principal.role}, via {principal.via})",
+            code="role_cannot_vote" if not principal.is_agent else "agent_cannot_vote",
+        )
     if not ids or len(ids) > 200:
         raise ValidationFailed("ids must hold 1 to 200 request ids", detail={"field": "ids", "got": len(ids)})
     results: list[dict[str, Any]] = []
@@ -570,7 +587,7 @@ async def vote_many(
 
 
 async def cancel(hub: Hub, principal: Principal, request_id: Any, reason: str | None) -> dict[str, Any]:
-    row = await _row_in_org(principal.org_id, request_id)
+    row = await _visible_row(principal, request_id)
     if str(row.get("requester") or "") != str(principal.user_id) and not principal.is_admin:
         raise Forbidden("only the requester or an admin can cancel a request", code="not_requester")
     async with unit_of_work():
@@ -593,7 +610,7 @@ async def cancel(hub: Hub, principal: Principal, request_id: Any, reason: str | 
 
 async def claim(hub: Hub, principal: Principal, request_id: Any, hash_hex: str) -> dict[str, Any]:
     """Start executing an approved call, once, with exactly the approved arguments."""
-    row = await _row_in_org(principal.org_id, request_id)
+    row = await _visible_row(principal, request_id)
     _require_runner(principal, row)
     if hash_hex != row["arguments_hash"]:
         raise Conflict(
@@ -636,7 +653,7 @@ async def report_outcome(
     result_summary: str | None,
     error: str | None,
 ) -> dict[str, Any]:
-    row = await _row_in_org(principal.org_id, request_id)
+    row = await _visible_row(principal, request_id)
     _require_runner(principal, row)
     if row["status"] != "executing":
         raise Conflict(
@@ -690,10 +707,11 @@ def parse_ids(raw: str | list[str]) -> list[uuid.UUID]:
     return ids
 
 
-async def _statuses(org_id: uuid.UUID, ids: list[uuid.UUID]) -> dict[str, str]:
-    rows = await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.status).where(
-        (ApprovalRequest.org == org_id) & ApprovalRequest.id.is_in(ids)
-    )
+async def _statuses(principal: Principal, ids: list[uuid.UUID]) -> dict[str, str]:
+    condition = (ApprovalRequest.org == principal.org_id) & ApprovalRequest.id.is_in(ids)
+    if principal.is_agent:
+        condition &= ApprovalRequest.agent_key == principal.key_id
+    rows = await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.status).where(condition)
     return {str(r["id"]): r["status"] for r in rows}
 
 
@@ -714,8 +732,9 @@ async def wait_for_decisions(
         woken.set()
 
     unsubscribes = [hub.bus.subscribe(flows.approval_topic(i), wake) for i in ids]
+    unsubscribes.append(hub.at_shutdown(woken.set))  # a stopping hub answers with what it knows
     try:
-        statuses = await _statuses(principal.org_id, ids)
+        statuses = await _statuses(principal, ids)
         if not statuses:
             raise NotFound("none of these approval ids exist", detail={"ids": [str(i) for i in ids[:20]]})
         if all(s == "pending" for s in statuses.values()) and timeout > 0:
@@ -728,7 +747,8 @@ async def wait_for_decisions(
                 # are); with a thousand ids listed this keeps each wake-up cheap.
                 await asyncio.sleep(0)  # let decisions committed in the same instant join in
                 named = [uuid.UUID(i) for i in signalled if i in statuses]
-                statuses.update(await _statuses(principal.org_id, named))
+                if named:  # empty when the wake-up was the hub shutting down
+                    statuses.update(await _statuses(principal, named))
     finally:
         for unsubscribe in unsubscribes:
             unsubscribe()

@@ -11,7 +11,9 @@ from litestar.params import Parameter
 from backend.accounts.service import Principal
 from backend.audit.service import Actor, record, verify
 from backend.audit.tables import AuditEvent
+from backend.deps import people_guard
 from backend.errors import ValidationFailed
+from backend.request_checks import BODY_LIMIT_CALLS
 from policies import arguments_hash
 
 CALL_DECISIONS = frozenset({"allow", "deny", "granted"})
@@ -52,11 +54,14 @@ class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
 
-    @get("/verify", operation_id="verify_audit_chain", summary="Check every link of the org's audit chain")
+    @get(
+        "/verify", operation_id="verify_audit_chain", guards=[people_guard],
+        summary="Check every link of the org's audit chain",
+    )
     async def verify_chain(self, principal: Principal) -> dict[str, Any]:
         return (await verify(principal.org_id)).to_dict()
 
-    @get("/events", operation_id="list_audit_events")
+    @get("/events", operation_id="list_audit_events", guards=[people_guard])
     async def list_events(
         self,
         principal: Principal,
@@ -75,7 +80,7 @@ class AuditController(Controller):
         rows = await query.order_by(AuditEvent.seq).limit(limit).output(load_json=True)
         return [{**row, "id": str(row["id"])} for row in rows]
 
-    @post("/calls", operation_id="ingest_call_records", status_code=202,
+    @post("/calls", operation_id="ingest_call_records", status_code=202, request_max_body_size=BODY_LIMIT_CALLS,
           summary="The gateway's allowed/denied call records; idempotent per event_id")
     async def ingest_calls(self, data: CallBatch, principal: Principal) -> dict[str, Any]:
         if len(data.records) > 1000:

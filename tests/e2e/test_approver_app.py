@@ -77,7 +77,7 @@ def test_approver_signs_in_and_decides_from_the_app(live_hub: LiveHub, held: tup
         declined = http.get(f"/api/v1/approvals/{second}").json()
     assert approved["status"] == "approved"
     assert [(v["user"]["email"], v["decision"], v["channel"]) for v in approved["votes"]] == [
-        ("alice@acme.test", "approve", "mobile")
+        ("alice@acme.test", "approve", "app")
     ]
     assert declined["status"] == "declined"
     assert declined["outcome"]["reason"] == "no backup of audit_2019"

@@ -1,0 +1,110 @@
+"""Checks every API request passes before its handler runs: JSON bodies only, bounded nesting, no NUL.
+
+Size limits are per endpoint (`request_max_body_size` on the handlers, 413 beyond); the numbers
+are in docs/security.md.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request
+
+from backend.errors import BadInput, UnsupportedMediaType
+
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays a request body may have (tool arguments included)."""
+
+KB = 1024
+BODY_LIMIT_DEFAULT = 64 * KB
+BODY_LIMIT_SMALL = 16 * KB  # login, votes, cancel, claim: a few short fields
+BODY_LIMIT_APPROVAL = 256 * KB  # a held call: tool, arguments, justification
+BODY_LIMIT_POLICY = 512 * KB  # policy source (also capped after decoding, see policy_store)
+BODY_LIMIT_CALLS = 4 * 1024 * KB  # up to 1000 call records from a gateway
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_OPEN = frozenset(b"[{")
+
+
+def too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when the JSON text nests objects/arrays deeper than `limit` (strings are skipped)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    brackets = _STRING.sub(b'""', body).translate(None, _NOT_BRACKET)
+    depth = 0
+    for byte in brackets:
+        if byte in _OPEN:
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def nul_field(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first key or string holding a NUL character, else None."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where.replace("\x00", "\\u0000")
+            if found := nul_field(item, where):
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if found := nul_field(item, f"{path}[{index}]"):
+                return found
+    return None
+
+
+def _refuse_nul(field: str, where: str) -> BadInput:
+    return BadInput(
+        f"{where} {field!r} contains a NUL character (\\u0000); remove it",
+        code="nul_character",
+        detail={"field": field, "hint": "text may not contain \\u0000"},
+    )
+
+
+def check_json_body(body: bytes) -> None:
+    if too_deep(body):
+        raise BadInput(
+            f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels",
+            code="too_deep",
+            detail={"max_depth": MAX_JSON_DEPTH, "hint": "flatten the arguments"},
+        )
+    if b"\\u0000" in body:
+        try:
+            decoded = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return  # malformed JSON: the handler's decoder reports it
+        if field := nul_field(decoded):
+            raise _refuse_nul(field, "field")
+
+
+async def check_request(request: Request) -> None:  # type: ignore[type-arg]
+    """Litestar `before_request`: runs after guards, before the body is decoded for the handler."""
+    for name, value in request.query_params.multi_items():
+        if "\x00" in name or "\x00" in str(value):
+            raise _refuse_nul(name.replace("\x00", "\\u0000"), "query parameter")
+    for name, value in request.path_params.items():
+        if isinstance(value, str) and "\x00" in value:
+            raise _refuse_nul(name, "path parameter")
+    if request.method not in {"POST", "PUT", "PATCH", "DELETE"}:
+        return
+    body = await request.body()
+    if not body:
+        return
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        # Also what keeps cross-site HTML forms (form-encoded, multipart, text/plain) out.
+        raise UnsupportedMediaType(
+            f"this endpoint takes JSON, not {media or 'a body without a Content-Type'}",
+            detail={"hint": "send the body as JSON with 'Content-Type: application/json'"},
+        )
+    check_json_body(body)
