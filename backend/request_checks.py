@@ -29,6 +29,22 @@ _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _OPEN = frozenset(b"[{")
 
 
+# Characters that reorder how text is displayed: a tool name holding them can show an approver
+# one name while meaning another ("Trojan Source").
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def refuse_bidi(field: str, value: str) -> None:
+    """Raise a 400 naming the field when `value` holds a bidirectional control character."""
+    for position, char in enumerate(value):
+        if char in BIDI_CONTROLS:
+            raise BadInput(
+                f"{field} contains the bidirectional control character U+{ord(char):04X} at position {position}",
+                code="bidi_control",
+                detail={"field": field, "position": position, "hint": "names must read the same as they display"},
+            )
+
+
 def too_deep(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """True when the JSON text nests objects/arrays deeper than `limit` (strings are skipped)."""
     if body.count(b"[") + body.count(b"{") <= limit:

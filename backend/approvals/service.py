@@ -20,6 +20,7 @@ from backend.audit.service import record
 from backend.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.events import publish_event
 from backend.policy_store.service import active_policy
+from backend.request_checks import refuse_bidi
 from backend.transactions import lock
 from policies import AgentInfo, CallContext, arguments_hash
 
@@ -394,6 +395,8 @@ async def create_request(
     tool = tool.strip()
     if not tool or len(tool) > 300:
         raise ValidationFailed("tool must be 1-300 characters", detail={"field": "tool"})
+    refuse_bidi("tool", tool)
+    refuse_bidi("server", server)
     if len(server) > 200:
         raise ValidationFailed("server must be at most 200 characters", detail={"field": "server"})
     digest = arguments_hash(arguments)
