@@ -19,10 +19,10 @@ from backend.accounts.controllers import AuthController, KeyController, TeamCont
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
 from backend.deps import provide_hub, resolve_principal
-from backend.errors import PreloopError
+from backend.errors import PreloopError, RateLimited
 from backend.hub import Hub
 from backend.policy_store.controllers import PolicyController
-from backend.request_checks import BODY_LIMIT_DEFAULT, check_request
+from backend.request_checks import BODY_LIMIT_DEFAULT, add_security_headers, check_request
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
 
@@ -37,7 +37,10 @@ def _error(status: int, code: str, message: str, detail: Any = None) -> Response
 
 
 def _preloop_error(_: Request, exc: PreloopError) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
-    return _error(exc.status, exc.code, exc.message, exc.detail)
+    response = _error(exc.status, exc.code, exc.message, exc.detail)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _validation_error(_: Request, exc: ValidationException) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
@@ -117,6 +120,7 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         ),
         lifespan=[lifespan],
         before_request=check_request,
+        before_send=[add_security_headers],
         request_max_body_size=BODY_LIMIT_DEFAULT,
         debug=False,
         logging_config=None,

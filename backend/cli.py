@@ -114,6 +114,8 @@ def serve(
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     configure_logging(settings.log.level, settings.log.format)
+    # Everything the hub writes (database, embedded Redis data, keys, secret) is for its user only.
+    os.umask(0o077)
     _check_port_free(settings.server.host, settings.server.port)
     if gateway_port:
         _check_port_free(settings.server.host, gateway_port)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from backend.accounts import throttle
 from backend.accounts.service import Principal, principal_for_session, principal_for_token
 from backend.errors import Forbidden, NotAuthenticated
 from backend.hub import Hub
@@ -22,15 +25,35 @@ async def resolve_principal(request: Request) -> Principal:  # type: ignore[type
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthenticated("Authorization header must be 'Bearer <api key>'")
-        principal = await principal_for_token(token.strip())
+        principal = await _checked(request, principal_for_token(token.strip()))
     elif cookie := request.cookies.get(SESSION_COOKIE):
-        principal = await principal_for_session(cookie)
+        principal = await _checked(request, principal_for_session(cookie))
     else:
         raise NotAuthenticated(
             "authentication required", detail={"hint": "send 'Authorization: Bearer <api key>' or log in"}
         )
     request.state.principal = principal
     return principal
+
+
+def client_address(request: Request) -> str:  # type: ignore[type-arg]
+    return request.client.host if request.client else "unknown"
+
+
+async def _checked(request: Request, lookup: Awaitable[Principal]) -> Principal:  # type: ignore[type-arg]
+    """A wrong key or session counts against the caller's address; past the limit the answer is 429.
+
+    Valid credentials cost nothing extra: the counter is only read after a failure.
+    """
+    try:
+        return await lookup
+    except NotAuthenticated:
+        hub: Hub = request.app.state.hub
+        if hub.redis is not None:
+            address = client_address(request)
+            await throttle.failed_credential(hub.redis.client, hub.settings.security, address)
+            await throttle.check_address(hub.redis.client, hub.settings.security, address)
+        raise
 
 
 def provide_hub(request: Request) -> Hub:  # type: ignore[type-arg]

@@ -73,3 +73,14 @@ class BadInput(PreloopError):
 class UnsupportedMediaType(PreloopError):
     status = 415
     code = "unsupported_media_type"
+
+
+class RateLimited(PreloopError):
+    """Too many failed attempts; `retry_after` seconds until the next one is heard (429 + Retry-After)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, detail: object = None) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after = max(1, retry_after)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from arq import create_pool
@@ -54,7 +55,13 @@ class Hub:
         return lambda: self._shutdown_callbacks.discard(callback)
 
     async def start(self, *, with_worker: bool, migrate: bool = True) -> None:
+        self.settings.secret_key()  # generated and stored (0600) on first start when not configured
         self.engine = await db.connect(self.settings.database_url)
+        if self.settings.database.embedded:
+            db_file = Path(self.settings.database_url.removeprefix("sqlite:///"))
+            for path in (db_file, *(db_file.with_name(db_file.name + s) for s in ("-wal", "-shm", "-journal"))):
+                if path.exists():
+                    path.chmod(0o600)  # the database holds password and key hashes
         if migrate:
             await db.migrate()
         self.redis = await connect_redis(self.settings.redis.url, embedded_data_dir=self.settings.server.data_dir)

@@ -1,4 +1,5 @@
-"""Checks every API request passes before its handler runs: JSON bodies only, bounded nesting, no NUL.
+"""Checks every API request passes before its handler runs: same-site cookies, JSON bodies only,
+bounded nesting, no NUL; and the security headers every response carries.
 
 Size limits are per endpoint (`request_max_body_size` on the handlers, 413 beyond); the numbers
 are in docs/security.md.
@@ -8,11 +9,37 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request
+from litestar.datastructures import MutableScopeHeaders
+from litestar.types import Message, Scope
 
-from backend.errors import BadInput, UnsupportedMediaType
+from backend.deps import SESSION_COOKIE
+from backend.errors import BadInput, Forbidden, UnsupportedMediaType
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# No inline script anywhere; the approver app and the console load everything from the hub.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+# The API reference at /schema: its renderer injects styles; scripts still only load from files
+# (the CDN until the hub serves them itself).
+SCHEMA_CSP = (
+    "default-src 'self'; script-src 'self' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
+    "font-src 'self' data: https://cdn.jsdelivr.net https://fonts.scalar.com; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cross-origin-opener-policy": "same-origin",
+}
 
 MAX_JSON_DEPTH = 32
 """Deepest nesting of objects and arrays a request body may have (tool arguments included)."""
@@ -103,15 +130,58 @@ def check_json_body(body: bytes) -> None:
             raise _refuse_nul(field, "field")
 
 
+async def add_security_headers(message: Message, scope: Scope) -> None:
+    """Litestar `before_send`: every response, errors and 404s included, gets the headers."""
+    if message["type"] != "http.response.start":
+        return
+    headers = MutableScopeHeaders.from_message(message)
+    path = str(scope.get("path", ""))
+    if "content-security-policy" not in headers:
+        headers["content-security-policy"] = SCHEMA_CSP if path.startswith("/schema") else CSP
+    for name, value in SECURITY_HEADERS.items():
+        if name not in headers:
+            headers[name] = value
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
+
+
+def check_same_site(request: Request) -> None:  # type: ignore[type-arg]
+    """A state change authenticated by the session cookie must come from the hub's own pages.
+
+    Browsers send `Origin` on every cross-site (and same-site fetch) POST; a missing or foreign
+    origin is refused, so another site cannot ride an admin's cookie. API keys are not cookies
+    and are not affected.
+    """
+    if request.method not in UNSAFE_METHODS or "authorization" in request.headers:
+        return
+    if SESSION_COOKIE not in request.cookies:
+        return
+    origin = request.headers.get("origin") or _origin_of(request.headers.get("referer", ""))
+    if origin and origin.lower() != "null":
+        host = request.headers.get("host", "").lower()
+        public = _origin_of(request.app.state.hub.settings.server.public_url)
+        if urlsplit(origin.lower()).netloc == host or (public and origin.lower() == public):
+            return
+    raise Forbidden(
+        "cross-site request refused: a signed-in change must come from the hub's own pages",
+        code="csrf_failed",
+        detail={"origin": origin or None, "hint": "send Origin matching the hub, or use an API key"},
+    )
+
+
 async def check_request(request: Request) -> None:  # type: ignore[type-arg]
     """Litestar `before_request`: runs after guards, before the body is decoded for the handler."""
+    check_same_site(request)
     for name, value in request.query_params.multi_items():
         if "\x00" in name or "\x00" in str(value):
             raise _refuse_nul(name.replace("\x00", "\\u0000"), "query parameter")
     for name, value in request.path_params.items():
         if isinstance(value, str) and "\x00" in value:
             raise _refuse_nul(name, "path parameter")
-    if request.method not in {"POST", "PUT", "PATCH", "DELETE"}:
+    if request.method not in UNSAFE_METHODS:
         return
     body = await request.body()
     if not body:

@@ -7,12 +7,12 @@ from typing import Any
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
 
-from backend.accounts import service
+from backend.accounts import service, throttle
 from backend.accounts.schemas import KeyBody, LoginBody, TeamBody, UserBody
 from backend.accounts.service import Principal
 from backend.accounts.tables import ApiKey, User
-from backend.deps import SESSION_COOKIE, admin_guard, people_guard
-from backend.errors import Forbidden
+from backend.deps import SESSION_COOKIE, admin_guard, client_address, people_guard
+from backend.errors import Forbidden, NotAuthenticated
 from backend.hub import Hub
 from backend.request_checks import BODY_LIMIT_SMALL
 
@@ -25,11 +25,19 @@ class AuthController(Controller):
         "/login", operation_id="login", exclude_from_auth=True, request_max_body_size=BODY_LIMIT_SMALL,
         summary="Start a console/PWA session",
     )
-    async def login(self, data: LoginBody, hub: Hub) -> Response[dict[str, Any]]:
+    async def login(self, data: LoginBody, hub: Hub, request: Request) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
         org = await (service.get_org_by_slug(data.org) if data.org else service.default_org())
-        token, principal = await service.login(
-            org["id"], data.email, data.password, hours=hub.settings.security.session_hours
-        )
+        assert hub.redis is not None
+        redis, security, address = hub.redis.client, hub.settings.security, client_address(request)
+        await throttle.check_login(redis, security, org["id"], data.email, address)
+        try:
+            token, principal = await service.login(
+                org["id"], data.email, data.password, hours=hub.settings.security.session_hours
+            )
+        except NotAuthenticated:
+            await throttle.failed_login(redis, security, org["id"], data.email, address)
+            raise
+        await throttle.succeeded_login(redis, org["id"], data.email)
         return Response(
             {"user": {"email": principal.email, "role": principal.role}},
             cookies=[

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -89,6 +91,20 @@ def hash_password(password: str) -> str:
     return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
 
 
+@functools.cache
+def _decoy_hash() -> str:
+    """A hash no password matches, checked for unknown emails so they take as long as wrong passwords."""
+    return hash_password(secrets.token_urlsafe(32))
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    """Always one scrypt run, whether or not the account (or its password) exists. Call in a thread."""
+    if not stored:
+        check_password(password, _decoy_hash())
+        return False
+    return check_password(password, stored)
+
+
 def check_password(password: str, stored: str | None) -> bool:
     if not stored or not stored.startswith("scrypt$"):
         return False
@@ -163,7 +179,7 @@ async def add_user(
         org_email=f"{org_id}:{email}",
         name=name,
         role=role,
-        password_hash=hash_password(password) if password else None,
+        password_hash=await asyncio.to_thread(hash_password, password) if password else None,
         created_at=now(),
     )
     await user.save()
@@ -333,7 +349,9 @@ async def principal_for_token(token: str) -> Principal:
 
 async def login(org_id: uuid.UUID, email: str, password: str, *, hours: int) -> tuple[str, Principal]:
     user = await User.select().where(User.org_email == f"{org_id}:{email.strip().lower()}").first()
-    if user is None or not user["is_active"] or not check_password(password, user["password_hash"]):
+    # scrypt runs in a thread (it would stall every other request), and for unknown emails too.
+    matches = await asyncio.to_thread(verify_password, password, user["password_hash"] if user else None)
+    if user is None or not user["is_active"] or not matches:
         raise NotAuthenticated("wrong email or password")
     token = secrets.token_urlsafe(32)
     await UserSession(

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -168,6 +169,10 @@ def test_embedded_mode_stops_cleanly(tmp_path: Path, signum: int) -> None:
             process.kill()
             process.communicate()
     assert not _alive(redis_pid)
+    # Everything the hub wrote is for its user only (the embedded Redis saved its data on the way out).
+    for name in ("preloop.db", "redis.rdb", "secret_key", "demo-agent.key", "hub.lock"):
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
     # The next start is a fresh embedded Redis, not a leftover one.
     again = _start(env, port, tmp_path)
     try:
