@@ -220,3 +220,30 @@ def test_a_second_hub_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
     assert first.returncode == 0
+
+
+def test_a_redis_server_left_by_a_killed_hub_is_stopped_not_reused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRELOOP_")}
+    env.update({"PRELOOP_DATA_DIR": str(data), "PRELOOP_DEMO": "false", "PRELOOP_LOG_FORMAT": "text"})
+    port = free_port()
+    killed = _start(env, port, tmp_path)
+    wait_for_health(port, killed)
+    leftover = _embedded_redis_pid(data)
+    killed.kill()  # kill -9: no cleanup can run
+    killed.communicate(timeout=30)
+    try:
+        assert _alive(leftover)  # what kill -9 leaves behind
+        again = _start(env, port, tmp_path)
+        try:
+            wait_for_health(port, again)
+            assert not _alive(leftover)
+            assert _embedded_redis_pid(data) != leftover
+        finally:
+            again.send_signal(signal.SIGTERM)
+            _, err = again.communicate(timeout=30)
+        assert again.returncode == 0
+        assert "stopping an embedded redis-server left running by an earlier hub" in err
+    finally:
+        if _alive(leftover):
+            os.kill(leftover, signal.SIGKILL)  # never leak it, even when the test fails
