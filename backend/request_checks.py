@@ -157,8 +157,8 @@ def check_same_site(request: Request) -> None:  # type: ignore[type-arg]
     """
     if request.method not in UNSAFE_METHODS or "authorization" in request.headers:
         return
-    if SESSION_COOKIE not in request.cookies:
-        return
+    if SESSION_COOKIE not in request.cookies or request.route_handler.opt.get("ignores_session"):
+        return  # signing in does not use the cookie a client may still hold
     origin = request.headers.get("origin") or _origin_of(request.headers.get("referer", ""))
     if origin and origin.lower() != "null":
         host = request.headers.get("host", "").lower()

@@ -23,6 +23,7 @@ class AuthController(Controller):
 
     @post(
         "/login", operation_id="login", exclude_from_auth=True, request_max_body_size=BODY_LIMIT_SMALL,
+        opt={"ignores_session": True},
         summary="Start a console/PWA session",
     )
     async def login(self, data: LoginBody, hub: Hub, request: Request) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
