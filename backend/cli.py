@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
 import signal
@@ -194,6 +195,10 @@ def serve(
         raise fail(exc.message) from None
     except (KeyboardInterrupt, asyncio.CancelledError):
         return  # stopped by a signal while starting; the cleanup has run
+    finally:
+        # Everything is closed by now; spare the interpreter's final collection of the whole heap,
+        # which takes seconds on a busy machine and would hold up a supervisor's restart.
+        gc.freeze()
     if not started:
         raise fail("the hub did not start; see the log line above")
 
