@@ -24,11 +24,12 @@ from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
 from backend.console import web as console
 from backend.deps import provide_hub, resolve_principal
-from backend.errors import PreloopError
+from backend.errors import PreloopError, RateLimited
 from backend.hub import Hub
 from backend.observability.asgi import ObservedApp
 from backend.observability.controllers import ObservabilityController
 from backend.policy_store.controllers import PolicyController, SeedShapesController
+from backend.request_checks import BODY_LIMIT_DEFAULT, add_security_headers, check_request
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
 
@@ -62,7 +63,10 @@ def _error(status: int, code: str, message: str, detail: Any = None) -> Response
 
 
 def _preloop_error(_: Request, exc: PreloopError) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
-    return _error(exc.status, exc.code, exc.message, exc.detail)
+    response = _error(exc.status, exc.code, exc.message, exc.detail)
+    if isinstance(exc, RateLimited):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _validation_error(_: Request, exc: ValidationException) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
@@ -75,6 +79,7 @@ def _http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:  # 
         405: "method_not_allowed",
         401: "not_authenticated",
         403: "forbidden",
+        413: "body_too_large",
         429: "rate_limited",
     }
     return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.extra or None)
@@ -154,6 +159,9 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         ),
         lifespan=[lifespan],
         template_config=console.template_config(),
+        before_request=check_request,
+        before_send=[add_security_headers],
+        request_max_body_size=BODY_LIMIT_DEFAULT,
         debug=False,
         logging_config=None,
     )

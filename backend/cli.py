@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -129,25 +131,54 @@ def serve(
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     configure_logging(settings.log.level, settings.log.format)
+    # Everything the hub writes (database, embedded Redis data, keys, secret) is for its user only.
+    os.umask(0o077)
     _check_port_free(settings.server.host, settings.server.port)
     if gateway_port:
         _check_port_free(settings.server.host, gateway_port)
 
+    class HubServer(uvicorn.Server):
+        """uvicorn without its own signal handling: it re-raises SIGTERM after serving, which would
+        kill the process before `hub.stop()` runs. `main` handles SIGINT and SIGTERM alike."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
     async def main() -> bool:
-        # Connect before serving, so an unreachable database or Redis is one line, not a traceback.
         hub = Hub(settings)
+        server: uvicorn.Server | None = None
+        starting = asyncio.current_task()
+
+        def on_signal(signum: int) -> None:
+            logging.getLogger("preloop.hub").info("stopping", extra={"signal": signal.Signals(signum).name})
+            hub.begin_shutdown()  # long-polls answer and event streams end now, not at a timeout
+            if server is None:
+                if starting is not None:
+                    starting.cancel()  # still starting: stop that, then clean up below
+            elif server.should_exit:
+                server.force_exit = True  # a second signal: stop waiting for connections
+            else:
+                server.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+        # Connect before serving, so an unreachable database or Redis is one line, not a traceback.
         try:
             await hub.start(with_worker=not no_worker)
-        except PreloopError:
+        except (PreloopError, asyncio.CancelledError):
             await hub.stop()
             raise
         try:
             created = await ensure_demo(hub) if settings.demo.enabled else None
             config = uvicorn.Config(
                 create_app(hub=hub), host=settings.server.host, port=settings.server.port, log_config=None,
-                lifespan="on", timeout_graceful_shutdown=5,
+                lifespan="on", timeout_graceful_shutdown=1,
             )
-            server = uvicorn.Server(config)
+            server = HubServer(config)
+            if hub.closing.is_set():
+                return True
             gw_port = _embedded_gateway_port(settings, gateway_port)
             serving = asyncio.create_task(server.serve())
             while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no started event
@@ -186,8 +217,12 @@ def serve(
         started = asyncio.run(main())
     except PreloopError as exc:
         raise fail(exc.message) from None
-    except KeyboardInterrupt:
-        return
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return  # stopped by a signal while starting; the cleanup has run
+    finally:
+        # Everything is closed by now; spare the interpreter's final collection of the whole heap,
+        # which takes seconds on a busy machine and would hold up a supervisor's restart.
+        gc.freeze()
     if not started:
         raise fail("the hub did not start; see the log line above")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,9 @@ async def ensure_demo(hub: Hub) -> dict[str, Any] | None:
     await accounts.add_member(org["id"], "sre", SRE_EMAIL)
     token, _ = await accounts.create_key(org["id"], dev["id"], "demo-agent", scope="agent", labels={"demo": True})
     key_file = hub.settings.server.data_dir / "demo-agent.key"
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(token + "\n")
-    key_file.chmod(0o600)
+    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with os.fdopen(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        handle.write(token + "\n")
     if DEMO_POLICY.exists():
         from backend.policy_store.service import apply
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie
 from litestar.handlers.base import BaseRouteHandler
 
+from backend.accounts import throttle
 from backend.accounts.service import Principal, principal_for_session, principal_for_token
 from backend.errors import Forbidden, NotAuthenticated
 from backend.hub import Hub
@@ -23,15 +26,35 @@ async def resolve_principal(request: Request) -> Principal:  # type: ignore[type
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise NotAuthenticated("Authorization header must be 'Bearer <api key>'")
-        principal = await principal_for_token(token.strip())
+        principal = await _checked(request, principal_for_token(token.strip()))
     elif cookie := request.cookies.get(SESSION_COOKIE):
-        principal = await principal_for_session(cookie)
+        principal = await _checked(request, principal_for_session(cookie))
     else:
         raise NotAuthenticated(
             "authentication required", detail={"hint": "send 'Authorization: Bearer <api key>' or log in"}
         )
     request.state.principal = principal
     return principal
+
+
+def client_address(request: Request) -> str:  # type: ignore[type-arg]
+    return request.client.host if request.client else "unknown"
+
+
+async def _checked(request: Request, lookup: Awaitable[Principal]) -> Principal:  # type: ignore[type-arg]
+    """A wrong key or session counts against the caller's address; past the limit the answer is 429.
+
+    Valid credentials cost nothing extra: the counter is only read after a failure.
+    """
+    try:
+        return await lookup
+    except NotAuthenticated:
+        hub: Hub = request.app.state.hub
+        if hub.redis is not None:
+            address = client_address(request)
+            await throttle.failed_credential(hub.redis.client, hub.settings.security, address)
+            await throttle.check_address(hub.redis.client, hub.settings.security, address)
+        raise
 
 
 def provide_hub(request: Request) -> Hub:  # type: ignore[type-arg]
@@ -55,3 +78,24 @@ def session_cookie(hub: Hub, token: str) -> Cookie:
         secure=hub.settings.server.base_url.startswith("https"),
         max_age=hub.settings.security.session_hours * 3600,
     )
+
+
+async def people_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    """Org data (people, keys, audit, history, live events) is for people, not agent keys."""
+    principal = await _principal_of(connection)
+    if principal.is_agent:
+        raise Forbidden(
+            "an agent key cannot read this; it creates requests and reads its own",
+            code="agent_not_allowed",
+        )
+
+
+async def agent_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    """Approval requests come from agents: people decide them, they do not file them."""
+    principal = await _principal_of(connection)
+    if not principal.is_agent:
+        raise Forbidden(
+            "only agent keys create approval requests",
+            code="agents_only",
+            detail={"hint": "create an agent-scoped key (`preloop key create NAME`) for the agent"},
+        )

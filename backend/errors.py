@@ -61,3 +61,26 @@ class NotFound(PreloopError):
 class Conflict(PreloopError):
     status = 409
     code = "conflict"
+
+
+class BadInput(PreloopError):
+    """Input refused before any handler sees it: too deep, a NUL character, a wrong media type."""
+
+    status = 400
+    code = "invalid_input"
+
+
+class UnsupportedMediaType(PreloopError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(PreloopError):
+    """Too many failed attempts; `retry_after` seconds until the next one is heard (429 + Retry-After)."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, detail: object = None) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after = max(1, retry_after)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncGenerator
@@ -15,6 +16,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from backend.accounts.service import Principal
 from backend.bus import Bus
+from backend.deps import people_guard
 from backend.hub import Hub
 
 KEEPALIVE_SECONDS = 15.0
@@ -29,30 +31,50 @@ async def publish_event(bus: Bus, org_id: uuid.UUID | str, kind: str, data: dict
     await bus.publish(events_topic(org_id), {"type": kind, "at": datetime.now(UTC).isoformat(), **data})
 
 
+SHUTDOWN: dict[str, Any] = {"type": "shutdown"}
+
+
 async def _stream(
-    bus: Bus, org_id: uuid.UUID, limit: int | None
+    hub: Hub, org_id: uuid.UUID, limit: int | None
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
     sent = 0
-    async with bus.stream(events_topic(org_id)) as queue:
-        # The first message tells the client the subscription is live, so nothing after it is missed.
-        yield ServerSentEventMessage(event="ready", data=json.dumps({"org": str(org_id)}))
-        while limit is None or sent < limit:
-            try:
-                message = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_SECONDS)
-            except TimeoutError:
-                yield ServerSentEventMessage(comment="keepalive")
-                continue
-            sent += 1
-            yield ServerSentEventMessage(
-                event=str(message.get("type", "message")), data=json.dumps(message, default=str)
-            )
+    async with hub.bus.stream(events_topic(org_id)) as queue:
+        def end() -> None:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(SHUTDOWN)
+
+        stop_waiting = hub.at_shutdown(end)
+        try:
+            # The first message tells the client the subscription is live, so nothing after it is missed.
+            yield ServerSentEventMessage(event="ready", data=json.dumps({"org": str(org_id)}))
+            while limit is None or sent < limit:
+                try:
+                    message = await asyncio.wait_for(queue.get(), timeout=KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield ServerSentEventMessage(comment="keepalive")
+                    continue
+                if message is SHUTDOWN:
+                    # The hub is stopping: say so and end the stream; EventSource reconnects by itself.
+                    yield ServerSentEventMessage(
+                        event="shutdown", data=json.dumps({"reconnect": True}), retry=2000
+                    )
+                    return
+                sent += 1
+                yield ServerSentEventMessage(
+                    event=str(message.get("type", "message")), data=json.dumps(message, default=str)
+                )
+        finally:
+            stop_waiting()
 
 
 class EventsController(Controller):
     path = "/api/v1/events"
     tags = ["events"]
 
-    @get("", operation_id="stream_events", summary="Server-sent events of the caller's organization")
+    @get(
+        "", operation_id="stream_events", guards=[people_guard],
+        summary="Server-sent events of the caller's organization",
+    )
     async def stream(
         self,
         principal: Principal,
@@ -61,7 +83,7 @@ class EventsController(Controller):
             default=None, ge=1, le=100_000, description="close after this many events"
         ),
     ) -> ServerSentEvent:
-        generator = _stream(hub.bus, principal.org_id, limit)
+        generator = _stream(hub, principal.org_id, limit)
         return ServerSentEvent(generator, headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 

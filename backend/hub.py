@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from arq import create_pool
@@ -29,9 +31,37 @@ class Hub:
     jobs: ArqRedis | None = None
     worker: Any = None
     _worker_task: asyncio.Task[Any] | None = None
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the hub begins shutting down: long-polls answer now and event streams end."""
+    _shutdown_callbacks: set[Callable[[], None]] = field(default_factory=set)
+
+    def begin_shutdown(self) -> None:
+        """Wake every long-poll and stream so each ends with a proper response (idempotent)."""
+        if self.closing.is_set():
+            return
+        self.closing.set()
+        for callback in list(self._shutdown_callbacks):
+            try:
+                callback()
+            except Exception:  # one waiter's failure must not keep the others open
+                logger.exception("shutdown callback failed")
+
+    def at_shutdown(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when shutdown begins (at once if it has); return the unregister function."""
+        if self.closing.is_set():
+            callback()
+            return lambda: None
+        self._shutdown_callbacks.add(callback)
+        return lambda: self._shutdown_callbacks.discard(callback)
 
     async def start(self, *, with_worker: bool, migrate: bool = True) -> None:
+        self.settings.secret_key()  # generated and stored (0600) on first start when not configured
         self.engine = await db.connect(self.settings.database_url)
+        if self.settings.database.embedded:
+            db_file = Path(self.settings.database_url.removeprefix("sqlite:///"))
+            for path in (db_file, *(db_file.with_name(db_file.name + s) for s in ("-wal", "-shm", "-journal"))):
+                if path.exists():
+                    path.chmod(0o600)  # the database holds password and key hashes
         if migrate:
             await db.migrate()
         self.redis = await connect_redis(self.settings.redis.url, embedded_data_dir=self.settings.server.data_dir)
@@ -53,6 +83,7 @@ class Hub:
         )
 
     async def stop(self) -> None:
+        self.begin_shutdown()
         if self.worker is not None:
             await self.worker.close()
         if self._worker_task is not None:

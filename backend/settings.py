@@ -134,6 +134,12 @@ class SecuritySettings:
     """PRELOOP_SECRET_KEY: signs sessions and links; generated into the data dir when empty."""
     session_hours: int = 12
     """PRELOOP_SESSION_HOURS: how long a console/PWA login lasts."""
+    login_max_failures: int = 10
+    """PRELOOP_LOGIN_MAX_FAILURES: wrong passwords for one account before it is locked out."""
+    lockout_seconds: int = 900
+    """PRELOOP_LOCKOUT_SECONDS: how long a lockout (and the failure-counting window) lasts."""
+    address_max_failures: int = 100
+    """PRELOOP_ADDRESS_MAX_FAILURES: failed passwords, keys or sessions from one address per window."""
 
 
 @dataclass(frozen=True)
@@ -180,10 +186,16 @@ class Settings:
         path = self.server.data_dir / "secret_key"
         if path.exists():
             return path.read_text().strip()
-        self.server.data_dir.mkdir(parents=True, exist_ok=True)
+        self.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = secrets.token_urlsafe(48)
-        path.write_text(key)
-        path.chmod(0o600)
+        # Created 0600 from the start (no window where another user could read it); O_EXCL: if two
+        # processes race on first start, the loser reads the winner's key.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
         return key
 
 
@@ -235,6 +247,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         security=SecuritySettings(
             secret_key=_env(env, "PRELOOP_SECRET_KEY"),
             session_hours=_int(env, "PRELOOP_SESSION_HOURS", 12, lo=1, hi=24 * 90),
+            login_max_failures=_int(env, "PRELOOP_LOGIN_MAX_FAILURES", 10, lo=1, hi=1000),
+            lockout_seconds=_int(env, "PRELOOP_LOCKOUT_SECONDS", 900, lo=1, hi=86400),
+            address_max_failures=_int(env, "PRELOOP_ADDRESS_MAX_FAILURES", 100, lo=1, hi=100_000),
         ),
         approvals=ApprovalSettings(
             max_wait_seconds=_int(env, "PRELOOP_MAX_WAIT_SECONDS", 60, lo=1, hi=3600),

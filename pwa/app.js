@@ -137,7 +137,7 @@ async function decide(article, action) {
   try {
     // The step-up comes first: iOS drops the tap's gesture if anything is awaited before it.
     const stepUp = window.preloopPasskeys ? await window.preloopPasskeys.stepUpFor(article, action) : {};
-    let body = { reason, channel: "mobile", ...stepUp };
+    let body = { reason, ...stepUp };
     for (const hook of preloop.hooks.beforeDecide) body = (await hook(request, action, body)) || body;
     const result = await api(`/api/v1/approvals/${id}/${action}`, { method: "POST", body: JSON.stringify(body) });
     state.drafts.delete(id);

@@ -127,6 +127,11 @@ async def hub(settings: Settings) -> AsyncIterator[Any]:
 
     running = Hub(settings)
     await running.start(with_worker=False)
+    # Failed-credential counters per client address live in the shared Redis; every test starts
+    # with none, so earlier tests' wrong passwords never turn into a 429 here.
+    stale = [key async for key in running.redis.client.scan_iter("preloop:auth:address:*")]
+    if stale:
+        await running.redis.client.delete(*stale)
     try:
         yield running
     finally:

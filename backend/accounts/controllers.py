@@ -7,7 +7,7 @@ from typing import Any
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie
 
-from backend.accounts import lifecycle, service
+from backend.accounts import lifecycle, service, throttle
 from backend.accounts.schemas import (
     InviteAcceptBody,
     InviteAccepted,
@@ -26,22 +26,35 @@ from backend.accounts.schemas import (
 )
 from backend.accounts.service import Principal
 from backend.accounts.tables import ApiKey, User
-from backend.deps import SESSION_COOKIE, admin_guard, session_cookie
-from backend.errors import Forbidden
+from backend.deps import SESSION_COOKIE, admin_guard, client_address, people_guard, session_cookie
+from backend.errors import Forbidden, NotAuthenticated
 from backend.hub import Hub
+from backend.request_checks import BODY_LIMIT_SMALL
 
 
 class AuthController(Controller):
     path = "/api/v1/auth"
     tags = ["auth"]
 
-    @post("/login", operation_id="login", exclude_from_auth=True, summary="Start a console/PWA session")
-    async def login(self, data: LoginBody, hub: Hub) -> Response[dict[str, Any]]:
+    @post(
+        "/login", operation_id="login", exclude_from_auth=True, request_max_body_size=BODY_LIMIT_SMALL,
+        opt={"ignores_session": True},
+        summary="Start a console/PWA session",
+    )
+    async def login(self, data: LoginBody, hub: Hub, request: Request) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
         org = await (service.get_org_by_slug(data.org) if data.org else service.default_org())
-        token, principal = await service.login(
-            org["id"], data.email, data.password, hours=hub.settings.security.session_hours,
-            totp_code=data.totp_code,
-        )
+        assert hub.redis is not None
+        redis, security, address = hub.redis.client, hub.settings.security, client_address(request)
+        await throttle.check_login(redis, security, org["id"], data.email, address)
+        try:
+            token, principal = await service.login(
+                org["id"], data.email, data.password, hours=hub.settings.security.session_hours,
+                totp_code=data.totp_code,
+            )
+        except NotAuthenticated:
+            await throttle.failed_login(redis, security, org["id"], data.email, address)
+            raise
+        await throttle.succeeded_login(redis, org["id"], data.email)
         return Response(
             {"user": {"email": principal.email, "role": principal.role}},
             cookies=[session_cookie(hub, token)],
@@ -70,6 +83,7 @@ class MeController(Controller):
 
 
 class UserController(Controller):
+    guards = [people_guard]
     path = "/api/v1/users"
     tags = ["accounts"]
 
@@ -110,6 +124,7 @@ class UserController(Controller):
 
 
 class TeamController(Controller):
+    guards = [people_guard]
     path = "/api/v1/teams"
     tags = ["accounts"]
 
@@ -145,6 +160,7 @@ class TeamController(Controller):
 
 
 class KeyController(Controller):
+    guards = [people_guard]
     path = "/api/v1/keys"
     tags = ["accounts"]
 

@@ -2,55 +2,62 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+# Lengths match the columns they land in, so a long value is a 400 naming the field, never a 500.
+Email = Annotated[str, msgspec.Meta(max_length=320)]
+Password = Annotated[str, msgspec.Meta(max_length=1024)]
+Name = Annotated[str, msgspec.Meta(max_length=200)]
+Short = Annotated[str, msgspec.Meta(max_length=100)]
+Labels = Annotated[dict[Annotated[str, msgspec.Meta(max_length=64)], Any], msgspec.Meta(max_length=32)]
+
 
 class LoginBody(msgspec.Struct, forbid_unknown_fields=True):
-    email: str
-    password: str
-    org: str | None = None
-    totp_code: str | None = None
+    email: Email
+    password: Password
+    org: Short | None = None
+    totp_code: Short | None = None
     """The 6-digit TOTP code or a recovery code, for people who turned the second factor on."""
 
 
 class UserBody(msgspec.Struct, forbid_unknown_fields=True):
-    email: str
-    role: str = "approver"
-    name: str = ""
-    password: str | None = None
-    teams: list[str] = []
+    email: Email
+    role: Short = "approver"
+    name: Name = ""
+    password: Password | None = None
+    teams: Annotated[list[Short], msgspec.Meta(max_length=100)] = []
 
 
 class TeamBody(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    members: list[str] = []
+    name: Short
+    members: Annotated[list[Email], msgspec.Meta(max_length=1000)] = []
 
 
 class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    scope: str = "agent"
-    labels: dict[str, Any] = {}
-    user: str | None = None
+    name: Name
+    scope: Short = "agent"
+    labels: Labels = {}
+    user: Email | None = None
 
 
 class PasswordChangeBody(msgspec.Struct, forbid_unknown_fields=True):
-    current_password: str
-    new_password: str
+    current_password: Password
+    new_password: Password
 
 
 class InviteAcceptBody(msgspec.Struct, forbid_unknown_fields=True):
-    token: str
-    password: str
+    token: Short
+    password: Password
 
 
 class MemberBody(msgspec.Struct, forbid_unknown_fields=True):
-    email: str
+    email: Email
 
 
 class TeamRenameBody(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+    name: Short
 
 
 class UserState(msgspec.Struct):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import re
@@ -24,12 +26,17 @@ from backend.accounts.tables import (
     UserSession,
 )
 from backend.audit.service import Actor, record
-from backend.errors import Conflict, NotAuthenticated, NotFound, ValidationFailed
+from backend.errors import Conflict, Forbidden, NotAuthenticated, NotFound, ValidationFailed
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 TEAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 TOKEN_PREFIX = "pl_"  # noqa: S105 - a public marker, not a secret
+DECIDING_ROLES = frozenset({"approver", "admin"})
+# A key never carries more than its owner's role: viewers own agent keys, approvers approver keys.
+ROLE_RANK = {"viewer": 0, "approver": 1, "admin": 2}
+SCOPE_RANK = {"agent": 0, "approver": 1, "admin": 2}
+HIGHEST_SCOPE = {"viewer": "agent", "approver": "approver", "admin": "admin"}
 
 
 @dataclass(frozen=True)
@@ -57,9 +64,19 @@ class Principal:
         return self.role == "admin" and (self.via == "session" or self.scope == "admin")
 
     @property
+    def is_agent(self) -> bool:
+        """An agent-scoped key: creates requests and reads its own, nothing else of the org."""
+        return self.via == "key" and self.scope == "agent"
+
+    @property
     def can_decide(self) -> bool:
-        """Agents' keys never decide; people do, by session or an approver/admin-scoped key."""
-        return self.via == "session" or self.scope in {"approver", "admin"}
+        """Approvers and admins decide, by session or an approver/admin key; viewers and agents never."""
+        return self.role in DECIDING_ROLES and (self.via == "session" or self.scope in {"approver", "admin"})
+
+    @property
+    def channel(self) -> str:
+        """The vote channel, from how the caller authenticated: a session is the app, a key the API."""
+        return "app" if self.via == "session" else "api"
 
 
 def now() -> datetime:
@@ -74,6 +91,20 @@ def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1)
     return "scrypt$" + base64.b64encode(salt).decode() + "$" + base64.b64encode(digest).decode()
+
+
+@functools.cache
+def _decoy_hash() -> str:
+    """A hash no password matches, checked for unknown emails so they take as long as wrong passwords."""
+    return hash_password(secrets.token_urlsafe(32))
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    """Always one scrypt run, whether or not the account (or its password) exists. Call in a thread."""
+    if not stored:
+        check_password(password, _decoy_hash())
+        return False
+    return check_password(password, stored)
 
 
 def check_password(password: str, stored: str | None) -> bool:
@@ -151,7 +182,7 @@ async def add_user(
         org_email=f"{org_id}:{email}",
         name=name,
         role=role,
-        password_hash=hash_password(password) if password else None,
+        password_hash=await asyncio.to_thread(hash_password, password) if password else None,
         created_at=now(),
     )
     await user.save()
@@ -247,6 +278,16 @@ async def create_key(
         )
     if not name.strip():
         raise ValidationFailed("a key needs a name (the agent's name)", detail={"field": "name"})
+    owner = await User.select(User.role, User.email).where((User.id == user_id) & (User.org == org_id)).first()
+    if owner is None:
+        raise NotFound("no such user in this organization", detail={"field": "user"})
+    if SCOPE_RANK[scope] > ROLE_RANK.get(owner["role"], 0):
+        highest = HIGHEST_SCOPE.get(owner["role"], "agent")
+        raise Forbidden(
+            f"a {scope} key for {owner['email']} would carry more than their role ({owner['role']})",
+            code="scope_above_role",
+            detail={"field": "scope", "role": owner["role"], "hint": f"use scope {highest} or lower"},
+        )
     prefix = secrets.token_hex(4)
     token = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(
@@ -318,7 +359,9 @@ async def login(
     org_id: uuid.UUID, email: str, password: str, *, hours: int, totp_code: str | None = None
 ) -> tuple[str, Principal]:
     user = await User.select().where(User.org_email == f"{org_id}:{email.strip().lower()}").first()
-    if user is None or not user["is_active"] or not check_password(password, user["password_hash"]):
+    # scrypt runs in a thread (it would stall every other request), and for unknown emails too.
+    matches = await asyncio.to_thread(verify_password, password, user["password_hash"] if user else None)
+    if user is None or not user["is_active"] or not matches:
         raise NotAuthenticated("wrong email or password")
     method = "password"
     if await totp.enrolled(user["id"]):  # the second factor of people who turned it on

@@ -23,8 +23,10 @@ from backend.approvals.schemas import (
     RevokeBody,
     WaitBody,
 )
+from backend.deps import agent_guard, people_guard
 from backend.events import EventsController
 from backend.hub import Hub
+from backend.request_checks import BODY_LIMIT_APPROVAL
 
 
 class ApprovalController(Controller):
@@ -34,6 +36,8 @@ class ApprovalController(Controller):
     @post(
         "",
         operation_id="create_approval",
+        guards=[agent_guard],
+        request_max_body_size=BODY_LIMIT_APPROVAL,
         summary="Hold a call for approval (201 new, 200 attached or granted)",
     )
     async def create(self, data: CreateBody, principal: Principal, hub: Hub) -> Response[dict[str, Any]]:
@@ -77,7 +81,10 @@ class ApprovalController(Controller):
             offset=offset,
         )
 
-    @get("/export", operation_id="export_approvals", summary="Stream the filtered history as CSV or JSON")
+    @get(
+        "/export", operation_id="export_approvals", guards=[people_guard],
+        summary="Stream the filtered history as CSV or JSON",
+    )
     async def export(
         self,
         principal: Principal,
@@ -117,6 +124,7 @@ class ApprovalController(Controller):
     @post(
         "/wait",
         operation_id="wait_for_approvals_post",
+        request_max_body_size=BODY_LIMIT_APPROVAL,  # up to 5000 ids
         status_code=200,
         summary="The same long-poll with the ids in the body (for long id lists)",
     )
@@ -137,7 +145,7 @@ class ApprovalController(Controller):
             data.decision,
             reason=data.reason,
             grant_seconds=data.grant_seconds,
-            channel=data.channel,
+            channel=principal.channel,
             assertion=data.assertion,
         )
         return {
@@ -202,7 +210,7 @@ class ApprovalController(Controller):
             "approve",
             reason=body.reason,
             grant_seconds=body.grant_seconds,
-            channel=body.channel,
+            channel=principal.channel,
             assertion=body.assertion,
         )
 
@@ -212,7 +220,7 @@ class ApprovalController(Controller):
     ) -> dict[str, Any]:
         body = data or DeclineBody()
         return await service.vote(
-            hub, principal, approval_id, "decline", reason=body.reason, channel=body.channel,
+            hub, principal, approval_id, "decline", reason=body.reason, channel=principal.channel,
             assertion=body.assertion,
         )
 
@@ -250,6 +258,7 @@ class ApprovalController(Controller):
 class GrantController(Controller):
     path = "/api/v1/grants"
     tags = ["approvals"]
+    guards = [people_guard]
 
     @get("", operation_id="list_grants", summary="Time-boxed grants, newest first")
     async def list_grants(self, principal: Principal, active: bool | None = None) -> list[dict[str, Any]]:

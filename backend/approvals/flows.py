@@ -415,7 +415,7 @@ async def record_vote(
     session carrying one whose challenge names this request, this decision and these arguments.
     """
     policy = policy_of(row)
-    if not principal.can_decide:
+    if principal.via == "key" and principal.scope == "agent":
         raise await reject_vote(
             row,
             principal,
@@ -425,6 +425,14 @@ async def record_vote(
     if str(principal.user_id) == str(row.get("requester") or ""):
         raise await reject_vote(
             row, principal, "own_request", "you own the key that made this request, so you cannot vote on it"
+        )
+    if not principal.can_decide:
+        # Viewers never decide, even when a policy or a team names them.
+        raise await reject_vote(
+            row,
+            principal,
+            "role_cannot_vote",
+            f"{principal.email} is a {principal.role}; only approvers and admins approve or decline",
         )
     eligible = await eligible_users(row)
     if str(principal.user_id) not in eligible:

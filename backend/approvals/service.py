@@ -22,6 +22,7 @@ from backend.audit.service import record
 from backend.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.events import publish_event
 from backend.policy_store.service import active_policy
+from backend.request_checks import refuse_bidi
 from backend.transactions import lock
 from policies import AgentInfo, CallContext, arguments_hash
 
@@ -160,9 +161,17 @@ async def _row_in_org(org_id: uuid.UUID, request_id: Any) -> dict[str, Any]:
     return row
 
 
+async def _visible_row(principal: Principal, request_id: Any) -> dict[str, Any]:
+    """The request, if the caller may see it: an agent key sees only the requests it made."""
+    row = await _row_in_org(principal.org_id, request_id)
+    if principal.is_agent and str(row.get("agent_key") or "") != str(principal.key_id):
+        raise NotFound(f"no approval request {request_id}", detail={"hint": "an agent key sees its own requests"})
+    return row
+
+
 async def get_request(principal: Principal, request_id: Any, *, with_flags: bool = True) -> dict[str, Any]:
     """One request; with its red flags (computed from history) unless the caller needs only the state."""
-    row = await _row_in_org(principal.org_id, request_id)
+    row = await _visible_row(principal, request_id)
     item = (await present([row]))[0]
     return {**item, "red_flags": await redflags.red_flags(row)} if with_flags else item
 
@@ -242,6 +251,8 @@ async def list_requests(
     condition = _query(
         principal.org_id, start_date=start_date, end_date=end_date, tool=tool, status=status, request_ids=ids
     )
+    if principal.is_agent:
+        condition &= ApprovalRequest.agent_key == principal.key_id
     inbox_view = status == "pending"
     rows = (
         await ApprovalRequest.select()
@@ -309,6 +320,8 @@ async def export(
     condition = _query(
         principal.org_id, start_date=start_date, end_date=end_date, tool=tool, status=status, request_ids=ids
     )
+    if principal.is_agent:
+        condition &= ApprovalRequest.agent_key == principal.key_id
     await record(
         principal.org_id,
         "approval.exported",
@@ -407,6 +420,8 @@ async def create_request(
     tool = tool.strip()
     if not tool or len(tool) > 300:
         raise ValidationFailed("tool must be 1-300 characters", detail={"field": "tool"})
+    refuse_bidi("tool", tool)
+    refuse_bidi("server", server)
     if len(server) > 200:
         raise ValidationFailed("server must be at most 200 characters", detail={"field": "server"})
     digest = arguments_hash(arguments)
@@ -603,6 +618,11 @@ async def vote_many(
     With `assertion`, one passkey step-up confirms them all: it is verified once, and its
     challenge must name every listed request with its arguments hash.
     """
+    if not principal.can_decide:
+        raise Forbidden(
+            f"{principal.email} cannot approve or decline ({principal.role}, via {principal.via})",
+            code="role_cannot_vote" if not principal.is_agent else "agent_cannot_vote",
+        )
     if not ids or len(ids) > 200:
         raise ValidationFailed("ids must hold 1 to 200 request ids", detail={"field": "ids", "got": len(ids)})
     proof: StepUpProof | None = None
@@ -630,7 +650,7 @@ async def vote_many(
 
 
 async def cancel(hub: Hub, principal: Principal, request_id: Any, reason: str | None) -> dict[str, Any]:
-    row = await _row_in_org(principal.org_id, request_id)
+    row = await _visible_row(principal, request_id)
     if str(row.get("requester") or "") != str(principal.user_id) and not principal.is_admin:
         raise Forbidden("only the requester or an admin can cancel a request", code="not_requester")
     async with unit_of_work():
@@ -653,7 +673,7 @@ async def cancel(hub: Hub, principal: Principal, request_id: Any, reason: str | 
 
 async def claim(hub: Hub, principal: Principal, request_id: Any, hash_hex: str) -> dict[str, Any]:
     """Start executing an approved call, once, with exactly the approved arguments."""
-    row = await _row_in_org(principal.org_id, request_id)
+    row = await _visible_row(principal, request_id)
     _require_runner(principal, row)
     if hash_hex != row["arguments_hash"]:
         raise Conflict(
@@ -696,7 +716,7 @@ async def report_outcome(
     result_summary: str | None,
     error: str | None,
 ) -> dict[str, Any]:
-    row = await _row_in_org(principal.org_id, request_id)
+    row = await _visible_row(principal, request_id)
     _require_runner(principal, row)
     if row["status"] != "executing":
         raise Conflict(
@@ -750,10 +770,11 @@ def parse_ids(raw: str | list[str]) -> list[uuid.UUID]:
     return ids
 
 
-async def _statuses(org_id: uuid.UUID, ids: list[uuid.UUID]) -> dict[str, str]:
-    rows = await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.status).where(
-        (ApprovalRequest.org == org_id) & ApprovalRequest.id.is_in(ids)
-    )
+async def _statuses(principal: Principal, ids: list[uuid.UUID]) -> dict[str, str]:
+    condition = (ApprovalRequest.org == principal.org_id) & ApprovalRequest.id.is_in(ids)
+    if principal.is_agent:
+        condition &= ApprovalRequest.agent_key == principal.key_id
+    rows = await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.status).where(condition)
     return {str(r["id"]): r["status"] for r in rows}
 
 
@@ -774,8 +795,9 @@ async def wait_for_decisions(
         woken.set()
 
     unsubscribes = [hub.bus.subscribe(flows.approval_topic(i), wake) for i in ids]
+    unsubscribes.append(hub.at_shutdown(woken.set))  # a stopping hub answers with what it knows
     try:
-        statuses = await _statuses(principal.org_id, ids)
+        statuses = await _statuses(principal, ids)
         if not statuses:
             raise NotFound("none of these approval ids exist", detail={"ids": [str(i) for i in ids[:20]]})
         if all(s == "pending" for s in statuses.values()) and timeout > 0:
@@ -788,7 +810,8 @@ async def wait_for_decisions(
                 # are); with a thousand ids listed this keeps each wake-up cheap.
                 await asyncio.sleep(0)  # let decisions committed in the same instant join in
                 named = [uuid.UUID(i) for i in signalled if i in statuses]
-                statuses.update(await _statuses(principal.org_id, named))
+                if named:  # empty when the wake-up was the hub shutting down
+                    statuses.update(await _statuses(principal, named))
     finally:
         for unsubscribe in unsubscribes:
             unsubscribe()

@@ -13,14 +13,18 @@ from backend.audit.calls import BatchAnswer, CallBatch
 from backend.audit.export import export_org
 from backend.audit.service import verify
 from backend.audit.tables import AuditEvent
-from backend.deps import admin_guard
+from backend.deps import admin_guard, people_guard
+from backend.request_checks import BODY_LIMIT_CALLS
 
 
 class AuditController(Controller):
     path = "/api/v1/audit"
     tags = ["audit"]
 
-    @get("/verify", operation_id="verify_audit_chain", summary="Check every link of the org's audit chain")
+    @get(
+        "/verify", operation_id="verify_audit_chain", guards=[people_guard],
+        summary="Check every link of the org's audit chain",
+    )
     async def verify_chain(self, principal: Principal) -> dict[str, Any]:
         return (await verify(principal.org_id)).to_dict()
 
@@ -29,7 +33,7 @@ class AuditController(Controller):
     async def export(self, principal: Principal) -> dict[str, Any]:
         return await export_org(principal.org_id)
 
-    @get("/events", operation_id="list_audit_events")
+    @get("/events", operation_id="list_audit_events", guards=[people_guard])
     async def list_events(
         self,
         principal: Principal,
@@ -48,7 +52,7 @@ class AuditController(Controller):
         rows = await query.order_by(AuditEvent.seq).limit(limit).output(load_json=True)
         return [{**row, "id": str(row["id"])} for row in rows]
 
-    @post("/calls", operation_id="ingest_call_records", status_code=200,
+    @post("/calls", operation_id="ingest_call_records", status_code=200, request_max_body_size=BODY_LIMIT_CALLS,
           summary="The gateway's call records; one answer per record (accepted, duplicate, rejected)")
     async def ingest_calls(self, data: CallBatch, principal: Principal) -> BatchAnswer:
         return await calls.ingest(principal, data)

@@ -11,17 +11,19 @@ from litestar import Controller, MediaType, Response, get, post
 from litestar.params import Parameter
 
 from backend.accounts.service import Principal
-from backend.deps import admin_guard
+from backend.deps import admin_guard, people_guard
 from backend.hub import Hub
 from backend.policy_store import service
 from backend.policy_store.schemas import EvaluateBody, RollbackBody, SeedApprovalPolicy, SeedTool, SourceBody
+from backend.request_checks import BODY_LIMIT_APPROVAL, BODY_LIMIT_POLICY
 
 
 class PolicyController(Controller):
     path = "/api/v1"
     tags = ["policies"]
 
-    @post("/policies/validate", operation_id="validate_policy", status_code=200)
+    @post("/policies/validate", operation_id="validate_policy", guards=[admin_guard], status_code=200,
+          request_max_body_size=BODY_LIMIT_POLICY)
     async def validate(self, data: SourceBody, principal: Principal) -> dict[str, Any]:
         policy = await service.compile_for_org(principal.org_id, data.source)
         return {
@@ -31,17 +33,18 @@ class PolicyController(Controller):
         }
 
     @post("/policies", operation_id="apply_policy", guards=[admin_guard], status_code=201,
+          request_max_body_size=BODY_LIMIT_POLICY,
           summary="Store a new immutable version and make it active")
     async def apply(self, data: SourceBody, principal: Principal, hub: Hub) -> dict[str, Any]:
         return await service.apply(
             principal.org_id, data.source, principal.actor, hub.bus, message=data.message, user_id=principal.user_id
         )
 
-    @get("/policies/versions", operation_id="list_policy_versions")
+    @get("/policies/versions", operation_id="list_policy_versions", guards=[people_guard])
     async def versions(self, principal: Principal) -> list[dict[str, Any]]:
         return await service.list_versions(principal.org_id)
 
-    @get("/policies/versions/{version:int}", operation_id="get_policy_version")
+    @get("/policies/versions/{version:int}", operation_id="get_policy_version", guards=[people_guard])
     async def version(self, version: int, principal: Principal) -> dict[str, Any]:
         return await service.get_version(principal.org_id, version)
 
@@ -59,6 +62,7 @@ class PolicyController(Controller):
             return Response(await service.get_active(principal.org_id))
         changed = asyncio.Event()
         unsubscribe = hub.bus.subscribe(service.policy_topic(principal.org_id), lambda *_: changed.set())
+        stop_waiting = hub.at_shutdown(changed.set)  # a stopping hub answers (304 when unchanged)
         try:
             row = await service.active_row(principal.org_id)
             if row is None or row["version"] <= after:
@@ -67,11 +71,13 @@ class PolicyController(Controller):
                 row = await service.active_row(principal.org_id)
         finally:
             unsubscribe()
+            stop_waiting()
         if row is None or row["version"] <= after:
             return Response(content=None, status_code=304)
         return Response(await service.get_active(principal.org_id))
 
-    @post("/policies/diff", operation_id="diff_policy", status_code=200)
+    @post("/policies/diff", operation_id="diff_policy", guards=[admin_guard], status_code=200,
+          request_max_body_size=BODY_LIMIT_POLICY)
     async def diff(self, data: SourceBody, principal: Principal) -> dict[str, Any]:
         return await service.diff(principal.org_id, data.source)
 
@@ -79,13 +85,13 @@ class PolicyController(Controller):
     async def rollback(self, data: RollbackBody, principal: Principal, hub: Hub) -> dict[str, Any]:
         return await service.rollback(principal.org_id, data.version, principal.actor, hub.bus, principal.user_id)
 
-    @get("/policies/export", operation_id="export_policy", media_type=MediaType.TEXT)
+    @get("/policies/export", operation_id="export_policy", guards=[people_guard], media_type=MediaType.TEXT)
     async def export(self, principal: Principal, format: str = "yaml") -> Response[str]:
         text = await service.export(principal.org_id, format)
         media = "application/yaml" if format == "yaml" else MediaType.JSON
         return Response(text, media_type=media)
 
-    @post("/evaluate", operation_id="evaluate_call", status_code=200,
+    @post("/evaluate", operation_id="evaluate_call", status_code=200, request_max_body_size=BODY_LIMIT_APPROVAL,
           summary="What the active policy decides for a call, and why")
     async def evaluate(self, data: EvaluateBody, principal: Principal) -> dict[str, Any]:
         return await service.evaluate(

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
+MAX_POLICY_CHARS = 256 * 1024
+"""The largest policy source accepted (characters); the body limit is a little above it."""
+
 
 class SourceBody(msgspec.Struct, forbid_unknown_fields=True):
-    source: str
-    message: str = ""
+    source: Annotated[str, msgspec.Meta(max_length=MAX_POLICY_CHARS)]
+    message: Annotated[str, msgspec.Meta(max_length=500)] = ""
 
 
 class RollbackBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -24,11 +27,11 @@ class AgentBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class EvaluateBody(msgspec.Struct, forbid_unknown_fields=True):
-    tool: str
-    server: str = ""
+    tool: Annotated[str, msgspec.Meta(max_length=300)]
+    server: Annotated[str, msgspec.Meta(max_length=200)] = ""
     args: dict[str, Any] = {}
     agent: AgentBody | None = None
-    justification: str | None = None
+    justification: Annotated[str, msgspec.Meta(max_length=4000)] | None = None
     at: datetime | None = None
 
 

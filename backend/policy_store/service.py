@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from backend.accounts.service import Principal, team_members
 from backend.audit.service import Actor, record
 from backend.bus import Bus
 from backend.errors import Conflict, NotFound, ValidationFailed
+from backend.policy_store.schemas import MAX_POLICY_CHARS
 from backend.policy_store.tables import PolicyVersion
 from backend.transactions import lock, write_transaction
 from policies import AgentInfo, CallContext, Policy, PolicyError, load_policy
@@ -46,13 +48,82 @@ def policy_error_response(exc: PolicyError) -> ValidationFailed:
     )
 
 
-async def compile_for_org(org_id: uuid.UUID, source: str, *, name: str = "policy.yaml") -> Policy:
-    """Load a document against the org's real team sizes; raise ValidationFailed with every issue."""
-    members = await team_members(org_id)
+MAX_ALIASES = 64
+"""YAML anchors plus aliases a policy may use (reuse is fine; an alias bomb is not)."""
+MAX_EXPANDED_NODES = 20_000
+"""Nodes the document may expand to once every alias is followed."""
+COMPILE_SECONDS = 5.0
+"""Time budget for compiling one policy (in a worker thread, never on the event loop)."""
+
+
+def check_policy_bounds(source: str) -> None:
+    """Refuse documents too big to compile safely, before the loader builds anything from them."""
+    if len(source) > MAX_POLICY_CHARS:
+        raise ValidationFailed(
+            f"the policy is {len(source)} characters; the limit is {MAX_POLICY_CHARS}",
+            code="policy_too_large",
+            detail={"field": "source", "limit": MAX_POLICY_CHARS},
+        )
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return load_policy(source, source=name, team_sizes={team: len(emails) for team, emails in members.items()})
+        aliases = sum(
+            1 for event in yaml.parse(source, Loader=loader)
+            if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None)
+        )
+        if aliases > MAX_ALIASES:
+            raise ValidationFailed(
+                f"the policy uses {aliases} YAML anchors and aliases; the limit is {MAX_ALIASES}",
+                code="too_many_aliases",
+                detail={"field": "source", "limit": MAX_ALIASES, "hint": "write repeated parts out"},
+            )
+        root = yaml.compose(source, Loader=loader) if aliases else None
+    except yaml.YAMLError:
+        return  # the loader reports syntax errors with their line and column
+    if root is not None and _expanded_size(root, {}) > MAX_EXPANDED_NODES:
+        raise ValidationFailed(
+            f"the policy expands to more than {MAX_EXPANDED_NODES} nodes through its aliases",
+            code="too_many_aliases",
+            detail={"field": "source", "limit": MAX_EXPANDED_NODES},
+        )
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """Nodes once aliases are followed; shared nodes are counted per use but computed once."""
+    key = id(node)
+    if key in seen:
+        return seen[key]
+    seen[key] = 1  # a recursive alias counts once instead of looping
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, seen) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total += sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+    seen[key] = min(total, MAX_EXPANDED_NODES + 1)
+    return seen[key]
+
+
+def _bounded_load(source: str, name: str, team_sizes: dict[str, int]) -> Policy:
+    check_policy_bounds(source)
+    return load_policy(source, source=name, team_sizes=team_sizes)
+
+
+async def compile_for_org(org_id: uuid.UUID, source: str, *, name: str = "policy.yaml") -> Policy:
+    """Load a document against the org's real team sizes; raise ValidationFailed with every issue.
+
+    Compiling runs in a worker thread with a time budget, so a hostile document cannot stall the hub.
+    """
+    members = await team_members(org_id)
+    sizes = {team: len(emails) for team, emails in members.items()}
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(_bounded_load, source, name, sizes), COMPILE_SECONDS)
     except PolicyError as exc:
         raise policy_error_response(exc) from exc
+    except TimeoutError:
+        raise ValidationFailed(
+            f"the policy took longer than {COMPILE_SECONDS:g} s to compile",
+            code="policy_too_complex",
+            detail={"field": "source", "hint": "split long expressions and lists"},
+        ) from None
 
 
 def cached_policy(org_id: uuid.UUID | str, sha256: str, source: str) -> Policy:

@@ -49,6 +49,8 @@ def test_approver_signs_in_and_decides_from_the_app(live_hub: LiveHub, held: tup
                                                      tmp_path: Path) -> None:
     org, (first, second) = held
     page = browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     page.goto(f"{live_hub.url}/app/")
     sign_in(page, "alice@acme.test", "wrong")
     page.wait_for_selector("#login-error:has-text('wrong email or password')")
@@ -77,10 +79,12 @@ def test_approver_signs_in_and_decides_from_the_app(live_hub: LiveHub, held: tup
         declined = http.get(f"/api/v1/approvals/{second}").json()
     assert approved["status"] == "approved"
     assert [(v["user"]["email"], v["decision"], v["channel"]) for v in approved["votes"]] == [
-        ("alice@acme.test", "approve", "mobile")
+        ("alice@acme.test", "approve", "app")
     ]
     assert declined["status"] == "declined"
     assert declined["outcome"]["reason"] == "no backup of audit_2019"
+    # The app runs under the hub's CSP and same-site checks without a single violation.
+    assert not [line for line in console if "Content Security Policy" in line or "csrf" in line.lower()], console
 
 
 def test_new_requests_appear_live(live_hub: LiveHub, held: tuple[Any, list[str]], browser: Any) -> None:

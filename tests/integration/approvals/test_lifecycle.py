@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from backend.accounts import service as accounts
+from backend.accounts.tables import User
 from backend.audit.service import verify
 from backend.notifications.service import deliveries_for
 from policies import arguments_hash
@@ -115,8 +116,9 @@ async def test_only_eligible_people_vote_and_refusals_are_audited(client: Any, o
     # The agent's own key can never vote.
     agent = await vote(client, org.agent_token, rid, expect=403)
     assert agent["error"]["code"] == "agent_cannot_vote"
-    # dev is named in the policy but owns the requesting key.
+    # dev is named in the policy but owns the requesting key (promoted, so the role is not the reason).
     dev = await accounts.get_user(org.id, "dev@acme.test")
+    await User.update({User.role: "approver"}).where(User.id == dev["id"])
     dev_token, _ = await accounts.create_key(org.id, dev["id"], "dev-approver", scope="approver")
     own = await vote(client, dev_token, rid, expect=403)
     assert own["error"]["code"] == "own_request"

@@ -77,7 +77,8 @@ async def test_decisions_wake_waiters_in_another_process_through_redis(client: A
         events: list[dict[str, Any]] = []
 
         async def read_sse(ready: anyio.Event) -> None:
-            async with remote.stream("GET", "/api/v1/events", params={"limit": 1}) as stream:
+            async with remote.stream("GET", "/api/v1/events", params={"limit": 1},
+                                     headers=auth(org.admin_token)) as stream:  # events are for people
                 event = ""
                 async for line in stream.aiter_lines():
                     if line.startswith("event:"):

@@ -58,7 +58,9 @@ async def test_session_login_then_cookie_auth(client: Any) -> None:
     me = (await client.get("/api/v1/me")).json()
     assert me == {**me, "via": "session", "key": None}
     assert me["user"]["email"] == "alice@acme.test"
-    await client.post("/api/v1/auth/logout")
+    # A cookie-authenticated POST must come from the hub's own pages (docs/security.md).
+    assert (await client.post("/api/v1/auth/logout")).json()["error"]["code"] == "csrf_failed"
+    assert (await client.post("/api/v1/auth/logout", headers={"Origin": "http://hub.test"})).status_code == 204
     assert (await client.get("/api/v1/me")).status_code == 401
 
 

@@ -56,7 +56,7 @@ def test_first_start_creates_the_demo_and_serves_the_whole_loop(tmp_path: Path) 
     finally:
         hub.terminate()
         out, _ = hub.communicate(timeout=30)
-    assert hub.returncode in (0, -15)
+    assert hub.returncode == 0  # SIGTERM runs the same cleanup as Ctrl-C
     password = re.search(r"password: (\S+)", out)
     assert password, out
     assert "login:    admin@demo.preloop.dev" in out
