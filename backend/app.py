@@ -21,6 +21,7 @@ from backend.audit.controllers import AuditController
 from backend.deps import provide_hub, resolve_principal
 from backend.errors import PreloopError
 from backend.hub import Hub
+from backend.notifications.controllers import CONTROLLERS as NOTIFICATION_CONTROLLERS
 from backend.policy_store.controllers import PolicyController
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
@@ -70,6 +71,7 @@ def route_handlers() -> list[Any]:
     ]
     handlers.append(PolicyController)
     handlers.extend(APPROVAL_CONTROLLERS)
+    handlers.extend(NOTIFICATION_CONTROLLERS)
     if PWA_DIR.is_dir():
         handlers.append(create_static_files_router(path="/app", directories=[PWA_DIR], html_mode=True, name="pwa"))
     return handlers
