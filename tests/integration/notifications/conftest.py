@@ -27,10 +27,11 @@ class Mailbox:
     """Everything the SMTP server accepted, parsed."""
 
     messages: list[EmailMessage] = field(default_factory=list)
+    logins: list[tuple[str, str]] = field(default_factory=list)
     arrived: threading.Condition = field(default_factory=threading.Condition)
     port: int = 0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
         parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         with self.arrived:
             self.messages.append(parsed)  # type: ignore[arg-type]
@@ -50,7 +51,16 @@ class Mailbox:
 @pytest.fixture
 def mailbox() -> Iterator[Mailbox]:
     box = Mailbox(port=free_port())
-    controller = Controller(box, hostname="127.0.0.1", port=box.port)
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    def authenticate(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        if isinstance(data, LoginPassword):
+            box.logins.append((data.login.decode(), data.password.decode()))
+        return AuthResult(success=True)
+
+    controller = Controller(
+        box, hostname="127.0.0.1", port=box.port, authenticator=authenticate, auth_require_tls=False
+    )
     controller.start()
     try:
         yield box
@@ -106,3 +116,40 @@ async def _empty_queue(redis_url: str) -> None:
         await client.delete("arq:queue")
     finally:
         await client.aclose()
+
+
+@dataclass
+class Receiver:
+    """A real HTTP endpoint (its own thread) that records each POST and answers `status`."""
+
+    url: str = ""
+    status: int = 200
+    calls: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            state.calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(state.status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
