@@ -56,7 +56,12 @@ def smtp_options(url: str) -> dict[str, Any]:
 
 
 async def _row(org_id: Any, kind: str) -> dict[str, Any] | None:
-    return await ChannelSetting.select().where(ChannelSetting.org_kind == f"{org_id}:{kind}").output(load_json=True).first()
+    return (
+        await ChannelSetting.select()
+        .where(ChannelSetting.org_kind == f"{org_id}:{kind}")
+        .output(load_json=True)
+        .first()
+    )
 
 
 async def resolve(hub: Hub, org_id: Any, kind: str) -> Resolved:

@@ -51,7 +51,12 @@ DEFAULT = Preference(None, None, None, "UTC")
 
 
 async def get(user_id: Any) -> Preference:
-    row = await NotificationPreference.select().where(NotificationPreference.user == user_id).output(load_json=True).first()
+    row = (
+        await NotificationPreference.select()
+        .where(NotificationPreference.user == user_id)
+        .output(load_json=True)
+        .first()
+    )
     if row is None:
         return DEFAULT
     return Preference(row["channels"], row["quiet_start"], row["quiet_end"], row["timezone"] or "UTC")

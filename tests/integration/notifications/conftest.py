@@ -31,7 +31,7 @@ class Mailbox:
     arrived: threading.Condition = field(default_factory=threading.Condition)
     port: int = 0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         parsed = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         with self.arrived:
             self.messages.append(parsed)  # type: ignore[arg-type]
