@@ -37,7 +37,10 @@ async function refresh() {
   const pending = await api("/api/v1/approvals?status=pending");
   $("#requests").innerHTML = pending.map(card).join("");
   $("#empty").hidden = pending.length > 0;
+  const opened = location.hash.match(/^#\/requests\/([\w-]+)/); // from a notification or an email
+  document.querySelector(`article[data-id="${opened?.[1]}"]`)?.scrollIntoView();
 }
+window.addEventListener("hashchange", () => refresh());
 
 async function decide(article, action) {
   const reason = article.querySelector("textarea").value.trim() || null;

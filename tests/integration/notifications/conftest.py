@@ -153,3 +153,110 @@ def receiver() -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class PushService:
+    """A local push service (RFC 8030 endpoint): records each push; `/gone/...` answers 410."""
+
+    origin: str = ""
+    calls: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+
+
+@dataclass
+class Browser:
+    """One browser's push subscription: its private key decrypts what the hub sends."""
+
+    endpoint: str
+    private_key: Any
+    auth_secret: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        from cryptography.hazmat.primitives import serialization
+
+        from backend.notifications.push import b64url
+
+        point = self.private_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        return {
+            "endpoint": self.endpoint,
+            "expirationTime": None,
+            "keys": {"p256dh": b64url(point), "auth": b64url(self.auth_secret)},
+        }
+
+    def decrypt(self, body: bytes) -> dict[str, Any]:
+        import json
+
+        import http_ece
+
+        plain = http_ece.decrypt(body, private_key=self.private_key, auth_secret=self.auth_secret, version="aes128gcm")
+        return json.loads(plain)  # type: ignore[no-any-return]
+
+
+def new_browser(push_origin: str, path: str = "push") -> Browser:
+    import os
+    import uuid as _uuid
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return Browser(f"{push_origin}/{path}/{_uuid.uuid4().hex}", ec.generate_private_key(ec.SECP256R1()), os.urandom(16))
+
+
+@pytest.fixture
+def push_service() -> Iterator[PushService]:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = PushService()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            state.calls.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(410 if self.path.startswith("/gone/") else 201)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.origin = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def check_vapid(authorization: str, public_key: str, audience: str) -> dict[str, Any]:
+    """Verify a VAPID `Authorization` header (RFC 8292): ES256 JWT by `public_key`, aud, exp."""
+    import base64
+    import json
+    import time
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    def unb64(text: str) -> bytes:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+    scheme, _, params = authorization.partition(" ")
+    assert scheme == "vapid", authorization
+    fields = dict(p.strip().split("=", 1) for p in params.split(","))
+    assert fields["k"] == public_key
+    head, claims, signature = fields["t"].split(".")
+    assert json.loads(unb64(head)) == {"typ": "JWT", "alg": "ES256"}
+    raw = unb64(signature)
+    assert len(raw) == 64
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), unb64(public_key))
+    key.verify(der, f"{head}.{claims}".encode(), ec.ECDSA(hashes.SHA256()))  # raises if forged
+    decoded: dict[str, Any] = json.loads(unb64(claims))
+    assert decoded["aud"] == audience
+    assert time.time() < decoded["exp"] <= time.time() + 24 * 3600
+    assert decoded["sub"].startswith(("mailto:", "https://"))
+    return decoded
