@@ -25,7 +25,7 @@ from backend.notifications import channel_settings, preferences
 from backend.notifications.channels import ChannelError, Recipient, Target, get_channel
 from backend.notifications.compose import compose
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
-from backend.transactions import write_transaction
+from backend.transactions import lock, write_transaction
 
 if TYPE_CHECKING:
     from backend.hub import Hub
@@ -230,22 +230,44 @@ async def _finish(
 ) -> None:
     stamp = now()
     sent_at = stamp if status == "sent" else None
+    # Marked first, in its own short statement: the less time between the channel accepting and
+    # the row saying so, the smaller the window in which a killed worker causes a repeat.
+    await NotificationDelivery.update(
+        {
+            NotificationDelivery.status: status,
+            NotificationDelivery.last_error: error,
+            NotificationDelivery.sent_at: sent_at,
+            NotificationDelivery.next_attempt_at: next_attempt_at,
+            NotificationDelivery.claimed_until: None,
+        }
+    ).where(NotificationDelivery.id == delivery["id"])
+    attempt = ("retrying" if error else "deferred") if status == "queued" else status
+    await _record_attempt(delivery, attempt, started=started, sent_at=sent_at, error=error, detail=detail)
+
+
+async def _record_attempt(
+    delivery: dict[str, Any],
+    status: str,
+    *,
+    started: datetime,
+    sent_at: datetime | None,
+    error: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """The attempt's row, and for an accepted delivery its audit event (who, how, when)."""
     async with write_transaction():
-        await NotificationDelivery.update(
-            {
-                NotificationDelivery.status: status,
-                NotificationDelivery.last_error: error,
-                NotificationDelivery.sent_at: sent_at,
-                NotificationDelivery.next_attempt_at: next_attempt_at,
-                NotificationDelivery.claimed_until: None,
-            }
-        ).where(NotificationDelivery.id == delivery["id"])
+        if status == "sent":  # the sending worker and a recovering sweep may race to write it: once
+            await lock(f"delivery:{delivery['id']}")
+            if await NotificationAttempt.exists().where(
+                (NotificationAttempt.delivery == delivery["id"]) & (NotificationAttempt.status == "sent")
+            ):
+                return
         await NotificationAttempt.insert(
             NotificationAttempt(
                 id=uuid.uuid4(),
                 delivery=delivery["id"],
                 number=int(delivery["attempts"]),
-                status=("retrying" if error else "deferred") if status == "queued" else status,
+                status=status,
                 error=error,
                 detail=detail,
                 started_at=started,
@@ -253,6 +275,7 @@ async def _finish(
             )
         )
         if status == "sent":
+            assert sent_at is not None
             await record(
                 delivery["org"],
                 "notification.delivered",
@@ -266,10 +289,33 @@ async def _finish(
                     "channel": delivery["channel"],
                     "event": delivery["event"],
                     "attempt": int(delivery["attempts"]),
-                    "sent_at": stamp.isoformat(),
+                    "sent_at": sent_at.isoformat(),
                     "answer": (detail or "")[:200],
                 },
             )
+
+
+async def record_unrecorded(batch: int = 500) -> int:
+    """Sent rows whose worker died before writing the attempt and audit event: write them now."""
+    recorded = NotificationAttempt.select(NotificationAttempt.delivery).where(NotificationAttempt.status == "sent")
+    rows = (
+        await NotificationDelivery.select()
+        .where(
+            (NotificationDelivery.status == "sent")
+            & (NotificationDelivery.sent_at <= now() - SWEEP_GRACE)
+            & NotificationDelivery.id.not_in(recorded)
+        )
+        .limit(batch)
+    )
+    for row in rows:
+        await _record_attempt(
+            row,
+            "sent",
+            started=row["sent_at"],
+            sent_at=row["sent_at"],
+            detail="recorded after a worker restart",
+        )
+    return len(rows)
 
 
 async def deliver(hub: Hub, delivery_id: Any) -> float | None:
@@ -351,16 +397,32 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
 
 
 async def sweep(hub: Hub) -> int:
-    """Re-queue rows whose job was lost: queued and due, or claimed by a worker that vanished."""
+    """Re-queue rows whose job was lost: queued and due, or claimed by a worker that vanished.
+
+    The job id is `notify:<id>:<attempts>`, not `notify:<id>`: a killed worker's own job keeps its
+    id reserved in arq until arq's in-progress timeout, and the row's claim already makes two jobs
+    for one row harmless.
+    """
     stamp = now()
+    settled_before = stamp - SWEEP_GRACE
     due = (
         (NotificationDelivery.status == "queued")
-        & (NotificationDelivery.created_at <= stamp - SWEEP_GRACE)
-        & (NotificationDelivery.next_attempt_at.is_null() | (NotificationDelivery.next_attempt_at <= stamp))
+        & (NotificationDelivery.created_at <= settled_before)
+        & (NotificationDelivery.next_attempt_at.is_null() | (NotificationDelivery.next_attempt_at <= settled_before))
     ) | ((NotificationDelivery.status == "sending") & (NotificationDelivery.claimed_until < stamp))
-    rows = await NotificationDelivery.select(NotificationDelivery.id).where(due).limit(SWEEP_BATCH)
-    await enqueue(hub, [{"id": str(r["id"])} for r in rows])
-    return len(rows)
+    rows = (
+        await NotificationDelivery.select(NotificationDelivery.id, NotificationDelivery.attempts)
+        .where(due)
+        .limit(SWEEP_BATCH)
+    )
+    for start in range(0, len(rows), 100):
+        await asyncio.gather(
+            *(
+                hub.enqueue(JOB, str(r["id"]), job_id=f"{job_id(r['id'])}:{r['attempts']}")
+                for r in rows[start : start + 100]
+            )
+        )
+    return len(rows) + await record_unrecorded()
 
 
 # --- reading ------------------------------------------------------------------------------------
