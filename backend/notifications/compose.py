@@ -69,15 +69,24 @@ def describe_outcome(row: dict[str, Any]) -> str:
     return str(status)
 
 
-async def compose(row: dict[str, Any], delivery: dict[str, Any], base_url: str) -> Message:
-    policy = row.get("approval_policy") or {}
-    rule = row.get("rule") or {}
+async def request_facts(row: dict[str, Any]) -> dict[str, Any]:
+    """What a message needs beyond the row: approvals so far and the requesting key's owner."""
     approvals = await Vote.count().where((Vote.request == row["id"]) & (Vote.decision == "approve"))
-    quorum = max(1, int(policy.get("quorum") or 1))
     owner = ""
     if row.get("requester"):
         found = await User.select(User.email).where(User.id == row["requester"]).first()
         owner = found["email"] if found else ""
+    return {"approvals": approvals, "owner": owner}
+
+
+async def compose(
+    row: dict[str, Any], delivery: dict[str, Any], base_url: str, *, facts: dict[str, Any] | None = None
+) -> Message:
+    policy = row.get("approval_policy") or {}
+    rule = row.get("rule") or {}
+    facts = facts or await request_facts(row)
+    approvals, owner = int(facts["approvals"]), str(facts["owner"])
+    quorum = max(1, int(policy.get("quorum") or 1))
     event = str(delivery.get("event") or "requested")
     kind = event.split(":", 1)[0]
     outcome = describe_outcome(row) if kind == "outcome" else None

@@ -37,9 +37,15 @@ class VapidKeys:
     signer: Vapid02
 
 
+_OPENED: dict[tuple[str, str], VapidKeys] = {}
+"""(hub secret key, sealed private key) → opened keys: parsed once per process, not per push."""
+
+
 async def vapid_keys(hub: Hub) -> VapidKeys:
     """The hub's VAPID keys; generated and stored on first use (the first start of the hub)."""
     row = await HubKey.select().where(HubKey.name == VAPID_NAME).first()
+    if row is not None and (hub.settings.secret_key(), row["private"]) in _OPENED:
+        return _OPENED[(hub.settings.secret_key(), row["private"])]
     if row is None:
         vapid = Vapid02()
         vapid.generate_keys()
@@ -53,7 +59,8 @@ async def vapid_keys(hub: Hub) -> VapidKeys:
         row = await HubKey.select().where(HubKey.name == VAPID_NAME).first()
         assert row is not None
     signer = Vapid02.from_pem(unseal(hub.settings.secret_key(), row["private"]).encode())
-    return VapidKeys(row["public"], signer)
+    keys = _OPENED[(hub.settings.secret_key(), row["private"])] = VapidKeys(row["public"], signer)
+    return keys
 
 
 def _b64_of_length(value: Any, size: int) -> bool:

@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 import uuid
+import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,7 @@ from backend.bus import Bus
 from backend.events import publish_event
 from backend.notifications import channel_settings, preferences
 from backend.notifications.channels import ChannelError, Recipient, Target, get_channel
-from backend.notifications.compose import compose
+from backend.notifications.compose import compose, request_facts
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
 from backend.transactions import lock, write_transaction
 
@@ -204,6 +206,27 @@ async def _claim(delivery_id: Any, lease_seconds: float) -> dict[str, Any] | Non
     return rows[0] if rows else None
 
 
+FAN_OUT_CACHE_SECONDS = 1.0
+"""A fan-out sends the same request to hundreds of people within a second: read it once. Only
+asks (requested/escalated/reminder) use it; an outcome always reads the decided row."""
+_VIEWS: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+
+async def _request_view(request_id: Any, *, cached: bool) -> dict[str, Any] | None:
+    key = str(request_id)
+    clock = asyncio.get_running_loop().time()
+    hit = _VIEWS.get(key)
+    if cached and hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
+        return hit[1]
+    row = await ApprovalRequest.select().where(ApprovalRequest.id == request_id).output(load_json=True).first()
+    if row is not None:
+        row["_facts"] = await request_facts(row)
+    if len(_VIEWS) > 1000:
+        _VIEWS.clear()
+    _VIEWS[key] = (clock, row)
+    return row
+
+
 def _target(hub: Hub, user: dict[str, Any], settings: channel_settings.Resolved) -> Target:
     return Target(
         recipient=Recipient(str(user["id"]), user["email"], user["name"] or ""),
@@ -245,6 +268,56 @@ async def _finish(
     await _record_attempt(delivery, attempt, started=started, sent_at=sent_at, error=error, detail=detail)
 
 
+@dataclass
+class _AttemptRecord:
+    delivery: dict[str, Any]
+    status: str
+    started: datetime
+    sent_at: datetime | None
+    error: str | None
+    detail: str | None
+
+
+class _GroupWriter:
+    """Writes attempt rows and audit events of many concurrent jobs in one transaction.
+
+    A fan-out finishes hundreds of deliveries at once; one transaction each would queue them all
+    on the organization's audit-chain lock. Each caller still waits until its own record is
+    committed, so a job ends only once its delivery is on the record.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[_AttemptRecord, asyncio.Future[None]]] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def write(self, item: _AttemptRecord) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((item, done))
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self.pending:
+            await asyncio.sleep(GROUP_WINDOW)
+            batch, self.pending = self.pending, []
+            try:
+                await _write_attempts([item for item, _ in batch])
+            except Exception as exc:  # handed to every waiting job, which logs and retries
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+
+GROUP_WINDOW = 0.01
+"""How long the first finished job waits for others to share its transaction."""
+_WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupWriter] = weakref.WeakKeyDictionary()
+
+
 async def _record_attempt(
     delivery: dict[str, Any],
     status: str,
@@ -255,44 +328,64 @@ async def _record_attempt(
     detail: str | None = None,
 ) -> None:
     """The attempt's row, and for an accepted delivery its audit event (who, how, when)."""
+    loop = asyncio.get_running_loop()
+    writer = _WRITERS.get(loop)
+    if writer is None:
+        writer = _WRITERS[loop] = _GroupWriter()
+    await writer.write(_AttemptRecord(delivery, status, started, sent_at, error, detail))
+
+
+async def _write_attempts(items: list[_AttemptRecord]) -> None:
     async with write_transaction():
-        if status == "sent":  # the sending worker and a recovering sweep may race to write it: once
-            await lock(f"delivery:{delivery['id']}")
-            if await NotificationAttempt.exists().where(
-                (NotificationAttempt.delivery == delivery["id"]) & (NotificationAttempt.status == "sent")
-            ):
-                return
-        await NotificationAttempt.insert(
-            NotificationAttempt(
-                id=uuid.uuid4(),
-                delivery=delivery["id"],
-                number=int(delivery["attempts"]),
-                status=status,
-                error=error,
-                detail=detail,
-                started_at=started,
-                sent_at=sent_at,
+        sent_ids = sorted({str(i.delivery["id"]) for i in items if i.status == "sent"})
+        if sent_ids:  # the sending worker and a recovering sweep may race to write one: write it once
+            await lock("notification-attempts")
+        already: set[str] = set()
+        if sent_ids:
+            found = await NotificationAttempt.select(NotificationAttempt.delivery).where(
+                (NotificationAttempt.delivery.is_in(sent_ids)) & (NotificationAttempt.status == "sent")
             )
-        )
-        if status == "sent":
-            assert sent_at is not None
-            await record(
-                delivery["org"],
-                "notification.delivered",
-                Actor.system("notifications"),
-                subject_type="notification",
-                subject_id=delivery["id"],
-                data={
-                    "request_id": str(delivery["request"]),
-                    "user_id": str(delivery["user"]),
-                    "email": _payload(delivery).get("email"),
-                    "channel": delivery["channel"],
-                    "event": delivery["event"],
-                    "attempt": int(delivery["attempts"]),
-                    "sent_at": sent_at.isoformat(),
-                    "answer": (detail or "")[:200],
-                },
+            already = {str(r["delivery"]) for r in found}
+        rows = []
+        for item in items:
+            delivery = item.delivery
+            if item.status == "sent":
+                if str(delivery["id"]) in already:
+                    continue
+                already.add(str(delivery["id"]))
+            rows.append(
+                NotificationAttempt(
+                    id=uuid.uuid4(),
+                    delivery=delivery["id"],
+                    number=int(delivery["attempts"]),
+                    status=item.status,
+                    error=item.error,
+                    detail=item.detail,
+                    started_at=item.started,
+                    sent_at=item.sent_at,
+                )
             )
+            if item.status == "sent":
+                assert item.sent_at is not None
+                await record(
+                    delivery["org"],
+                    "notification.delivered",
+                    Actor.system("notifications"),
+                    subject_type="notification",
+                    subject_id=delivery["id"],
+                    data={
+                        "request_id": str(delivery["request"]),
+                        "user_id": str(delivery["user"]),
+                        "email": _payload(delivery).get("email"),
+                        "channel": delivery["channel"],
+                        "event": delivery["event"],
+                        "attempt": int(delivery["attempts"]),
+                        "sent_at": item.sent_at.isoformat(),
+                        "answer": (item.detail or "")[:200],
+                    },
+                )
+        if rows:
+            await NotificationAttempt.insert(*rows)
 
 
 async def record_unrecorded(batch: int = 500) -> int:
@@ -333,11 +426,9 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
             return max(0.1, float((row["next_attempt_at"] - stamp).total_seconds()))
         return None
     started = now()
-    request = (
-        await ApprovalRequest.select().where(ApprovalRequest.id == delivery["request"]).output(load_json=True).first()
-    )
-    user = await User.select(User.id, User.email, User.name, User.is_active).where(User.id == delivery["user"]).first()
     kind = str(delivery["event"]).split(":", 1)[0]
+    request = await _request_view(delivery["request"], cached=kind in ACTIONABLE)
+    user = await User.select(User.id, User.email, User.name, User.is_active).where(User.id == delivery["user"]).first()
     channel = get_channel(delivery["channel"])
     skip: str | None = None
     if request is None or user is None or not user["is_active"]:
@@ -375,7 +466,7 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
     base_url = hub.settings.server.base_url
     target = _target(hub, user, settings)
     try:
-        message = await compose(request, delivery, base_url)
+        message = await compose(request, delivery, base_url, facts=request.get("_facts"))
         answer = await asyncio.wait_for(channel.send(message, target), timeout=send_timeout)
     except (ChannelError, TimeoutError) as exc:
         permanent = isinstance(exc, ChannelError) and exc.permanent

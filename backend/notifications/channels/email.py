@@ -5,6 +5,7 @@ from __future__ import annotations
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 import aiosmtplib
 
@@ -47,7 +48,9 @@ class EmailChannel:
             actions = await links.issue(row, target.recipient.user_id, target.public_url)
         mail = build(message, target, actions)
         try:
-            errors, answer = await aiosmtplib.send(mail, timeout=SEND_TIMEOUT, **smtp_options(target.secret))
+            errors, answer = await aiosmtplib.send(
+                mail, timeout=SEND_TIMEOUT, local_hostname=_helo_name(target.public_url), **smtp_options(target.secret)
+            )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             raise ChannelError(f"the mail server refused {target.recipient.email}: {exc}", permanent=True) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
@@ -55,6 +58,11 @@ class EmailChannel:
         if errors:
             raise ChannelError(f"the mail server refused {target.recipient.email}: {errors}", permanent=True)
         return Answer(answer.strip() or "accepted")
+
+
+def _helo_name(public_url: str) -> str:
+    # Named here: aiosmtplib would otherwise call socket.getfqdn() (a DNS lookup) for every mail.
+    return urlsplit(public_url).hostname or "localhost"
 
 
 def _deadline(message: Message) -> object:

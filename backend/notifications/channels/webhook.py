@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import httpx
 
-from backend.notifications.channels import Answer, ChannelError, Message, Target
+from backend.notifications.channels import Answer, ChannelError, Message, Target, http_client
 
 SEND_TIMEOUT = 10.0
 
@@ -45,7 +45,7 @@ class WebhookChannel:
             "Preloop-Event": f"approval.{message.event}",
         }
         try:
-            async with httpx.AsyncClient(timeout=SEND_TIMEOUT, follow_redirects=False) as http:
+            async with http_client(SEND_TIMEOUT) as http:
                 response = await http.post(str(url), content=body, headers=headers)
         except httpx.HTTPError as exc:
             raise ChannelError(f"webhook {url}: {type(exc).__name__}: {exc}") from exc

@@ -12,7 +12,7 @@ import httpx
 from pywebpush import WebPusher
 
 from backend.notifications import push
-from backend.notifications.channels import Answer, ChannelError, Message, Target
+from backend.notifications.channels import Answer, ChannelError, Message, Target, http_client
 
 logger = logging.getLogger("preloop.notifications.push")
 SEND_TIMEOUT = 10.0
@@ -85,7 +85,7 @@ class WebPushChannel:
         data = payload_for(message)
         ttl = ttl_for(message)
         accepted, failures = 0, []
-        async with httpx.AsyncClient(timeout=SEND_TIMEOUT) as http:
+        async with http_client(SEND_TIMEOUT) as http:
             for device in devices:
                 endpoint = device["endpoint"]
                 info = {"endpoint": endpoint, "keys": {"p256dh": device["p256dh"], "auth": device["auth"]}}
