@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,13 +40,22 @@ class VapidKeys:
 
 _OPENED: dict[tuple[str, str], VapidKeys] = {}
 """(hub secret key, sealed private key) → opened keys: parsed once per process, not per push."""
+_LAST: dict[str, tuple[float, VapidKeys]] = {}
+KEY_RECHECK_SECONDS = 5.0
+"""A fan-out reads the stored key once; a key replaced in the database is seen within this long."""
 
 
 async def vapid_keys(hub: Hub) -> VapidKeys:
     """The hub's VAPID keys; generated and stored on first use (the first start of the hub)."""
+    where = f"{hub.settings.database_url}|{hub.settings.secret_key()}"
+    remembered = _LAST.get(where)
+    if remembered is not None and time.monotonic() - remembered[0] < KEY_RECHECK_SECONDS:
+        return remembered[1]
     row = await HubKey.select().where(HubKey.name == VAPID_NAME).first()
     if row is not None and (hub.settings.secret_key(), row["private"]) in _OPENED:
-        return _OPENED[(hub.settings.secret_key(), row["private"])]
+        keys = _OPENED[(hub.settings.secret_key(), row["private"])]
+        _LAST[where] = (time.monotonic(), keys)
+        return keys
     if row is None:
         vapid = Vapid02()
         vapid.generate_keys()
@@ -60,6 +70,7 @@ async def vapid_keys(hub: Hub) -> VapidKeys:
         assert row is not None
     signer = Vapid02.from_pem(unseal(hub.settings.secret_key(), row["private"]).encode())
     keys = _OPENED[(hub.settings.secret_key(), row["private"])] = VapidKeys(row["public"], signer)
+    _LAST[where] = (time.monotonic(), keys)
     return keys
 
 

@@ -227,6 +227,23 @@ async def _request_view(request_id: Any, *, cached: bool) -> dict[str, Any] | No
     return row
 
 
+_SETTINGS: dict[tuple[str, str], tuple[float, channel_settings.Resolved]] = {}
+
+
+async def _settings_view(hub: Hub, org_id: Any, kind: str) -> channel_settings.Resolved:
+    """An organization's channel settings, read once per fan-out second."""
+    key = (str(org_id), kind)
+    clock = asyncio.get_running_loop().time()
+    hit = _SETTINGS.get(key)
+    if hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
+        return hit[1]
+    resolved = await channel_settings.resolve(hub, org_id, kind)
+    if len(_SETTINGS) > 1000:
+        _SETTINGS.clear()
+    _SETTINGS[key] = (clock, resolved)
+    return resolved
+
+
 def _target(hub: Hub, user: dict[str, Any], settings: channel_settings.Resolved) -> Target:
     return Target(
         recipient=Recipient(str(user["id"]), user["email"], user["name"] or ""),
@@ -440,7 +457,7 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
     if skip is None:
         assert request is not None
         assert user is not None
-        settings = await channel_settings.resolve(hub, delivery["org"], delivery["channel"])
+        settings = await _settings_view(hub, delivery["org"], delivery["channel"])
         pref = await preferences.get(user["id"])
         if not settings.enabled:
             skip = f"the {delivery['channel']} channel is turned off for this organization"
