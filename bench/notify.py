@@ -16,12 +16,10 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 from aiosmtpd.controller import Controller
 
@@ -32,7 +30,6 @@ from tests.helpers import auth, free_port
 from tests.integration.notifications.conftest import new_browser
 
 APPROVERS = int(os.environ.get("PRELOOP_BENCH_APPROVERS", "200"))
-PG_ADMIN = os.environ.get("PRELOOP_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("PRELOOP_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 POLICY = """
 version: "1"
@@ -75,28 +72,10 @@ def push_service(arrivals: Arrivals) -> ThreadingHTTPServer:
     return server
 
 
-async def scratch_postgres() -> str | None:
-    name = f"preloop_bench_{uuid.uuid4().hex[:8]}"
-    try:
-        conn = await asyncpg.connect(PG_ADMIN, timeout=3)
-    except (OSError, asyncpg.PostgresError):
-        return None
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
-
-
-async def drop_postgres(url: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 async def main() -> None:
+    from _held import _drop_postgres as drop_postgres  # bench/ is on sys.path when run directly
+    from _held import _scratch_postgres as scratch_postgres
+
     from backend.accounts import service as accounts
     from backend.app import create_app
     from backend.hub import Hub
