@@ -19,7 +19,14 @@ from backend.accounts.tables import (
 )
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
 from backend.audit.tables import AuditEvent, AuditHead
-from backend.notifications.tables import NotificationDelivery
+from backend.notifications.tables import (
+    ChannelSetting,
+    EmailActionToken,
+    HubKey,
+    NotificationAttempt,
+    NotificationDelivery,
+    NotificationPreference,
+)
 from backend.policy_store.tables import PolicyVersion
 
 ALL_TABLES = [
@@ -39,6 +46,11 @@ ALL_TABLES = [
     Vote,
     Grant,
     NotificationDelivery,
+    NotificationAttempt,
+    ChannelSetting,
+    NotificationPreference,
+    EmailActionToken,
+    HubKey,
     AuditEvent,
     AuditHead,
 ]

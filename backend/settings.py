@@ -150,6 +150,33 @@ class ApprovalSettings:
     """PRELOOP_SWEEP_SECONDS: how often the worker's backstop sweep looks for missed deadlines."""
 
 
+def validate_smtp_url(url: str, name: str = "PRELOOP_SMTP_URL") -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+        raise SettingsError(name, url, "use smtp://user:pass@host:587?starttls=true or smtps://user:pass@host:465")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise SettingsError(name, url, "the port is not a number") from None
+    return url
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    smtp_url: str = ""
+    """PRELOOP_SMTP_URL: default mail server, smtp://user:pass@host:port (?starttls=true) or smtps://…"""
+    smtp_from: str = ""
+    """PRELOOP_SMTP_FROM: default sender address of notification mail, e.g. Preloop <preloop@example.com>."""
+    max_attempts: int = 8
+    """PRELOOP_NOTIFY_MAX_ATTEMPTS: tries per delivery before it is marked failed."""
+    backoff_seconds: float = 2.0
+    """PRELOOP_NOTIFY_BACKOFF_MS: wait before the first retry (milliseconds); doubles each try up to the cap."""
+    backoff_cap_seconds: float = 300.0
+    """PRELOOP_NOTIFY_BACKOFF_CAP_SECONDS: the longest wait between two tries."""
+    send_timeout_seconds: float = 20.0
+    """PRELOOP_NOTIFY_SEND_TIMEOUT_SECONDS: how long one channel may take to accept one message."""
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     enabled: bool = True
@@ -172,6 +199,7 @@ class Settings:
     approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
     demo: DemoSettings = field(default_factory=DemoSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    notifications: NotificationSettings = field(default_factory=NotificationSettings)
 
     @property
     def database_url(self) -> str:
@@ -229,6 +257,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
     public_url = _env(env, "PRELOOP_PUBLIC_URL")
     if public_url and urlsplit(public_url).scheme not in {"http", "https"}:
         raise SettingsError("PRELOOP_PUBLIC_URL", public_url, "must start with http:// or https://")
+    smtp_url = _env(env, "PRELOOP_SMTP_URL")
+    if smtp_url:
+        validate_smtp_url(smtp_url)
     env_port = _int(env, "PRELOOP_PORT", DEFAULT_PORT, lo=1, hi=65535)
     server = ServerSettings(
         host=str(overrides.get("host") or _env(env, "PRELOOP_HOST", "127.0.0.1")),
@@ -257,4 +288,12 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         ),
         demo=DemoSettings(enabled=_bool(env, "PRELOOP_DEMO", True)),
         observability=ObservabilitySettings(metrics_token=_env(env, "PRELOOP_METRICS_TOKEN")),
+        notifications=NotificationSettings(
+            smtp_url=smtp_url,
+            smtp_from=_env(env, "PRELOOP_SMTP_FROM"),
+            max_attempts=_int(env, "PRELOOP_NOTIFY_MAX_ATTEMPTS", 8, lo=1, hi=100),
+            backoff_seconds=float(_int(env, "PRELOOP_NOTIFY_BACKOFF_MS", 2000, lo=1, hi=3_600_000)) / 1000,
+            backoff_cap_seconds=float(_int(env, "PRELOOP_NOTIFY_BACKOFF_CAP_SECONDS", 300, lo=1, hi=86_400)),
+            send_timeout_seconds=float(_int(env, "PRELOOP_NOTIFY_SEND_TIMEOUT_SECONDS", 20, lo=1, hi=300)),
+        ),
     )

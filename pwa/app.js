@@ -120,6 +120,8 @@ async function refresh() {
   const pending = await api(`/api/v1/approvals?status=pending&scope=${scope}`);
   state.items = new Map(pending.map((item) => [item.id, item]));
   render();
+  const opened = location.hash.match(/^#\/requests\/([\w-]+)/); // from a notification or an email
+  document.querySelector(`article[data-id="${opened?.[1]}"]`)?.scrollIntoView();
 }
 preloop.refresh = refresh;
 
@@ -128,6 +130,7 @@ function notice(text) {
   box.textContent = text;
   box.hidden = !text;
 }
+window.addEventListener("hashchange", () => refresh());
 
 async function decide(article, action) {
   const id = article.dataset.id;

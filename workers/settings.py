@@ -32,6 +32,10 @@ async def _startup(ctx: dict[str, Any]) -> None:
         await hub.start(with_worker=False, migrate=False)
         ctx["hub"] = hub
         ctx["own_hub"] = True
+    from backend.notifications.channels import get_channel, known_kinds
+
+    for kind in known_kinds():  # import them now, not inside the first fan-out
+        get_channel(kind)
     await heartbeat(ctx)
 
 

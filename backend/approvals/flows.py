@@ -244,12 +244,16 @@ async def transition(
             await _audit(updated, "approval.approved", actor, change, {"outcome": change.outcome})
             if int(updated.get("grant_seconds") or 0) > 0:
                 await _create_grant(updated, actor)
+            await _notify_outcome(hub, updated)
             _announce(hub, updated, "approval.approved")
         case (_, "executing" | "executed" | "failed"):
             await _audit(updated, f"approval.{new}", actor, change, {"execution": updated.get("execution")})
+            if new != "executing":
+                await _notify_outcome(hub, updated)
             _announce(hub, updated, f"approval.{new}")
         case _:
             await _audit(updated, f"approval.{new}", actor, change, {"outcome": change.outcome, "from": old})
+            await _notify_outcome(hub, updated)
             _announce(hub, updated, f"approval.{new}")
     return updated
 
@@ -281,11 +285,76 @@ async def _audit(row: dict[str, Any], kind: str, actor: Actor, change: Change, d
 async def _notify(hub: Hub, row: dict[str, Any], *, level: int, users: dict[str, str]) -> None:
     channels = policy_of(row).get("channels") or ["web"]
     created = await notifications.queue_deliveries(row["org"], row, users.items(), channels, level=level)
+    _send_after_commit(hub, row, created, level=level)
 
-    async def announce() -> None:
-        await notifications.announce(hub.bus, row["org"], row["id"], created, level=level)
 
-    after_commit(announce)
+async def _notify_outcome(hub: Hub, row: dict[str, Any]) -> None:
+    """The outcome to everyone who was notified, on the channels they were notified on."""
+    created = await notifications.queue_outcome(row["org"], row)
+    # Only enqueued: the decision's own event already tells consoles; "notifications.queued" is for asks.
+    _send_after_commit(hub, row, created, level=int(row.get("escalation_level") or 0), announce=False)
+
+
+def _send_after_commit(
+    hub: Hub, row: dict[str, Any], created: list[dict[str, Any]], *, level: int, announce: bool = True
+) -> None:
+    if not created:
+        return
+
+    async def send() -> None:
+        await notifications.enqueue(hub, created)
+        if announce:
+            await notifications.announce(hub.bus, row["org"], row["id"], created, level=level)
+
+    after_commit(send)
+
+
+def reminder_due(row: dict[str, Any]) -> datetime | None:
+    """Half-way between creation and the deadline: when non-voters get a reminder."""
+    created, expires = _ts(row.get("created_at")), _ts(row.get("expires_at"))
+    if created is None or expires is None or expires <= created:
+        return None
+    return created + (expires - created) / 2
+
+
+async def fire_reminder(hub: Hub, request_id: uuid.UUID | str) -> int:
+    """Remind everyone who may vote and has not, once per request; returns the deliveries queued."""
+    row = await load_row(request_id)
+    if row is None or row["status"] != "pending":
+        return 0
+    due = reminder_due(row)
+    if due is None or due > now():
+        return 0
+    async with unit_of_work():
+        voted = {str(v["user"]) for v in await Vote.select(Vote.user).where(Vote.request == row["id"])}
+        waiting = {uid: email for uid, email in (await eligible_users(row)).items() if uid not in voted}
+        channels = policy_of(row).get("channels") or ["web"]
+        level = int(row.get("escalation_level") or 0)
+        created = await notifications.queue_deliveries(
+            row["org"], row, waiting.items(), channels, level=level, event="reminder"
+        )
+        _send_after_commit(hub, row, created, level=level)
+    return len(created)
+
+
+async def sweep_reminders(hub: Hub, batch: int = 500) -> int:
+    """Reminders whose job was lost: pending requests past half-time (the dedupe keys make it once)."""
+    rows = (
+        await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.created_at, ApprovalRequest.expires_at)
+        .where((ApprovalRequest.status == "pending") & (ApprovalRequest.expires_at.is_not_null()))
+        .order_by(ApprovalRequest.expires_at)
+        .limit(batch)
+    )
+    stamp = now()
+    due = [r["id"] for r in rows if (reminder_due(r) or stamp) < stamp]
+    if not due:
+        return 0
+    reminded = await notifications.reminded_requests(due)
+    fired = 0
+    for rid in due:
+        if str(rid) not in reminded:
+            fired += await fire_reminder(hub, rid)
+    return fired
 
 
 def _schedule(hub: Hub, row: dict[str, Any]) -> None:
@@ -295,9 +364,13 @@ def _schedule(hub: Hub, row: dict[str, Any]) -> None:
     escalates = _ts(row.get("next_escalation_at"))
     level = int(row.get("escalation_level") or 0) + 1
 
+    remind = reminder_due(row) if row["escalation_level"] == 0 and row["status"] == "pending" else None
+
     async def enqueue() -> None:
         if expires is not None and row["escalation_level"] == 0:
             await hub.enqueue("expire_request", rid, job_id=f"expire:{rid}", defer_until=expires)
+        if remind is not None:
+            await hub.enqueue("remind_request", rid, job_id=f"remind:{rid}", defer_until=remind)
         if escalates is not None:
             await hub.enqueue("escalate_request", rid, level, job_id=f"escalate:{rid}:{level}", defer_until=escalates)
 

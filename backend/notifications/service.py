@@ -1,22 +1,68 @@
-"""Queue notification deliveries (one row per approver and channel) and announce them."""
+"""Notification deliveries: queue one row per (request, recipient, channel, event), deliver each as a job.
+
+At-least-once: every row becomes the arq job `notify:<delivery id>` after the request's
+transaction commits, and a sweep re-queues rows left behind (Redis lost, worker killed). A row is
+claimed with a lease before sending, so a retry never sends again to a channel that already
+accepted; a failing channel only retries its own rows, with exponential backoff up to a cap.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import uuid
+import weakref
 from collections.abc import Iterable
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
+from backend.accounts.tables import User
+from backend.approvals.tables import ApprovalRequest
+from backend.audit.service import Actor, record
 from backend.bus import Bus
 from backend.events import publish_event
-from backend.notifications.tables import NotificationDelivery
+from backend.notifications import channel_settings, preferences
+from backend.notifications.channels import ChannelError, Recipient, Target, get_channel
+from backend.notifications.compose import compose, request_facts
+from backend.notifications.tables import NotificationAttempt, NotificationDelivery
+from backend.transactions import lock, write_transaction
+
+if TYPE_CHECKING:
+    from backend.hub import Hub
+
+logger = logging.getLogger("preloop.notifications")
 
 QUEUED_TOPIC = "notifications:queued"
-"""Bus topic the channel workers listen on; each message names the request and its new rows."""
+"""Bus topic announcing new deliveries; each message names the request and its new rows."""
+JOB = "deliver_notification"
+LEASE_MARGIN = 5.0
+"""A claimed row is taken over this long after its send timeout if its worker vanished."""
+SWEEP_GRACE = timedelta(seconds=10)
+"""A queued row younger than this still has its own job on the way; the sweep leaves it alone."""
+SWEEP_BATCH = 1000
+ACTIONABLE = frozenset({"requested", "escalated", "reminder"})
+FINAL = frozenset({"sent", "failed", "skipped"})
 
 
-def dedupe_key(request_id: Any, user_id: Any, channel: str, level: int) -> str:
-    return f"{request_id}:{user_id}:{channel}:{level}"
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def dedupe_key(request_id: Any, user_id: Any, channel: str, event: str) -> str:
+    return f"{request_id}:{user_id}:{channel}:{event}"
+
+
+def event_name(level: int) -> str:
+    return "requested" if level == 0 else f"escalated:{level}"
+
+
+def job_id(delivery_id: Any) -> str:
+    return f"notify:{delivery_id}"
+
+
+# --- queueing (inside the request's transaction) ----------------------------------------------
 
 
 async def queue_deliveries(
@@ -26,14 +72,15 @@ async def queue_deliveries(
     channels: Iterable[str],
     *,
     level: int,
+    event: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Insert a `queued` row per (approver, channel); a row queued before is left alone.
+    """Insert a `queued` row per (recipient, channel); a row queued before is left alone.
 
     Runs inside the caller's transaction, so a rolled-back request leaves no deliveries behind.
     Returns the rows that are new.
     """
+    event = event or event_name(level)
     channel_list = list(dict.fromkeys(channels))
-    rows: list[NotificationDelivery] = []
     payload = {
         "request_id": str(request["id"]),
         "tool": request["tool"],
@@ -43,22 +90,24 @@ async def queue_deliveries(
         "justification": request.get("justification"),
         "escalation_level": level,
     }
-    stamp = datetime.now(UTC)
-    for user_id, email in approvers:
-        for channel in channel_list:
-            rows.append(
-                NotificationDelivery(
-                    org=org_id,
-                    request=request["id"],
-                    user=user_id,
-                    channel=channel,
-                    dedupe_key=dedupe_key(request["id"], user_id, channel, level),
-                    escalation_level=level,
-                    status="queued",
-                    payload={**payload, "email": email},
-                    created_at=stamp,
-                )
-            )
+    stamp = now()
+    rows = [
+        NotificationDelivery(
+            id=uuid.uuid4(),
+            org=org_id,
+            request=request["id"],
+            user=user_id,
+            channel=channel,
+            dedupe_key=dedupe_key(request["id"], user_id, channel, event),
+            escalation_level=level,
+            status="queued",
+            payload={**payload, "email": email},
+            created_at=stamp,
+            event=event,
+        )
+        for user_id, email in approvers
+        for channel in channel_list
+    ]
     if not rows:
         return []
     inserted = await (
@@ -66,15 +115,46 @@ async def queue_deliveries(
         .on_conflict(target=NotificationDelivery.dedupe_key, action="DO NOTHING")
         .returning(NotificationDelivery.id, NotificationDelivery.user, NotificationDelivery.channel)
     )
-    return [
-        {"id": str(row["id"]), "user_id": str(row["user"]), "channel": row["channel"]} for row in inserted
-    ]
+    return [{"id": str(row["id"]), "user_id": str(row["user"]), "channel": row["channel"]} for row in inserted]
+
+
+async def notified_so_far(request_id: Any) -> dict[tuple[str, str], str]:
+    """(user id, channel) → email of everyone a message about this request went (or is going) to."""
+    rows = await NotificationDelivery.select(
+        NotificationDelivery.user, NotificationDelivery.channel, NotificationDelivery.user.email.as_alias("email")
+    ).where(
+        (NotificationDelivery.request == request_id)
+        & (NotificationDelivery.status.is_in(["sent", "sending", "queued"]))
+        & (NotificationDelivery.event.not_like("outcome%"))
+    )
+    return {(str(r["user"]), r["channel"]): r["email"] for r in rows}
+
+
+async def queue_outcome(org_id: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """The outcome, on each channel, to everyone who was told about the request on it."""
+    by_channel: dict[str, list[tuple[str, str]]] = {}
+    for (user_id, channel), email in (await notified_so_far(request["id"])).items():
+        by_channel.setdefault(channel, []).append((user_id, email))
+    created: list[dict[str, Any]] = []
+    level = int(request.get("escalation_level") or 0)
+    for channel, people in by_channel.items():
+        created += await queue_deliveries(
+            org_id, request, people, [channel], level=level, event=f"outcome:{request['status']}"
+        )
+    return created
+
+
+async def enqueue(hub: Hub, deliveries: list[dict[str, Any]]) -> None:
+    """Give each row its job (after commit); the fixed ids make a repeat harmless."""
+    ids = [d["id"] for d in deliveries]
+    for start in range(0, len(ids), 100):
+        await asyncio.gather(*(hub.enqueue(JOB, did, job_id=job_id(did)) for did in ids[start : start + 100]))
 
 
 async def announce(
     bus: Bus, org_id: uuid.UUID | str, request_id: Any, deliveries: list[dict[str, Any]], *, level: int
 ) -> None:
-    """Wake the channel workers and tell consoles/PWAs that approvers are being notified."""
+    """Tell consoles/PWAs that people are being notified."""
     if not deliveries:
         return
     message = {
@@ -98,7 +178,369 @@ async def announce(
     )
 
 
-async def deliveries_for(request_id: uuid.UUID | str) -> list[dict[str, Any]]:
+# --- delivering (one job per row) ---------------------------------------------------------------
+
+
+def backoff(hub: Hub, attempts: int) -> float:
+    conf = hub.settings.notifications
+    return float(min(conf.backoff_cap_seconds, conf.backoff_seconds * (2 ** max(0, attempts - 1))))
+
+
+async def _claim(delivery_id: Any, lease_seconds: float) -> dict[str, Any] | None:
+    stamp = now()
+    due = NotificationDelivery.next_attempt_at.is_null() | (NotificationDelivery.next_attempt_at <= stamp)
+    free = (NotificationDelivery.status == "queued") | (
+        (NotificationDelivery.status == "sending") & (NotificationDelivery.claimed_until < stamp)
+    )
+    rows = await (
+        NotificationDelivery.update(
+            {
+                NotificationDelivery.status: "sending",
+                NotificationDelivery.claimed_until: stamp + timedelta(seconds=lease_seconds),
+                NotificationDelivery.attempts: NotificationDelivery.attempts + 1,
+            }
+        )
+        .where((NotificationDelivery.id == delivery_id) & free & due)
+        .returning(*NotificationDelivery.all_columns())
+    )
+    return rows[0] if rows else None
+
+
+FAN_OUT_CACHE_SECONDS = 1.0
+"""A fan-out sends the same request to hundreds of people within a second: read it once. Only
+asks (requested/escalated/reminder) use it; an outcome always reads the decided row."""
+_VIEWS: dict[str, tuple[float, dict[str, Any] | None]] = {}
+
+
+async def _request_view(request_id: Any, *, cached: bool) -> dict[str, Any] | None:
+    key = str(request_id)
+    clock = asyncio.get_running_loop().time()
+    hit = _VIEWS.get(key)
+    if cached and hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
+        return hit[1]
+    row = await ApprovalRequest.select().where(ApprovalRequest.id == request_id).output(load_json=True).first()
+    if row is not None:
+        row["_facts"] = await request_facts(row)
+    if len(_VIEWS) > 1000:
+        _VIEWS.clear()
+    _VIEWS[key] = (clock, row)
+    return row
+
+
+_SETTINGS: dict[tuple[str, str], tuple[float, channel_settings.Resolved]] = {}
+
+
+async def _settings_view(hub: Hub, org_id: Any, kind: str) -> channel_settings.Resolved:
+    """An organization's channel settings, read once per fan-out second."""
+    key = (str(org_id), kind)
+    clock = asyncio.get_running_loop().time()
+    hit = _SETTINGS.get(key)
+    if hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
+        return hit[1]
+    resolved = await channel_settings.resolve(hub, org_id, kind)
+    if len(_SETTINGS) > 1000:
+        _SETTINGS.clear()
+    _SETTINGS[key] = (clock, resolved)
+    return resolved
+
+
+def _target(hub: Hub, user: dict[str, Any], settings: channel_settings.Resolved) -> Target:
+    return Target(
+        recipient=Recipient(str(user["id"]), user["email"], user["name"] or ""),
+        config=settings.config,
+        secret=settings.secret,
+        hub=hub,
+        public_url=hub.settings.server.base_url,
+    )
+
+
+def _payload(delivery: dict[str, Any]) -> dict[str, Any]:
+    payload = delivery.get("payload") or {}
+    return json.loads(payload) if isinstance(payload, str) else dict(payload)
+
+
+async def _finish(
+    delivery: dict[str, Any],
+    status: str,
+    *,
+    started: datetime,
+    error: str | None = None,
+    detail: str | None = None,
+    next_attempt_at: datetime | None = None,
+) -> None:
+    stamp = now()
+    sent_at = stamp if status == "sent" else None
+    # Marked first, in its own short statement: the less time between the channel accepting and
+    # the row saying so, the smaller the window in which a killed worker causes a repeat.
+    await NotificationDelivery.update(
+        {
+            NotificationDelivery.status: status,
+            NotificationDelivery.last_error: error,
+            NotificationDelivery.sent_at: sent_at,
+            NotificationDelivery.next_attempt_at: next_attempt_at,
+            NotificationDelivery.claimed_until: None,
+        }
+    ).where(NotificationDelivery.id == delivery["id"])
+    attempt = ("retrying" if error else "deferred") if status == "queued" else status
+    await _record_attempt(delivery, attempt, started=started, sent_at=sent_at, error=error, detail=detail)
+
+
+@dataclass
+class _AttemptRecord:
+    delivery: dict[str, Any]
+    status: str
+    started: datetime
+    sent_at: datetime | None
+    error: str | None
+    detail: str | None
+
+
+class _GroupWriter:
+    """Writes attempt rows and audit events of many concurrent jobs in one transaction.
+
+    A fan-out finishes hundreds of deliveries at once; one transaction each would queue them all
+    on the organization's audit-chain lock. Each caller still waits until its own record is
+    committed, so a job ends only once its delivery is on the record.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[_AttemptRecord, asyncio.Future[None]]] = []
+        self.flushing: asyncio.Task[None] | None = None
+
+    async def write(self, item: _AttemptRecord) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pending.append((item, done))
+        if self.flushing is None or self.flushing.done():
+            self.flushing = asyncio.create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self.pending:
+            await asyncio.sleep(GROUP_WINDOW)
+            batch, self.pending = self.pending, []
+            try:
+                await _write_attempts([item for item, _ in batch])
+            except Exception as exc:  # handed to every waiting job, which logs and retries
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+
+GROUP_WINDOW = 0.01
+"""How long the first finished job waits for others to share its transaction."""
+_WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupWriter] = weakref.WeakKeyDictionary()
+
+
+async def _record_attempt(
+    delivery: dict[str, Any],
+    status: str,
+    *,
+    started: datetime,
+    sent_at: datetime | None,
+    error: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """The attempt's row, and for an accepted delivery its audit event (who, how, when)."""
+    loop = asyncio.get_running_loop()
+    writer = _WRITERS.get(loop)
+    if writer is None:
+        writer = _WRITERS[loop] = _GroupWriter()
+    await writer.write(_AttemptRecord(delivery, status, started, sent_at, error, detail))
+
+
+async def _write_attempts(items: list[_AttemptRecord]) -> None:
+    async with write_transaction():
+        sent_ids = sorted({str(i.delivery["id"]) for i in items if i.status == "sent"})
+        if sent_ids:  # the sending worker and a recovering sweep may race to write one: write it once
+            await lock("notification-attempts")
+        already: set[str] = set()
+        if sent_ids:
+            found = await NotificationAttempt.select(NotificationAttempt.delivery).where(
+                (NotificationAttempt.delivery.is_in(sent_ids)) & (NotificationAttempt.status == "sent")
+            )
+            already = {str(r["delivery"]) for r in found}
+        rows = []
+        for item in items:
+            delivery = item.delivery
+            if item.status == "sent":
+                if str(delivery["id"]) in already:
+                    continue
+                already.add(str(delivery["id"]))
+            rows.append(
+                NotificationAttempt(
+                    id=uuid.uuid4(),
+                    delivery=delivery["id"],
+                    number=int(delivery["attempts"]),
+                    status=item.status,
+                    error=item.error,
+                    detail=item.detail,
+                    started_at=item.started,
+                    sent_at=item.sent_at,
+                )
+            )
+            if item.status == "sent":
+                assert item.sent_at is not None
+                await record(
+                    delivery["org"],
+                    "notification.delivered",
+                    Actor.system("notifications"),
+                    subject_type="notification",
+                    subject_id=delivery["id"],
+                    data={
+                        "request_id": str(delivery["request"]),
+                        "user_id": str(delivery["user"]),
+                        "email": _payload(delivery).get("email"),
+                        "channel": delivery["channel"],
+                        "event": delivery["event"],
+                        "attempt": int(delivery["attempts"]),
+                        "sent_at": item.sent_at.isoformat(),
+                        "answer": (item.detail or "")[:200],
+                    },
+                )
+        if rows:
+            await NotificationAttempt.insert(*rows)
+
+
+async def record_unrecorded(batch: int = 500) -> int:
+    """Sent rows whose worker died before writing the attempt and audit event: write them now."""
+    recorded = NotificationAttempt.select(NotificationAttempt.delivery).where(NotificationAttempt.status == "sent")
+    rows = (
+        await NotificationDelivery.select()
+        .where(
+            (NotificationDelivery.status == "sent")
+            & (NotificationDelivery.sent_at <= now() - SWEEP_GRACE)
+            & NotificationDelivery.id.not_in(recorded)
+        )
+        .limit(batch)
+    )
+    for row in rows:
+        await _record_attempt(
+            row,
+            "sent",
+            started=row["sent_at"],
+            sent_at=row["sent_at"],
+            detail="recorded after a worker restart",
+        )
+    return len(rows)
+
+
+async def deliver(hub: Hub, delivery_id: Any) -> float | None:
+    """Send one delivery if it is still owed; returns seconds until it should be tried again, or None."""
+    send_timeout = hub.settings.notifications.send_timeout_seconds
+    delivery = await _claim(delivery_id, send_timeout + LEASE_MARGIN)
+    if delivery is None:
+        row = await NotificationDelivery.select().where(NotificationDelivery.id == delivery_id).first()
+        if row is None or row["status"] in FINAL:
+            return None
+        stamp = now()
+        if row["status"] == "sending" and row["claimed_until"] is not None:
+            return max(0.1, float((row["claimed_until"] - stamp).total_seconds()) + 0.1)
+        if row["next_attempt_at"] is not None and row["next_attempt_at"] > stamp:
+            return max(0.1, float((row["next_attempt_at"] - stamp).total_seconds()))
+        return None
+    started = now()
+    kind = str(delivery["event"]).split(":", 1)[0]
+    request = await _request_view(delivery["request"], cached=kind in ACTIONABLE)
+    user = await User.select(User.id, User.email, User.name, User.is_active).where(User.id == delivery["user"]).first()
+    channel = get_channel(delivery["channel"])
+    skip: str | None = None
+    if request is None or user is None or not user["is_active"]:
+        skip = "the request or the person no longer exists or is inactive"
+    elif channel is None:
+        skip = f"this hub has no {delivery['channel']} channel"
+    elif kind in ACTIONABLE and request["status"] != "pending":
+        skip = f"the request was already {request['status']} when this message was due"
+    if skip is None:
+        assert request is not None
+        assert user is not None
+        settings = await _settings_view(hub, delivery["org"], delivery["channel"])
+        pref = await preferences.get(user["id"])
+        if not settings.enabled:
+            skip = f"the {delivery['channel']} channel is turned off for this organization"
+        elif delivery["channel"] != "web" and not pref.wants(delivery["channel"]):
+            skip = f"{user['email']} turned {delivery['channel']} notifications off"
+        elif delivery["channel"] != "web" and request.get("risk") != "critical":
+            until = pref.quiet_until(started)
+            if until is not None:
+                await _finish(
+                    delivery,
+                    "queued",
+                    started=started,
+                    detail=f"quiet hours until {until.isoformat()}",
+                    next_attempt_at=until,
+                )
+                return max(0.1, (until - now()).total_seconds())
+    if skip is not None:
+        await _finish(delivery, "skipped", started=started, detail=skip)
+        return None
+    assert request is not None
+    assert user is not None
+    assert channel is not None
+    base_url = hub.settings.server.base_url
+    target = _target(hub, user, settings)
+    try:
+        message = await compose(request, delivery, base_url, facts=request.get("_facts"))
+        answer = await asyncio.wait_for(channel.send(message, target), timeout=send_timeout)
+    except (ChannelError, TimeoutError) as exc:
+        permanent = isinstance(exc, ChannelError) and exc.permanent
+        error = str(exc) or f"no answer within {send_timeout:g}s"
+    except Exception as exc:  # a channel bug must not lose the delivery: retry it like a failure
+        logger.exception("channel raised unexpectedly", extra={"channel": delivery["channel"]})
+        permanent, error = False, f"{type(exc).__name__}: {exc}"
+    else:
+        await _finish(delivery, "skipped" if answer.skipped else "sent", started=started, detail=answer.detail)
+        return None
+    attempts = int(delivery["attempts"])
+    if permanent or attempts >= hub.settings.notifications.max_attempts:
+        await _finish(delivery, "failed", started=started, error=error)
+        logger.warning("delivery failed for good", extra={"delivery": str(delivery["id"]), "error": error})
+        return None
+    wait = backoff(hub, attempts)
+    await _finish(delivery, "queued", started=started, error=error, next_attempt_at=now() + timedelta(seconds=wait))
+    return wait
+
+
+async def sweep(hub: Hub) -> int:
+    """Re-queue rows whose job was lost: queued and due, or claimed by a worker that vanished.
+
+    The job id is `notify:<id>:<attempts>`, not `notify:<id>`: a killed worker's own job keeps its
+    id reserved in arq until arq's in-progress timeout, and the row's claim already makes two jobs
+    for one row harmless.
+    """
+    stamp = now()
+    settled_before = stamp - SWEEP_GRACE
+    due = (
+        (NotificationDelivery.status == "queued")
+        & (NotificationDelivery.created_at <= settled_before)
+        & (NotificationDelivery.next_attempt_at.is_null() | (NotificationDelivery.next_attempt_at <= settled_before))
+    ) | ((NotificationDelivery.status == "sending") & (NotificationDelivery.claimed_until < stamp))
+    rows = (
+        await NotificationDelivery.select(NotificationDelivery.id, NotificationDelivery.attempts)
+        .where(due)
+        .limit(SWEEP_BATCH)
+    )
+    for start in range(0, len(rows), 100):
+        await asyncio.gather(
+            *(
+                hub.enqueue(JOB, str(r["id"]), job_id=f"{job_id(r['id'])}:{r['attempts']}")
+                for r in rows[start : start + 100]
+            )
+        )
+    return len(rows) + await record_unrecorded()
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else (str(value) if value is not None else None)
+
+
+async def deliveries_for(request_id: uuid.UUID | str, *, with_attempts: bool = False) -> list[dict[str, Any]]:
     rows = (
         await NotificationDelivery.select(
             *NotificationDelivery.all_columns(), NotificationDelivery.user.email.as_alias("email")
@@ -106,14 +548,116 @@ async def deliveries_for(request_id: uuid.UUID | str) -> list[dict[str, Any]]:
         .where(NotificationDelivery.request == request_id)
         .order_by(NotificationDelivery.created_at)
     )
-    return [
-        {
+    attempts: dict[str, list[dict[str, Any]]] = {}
+    if with_attempts and rows:
+        found = (
+            await NotificationAttempt.select()
+            .where(NotificationAttempt.delivery.is_in([r["id"] for r in rows]))
+            .order_by(NotificationAttempt.started_at)
+        )
+        for a in found:
+            attempts.setdefault(str(a["delivery"]), []).append(
+                {
+                    "number": a["number"],
+                    "status": a["status"],
+                    "error": a["error"],
+                    "detail": a["detail"],
+                    "started_at": _iso(a["started_at"]),
+                    "sent_at": _iso(a["sent_at"]),
+                }
+            )
+    out = []
+    for row in rows:
+        item = {
             "id": str(row["id"]),
             "user_id": str(row["user"]),
             "email": row["email"],
             "channel": row["channel"],
+            "event": row["event"],
             "status": row["status"],
             "escalation_level": row["escalation_level"],
+            "attempts": row["attempts"],
+            "last_error": row["last_error"],
+            "created_at": _iso(row["created_at"]),
+            "sent_at": _iso(row["sent_at"]),
         }
-        for row in rows
-    ]
+        if with_attempts:
+            item["history"] = attempts.get(str(row["id"]), [])
+        out.append(item)
+    return out
+
+
+async def reminded_requests(request_ids: list[Any]) -> set[str]:
+    """Which of these requests already had reminders queued."""
+    rows = await NotificationDelivery.select(NotificationDelivery.request).where(
+        (NotificationDelivery.request.is_in(request_ids)) & (NotificationDelivery.event == "reminder")
+    )
+    return {str(r["request"]) for r in rows}
+
+
+async def deliveries_of_request(principal: Any, request_id: str) -> list[dict[str, Any]]:
+    """Who was notified about a request, how and when, for people of its organization."""
+    from backend.errors import Forbidden, NotFound
+
+    if principal.via == "key" and principal.scope == "agent":
+        raise Forbidden("agent keys cannot read who was notified; use an approver or admin key")
+    try:
+        rid = uuid.UUID(str(request_id))
+    except ValueError:
+        raise NotFound(f"no approval request {request_id!r}") from None
+    exists = await ApprovalRequest.exists().where(
+        (ApprovalRequest.id == rid) & (ApprovalRequest.org == principal.org_id)
+    )
+    if not exists:
+        raise NotFound(f"no approval request {request_id!r}")
+    return await deliveries_for(rid, with_attempts=True)
+
+
+async def send_test(hub: Hub, principal: Any, kind: str) -> dict[str, Any]:
+    """Send a sample message to the caller on one channel now; return what the channel answered."""
+    from backend.errors import NotFound
+    from backend.notifications.channels import Message
+
+    channel = get_channel(kind)
+    if channel is None or kind not in channel_settings.SETTABLE:
+        raise NotFound(f"no channel kind {kind!r}; testable kinds: {', '.join(channel_settings.SETTABLE)}")
+    user = await User.select(User.id, User.email, User.name).where(User.id == principal.user_id).first()
+    assert user is not None
+    settings = await channel_settings.resolve(hub, principal.org_id, kind)
+    base_url = hub.settings.server.base_url
+    stamp = now().isoformat()
+    message = Message(
+        delivery_id=f"test-{uuid.uuid4()}",
+        event="test",
+        request_id="test",
+        status="test",
+        tool="example_tool",
+        server="example",
+        arguments=[],
+        agent="Preloop",
+        owner=user["email"],
+        created_at=stamp,
+        rule="a test notification from the channel settings",
+        risk=None,
+        reason="",
+        justification=None,
+        deadline=None,
+        deadline_epoch=None,
+        votes_needed=0,
+        quorum=1,
+        link=f"{base_url}/app/",
+        tag="preloop-test",
+        title=f"Preloop test notification ({kind})",
+        summary=f"{user['email']} asked for a test of the {kind} channel at {stamp}.",
+        org_id=str(principal.org_id),
+    )
+    target = _target(hub, user, settings)
+    try:
+        answer = await asyncio.wait_for(
+            channel.send(message, target), timeout=hub.settings.notifications.send_timeout_seconds
+        )
+    except ChannelError as exc:
+        return {"kind": kind, "ok": False, "answer": str(exc), "recipient": user["email"]}
+    except TimeoutError:
+        return {"kind": kind, "ok": False, "answer": "no answer in time", "recipient": user["email"]}
+    return {"kind": kind, "ok": not answer.skipped, "answer": answer.detail, "recipient": user["email"]}

@@ -1,0 +1,123 @@
+"""Web Push (RFC 8030/8291/8292) with VAPID; Declarative Web Push fields so iOS 18.4+ shows it unaided."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import httpx
+from pywebpush import WebPusher
+
+from backend.notifications import push
+from backend.notifications.channels import Answer, ChannelError, Message, Target, http_client
+
+logger = logging.getLogger("preloop.notifications.push")
+SEND_TIMEOUT = 10.0
+MAX_PAYLOAD = 3000
+MAX_TTL = 28 * 24 * 3600
+OUTCOME_TTL = 24 * 3600
+
+
+def payload_for(message: Message) -> bytes:
+    """The push body: Declarative Web Push (`web_push: 8030`) plus what our service worker reads."""
+    pending = message.status == "pending" and message.event != "outcome"
+    body = message.outcome or message.summary
+    notification: dict[str, Any] = {
+        "title": message.title[:120],
+        "body": body[:400],
+        "navigate": message.link,
+        "tag": message.tag,  # the outcome replaces the request's notification: same tag
+        "lang": "en",
+        "dir": "ltr",
+        "silent": False,
+        "require_interaction": pending,
+        "data": {"request_id": message.request_id, "event": message.event, "status": message.status},
+    }
+    if pending and not message.passkey_required:
+        notification["actions"] = [
+            {"action": "approve", "title": "Approve", "navigate": f"{message.link}?action=approve"},
+            {"action": "decline", "title": "Decline", "navigate": f"{message.link}?action=decline"},
+        ]
+    document = {
+        "web_push": 8030,
+        "notification": notification,
+        "preloop": {
+            "request_id": message.request_id,
+            "delivery_id": message.delivery_id,
+            "event": message.event,
+            "status": message.status,
+            "tool": message.tool[:100],
+            "risk": message.risk,
+            "passkey_required": message.passkey_required,
+        },
+    }
+    data = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    while len(data) > MAX_PAYLOAD and len(notification["body"]) > 20:
+        notification["body"] = notification["body"][: len(notification["body"]) // 2] + "…"
+        data = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+    return data
+
+
+def ttl_for(message: Message) -> int:
+    if message.event == "outcome" or message.deadline_epoch is None:
+        return OUTCOME_TTL
+    return max(0, min(MAX_TTL, int(message.deadline_epoch - time.time())))
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class WebPushChannel:
+    kind: ClassVar[str] = "push"
+
+    async def send(self, message: Message, target: Target) -> Answer:
+        devices = await push.subscriptions_of(target.recipient.user_id)
+        if not devices:
+            return Answer("no device subscribed to push", skipped=True)
+        keys = await push.vapid_keys(target.hub)
+        host = urlsplit(target.public_url).hostname or "localhost"
+        subject = str(target.config.get("subject") or f"mailto:preloop@{host}")
+        data = payload_for(message)
+        ttl = ttl_for(message)
+        accepted, failures = 0, []
+        async with http_client(SEND_TIMEOUT) as http:
+            for device in devices:
+                endpoint = device["endpoint"]
+                info = {"endpoint": endpoint, "keys": {"p256dh": device["p256dh"], "auth": device["auth"]}}
+                body = WebPusher(info).encode(data, "aes128gcm")["body"]
+                claims = {"sub": subject, "aud": _origin(endpoint), "exp": int(time.time()) + 12 * 3600}
+                headers = dict(keys.signer.sign(claims))
+                headers.update(
+                    {
+                        "TTL": str(ttl),
+                        "Urgency": "high" if message.event != "outcome" else "normal",
+                        "Content-Encoding": "aes128gcm",
+                        "Content-Type": "application/octet-stream",
+                        "Topic": message.request_id.replace("-", "")[:32],
+                    }
+                )
+                try:
+                    response = await http.post(endpoint, content=body, headers=headers)
+                except httpx.HTTPError as exc:
+                    failures.append(f"{_origin(endpoint)}: {type(exc).__name__}")
+                    continue
+                if response.status_code in {200, 201, 202}:
+                    accepted += 1
+                elif response.status_code in {404, 410}:
+                    logger.info("push subscription is gone; removed", extra={"endpoint": _origin(endpoint)})
+                    await push.forget(device["id"])
+                else:
+                    failures.append(f"{_origin(endpoint)}: HTTP {response.status_code}")
+        if accepted:
+            return Answer(f"accepted by {accepted} of {len(devices)} device(s)")
+        if not failures:
+            return Answer("every device subscription was gone; removed", skipped=True)
+        raise ChannelError("push failed: " + "; ".join(failures))
+
+
+CHANNEL = WebPushChannel()

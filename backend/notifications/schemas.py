@@ -1,0 +1,113 @@
+"""Request and response shapes of the notification endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Attempt(msgspec.Struct):
+    number: int
+    status: str
+    error: str | None
+    detail: str | None
+    started_at: str | None
+    sent_at: str | None
+
+
+class Delivery(msgspec.Struct):
+    id: str
+    user_id: str
+    email: str
+    channel: str
+    event: str
+    status: str
+    escalation_level: int
+    attempts: int
+    last_error: str | None
+    created_at: str | None
+    sent_at: str | None
+    history: list[Attempt] = []
+
+
+class ChannelInfo(msgspec.Struct):
+    kind: str
+    enabled: bool
+    configured: bool
+    source: str
+    settings: dict[str, Any]
+    secret_set: bool
+
+
+class ChannelBody(msgspec.Struct, forbid_unknown_fields=True):
+    enabled: bool = True
+    smtp_url: str | None = None
+    """email: smtp://user:pass@host:587?starttls=true or smtps://user:pass@host:465 (stored encrypted)."""
+    sender: str | None = msgspec.field(default=None, name="from")
+    """email: the From address."""
+    url: str | None = None
+    """webhook: where events are POSTed."""
+    secret: str | None = None
+    """webhook: the HMAC key of `Preloop-Signature` (stored encrypted, never returned)."""
+    subject: str | None = None
+    """push: the VAPID `sub` claim, mailto:… or https://…"""
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"enabled": self.enabled}
+        for name, value in (
+            ("smtp_url", self.smtp_url),
+            ("from", self.sender),
+            ("url", self.url),
+            ("secret", self.secret),
+            ("subject", self.subject),
+        ):
+            if value is not None:
+                body[name] = value
+        return body
+
+
+class TestResult(msgspec.Struct):
+    kind: str
+    ok: bool
+    answer: str
+    recipient: str
+
+
+class QuietHours(msgspec.Struct):
+    start: str
+    end: str
+
+
+class Preferences(msgspec.Struct):
+    channels: list[str] | None = None
+    """Channels you want (of those a policy names); null means all of them."""
+    quiet_hours: QuietHours | None = None
+    """No messages between start and end (HH:MM in `timezone`), except for critical-risk requests."""
+    timezone: str = "UTC"
+
+
+class VapidKey(msgspec.Struct):
+    public_key: str
+
+
+class SubscriptionKeys(msgspec.Struct):
+    p256dh: str
+    auth: str
+
+
+class SubscriptionBody(msgspec.Struct):
+    """The browser's `PushSubscription.toJSON()`."""
+
+    endpoint: str
+    keys: SubscriptionKeys
+    expirationTime: float | None = None
+
+
+class Unsubscribe(msgspec.Struct):
+    endpoint: str
+
+
+class Subscription(msgspec.Struct):
+    id: str
+    endpoint: str
