@@ -36,7 +36,9 @@ SCHEMA_CSP = (
 )
 SECURITY_HEADERS = {
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends `Origin: null` on its own form posts,
+    # which the cross-site check must refuse; other sites still get no referrer.
+    "referrer-policy": "same-origin",
     "x-frame-options": "DENY",
     "cross-origin-opener-policy": "same-origin",
 }
@@ -172,6 +174,10 @@ def check_same_site(request: Request) -> None:  # type: ignore[type-arg]
     )
 
 
+FORM_MEDIA = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+"""Bodies the routes marked `opt={"form_body": True}` accept besides JSON."""
+
+
 async def check_request(request: Request) -> None:  # type: ignore[type-arg]
     """Litestar `before_request`: runs after guards, before the body is decoded for the handler."""
     check_same_site(request)
@@ -187,6 +193,12 @@ async def check_request(request: Request) -> None:  # type: ignore[type-arg]
     if not body:
         return
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media in FORM_MEDIA and request.route_handler.opt.get("form_body"):
+        # The hub's own HTML forms (console, email-link confirmation pages): CSRF is checked above
+        # for cookie sessions and by the form's own token or single-use link; NUL is still refused.
+        if b"\x00" in body or b"%00" in body:
+            raise _refuse_nul("form", "form field")
+        return
     if media != "application/json":
         # Also what keeps cross-site HTML forms (form-encoded, multipart, text/plain) out.
         raise UnsupportedMediaType(

@@ -81,6 +81,7 @@ async def writer_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 
 
 class ConsoleLoginController(Controller):
+    opt = {"form_body": True}  # HTML forms (see backend/request_checks.py)
     path = "/console"
     include_in_schema = False
 
@@ -116,6 +117,7 @@ class ConsoleLoginController(Controller):
 
 
 class ConsoleController(Controller):
+    opt = {"form_body": True}  # HTML forms (see backend/request_checks.py)
     """Every page needs a session; every POST carries the session's CSRF token."""
 
     path = "/console"

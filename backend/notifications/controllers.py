@@ -127,6 +127,7 @@ class EmailLinkController(Controller):
     """Approve/Decline links from email. GET only shows the request; the page's POST records the vote."""
 
     path = "/email/v"
+    opt = {"form_body": True}  # the confirmation page's HTML form (see backend/request_checks.py)
     tags = ["notifications"]
     include_in_schema = False
 

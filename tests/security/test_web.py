@@ -64,7 +64,7 @@ async def test_every_response_carries_the_security_headers(client: Any, org: Any
         assert directives["frame-ancestors"] == "'none'"
         assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
         assert headers["x-content-type-options"] == "nosniff"
-        assert headers["referrer-policy"] == "no-referrer"
+        assert headers["referrer-policy"] == "same-origin"
     schema = await client.get("/schema")
     csp = schema.headers["content-security-policy"]
     script_src = next(d for d in csp.split(";") if d.strip().startswith("script-src"))
