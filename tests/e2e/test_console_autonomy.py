@@ -12,25 +12,10 @@ import yaml
 from tests.conftest import LiveHub
 from tests.e2e.test_console import serious_violations, sign_in
 from tests.helpers import Org, auth, make_org
+from tests.integration.console.test_autonomy_and_dry_run import POLICY
 
 pytestmark = pytest.mark.e2e
 
-POLICY = """\
-version: "1"
-approval_policies:
-  - {name: sre, teams: [sre], quorum: 1}
-tools:
-  # refunds are held; every one so far was approved
-  - name: refund
-    rules:
-      - {when: "double(args.amount) > 10000.0", action: deny}
-      - {action: require_approval, approval_policy: sre, description: refunds}
-  - name: drop_table
-    action: require_approval
-    approval_policy: sre
-defaults:
-  unknown_tools: deny
-"""
 
 
 def _history(url: str, org: Org) -> None:
