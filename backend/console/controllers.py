@@ -104,7 +104,7 @@ class ConsoleLoginController(Controller):
     async def login_page(self, request: Request, next: str = "/console/approvals") -> Response[Any]:  # type: ignore[type-arg]
         if await session.signed_in(request):
             return Redirect(session.safe_next(next))
-        return _page(request, "login.html", next=session.safe_next(next), error=None, email="")
+        return _page(request, "login.html", next=session.safe_next(next), error=None, email="", totp_needed=False)
 
     @post("/login", operation_id="console_login", status_code=200)
     async def login(self, request: Request, hub: Hub) -> Response[Any]:  # type: ignore[type-arg]
@@ -113,10 +113,12 @@ class ConsoleLoginController(Controller):
         try:
             org = await (accounts.get_org_by_slug(form["org"]) if form.get("org") else accounts.default_org())
             token, _ = await accounts.login(
-                org["id"], email, form.get("password", ""), hours=hub.settings.security.session_hours
+                org["id"], email, form.get("password", ""), hours=hub.settings.security.session_hours,
+                totp_code=form.get("totp_code") or None,
             )
         except PreloopError as exc:
-            page = _page(request, "login.html", next=target, error=exc.message, email=email)
+            page = _page(request, "login.html", next=target, error=exc.message, email=email,
+                         totp_needed=exc.code in ("totp_required", "totp_invalid"))
             page.status_code = 401
             return page
         return Redirect(
@@ -173,15 +175,21 @@ class ConsoleController(Controller):
     @post("/approvals/{approval_id:str}/vote", operation_id="console_vote", guards=[writer_guard])
     async def vote(self, request: Request, principal: Principal, hub: Hub, approval_id: str) -> Template:  # type: ignore[type-arg]
         form = await _form(request)
-        decision = form.get("decision", "")
+        decision = form.get("decision") or form.get("step_up_decision", "")  # the latter: after a passkey step-up
         error = None
         if decision not in ("approve", "decline"):
             error = "choose approve or decline"
         else:
-            try:
-                await approvals.vote(hub, principal, approval_id, decision, reason=form.get("reason"), channel="app")
-            except PreloopError as exc:
-                error = exc.message
+            try:  # a passkey step-up (require_passkey) arrives as the assertion's JSON from passkeys.js
+                assertion = _json_object(form["assertion"]) if form.get("assertion") else None
+            except ValueError:
+                error = "the passkey confirmation was not readable; decide again"
+            else:
+                try:
+                    await approvals.vote(hub, principal, approval_id, decision, reason=form.get("reason"),
+                                         channel="app", assertion=assertion)
+                except PreloopError as exc:
+                    error = exc.message
         page = _page(request, "approval.html", **await self._detail(principal, approval_id), error=error)
         page.status_code = 200 if error is None else 422
         return page
