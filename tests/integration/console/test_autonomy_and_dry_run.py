@@ -103,6 +103,11 @@ async def test_autonomy_counts_rates_reasons_and_suggests_diffs(client: Any) -> 
     assert (logs["calls"], logs["requests"], logs["approval_rate"]) == (4, 0, None)
     assert by_tool[("read_logs", None)]["calls"] == 1  # the record without a rule: decided by the defaults
 
+    refused = await client.get("/api/v1/autonomy", headers=auth(org.agent_token))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "people_only"
+    viewer = await client.post("/api/v1/policies/dry-run", json={"source": POLICY}, headers=auth(org.agent_token))
+    assert viewer.status_code == 403
+
     # nothing was applied: the active version is still the first
     versions = (await client.get("/api/v1/policies/versions", headers=auth(org.admin_token))).json()
     assert len(versions) == 1
