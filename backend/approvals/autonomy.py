@@ -67,6 +67,7 @@ class AutonomyReport(msgspec.Struct):
     policy_version: int | None
     relax_min_requests: int
     tighten_decline_rate: float
+    limited: bool  # more recorded calls than one report reads (MAX_RECORDS per source): the newest count
     rules: list[RuleStats]
 
 
@@ -185,7 +186,7 @@ def _stats(group: _Group, source: str | None) -> RuleStats:
 
 async def report(org_id: uuid.UUID, *, now: datetime | None = None) -> AutonomyReport:
     moment = now or datetime.now(UTC)
-    calls = await recorded_calls(org_id, days=WINDOW_DAYS, now=moment)
+    calls, limited = await recorded_calls(org_id, days=WINDOW_DAYS, now=moment)
     groups: dict[tuple[str, str | None, int | None], _Group] = {}
     for call in calls:
         key = _key(call)
@@ -203,7 +204,7 @@ async def report(org_id: uuid.UUID, *, now: datetime | None = None) -> AutonomyR
     return AutonomyReport(
         days=WINDOW_DAYS, since=(moment.replace(microsecond=0) - timedelta(days=WINDOW_DAYS)).isoformat(),
         policy_version=row["version"] if row else None, relax_min_requests=RELAX_MIN_REQUESTS,
-        tighten_decline_rate=TIGHTEN_DECLINE_RATE, rules=rules,
+        tighten_decline_rate=TIGHTEN_DECLINE_RATE, limited=limited, rules=rules,
     )
 
 

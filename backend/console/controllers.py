@@ -254,7 +254,7 @@ class ConsoleController(Controller):
             run = await replay.dry_run(principal.org_id, form.get("source", ""))
         except ValidationFailed as exc:
             error = exc.message
-        return _page(request, "_dryrun.html", run=run, error=error)
+        return _page(request, "_dryrun.html", run=run, error=error, max_records=replay.MAX_RECORDS)
 
     @post("/policies/rules", operation_id="console_policy_rules")
     async def rules(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
@@ -342,7 +342,8 @@ class ConsoleController(Controller):
 
     @get("/autonomy", operation_id="console_autonomy")
     async def autonomy_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        return _page(request, "autonomy.html", report=await autonomy.report(principal.org_id))
+        return _page(request, "autonomy.html", report=await autonomy.report(principal.org_id),
+                     max_records=replay.MAX_RECORDS)
 
     # --- audit ---------------------------------------------------------------------------------
 

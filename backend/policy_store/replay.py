@@ -77,8 +77,11 @@ async def _decline_reasons(request_ids: list[Any]) -> dict[str, list[str]]:
 
 async def recorded_calls(
     org_id: uuid.UUID, *, days: int = WINDOW_DAYS, now: datetime | None = None
-) -> list[RecordedCall]:
-    """Approval requests and gateway call records of the last `days` days, oldest first."""
+) -> tuple[list[RecordedCall], bool]:
+    """Approval requests and gateway call records of the last `days` days, oldest first.
+
+    The second value says whether either source had more than MAX_RECORDS (only the newest were read).
+    """
     since = (now or datetime.now(UTC)) - timedelta(days=days)
     keys = await _keys(org_id)
     requests = (
@@ -127,7 +130,7 @@ async def recorded_calls(
             rule=data["rule"] if isinstance(data.get("rule"), dict) else {},
         ))
     out.sort(key=lambda call: call.at)
-    return out
+    return out, len(requests) >= MAX_RECORDS or len(events) >= MAX_RECORDS
 
 
 # --- the dry run -----------------------------------------------------------------------------
@@ -166,7 +169,8 @@ class DryRun(msgspec.Struct):
     skipped: int  # call records that kept only the arguments' hash cannot be replayed
     transitions: list[Transition]
     examples: list[Change]
-    truncated: bool
+    truncated: bool  # more changed calls than examples
+    limited: bool  # more than MAX_RECORDS requests or call records: only the newest were replayed
 
 
 def _rule_label(rule: Any) -> str:
@@ -179,7 +183,7 @@ async def dry_run(org_id: uuid.UUID, source: str, *, days: int = WINDOW_DAYS, no
     """Replay recorded calls against `source`; raises ValidationFailed (line, column) when it does not load."""
     policy = await compile_for_org(org_id, source, name="draft")
     moment = now or datetime.now(UTC)
-    calls = await recorded_calls(org_id, days=days, now=moment)
+    calls, limited = await recorded_calls(org_id, days=days, now=moment)
     transitions: Counter[tuple[str, str]] = Counter()
     examples: list[Change] = []
     replayed = skipped = 0
@@ -207,5 +211,5 @@ async def dry_run(org_id: uuid.UUID, source: str, *, days: int = WINDOW_DAYS, no
         days=days, since=(moment - timedelta(days=days)).isoformat(), replayed=replayed, changed=changed,
         unchanged=replayed - changed, skipped=skipped,
         transitions=[Transition(old, new, count) for (old, new), count in transitions.most_common()],
-        examples=examples, truncated=changed > len(examples),
+        examples=examples, truncated=changed > len(examples), limited=limited,
     )

@@ -113,7 +113,7 @@ async def test_autonomy_counts_rates_reasons_and_suggests_diffs(client: Any) -> 
     assert len(versions) == 1
 
 
-async def test_dry_run_shows_which_decisions_change(client: Any) -> None:
+async def test_dry_run_shows_which_decisions_change(client: Any, monkeypatch: Any) -> None:
     org = await make_org()
     await _history(client, org)
     report = (await client.get("/api/v1/autonomy", headers=auth(org.admin_token))).json()
@@ -126,6 +126,7 @@ async def test_dry_run_shows_which_decisions_change(client: Any) -> None:
     # 6 refunds + 6 drops + 3 restarts + 4 replayable log reads; one record kept only a hash; the old refund is out
     assert (run["replayed"], run["skipped"], run["changed"]) == (19, 1, 6)
     assert run["transitions"] == [{"old": "require_approval", "new": "allow", "count": 6}]
+    assert not run["limited"] and not run["truncated"]
     assert {e["tool"] for e in run["examples"]} == {"refund"}
     assert {e["args"]["amount"] for e in run["examples"]} == {20, 75, 120.5, 40, 99, 60}
     assert all(e["new_rule"] == "refund rule 2" for e in run["examples"])
@@ -134,6 +135,13 @@ async def test_dry_run_shows_which_decisions_change(client: Any) -> None:
     run = (await client.post("/api/v1/policies/dry-run", json={"source": stricter},
                              headers=auth(org.admin_token))).json()
     assert run["transitions"] == [{"old": "allow", "new": "deny", "count": 4}]
+
+    from backend.policy_store import replay
+
+    monkeypatch.setattr(replay, "MAX_RECORDS", 5)  # a busy org: only the newest records of each source
+    run = (await client.post("/api/v1/policies/dry-run", json={"source": stricter},
+                             headers=auth(org.admin_token))).json()
+    assert run["limited"] and run["replayed"] + run["skipped"] == 10
 
     broken = await client.post("/api/v1/policies/dry-run", json={"source": POLICY.replace("deny}", "denyy}")},
                                headers=auth(org.admin_token))
