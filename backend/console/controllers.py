@@ -82,11 +82,10 @@ def _rules_page(
     comments_lost: bool = False,
 ) -> Template:
     entries: list[dict[str, Any]] = []
-    if not error:
-        try:
-            entries = ruleedit.view(source) if source.strip() else []
-        except ValidationFailed as exc:
-            error = exc.message
+    try:  # a refused move still lists the rules as they are
+        entries = ruleedit.view(source) if source.strip() else []
+    except ValidationFailed as exc:
+        error = f"the rules cannot be listed until the draft is valid YAML: {exc.message}"
     return _page(request, "_rules.html", entries=entries, error=error, new_source=new_source, announce=announce,
                  comments=ruleedit.has_comments(source), comments_lost=comments_lost)
 

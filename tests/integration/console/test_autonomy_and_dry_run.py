@@ -149,6 +149,14 @@ async def test_dry_run_shows_which_decisions_change(client: Any, monkeypatch: An
 
 
 def test_rule_moves_keep_every_value() -> None:
+    import pytest
+
+    from backend.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed, match="has rules 1 to 2"):
+        ruleedit.move_rule(POLICY, 0, 1, 2)
+    with pytest.raises(ValidationFailed, match="not valid YAML"):
+        ruleedit.move_rule("tools: [", 0, 0, 1)
     moved = ruleedit.move_rule(POLICY, 0, 1, 0)
     assert [r["action"] for r in ruleedit.view(moved)[0]["rules"]] == ["require_approval", "deny"]
     back = ruleedit.move_rule(moved, 0, 0, 1)
