@@ -20,6 +20,7 @@ from litestar.static_files import create_static_files_router
 from backend.accounts.agent_check import AgentController
 from backend.accounts.controllers import AuthController, KeyController, MeController, TeamController, UserController
 from backend.accounts.passkey_controllers import TotpController, WebAuthnController
+from backend.approvals.autonomy_controllers import AutonomyController
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
 from backend.console import web as console
@@ -103,7 +104,7 @@ def route_handlers() -> list[Any]:
         AuditController,
     ]
     handlers.extend([WebAuthnController, TotpController])
-    handlers.extend([PolicyController, SeedShapesController])
+    handlers.extend([PolicyController, SeedShapesController, AutonomyController])
     handlers.append(ObservabilityController)
     handlers.extend(APPROVAL_CONTROLLERS)
     handlers.extend(console.route_handlers())

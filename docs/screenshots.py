@@ -66,6 +66,12 @@ def _fill(url: str, keys: dict[str, str]) -> str:
         http.post(f"/api/v1/approvals/{held[0]}/approve", headers={"Authorization": f"Bearer {keys['alice']}"})
         http.post(f"/api/v1/approvals/{held[1]}/decline", json={"reason": "no backup yet"},
                   headers={"Authorization": f"Bearer {keys['alice']}"})
+        for version in ("2.4.0", "2.4.1", "2.5.0", "2.5.1", "2.6.0"):  # approved every time: "relax"
+            answer = http.post("/api/v1/approvals", headers=agent, json={
+                "tool": "deploy_production", "server": "demo", "justification": "release",
+                "arguments": {"environment": "production", "version": version}})
+            http.post(f"/api/v1/approvals/{answer.json()['id']}/approve",
+                      headers={"Authorization": f"Bearer {keys['alice']}"})
         return str(held[2])
 
 
@@ -134,6 +140,15 @@ def main(out: Path = OUT) -> list[Path]:
             shot("policies")
             page.goto(f"{url}/console/policies/versions/1")
             shot("policy-version")
+            page.goto(f"{url}/console/autonomy")
+            page.wait_for_selector("#autonomy")
+            shot("autonomy")
+            page.click("section.suggestion[data-kind='relax'] a")
+            page.wait_for_selector("#rules ol li")
+            page.click("#dry-run-button")
+            page.wait_for_selector("#dry-run-status")
+            page.locator("#rules-h").scroll_into_view_if_needed()
+            shot("policy-dry-run")
             page.goto(f"{url}/console/audit")
             shot("audit")
             page.goto(f"{url}/console/keys")

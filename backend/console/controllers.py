@@ -15,13 +15,14 @@ from litestar.response import Redirect, Template
 
 from backend.accounts import service as accounts
 from backend.accounts.service import Principal
-from backend.approvals import flows, inbox
+from backend.approvals import autonomy, flows, inbox
 from backend.approvals import service as approvals
 from backend.audit import service as audit
 from backend.console import session
 from backend.deps import SESSION_COOKIE, admin_guard
 from backend.errors import NotAuthenticated, PreloopError, ValidationFailed
 from backend.hub import Hub
+from backend.policy_store import replay, ruleedit
 from backend.policy_store import service as policies
 
 #: Navigation entries (path, label). Later pages (teams, channels, autonomy) append here.
@@ -31,6 +32,7 @@ NAV: list[tuple[str, str]] = [
     ("/console/policies", "Policies"),
     ("/console/audit", "Audit"),
     ("/console/keys", "Agents and keys"),
+    ("/console/autonomy", "Autonomy"),
 ]
 HISTORY_FILTERS = ("start_date", "end_date", "tool", "approver", "status")
 HISTORY_PAGE = 100
@@ -75,6 +77,19 @@ def _not_signed_in(request: Request, exc: NotAuthenticated) -> Response[Any]:  #
     )
 
 
+def _rules_page(
+    request: Request[Any, Any, Any], source: str, new_source: str | None, error: str, *, announce: str = "",
+    comments_lost: bool = False,
+) -> Template:
+    entries: list[dict[str, Any]] = []
+    try:  # a refused move still lists the rules as they are
+        entries = ruleedit.view(source) if source.strip() else []
+    except ValidationFailed as exc:
+        error = f"the rules cannot be listed until the draft is valid YAML: {exc.message}"
+    return _page(request, "_rules.html", entries=entries, error=error, new_source=new_source, announce=announce,
+                 comments=ruleedit.has_comments(source), comments_lost=comments_lost)
+
+
 async def writer_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     """Viewers see everything and change nothing: the server refuses, whatever the page showed."""
     session.refuse_viewer(await session.principal_of(connection))
@@ -89,7 +104,7 @@ class ConsoleLoginController(Controller):
     async def login_page(self, request: Request, next: str = "/console/approvals") -> Response[Any]:  # type: ignore[type-arg]
         if await session.signed_in(request):
             return Redirect(session.safe_next(next))
-        return _page(request, "login.html", next=session.safe_next(next), error=None, email="")
+        return _page(request, "login.html", next=session.safe_next(next), error=None, email="", totp_needed=False)
 
     @post("/login", operation_id="console_login", status_code=200)
     async def login(self, request: Request, hub: Hub) -> Response[Any]:  # type: ignore[type-arg]
@@ -98,10 +113,12 @@ class ConsoleLoginController(Controller):
         try:
             org = await (accounts.get_org_by_slug(form["org"]) if form.get("org") else accounts.default_org())
             token, _ = await accounts.login(
-                org["id"], email, form.get("password", ""), hours=hub.settings.security.session_hours
+                org["id"], email, form.get("password", ""), hours=hub.settings.security.session_hours,
+                totp_code=form.get("totp_code") or None,
             )
         except PreloopError as exc:
-            page = _page(request, "login.html", next=target, error=exc.message, email=email)
+            page = _page(request, "login.html", next=target, error=exc.message, email=email,
+                         totp_needed=exc.code in ("totp_required", "totp_invalid"))
             page.status_code = 401
             return page
         return Redirect(
@@ -159,15 +176,21 @@ class ConsoleController(Controller):
     @post("/approvals/{approval_id:str}/vote", operation_id="console_vote", guards=[writer_guard])
     async def vote(self, request: Request, principal: Principal, hub: Hub, approval_id: str) -> Template:  # type: ignore[type-arg]
         form = await _form(request)
-        decision = form.get("decision", "")
+        decision = form.get("decision") or form.get("step_up_decision", "")  # the latter: after a passkey step-up
         error = None
         if decision not in ("approve", "decline"):
             error = "choose approve or decline"
         else:
-            try:
-                await approvals.vote(hub, principal, approval_id, decision, reason=form.get("reason"), channel="app")
-            except PreloopError as exc:
-                error = exc.message
+            try:  # a passkey step-up (require_passkey) arrives as the assertion's JSON from passkeys.js
+                assertion = _json_object(form["assertion"]) if form.get("assertion") else None
+            except ValueError:
+                error = "the passkey confirmation was not readable; decide again"
+            else:
+                try:
+                    await approvals.vote(hub, principal, approval_id, decision, reason=form.get("reason"),
+                                         channel="app", assertion=assertion)
+                except PreloopError as exc:
+                    error = exc.message
         page = _page(request, "approval.html", **await self._detail(principal, approval_id), error=error)
         page.status_code = 200 if error is None else 422
         return page
@@ -203,12 +226,57 @@ class ConsoleController(Controller):
     # --- policies ------------------------------------------------------------------------------
 
     @get("/policies", operation_id="console_policies")
-    async def policies_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+    async def policies_page(
+        self, request: Request, principal: Principal, suggestion: str = ""  # type: ignore[type-arg]
+    ) -> Template:
         active = await policies.active_row(principal.org_id)
         source = active["source"] if active else ""
+        message = None
+        if suggestion:  # a gradual-autonomy suggestion, loaded into the editor for review (not applied)
+            found = await autonomy.suggestion(principal.org_id, suggestion)
+            if found is None:
+                message = "Not loaded: that suggestion no longer matches the recorded calls or the active policy."
+            else:
+                source = found.source
+                message = (f"Suggestion loaded into the editor, not applied: {found.summary} "
+                           "Check the dry run below, then Apply.")
         check = await policies.check_source(principal.org_id, source) if source else None
         return _page(request, "policies.html", source=source, active=active, check=check,
-                     versions=await policies.list_versions(principal.org_id), message=None)
+                     versions=await policies.list_versions(principal.org_id), message=message)
+
+    @post("/policies/dry-run", operation_id="console_policy_dry_run")
+    async def dry_run(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        form = await _form(request)
+        run, error = None, None
+        try:
+            run = await replay.dry_run(principal.org_id, form.get("source", ""))
+        except ValidationFailed as exc:
+            error = exc.message
+        return _page(request, "_dryrun.html", run=run, error=error, max_records=replay.MAX_RECORDS)
+
+    @post("/policies/rules", operation_id="console_policy_rules")
+    async def rules(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        form = await _form(request)
+        return _rules_page(request, form.get("source", ""), None, "")
+
+    @post("/policies/rules/move", operation_id="console_policy_rule_move")
+    async def move_rule(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        """Move one rule in the draft (not applied): answers the new rule list and the rewritten YAML."""
+        form = await _form(request)
+        source = form.get("source", "")
+        try:
+            entry, rule, to = int(form.get("entry", "")), int(form.get("rule", "")), int(form.get("to", ""))
+            moved = ruleedit.move_rule(source, entry, rule, to)
+        except ValueError:
+            page = _rules_page(request, source, None, "entry, rule and to must be numbers")
+        except ValidationFailed as exc:
+            page = _rules_page(request, source, None, exc.message)
+        else:
+            name = ruleedit.view(moved)[entry]["name"]
+            return _rules_page(request, moved, moved, "", comments_lost=ruleedit.has_comments(source),
+                               announce=f"{name}: rule {rule + 1} moved to position {to + 1}")
+        page.status_code = 422
+        return page
 
     @post("/policies/check", operation_id="console_policy_check")
     async def check(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
@@ -267,6 +335,13 @@ class ConsoleController(Controller):
             raise ValidationFailed("rollback needs a version number", detail={"field": "version"}) from exc
         await policies.rollback(principal.org_id, version, principal.actor, hub.bus, principal.user_id)
         return Redirect("/console/policies")
+
+    # --- gradual autonomy ----------------------------------------------------------------------
+
+    @get("/autonomy", operation_id="console_autonomy")
+    async def autonomy_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        return _page(request, "autonomy.html", report=await autonomy.report(principal.org_id),
+                     max_records=replay.MAX_RECORDS)
 
     # --- audit ---------------------------------------------------------------------------------
 
