@@ -26,12 +26,11 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-# The API reference at /schema: its renderer injects styles; scripts still only load from files
-# (the CDN until the hub serves them itself).
+# The API reference at /schema: Swagger UI sets inline style attributes; scripts still only load from
+# the hub's own files, and nothing loads from elsewhere.
 SCHEMA_CSP = (
-    "default-src 'self'; script-src 'self' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
-    "font-src 'self' data: https://cdn.jsdelivr.net https://fonts.scalar.com; connect-src 'self'; "
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self' data:; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 SECURITY_HEADERS = {
