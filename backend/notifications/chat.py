@@ -25,7 +25,7 @@ from backend.approvals import flows
 from backend.approvals.tables import ApprovalRequest, Vote
 from backend.audit.service import Actor, record
 from backend.errors import Conflict, Forbidden, NotFound, PreloopError, ValidationFailed
-from backend.notifications.chat_tables import ChatComment, ChatPost
+from backend.notifications.chat_tables import ChatActionToken, ChatComment, ChatPost
 from backend.notifications.tables import ChannelSetting
 from backend.transactions import write_transaction
 
@@ -470,3 +470,175 @@ async def comments_of_request(principal: Principal, request_id: str) -> list[dic
         }
         for r in rows
     ]
+
+
+# --- Mattermost: single-use button tokens --------------------------------------------------------
+
+TOKEN_LIFETIME_FALLBACK_DAYS = 7
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def issue_tokens(request_id: Any, post_id: str | None = None) -> dict[str, str]:
+    """A fresh token per decision for the request's post; decision → token (only hashes are stored)."""
+    import secrets
+    from datetime import timedelta
+
+    row = await flows.load_row(request_id)
+    expires = (row or {}).get("expires_at") or (now() + timedelta(days=TOKEN_LIFETIME_FALLBACK_DAYS))
+    if not isinstance(expires, datetime):
+        expires = datetime.fromisoformat(str(expires))
+    tokens = {decision: secrets.token_urlsafe(32) for decision in ("approve", "decline")}
+    await ChatActionToken.insert(
+        *[
+            ChatActionToken(
+                id=uuid.uuid4(),
+                token_hash=_token_hash(token),
+                request=request_id,
+                decision=decision,
+                post_id=post_id,
+                expires_at=expires,
+                created_at=now(),
+            )
+            for decision, token in tokens.items()
+        ]
+    )
+    return tokens
+
+
+async def bind_tokens(tokens: dict[str, str], post_id: str) -> None:
+    """Bind freshly issued tokens to the post that carries them (known only once it is created)."""
+    if tokens:
+        hashes = [_token_hash(t) for t in tokens.values()]
+        await ChatActionToken.update({ChatActionToken.post_id: post_id}).where(
+            ChatActionToken.token_hash.is_in(hashes) & ChatActionToken.post_id.is_null()
+        )
+
+
+async def _mattermost_email(hub: Hub, org_id: Any, user_id: str) -> str | None:
+    """The clicking user's email, when Mattermost says it is verified (GET /api/v4/users/{id}), cached."""
+    from backend.notifications import channel_settings
+    from backend.notifications.channels import ChannelError
+    from backend.notifications.channels.mattermost import api
+
+    assert hub.redis is not None
+    cache = f"chat:mattermost:user:{org_id}:{user_id}"
+    hit = await hub.redis.client.get(cache)
+    if hit is not None:
+        text = hit.decode() if isinstance(hit, bytes) else str(hit)
+        return text or None
+    settings = await channel_settings.resolve(hub, org_id, "mattermost")
+    url = str(settings.config.get("url") or "")
+    if not url or not settings.secret or not user_id.isalnum():
+        return None
+    try:
+        user = await api(url, settings.secret, "GET", f"/api/v4/users/{user_id}", {})
+    except ChannelError:
+        logger.warning("mattermost user lookup failed", extra={"mattermost_user": user_id})
+        return None
+    email = str(user.get("email") or "")
+    found = email.lower() if email and user.get("email_verified") and not user.get("delete_at") else ""
+    await hub.redis.client.set(cache, found, ex=USER_CACHE_SECONDS)
+    return found or None
+
+
+async def _mattermost_thread(hub: Hub, org_id: Any, request_id: Any, text: str) -> None:
+    from backend.notifications import channel_settings
+    from backend.notifications.channels.mattermost import api
+
+    post = await post_of(request_id, "mattermost")
+    settings = await channel_settings.resolve(hub, org_id, "mattermost")
+    if post is None or not settings.secret:
+        return
+    body = {"channel_id": post["channel"], "root_id": post["post_id"], "message": text}
+    await api(str(settings.config.get("url") or ""), settings.secret, "POST", "/api/v4/posts", body)
+
+
+async def handle_mattermost_action(hub: Hub, body: dict[str, Any]) -> dict[str, Any]:
+    """A button click: the token must exist, be unused, unexpired and belong to the clicked post."""
+    context = body.get("context") if isinstance(body.get("context"), dict) else {}
+    token = str((context or {}).get("token") or "")
+    post_id = str(body.get("post_id") or "")
+    user_id = str(body.get("user_id") or "")
+    found = await ChatActionToken.select().where(ChatActionToken.token_hash == _token_hash(token)).first()
+    if found is None:
+        logger.warning("mattermost action with an unknown token")
+        raise CallbackRefused("this button's token is not valid", code="bad_token")
+    row = await flows.load_row(found["request"])
+    assert row is not None
+    why = None
+    if found["post_id"] is None or not hmac.compare_digest(str(found["post_id"]), post_id):
+        why = ("token_wrong_post", "this button's token belongs to another post")
+    elif found["used_at"] is not None:
+        why = ("token_used", "this button was already used; each button decides once")
+    elif found["expires_at"] <= now():
+        why = ("token_expired", "this button has expired with its request")
+    if why:
+        await _audit_refusal(row["org"], row["id"], "mattermost", why[0], {"post_id": post_id, "user": user_id})
+        raise CallbackRefused(why[1], code=why[0])
+    email = await _mattermost_email(hub, row["org"], user_id)
+    principal = await principal_for(row["org"], email, "mattermost")
+    if principal is None:
+        async with write_transaction():
+            await record(
+                row["org"],
+                "approval.vote_rejected",
+                Actor("chat", user_id, f"mattermost user {user_id}"),
+                subject_type="approval",
+                subject_id=row["id"],
+                data={"why": "chat_user_unmapped", "via": "mattermost", "email": email, "mattermost_user": user_id},
+            )
+        return {"ephemeral_text": NOT_APPROVER}
+    decision = str(found["decision"])
+    if decision == "decline" and flows.policy_of(row).get("require_decline_reason"):
+        link = f"{hub.settings.server.base_url}/app/#/requests/{row['id']}"
+        return {"ephemeral_text": f"This policy requires a reason to decline: decline in the Preloop app, {link}"}
+    stamp = now()
+    async with write_transaction():
+        spent = (
+            await ChatActionToken.update({ChatActionToken.used_at: stamp})
+            .where((ChatActionToken.id == found["id"]) & ChatActionToken.used_at.is_null())
+            .returning(ChatActionToken.id)
+        )
+        if spent:  # its sibling (the other decision on the same post) goes with it; the post gets fresh ones
+            await ChatActionToken.update({ChatActionToken.used_at: stamp}).where(
+                (ChatActionToken.request == found["request"])
+                & (ChatActionToken.post_id == post_id)
+                & ChatActionToken.used_at.is_null()
+            )
+    if not spent:
+        await _audit_refusal(row["org"], row["id"], "mattermost", "token_used", {"post_id": post_id, "user": user_id})
+        raise CallbackRefused("this button was already used; each button decides once", code="token_used")
+    try:
+        # Its own transaction, so a refused vote is audited; the buttons then work again for others.
+        decided = await flows.record_vote(hub, principal, row, decision, channel="mattermost")
+    except (Forbidden, Conflict, ValidationFailed) as exc:
+        await ChatActionToken.update({ChatActionToken.used_at: None}).where(
+            (ChatActionToken.request == found["request"])
+            & (ChatActionToken.post_id == post_id)
+            & (ChatActionToken.used_at == stamp)
+        )
+        refused = isinstance(exc, Forbidden) and exc.code in {"not_eligible", "role_cannot_vote", "own_request"}
+        return {"ephemeral_text": NOT_APPROVER if refused else exc.message}
+    line = await progress_line(row, principal.email.split("@")[0], decision)
+    later(_mattermost_thread(hub, row["org"], row["id"], line))
+    return {"update": await _mattermost_update(hub, decided, post_id), "ephemeral_text": line}
+
+
+async def _mattermost_update(hub: Hub, row: dict[str, Any], post_id: str) -> dict[str, Any]:
+    """The post after a vote: the outcome without buttons, or fresh single-use buttons."""
+    from backend.notifications.channels.mattermost import attachment, callback_url, text_of
+    from backend.notifications.compose import compose
+
+    message = await compose(
+        row,
+        {"id": "update", "event": "outcome" if row["status"] != "pending" else "requested"},
+        hub.settings.server.base_url,
+    )
+    if row["status"] != "pending":
+        return {"message": text_of(message), "props": {"attachments": [{"text": f"**{message.outcome}**"}]}}
+    tokens = await issue_tokens(row["id"], post_id)
+    callback = callback_url(hub.settings.server.base_url)
+    return {"message": text_of(message), "props": {"attachments": [attachment(message, tokens, callback)]}}

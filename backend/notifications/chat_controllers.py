@@ -64,3 +64,23 @@ class CommentController(Controller):
 
 
 CONTROLLERS = [SlackController, CommentController]
+
+
+class MattermostController(Controller):
+    """Called by Mattermost: each button carries its own single-use token (Mattermost signs nothing)."""
+
+    path = "/api/v1/integrations/mattermost"
+    tags = ["chat"]
+
+    @post(
+        "/actions",
+        operation_id="mattermost_actions",
+        status_code=200,
+        request_max_body_size=BODY_LIMIT_SMALL,
+        summary="Mattermost interactive message actions: Approve/Decline clicks (token-bound)",
+    )
+    async def actions(self, data: dict[str, Any], hub: Hub) -> dict[str, Any]:
+        return await chat.handle_mattermost_action(hub, data)
+
+
+CONTROLLERS.append(MattermostController)

@@ -21,6 +21,7 @@ MODULES: dict[str, str] = {
     "push": "backend.notifications.channels.webpush",
     "webhook": "backend.notifications.channels.webhook",
     "slack": "backend.notifications.channels.slack",
+    "mattermost": "backend.notifications.channels.mattermost",
 }
 """Channel kind → module holding its `CHANNEL`."""
 

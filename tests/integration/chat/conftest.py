@@ -21,6 +21,9 @@ from backend.settings import Settings, load_settings
 BOT_TOKEN = "xoxb-test-bot-token"
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 CHANNEL = "C0PRELOOP"
+PUBLIC_URL = "http://127.0.0.1:8765"
+"""The hub on loopback: Mattermost callbacks may then be plain http (a local trial)."""
+MM_TOKEN = "mm-bot-token-0123456789"
 
 USERS = {
     "UALICE": {"email": "alice@acme.test", "confirmed": True},
@@ -131,6 +134,93 @@ def slack_api() -> Iterator[SlackApi]:
         server.server_close()
 
 
+@dataclass
+class MattermostApi:
+    """A local Mattermost REST API v4: posts (create, update) and users."""
+
+    url: str = ""
+    calls: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    posts: int = 0
+
+    def of(self, method: str, path: str) -> list[dict[str, Any]]:
+        return [body for m, p, body in list(self.calls) if m == method and p == path]
+
+    async def wait_for(self, method: str, path: str, count: int = 1, timeout: float = 20) -> list[dict[str, Any]]:
+        with anyio.fail_after(timeout):
+            while len(self.of(method, path)) < count:
+                await anyio.sleep(0.02)
+        return self.of(method, path)
+
+
+MM_USERS = {
+    "mmalice": {"email": "alice@acme.test", "email_verified": True},
+    "mmbob": {"email": "bob@acme.test", "email_verified": True},
+    "mmcarol": {"email": "carol@acme.test", "email_verified": True},
+}
+
+
+@pytest.fixture
+def mattermost_api() -> Iterator[MattermostApi]:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state = MattermostApi()
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self, status: int, document: dict[str, Any]) -> None:
+            body = json.dumps(document).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _handle(self, method: str) -> None:
+            raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+            body = json.loads(raw) if raw else {}
+            if self.headers.get("authorization") != f"Bearer {MM_TOKEN}":
+                self._answer(401, {"id": "api.context.session_expired.app_error", "status_code": 401})
+                return
+            with lock:
+                state.calls.append((method, self.path, body))
+                if method == "POST" and self.path == "/api/v4/posts":
+                    state.posts += 1
+                    self._answer(201, {**body, "id": f"post{state.posts:04d}", "create_at": 1700000000000})
+                elif method == "PUT" and self.path.startswith("/api/v4/posts/"):
+                    self._answer(200, {**body, "id": self.path.rsplit("/", 1)[-1]})
+                elif method == "GET" and self.path.startswith("/api/v4/users/"):
+                    uid = self.path.rsplit("/", 1)[-1]
+                    user = MM_USERS.get(uid)
+                    if user is None:
+                        self._answer(404, {"id": "app.user.missing_account.const", "status_code": 404})
+                    else:
+                        self._answer(200, {"id": uid, "username": uid, "delete_at": 0, **user})
+                else:
+                    self._answer(404, {"status_code": 404})
+
+        def do_GET(self) -> None:
+            self._handle("GET")
+
+        def do_POST(self) -> None:
+            self._handle("POST")
+
+        def do_PUT(self) -> None:
+            self._handle("PUT")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def settings(database_url: str, redis_url: str, tmp_path: Path, slack_api: SlackApi) -> Settings:
     return load_settings(
@@ -141,7 +231,7 @@ def settings(database_url: str, redis_url: str, tmp_path: Path, slack_api: Slack
             "PRELOOP_DEMO": "false",
             "PRELOOP_SECRET_KEY": "test-secret",
             "PRELOOP_SWEEP_SECONDS": "1",
-            "PRELOOP_PUBLIC_URL": "http://hub.test",
+            "PRELOOP_PUBLIC_URL": PUBLIC_URL,
             "PRELOOP_SLACK_API_URL": slack_api.url,
             "PRELOOP_NOTIFY_MAX_ATTEMPTS": "3",
             "PRELOOP_NOTIFY_BACKOFF_MS": "50",

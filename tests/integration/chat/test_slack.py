@@ -15,6 +15,7 @@ from tests.integration.approvals.support import apply_policy, create
 from tests.integration.chat.conftest import (
     BOT_TOKEN,
     CHANNEL,
+    PUBLIC_URL,
     SIGNING_SECRET,
     SlackApi,
     click,
@@ -232,7 +233,7 @@ async def test_passkey_request_cannot_be_approved_from_slack(
     [actions] = [b for b in posted["blocks"] if b["type"] == "actions"]
     # The only button is a link to the approver app.
     assert [(a["action_id"], a["url"]) for a in actions["elements"]] == [
-        ("preloop_open", f"http://hub.test/app/#/requests/{rid}")
+        ("preloop_open", f"{PUBLIC_URL}/app/#/requests/{rid}")
     ]
     # A forged-but-signed Approve click (someone crafting the payload) still decides nothing.
     for action in ("approve", "decline"):
