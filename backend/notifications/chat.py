@@ -39,6 +39,7 @@ SLACK_TOLERANCE_SECONDS = 300
 REPLAY_TTL_SECONDS = 2 * SLACK_TOLERANCE_SECONDS
 """Signatures seen are remembered this long: longer than the tolerance, so a replay is always caught."""
 USER_CACHE_SECONDS = 300
+LOOKUP_TIMEOUT_SECONDS = 2.0
 NOT_APPROVER = "you are not an approver of this request"
 DECLINE_MODAL = "preloop_decline"
 
@@ -185,6 +186,14 @@ async def refuse_unverified(exc: CallbackRefused, body: bytes, chat: str = "slac
     await _audit_refusal(row["org"], row["id"], chat, str(exc.code), {"message": exc.message})
 
 
+async def slack_views_open(hub: Hub, org_id: Any, signer: Signer, trigger_id: str, view: dict[str, Any]) -> None:
+    from backend.notifications.channels.slack import call, client
+
+    token = await _bot_token(hub, org_id) or signer.bot_token
+    # trigger_id lives 3 s: open the modal now, inside the interaction's answer.
+    await call(client(hub, token).views_open(trigger_id=trigger_id, view=view), within=LOOKUP_TIMEOUT_SECONDS)
+
+
 # --- Slack users → Preloop users ----------------------------------------------------------------
 
 
@@ -201,7 +210,8 @@ async def slack_email(hub: Hub, signer: Signer, org_id: Any, slack_user: str) ->
         return text or None
     token = await _bot_token(hub, org_id) or signer.bot_token
     try:
-        answer = await call(client(hub, token).users_info(user=slack_user))
+        # Within Slack's 3 s for an interaction answer; an unanswered lookup maps nobody.
+        answer = await call(client(hub, token).users_info(user=slack_user), within=LOOKUP_TIMEOUT_SECONDS)
     except ChannelError:
         logger.warning("users.info failed", extra={"slack_user": slack_user})
         return None
@@ -334,17 +344,18 @@ async def handle_slack_interaction(hub: Hub, headers: dict[str, str], body: byte
             raise CallbackRefused(
                 "the button names no request of this workspace's organization", code="unknown_request"
             )
-        if decision == "decline" and flows.policy_of(row).get("require_decline_reason"):
-            if flows.policy_of(row).get("require_passkey"):
-                await _vote(hub, signer, row, slack_user, channel, decision, None)
+        policy = flows.policy_of(row)
+        if decision == "decline" and policy.get("require_decline_reason") and not policy.get("require_passkey"):
+            # Only someone who may decline is asked why; anyone else is refused (and audited) below.
+            principal = await principal_for(row["org"], await slack_email(hub, signer, row["org"], slack_user), "slack")
+            if (
+                principal is not None
+                and principal.can_decide
+                and str(principal.user_id) in await flows.eligible_users(row)
+            ):
+                trigger = str(payload.get("trigger_id") or "")
+                await slack_views_open(hub, row["org"], signer, trigger, _decline_modal(row))
                 return None
-            from backend.notifications.channels.slack import call, client
-
-            token = await _bot_token(hub, row["org"]) or signer.bot_token
-            await call(
-                client(hub, token).views_open(trigger_id=str(payload.get("trigger_id") or ""), view=_decline_modal(row))
-            )
-            return None
         await _vote(hub, signer, row, slack_user, channel, decision, None)
         return None
     if kind == "view_submission":

@@ -175,6 +175,11 @@ MATRIX: dict[str, tuple[Prepare, dict[str, int]]] = {
     # Chat (#13): Slack's callbacks are authenticated by Slack's signature only; keys and sessions count for nothing.
     "slack_interactions": (_slack_click, NOBODY),
     "slack_events": (fixed("POST", "/api/v1/integrations/slack/events", json={"type": "url_verification"}), NOBODY),
+    # Mattermost's callback: only a live single-use button token counts (docs/chat.md).
+    "mattermost_actions": (
+        fixed("POST", "/api/v1/integrations/mattermost/actions", json={"post_id": "p1", "context": {"token": "x"}}),
+        NOBODY,
+    ),
     "list_approval_comments": (on_pending("GET", "/comments"), row(401, 403, 200, 200, 200, 200, 404)),
 }
 STREAMING = {"stream_events"}

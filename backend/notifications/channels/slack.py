@@ -128,10 +128,10 @@ def outcome_blocks(message: Message) -> list[dict[str, Any]]:
     ]
 
 
-async def call(coro: Any) -> dict[str, Any]:
+async def call(coro: Any, *, within: float = SEND_TIMEOUT) -> dict[str, Any]:
     """One Web API call; Slack's refusals become ChannelErrors (permanent unless Slack may recover)."""
     try:
-        response = await asyncio.wait_for(coro, timeout=SEND_TIMEOUT)
+        response = await asyncio.wait_for(coro, timeout=within)
     except SlackApiError as exc:
         error = str(exc.response.get("error") or exc.response.status_code)
         raise ChannelError(f"slack refused: {error}", permanent=error not in TRANSIENT) from exc
