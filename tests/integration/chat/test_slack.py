@@ -286,3 +286,27 @@ async def test_thread_replies_are_the_requests_discussion(client: Any, org: Org,
     ]
     agent = await client.get(f"/api/v1/approvals/{rid}/comments", headers=auth(org.agent_token))
     assert agent.status_code == 403
+
+
+async def test_only_people_who_may_decline_are_asked_why(client: Any, org: Org, hub: Any, slack_api: SlackApi) -> None:
+    await _setup(client, org)
+    rid = (await create(client, org, "drop_table", {"table": "users"}))["id"]
+    async with worker_running(hub):
+        await slack_api.wait_for("chat.postMessage")
+    for user in ("UCAROL", "UMALLORY"):
+        answer = await _post(client, click(rid, "decline", user))
+        assert answer.status_code == 200
+        await slack_api.wait_for("chat.postEphemeral", user=user)
+    assert slack_api.of("views.open") == []
+    # A modal submission forged for someone who may not vote is refused like a click.
+    refused = await _post(client, submission(rid, "UCAROL", "because"))
+    assert refused.json() == {
+        "response_action": "errors",
+        "errors": {"reason": "you are not an approver of this request"},
+    }
+    assert await Vote.count().where(Vote.request == rid) == 0
+    assert sorted(r["why"] for r in await _audits(org, rid, "approval.vote_rejected")) == [
+        "chat_user_unmapped",
+        "not_eligible",
+        "not_eligible",
+    ]
