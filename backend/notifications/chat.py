@@ -231,6 +231,19 @@ async def _bot_token(hub: Hub, org_id: Any) -> str:
     return secrets_of(resolved.secret).get("bot_token", "")
 
 
+async def audit_unmapped(row: dict[str, Any], chat: str, chat_user: str, email: str | None) -> None:
+    """A click by someone who maps to no Preloop user of the request's organization: on the record."""
+    async with write_transaction():
+        await record(
+            row["org"],
+            "approval.vote_rejected",
+            Actor("chat", chat_user, f"{chat} user {chat_user}"),
+            subject_type="approval",
+            subject_id=row["id"],
+            data={"why": "chat_user_unmapped", "via": chat, "email": email, "chat_user": chat_user},
+        )
+
+
 async def principal_for(org_id: Any, email: str | None, chat: str) -> Principal | None:
     if not email:
         return None
@@ -384,15 +397,7 @@ async def _vote(
     principal = await principal_for(row["org"], email, "slack")
     problem: str | None = None
     if principal is None:
-        async with write_transaction():
-            await record(
-                row["org"],
-                "approval.vote_rejected",
-                Actor("chat", slack_user, f"slack user {slack_user}"),
-                subject_type="approval",
-                subject_id=row["id"],
-                data={"why": "chat_user_unmapped", "via": "slack", "email": email, "slack_user": slack_user},
-            )
+        await audit_unmapped(row, "slack", slack_user, email)
         problem = NOT_APPROVER
     else:
         try:
@@ -592,15 +597,7 @@ async def handle_mattermost_action(hub: Hub, body: dict[str, Any]) -> dict[str, 
     email = await _mattermost_email(hub, row["org"], user_id)
     principal = await principal_for(row["org"], email, "mattermost")
     if principal is None:
-        async with write_transaction():
-            await record(
-                row["org"],
-                "approval.vote_rejected",
-                Actor("chat", user_id, f"mattermost user {user_id}"),
-                subject_type="approval",
-                subject_id=row["id"],
-                data={"why": "chat_user_unmapped", "via": "mattermost", "email": email, "mattermost_user": user_id},
-            )
+        await audit_unmapped(row, "mattermost", user_id, email)
         return {"ephemeral_text": NOT_APPROVER}
     decision = str(found["decision"])
     if decision == "decline" and flows.policy_of(row).get("require_decline_reason"):
