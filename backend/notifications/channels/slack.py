@@ -151,6 +151,9 @@ class SlackChannel:
                 "slack is not configured: PUT /api/v1/channels/slack {bot_token, signing_secret, channel}", True
             )
         web = client(target.hub, keys["bot_token"])
+        if message.event == "test":  # the settings page's test: a plain message, nothing remembered
+            answer = await call(web.chat_postMessage(channel=channel_id, text=f"{message.title}: {message.summary}"))
+            return Answer(f"ts={answer.get('ts')}")
         post = await chat.post_of(message.request_id, self.kind)
         if message.event == "requested" or post is None:
             if post is not None:  # a retry after Slack accepted: never a second message

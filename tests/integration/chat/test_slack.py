@@ -310,3 +310,56 @@ async def test_only_people_who_may_decline_are_asked_why(client: Any, org: Org, 
         "not_eligible",
         "not_eligible",
     ]
+
+
+async def test_slack_settings_are_checked_and_testable(client: Any, org: Org, hub: Any, slack_api: SlackApi) -> None:
+    admin = auth(org.admin_token)
+    for body, field in (
+        ({"channel": "#approvals", "bot_token": BOT_TOKEN, "signing_secret": SIGNING_SECRET}, "channel"),
+        ({"channel": CHANNEL, "bot_token": "xoxp-user-token", "signing_secret": SIGNING_SECRET}, "bot_token"),
+        ({"channel": CHANNEL, "bot_token": BOT_TOKEN, "signing_secret": "short"}, "signing_secret"),
+        ({"channel": CHANNEL, "bot_token": BOT_TOKEN}, "signing_secret"),
+    ):
+        refused = await client.put("/api/v1/channels/slack", json=body, headers=admin)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["detail"]["field"] == field
+    not_admin = await client.put(
+        "/api/v1/channels/slack", json={"channel": CHANNEL}, headers=auth(org.approver_tokens["alice"])
+    )
+    assert not_admin.status_code == 403
+    await _setup(client, org)
+    # Changing only the channel keeps the sealed secrets.
+    moved = await client.put("/api/v1/channels/slack", json={"channel": "C0OTHER"}, headers=admin)
+    assert moved.status_code == 200 and moved.json()["secret_set"]
+    tested = await client.post("/api/v1/channels/slack/test", headers=admin)
+    assert tested.status_code == 200 and tested.json()["ok"], tested.text
+    [sent] = await slack_api.wait_for("chat.postMessage")
+    assert sent["channel"] == "C0OTHER" and "test" in sent["text"]
+
+
+def test_chat_defaults_come_from_the_environment() -> None:
+    from backend.settings import load_settings
+
+    chat = load_settings(
+        {
+            "PRELOOP_SLACK_BOT_TOKEN": "xoxb-env",
+            "PRELOOP_SLACK_SIGNING_SECRET": "env-signing-secret",
+            "PRELOOP_SLACK_CHANNEL": "C0ENV",
+            "PRELOOP_SLACK_API_URL": "http://127.0.0.1:9/api",
+            "PRELOOP_MATTERMOST_URL": "https://chat.example.com/",
+            "PRELOOP_MATTERMOST_TOKEN": "mm-env",
+            "PRELOOP_MATTERMOST_CHANNEL": "town-square",
+        }
+    ).chat
+    assert (chat.slack_bot_token, chat.slack_signing_secret, chat.slack_channel) == (
+        "xoxb-env",
+        "env-signing-secret",
+        "C0ENV",
+    )
+    assert chat.slack_api_url == "http://127.0.0.1:9/api/"
+    assert (chat.mattermost_url, chat.mattermost_token, chat.mattermost_channel) == (
+        "https://chat.example.com",
+        "mm-env",
+        "town-square",
+    )
+    assert load_settings({}).chat.slack_api_url == "https://slack.com/api/"
