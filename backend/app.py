@@ -27,6 +27,7 @@ from backend.console import web as console
 from backend.deps import provide_hub, resolve_principal
 from backend.errors import PreloopError, RateLimited
 from backend.hub import Hub
+from backend.notifications.chat_controllers import CONTROLLERS as CHAT_CONTROLLERS
 from backend.notifications.controllers import CONTROLLERS as NOTIFICATION_CONTROLLERS
 from backend.observability.asgi import ObservedApp
 from backend.observability.controllers import ObservabilityController
@@ -123,6 +124,7 @@ def route_handlers() -> list[Any]:
     handlers.extend(console.route_handlers())
     handlers.append(create_static_files_router(path="/static", directories=[STATIC_DIR], name="static"))
     handlers.extend(NOTIFICATION_CONTROLLERS)
+    handlers.extend(CHAT_CONTROLLERS)
     if PWA_DIR.is_dir():
         handlers.append(create_static_files_router(path="/app", directories=[PWA_DIR], html_mode=True, name="pwa"))
     return handlers

@@ -19,6 +19,7 @@ from backend.accounts.tables import (
 )
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
 from backend.audit.tables import AuditEvent, AuditHead
+from backend.notifications.chat_tables import ChatActionToken, ChatComment, ChatPost
 from backend.notifications.tables import (
     ChannelSetting,
     EmailActionToken,
@@ -51,6 +52,9 @@ ALL_TABLES = [
     NotificationPreference,
     EmailActionToken,
     HubKey,
+    ChatPost,
+    ChatComment,
+    ChatActionToken,
     AuditEvent,
     AuditHead,
 ]

@@ -178,6 +178,24 @@ class NotificationSettings:
 
 
 @dataclass(frozen=True)
+class ChatSettings:
+    slack_bot_token: str = ""
+    """PRELOOP_SLACK_BOT_TOKEN: default Slack bot token (xoxb-…) for organizations that set none."""
+    slack_signing_secret: str = ""
+    """PRELOOP_SLACK_SIGNING_SECRET: the Slack app's signing secret; interaction callbacks are checked with it."""
+    slack_channel: str = ""
+    """PRELOOP_SLACK_CHANNEL: default Slack channel id (C…) requests are posted to."""
+    slack_api_url: str = "https://slack.com/api/"
+    """PRELOOP_SLACK_API_URL: base URL of the Slack Web API (a local stand-in in tests)."""
+    mattermost_url: str = ""
+    """PRELOOP_MATTERMOST_URL: default Mattermost server, e.g. https://chat.example.com."""
+    mattermost_token: str = ""
+    """PRELOOP_MATTERMOST_TOKEN: default Mattermost bot access token."""
+    mattermost_channel: str = ""
+    """PRELOOP_MATTERMOST_CHANNEL: default Mattermost channel id requests are posted to."""
+
+
+@dataclass(frozen=True)
 class DemoSettings:
     enabled: bool = True
     """PRELOOP_DEMO: on first start create a demo org, an admin login and the demo policy."""
@@ -200,6 +218,7 @@ class Settings:
     demo: DemoSettings = field(default_factory=DemoSettings)
     observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     notifications: NotificationSettings = field(default_factory=NotificationSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
 
     @property
     def database_url(self) -> str:
@@ -285,6 +304,15 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         approvals=ApprovalSettings(
             max_wait_seconds=_int(env, "PRELOOP_MAX_WAIT_SECONDS", 60, lo=1, hi=3600),
             sweep_seconds=_int(env, "PRELOOP_SWEEP_SECONDS", 5, lo=1, hi=3600),
+        ),
+        chat=ChatSettings(
+            slack_bot_token=_env(env, "PRELOOP_SLACK_BOT_TOKEN"),
+            slack_signing_secret=_env(env, "PRELOOP_SLACK_SIGNING_SECRET"),
+            slack_channel=_env(env, "PRELOOP_SLACK_CHANNEL"),
+            slack_api_url=(_env(env, "PRELOOP_SLACK_API_URL") or ChatSettings.slack_api_url).rstrip("/") + "/",
+            mattermost_url=_env(env, "PRELOOP_MATTERMOST_URL").rstrip("/"),
+            mattermost_token=_env(env, "PRELOOP_MATTERMOST_TOKEN"),
+            mattermost_channel=_env(env, "PRELOOP_MATTERMOST_CHANNEL"),
         ),
         demo=DemoSettings(enabled=_bool(env, "PRELOOP_DEMO", True)),
         observability=ObservabilitySettings(metrics_token=_env(env, "PRELOOP_METRICS_TOKEN")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,8 +19,8 @@ from backend.transactions import write_transaction
 if TYPE_CHECKING:
     from backend.hub import Hub
 
-SETTABLE = ("email", "push", "webhook")
-"""Kinds an admin configures here; slack and mattermost arrive with the chat issue."""
+SETTABLE = ("email", "push", "webhook", "slack", "mattermost")
+"""Kinds an admin configures here."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ async def resolve(hub: Hub, org_id: Any, kind: str) -> Resolved:
         return Resolved(kind, True, True, config, env.smtp_url, "environment")
     if kind in {"push", "web"}:
         return Resolved(kind, True, True, {}, None, "environment")
+    chat = hub.settings.chat
+    if kind == "slack" and chat.slack_bot_token and chat.slack_channel:
+        secret = json.dumps({"bot_token": chat.slack_bot_token, "signing_secret": chat.slack_signing_secret})
+        return Resolved(kind, True, True, {"channel": chat.slack_channel}, secret, "environment")
+    if kind == "mattermost" and chat.mattermost_url and chat.mattermost_token and chat.mattermost_channel:
+        config = {"url": chat.mattermost_url, "channel": chat.mattermost_channel}
+        return Resolved(kind, True, True, config, chat.mattermost_token, "environment")
     return Resolved(kind, True, False, {}, None, "none")
 
 
@@ -136,7 +144,53 @@ def _validate(kind: str, body: dict[str, Any], previous: Resolved) -> tuple[dict
         if subject and not subject.startswith(("mailto:", "https://")):
             raise ValidationFailed("push subject must be mailto:… or https://…", detail={"field": "subject"})
         return ({"subject": subject} if subject else {}), None
+    if kind == "slack":
+        return _validate_slack(body, previous)
+    if kind == "mattermost":
+        return _validate_mattermost(body, previous)
     raise NotFound(f"no channel kind {kind!r}; settable kinds: {', '.join(SETTABLE)}")
+
+
+def _validate_slack(body: dict[str, Any], previous: Resolved) -> tuple[dict[str, Any], str | None]:
+    """Slack: `channel` (a channel id), secrets `bot_token` and `signing_secret` sealed together."""
+    channel = str(body.get("channel") or previous.config.get("channel") or "").strip()
+    if not channel or not channel.isalnum():
+        raise ValidationFailed(
+            "slack needs channel: the channel id (C0123456789), not its name", detail={"field": "channel"}
+        )
+    kept = json.loads(previous.secret) if previous.secret else {}
+    token = body.get("bot_token")
+    signing = body.get("signing_secret")
+    if token is not None and not str(token).startswith("xoxb-"):
+        raise ValidationFailed("slack bot_token must be a bot token (xoxb-…)", detail={"field": "bot_token"})
+    if signing is not None and len(str(signing)) < 16:
+        raise ValidationFailed(
+            "slack signing_secret is the app's Signing Secret (Basic Information page)",
+            detail={"field": "signing_secret"},
+        )
+    merged = {
+        "bot_token": str(token) if token is not None else kept.get("bot_token", ""),
+        "signing_secret": str(signing) if signing is not None else kept.get("signing_secret", ""),
+    }
+    for name, value in merged.items():
+        if not value:
+            raise ValidationFailed(f"slack needs {name}", detail={"field": name})
+    changed = token is not None or signing is not None
+    return {"channel": channel}, (json.dumps(merged) if changed else None)
+
+
+def _validate_mattermost(body: dict[str, Any], previous: Resolved) -> tuple[dict[str, Any], str | None]:
+    """Mattermost: server `url`, `channel` id, secret `token` (a bot's access token)."""
+    url = str(body.get("url") or previous.config.get("url") or "").strip().rstrip("/")
+    if urlsplit(url).scheme not in {"http", "https"} or not urlsplit(url).hostname:
+        raise ValidationFailed("mattermost needs url: https://chat.example.com", detail={"field": "url"})
+    channel = str(body.get("channel") or previous.config.get("channel") or "").strip()
+    if not channel:
+        raise ValidationFailed("mattermost needs channel: the channel id", detail={"field": "channel"})
+    token = body.get("token")
+    if token is None and previous.secret is None:
+        raise ValidationFailed("mattermost needs token: the bot's access token", detail={"field": "token"})
+    return {"url": url, "channel": channel}, (str(token) if token is not None else None)
 
 
 async def put_channel(hub: Hub, org_id: Any, actor: Actor, kind: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,14 @@ class ChannelBody(msgspec.Struct, forbid_unknown_fields=True):
     """webhook: the HMAC key of `Preloop-Signature` (stored encrypted, never returned)."""
     subject: str | None = None
     """push: the VAPID `sub` claim, mailto:… or https://…"""
+    channel: str | None = None
+    """slack, mattermost: the channel id messages are posted to."""
+    bot_token: str | None = None
+    """slack: the bot token, xoxb-… (stored encrypted, never returned)."""
+    signing_secret: str | None = None
+    """slack: the app's signing secret that callbacks are verified with (stored encrypted, never returned)."""
+    token: str | None = None
+    """mattermost: the bot's access token (stored encrypted, never returned)."""
 
     def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"enabled": self.enabled}
@@ -61,6 +69,10 @@ class ChannelBody(msgspec.Struct, forbid_unknown_fields=True):
             ("url", self.url),
             ("secret", self.secret),
             ("subject", self.subject),
+            ("channel", self.channel),
+            ("bot_token", self.bot_token),
+            ("signing_secret", self.signing_secret),
+            ("token", self.token),
         ):
             if value is not None:
                 body[name] = value
@@ -111,3 +123,15 @@ class Unsubscribe(msgspec.Struct):
 class Subscription(msgspec.Struct):
     id: str
     endpoint: str
+
+
+class Comment(msgspec.Struct):
+    """One reply in a request's chat thread."""
+
+    id: str
+    source: str
+    """slack or mattermost"""
+    author: str
+    """the Preloop user's email when the chat user maps to one, else `slack:<user id>`"""
+    text: str
+    created_at: str

@@ -24,7 +24,7 @@ from backend.audit.service import Actor, record
 from backend.bus import Bus
 from backend.events import publish_event
 from backend.notifications import channel_settings, preferences
-from backend.notifications.channels import ChannelError, Recipient, Target, get_channel
+from backend.notifications.channels import CHAT_KINDS, ChannelError, Recipient, Target, get_channel
 from backend.notifications.compose import compose, request_facts
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
 from backend.transactions import lock, write_transaction
@@ -44,6 +44,8 @@ SWEEP_GRACE = timedelta(seconds=10)
 SWEEP_BATCH = 1000
 ACTIONABLE = frozenset({"requested", "escalated", "reminder"})
 FINAL = frozenset({"sent", "failed", "skipped"})
+PERSONAL_EXEMPT = frozenset({"web"} | CHAT_KINDS)
+"""Channels one person's preferences and quiet hours do not hold (chat posts to a shared channel)."""
 
 
 def now() -> datetime:
@@ -81,6 +83,7 @@ async def queue_deliveries(
     """
     event = event or event_name(level)
     channel_list = list(dict.fromkeys(channels))
+    approvers_list = list(approvers)
     payload = {
         "request_id": str(request["id"]),
         "tool": request["tool"],
@@ -91,23 +94,33 @@ async def queue_deliveries(
         "escalation_level": level,
     }
     stamp = now()
-    rows = [
-        NotificationDelivery(
+
+    def row(user_id: Any, email: str, channel: str, recipient: Any) -> NotificationDelivery:
+        return NotificationDelivery(
             id=uuid.uuid4(),
             org=org_id,
             request=request["id"],
             user=user_id,
             channel=channel,
-            dedupe_key=dedupe_key(request["id"], user_id, channel, event),
+            dedupe_key=dedupe_key(request["id"], recipient, channel, event),
             escalation_level=level,
             status="queued",
-            payload={**payload, "email": email},
+            payload={**payload, "email": email, **({"recipient": "channel"} if recipient == "channel" else {})},
             created_at=stamp,
             event=event,
         )
-        for user_id, email in approvers
+
+    rows = [
+        row(user_id, email, channel, user_id)
+        for user_id, email in approvers_list
         for channel in channel_list
+        if channel not in CHAT_KINDS
     ]
+    people = sorted(approvers_list, key=lambda p: str(p[0]))
+    if people:  # a chat channel gets one message per request, in the channel, not one per approver
+        rows += [
+            row(people[0][0], people[0][1], channel, "channel") for channel in channel_list if channel in CHAT_KINDS
+        ]
     if not rows:
         return []
     inserted = await (
@@ -461,9 +474,9 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
         pref = await preferences.get(user["id"])
         if not settings.enabled:
             skip = f"the {delivery['channel']} channel is turned off for this organization"
-        elif delivery["channel"] != "web" and not pref.wants(delivery["channel"]):
+        elif delivery["channel"] not in PERSONAL_EXEMPT and not pref.wants(delivery["channel"]):
             skip = f"{user['email']} turned {delivery['channel']} notifications off"
-        elif delivery["channel"] != "web" and request.get("risk") != "critical":
+        elif delivery["channel"] not in PERSONAL_EXEMPT and request.get("risk") != "critical":
             until = pref.quiet_until(started)
             if until is not None:
                 await _finish(

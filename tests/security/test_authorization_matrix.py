@@ -41,6 +41,7 @@ ADMINS_CREATE = row(401, 403, 403, 403, 403, 201, 201)
 ONE_REQUEST = row(401, 200, 200, 200, 200, 200, 404)
 VOTE = row(401, 403, 403, 200, 403, 200, 404)
 RUNNER = row(401, 200, 403, 403, 403, 200, 404)
+NOBODY = row(401, 401, 401, 401, 401, 401, 401)  # only a request signed by Slack gets through
 
 
 def fixed(method: str, path: str, **kwargs: Any) -> Prepare:
@@ -109,6 +110,11 @@ async def _revoke(client: Any, cast: Cast) -> Call:
     return "POST", f"/api/v1/grants/{await grant_id(client, cast)}/revoke", {"json": {}}
 
 
+async def _slack_click(_client: Any, _cast: Cast) -> Call:
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    return "POST", "/api/v1/integrations/slack/interactions", {"content": b"payload=%7B%7D", "headers": form}
+
+
 async def _logout(_client: Any, _cast: Cast) -> Call:
     return "POST", "/api/v1/auth/logout", {}
 
@@ -166,6 +172,15 @@ MATRIX: dict[str, tuple[Prepare, dict[str, int]]] = {
     "list_grants": (fixed("GET", "/api/v1/grants"), PEOPLE),
     "revoke_grant": (_revoke, row(401, 403, 403, 200, 403, 200, 404)),
     "stream_events": (fixed("GET", "/api/v1/events"), PEOPLE),
+    # Chat (#13): Slack's callbacks are authenticated by Slack's signature only; keys and sessions count for nothing.
+    "slack_interactions": (_slack_click, NOBODY),
+    "slack_events": (fixed("POST", "/api/v1/integrations/slack/events", json={"type": "url_verification"}), NOBODY),
+    # Mattermost's callback: only a live single-use button token counts (docs/chat.md).
+    "mattermost_actions": (
+        fixed("POST", "/api/v1/integrations/mattermost/actions", json={"post_id": "p1", "context": {"token": "x"}}),
+        NOBODY,
+    ),
+    "list_approval_comments": (on_pending("GET", "/comments"), row(401, 403, 200, 200, 200, 200, 404)),
 }
 STREAMING = {"stream_events"}
 

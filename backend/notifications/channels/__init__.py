@@ -20,8 +20,13 @@ MODULES: dict[str, str] = {
     "email": "backend.notifications.channels.email",
     "push": "backend.notifications.channels.webpush",
     "webhook": "backend.notifications.channels.webhook",
+    "slack": "backend.notifications.channels.slack",
+    "mattermost": "backend.notifications.channels.mattermost",
 }
-"""Channel kind → module holding its `CHANNEL`; the chat issue adds slack and mattermost here."""
+"""Channel kind → module holding its `CHANNEL`."""
+
+CHAT_KINDS = frozenset({"slack", "mattermost"})
+"""Channels that post once per request to an organization's channel, not once per approver."""
 
 
 @dataclass(frozen=True)
