@@ -204,7 +204,7 @@ def test_keys_show_labels_scope_and_calls_per_day(live_hub: LiveHub, org: Org, b
     page.click("form[action='/console/keys'] button[type=submit]")
     token = page.inner_text("#new-token")
     row = page.locator("tr[data-name='billing-bot']")
-    assert row.locator("td.labels").inner_text().split() == ["team=payments", "env=prod"]
+    assert sorted(row.locator("td.labels").inner_text().split()) == ["env=prod", "team=payments"]
     assert row.locator("td.scope").inner_text() == "agent"
     page.fill("#key-name", "bad-labels")
     page.fill("#key-labels", "team")
