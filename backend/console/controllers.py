@@ -278,7 +278,8 @@ class ConsoleController(Controller):
                            "Check the dry run below, then Apply.")
         check = await policies.check_source(principal.org_id, source) if source else None
         return _page(request, "policies.html", source=source, active=active, check=check,
-                     versions=await policies.list_versions(principal.org_id), message=message)
+                     versions=await policies.list_versions(principal.org_id), message=message,
+                     approval_names=ruleedit.approval_policy_names(source))
 
     @post("/policies/dry-run", operation_id="console_policy_dry_run")
     async def dry_run(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
@@ -312,6 +313,25 @@ class ConsoleController(Controller):
             return _rules_page(request, moved, moved, "", comments_lost=ruleedit.has_comments(source),
                                announce=f"{name}: rule {rule + 1} moved to position {to + 1}")
         page.status_code = 422
+        return page
+
+    @post("/policies/quorum", operation_id="console_policy_quorum")
+    async def set_quorum(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        """Set one approval policy's quorum in the draft (not applied): the editor gets the rewritten YAML."""
+        form = await _form(request)
+        source, name = form.get("source", ""), form.get("approval_policy", "")
+        try:
+            source = ruleedit.set_quorum(source, name, int(form.get("quorum", "")))
+            message = f"Quorum of {name} set to {form['quorum']} in the draft, not applied yet: check it, then Apply."
+        except ValueError:
+            message = "Not changed: the quorum must be a whole number"
+        except ValidationFailed as exc:
+            message = f"Not changed: {exc.message}"
+        page = _page(request, "policies.html", source=source, active=await policies.active_row(principal.org_id),
+                     check=await policies.check_source(principal.org_id, source) if source else None,
+                     versions=await policies.list_versions(principal.org_id), message=message,
+                     approval_names=ruleedit.approval_policy_names(source))
+        page.status_code = 422 if message.startswith("Not ") else 200
         return page
 
     @post("/policies/check", operation_id="console_policy_check")
@@ -353,7 +373,8 @@ class ConsoleController(Controller):
         active = await policies.active_row(principal.org_id)
         return _page(request, "policies.html", source=source, active=active,
                      check=await policies.check_source(principal.org_id, source),
-                     versions=await policies.list_versions(principal.org_id), message=message)
+                     versions=await policies.list_versions(principal.org_id), message=message,
+                     approval_names=ruleedit.approval_policy_names(source))
 
     @get("/policies/versions/{version:int}", operation_id="console_policy_version")
     async def version(self, request: Request, principal: Principal, version: int) -> Template:  # type: ignore[type-arg]

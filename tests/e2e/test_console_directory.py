@@ -81,11 +81,22 @@ def test_team_of_five_and_quorum_two_through_the_ui(live_hub: LiveHub, org: Org,
     assert page.locator("section[data-team='payments'] li[data-member]").count() == 5
     assert serious_violations(page) == []
 
-    # Quorum 2 in the policy editor, applied.
+    # The policy in the editor (quorum 1), applied; then quorum 2 with the structured field, applied.
     page.goto(f"{live_hub.url}/console/policies")
-    page.locator("#source").fill(PAYMENTS_POLICY.replace("quorum: 1", "quorum: 2"))
+    page.locator("#source").fill(PAYMENTS_POLICY)
     page.click("#apply")
     page.wait_for_selector("#apply-message:has-text('Applied as version 1')")
+    page.select_option("#quorum-policy", "payments-approvals")
+    page.fill("#quorum-value", "0")
+    page.click("#set-quorum")
+    page.wait_for_selector("#apply-message:has-text('Not changed: a quorum is at least 1')")
+    page.fill("#quorum-value", "2")
+    page.click("#set-quorum")
+    page.wait_for_selector("#apply-message:has-text('Quorum of payments-approvals set to 2 in the draft')")
+    assert "quorum: 2" in page.input_value("#source") and page.inner_text("#active-version") == "1"
+    assert serious_violations(page) == []
+    page.click("#apply")
+    page.wait_for_selector("#apply-message:has-text('Applied as version 2')")
 
     # Who can vote where, from the active policy: team members directly, carol by escalation.
     page.goto(f"{live_hub.url}/console/people")
