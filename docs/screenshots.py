@@ -72,6 +72,9 @@ def _fill(url: str, keys: dict[str, str]) -> str:
                 "arguments": {"environment": "production", "version": version}})
             http.post(f"/api/v1/approvals/{answer.json()['id']}/approve",
                       headers={"Authorization": f"Bearer {keys['alice']}"})
+        records = [{"event_id": f"shot-{n}", "tool": "read_file", "server": "demo", "decision": "allow"}
+                   for n in range(12)]  # the gateway's call records: "calls per day" on the keys page
+        http.post("/api/v1/audit/calls", json={"records": records}, headers=agent)
         return str(held[2])
 
 
