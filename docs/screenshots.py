@@ -72,6 +72,9 @@ def _fill(url: str, keys: dict[str, str]) -> str:
                 "arguments": {"environment": "production", "version": version}})
             http.post(f"/api/v1/approvals/{answer.json()['id']}/approve",
                       headers={"Authorization": f"Bearer {keys['alice']}"})
+        records = [{"event_id": f"shot-{n}", "tool": "read_file", "server": "demo", "decision": "allow"}
+                   for n in range(12)]  # the gateway's call records: "calls per day" on the keys page
+        http.post("/api/v1/audit/calls", json={"records": records}, headers=agent)
         return str(held[2])
 
 
@@ -156,6 +159,22 @@ def main(out: Path = OUT) -> list[Path]:
             page.click("form[action='/console/keys'] button[type=submit]")
             page.wait_for_selector("#new-token")
             shot("keys")
+            page.goto(f"{url}/console/people")
+            page.fill("#person-email", "pat@acme.test")
+            page.fill("#person-name", "Pat Payments")
+            page.click("#add-person button[type=submit]")
+            page.wait_for_selector("#invite-link")
+            shot("people")
+            page.goto(f"{url}/console/teams")
+            shot("teams")
+            page.goto(f"{url}/console/channels")
+            page.fill("#webhook-url", "https://hooks.example.test/preloop")
+            page.fill("#webhook-secret", "a-signing-secret-of-32-characters")
+            page.click("button[aria-label='Save webhook settings']")
+            page.wait_for_selector("#channels-message")
+            page.click("button[aria-label='Send test notification (webhook, to me)']")
+            page.wait_for_selector("#test-answer")
+            shot("channels")
             browser.close()
     finally:
         server.should_exit = True

@@ -20,7 +20,7 @@ from backend.accounts.service import (
     now,
     sha256_hex,
 )
-from backend.accounts.tables import ApiKey, Team, TeamMembership, User, UserInvite, UserSession
+from backend.accounts.tables import ROLES, ApiKey, Team, TeamMembership, User, UserInvite, UserSession
 from backend.audit.service import Actor, record
 from backend.errors import Conflict, Forbidden, NotAuthenticated, NotFound, ValidationFailed
 from backend.transactions import write_transaction
@@ -134,6 +134,45 @@ async def set_active(org_id: uuid.UUID, email: str, active: bool, *, actor: Acto
         await record(org_id, "user.reactivated" if active else "user.deactivated", actor, subject_type="user",
                      subject_id=user["id"], data={"email": user["email"]})
     return {"email": user["email"], "active": active, "changed": True}
+
+
+async def _last_active_admin(org_id: uuid.UUID, user: dict[str, Any]) -> bool:
+    if user["role"] != "admin" or not user["is_active"]:
+        return False
+    admins = await User.count().where((User.org == org_id) & (User.role == "admin") & (User.is_active == True))  # noqa: E712
+    return bool(admins <= 1)
+
+
+async def set_role(org_id: uuid.UUID, email: str, role: str, *, actor: Actor) -> dict[str, Any]:
+    """Change someone's role; the organization always keeps an active admin."""
+    if role not in ROLES:
+        raise ValidationFailed(
+            f"unknown role {role!r}", detail={"field": "role", "hint": f"use one of: {', '.join(ROLES)}"}
+        )
+    user = await get_user(org_id, email)
+    if user["role"] == role:
+        return {"email": user["email"], "role": role, "changed": False}
+    if await _last_active_admin(org_id, user):
+        raise Conflict("this is the last active admin; make someone else admin first", code="last_admin")
+    async with write_transaction():
+        await User.update({User.role: role}).where(User.id == user["id"])
+        await record(org_id, "user.role_changed", actor, subject_type="user", subject_id=user["id"],
+                     data={"email": user["email"], "from": user["role"], "to": role})
+    return {"email": user["email"], "role": role, "changed": True}
+
+
+async def list_people(org_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Everyone in the organization (active or not) with role and teams, by email."""
+    users = await User.select(User.id, User.email, User.name, User.role, User.is_active, User.created_at).where(
+        User.org == org_id
+    ).order_by(User.email)
+    memberships = await TeamMembership.select(TeamMembership.user, TeamMembership.team.name).where(
+        TeamMembership.team.org == org_id
+    )
+    teams: dict[str, list[str]] = {}
+    for row in memberships:
+        teams.setdefault(str(row["user"]), []).append(row["team.name"])
+    return [{**user, "id": str(user["id"]), "teams": sorted(teams.get(str(user["id"]), []))} for user in users]
 
 
 # --- keys ---------------------------------------------------------------------------------

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import msgspec
 
 from backend.accounts.service import Principal
 from backend.audit.service import Actor, record_many_once
+from backend.audit.tables import AuditEvent
 from backend.errors import Forbidden, ValidationFailed
 from policies import arguments_hash
 
@@ -167,3 +169,21 @@ async def ingest(principal: Principal, batch: CallBatch) -> BatchAnswer:
                 results[index].status = "duplicate"
     counts = {s: sum(1 for r in results if r.status == s) for s in ("accepted", "duplicate", "rejected")}
     return BatchAnswer(results=results, **counts)
+
+
+async def calls_per_day(org_id: Any, *, days: int = 7, limit: int = 200_000) -> dict[str, dict[str, int]]:
+    """Key id -> {"YYYY-MM-DD": calls} from the call records the gateway reported over the last `days`
+    (UTC days; the records' actor is the reporting agent's key)."""
+    since = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days - 1)
+    rows = (
+        await AuditEvent.select(AuditEvent.actor_id, AuditEvent.created_at)
+        .where((AuditEvent.org_id == str(org_id)) & AuditEvent.kind.like("call.%")
+               & (AuditEvent.actor_type == "key") & (AuditEvent.created_at >= since))
+        .limit(limit)
+    )
+    out: dict[str, dict[str, int]] = {}
+    for row in rows:
+        day = row["created_at"].astimezone(UTC).date().isoformat()
+        per_key = out.setdefault(str(row["actor_id"]), {})
+        per_key[day] = per_key.get(day, 0) + 1
+    return out

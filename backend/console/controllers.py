@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -17,15 +18,17 @@ from backend.accounts import service as accounts
 from backend.accounts.service import Principal
 from backend.approvals import autonomy, flows, inbox
 from backend.approvals import service as approvals
+from backend.audit import calls
 from backend.audit import service as audit
 from backend.console import session
 from backend.deps import SESSION_COOKIE, admin_guard
 from backend.errors import NotAuthenticated, PreloopError, ValidationFailed
 from backend.hub import Hub
+from backend.notifications import service as notifications
 from backend.policy_store import replay, ruleedit
 from backend.policy_store import service as policies
 
-#: Navigation entries (path, label). Later pages (teams, channels, autonomy) append here.
+#: Navigation entries (path, label).
 NAV: list[tuple[str, str]] = [
     ("/console/approvals", "Approvals"),
     ("/console/history", "History"),
@@ -33,6 +36,9 @@ NAV: list[tuple[str, str]] = [
     ("/console/audit", "Audit"),
     ("/console/keys", "Agents and keys"),
     ("/console/autonomy", "Autonomy"),
+    ("/console/people", "People"),
+    ("/console/teams", "Teams"),
+    ("/console/channels", "Channels"),
 ]
 HISTORY_FILTERS = ("start_date", "end_date", "tool", "approver", "status")
 HISTORY_PAGE = 100
@@ -88,6 +94,35 @@ def _rules_page(
         error = f"the rules cannot be listed until the draft is valid YAML: {exc.message}"
     return _page(request, "_rules.html", entries=entries, error=error, new_source=new_source, announce=announce,
                  comments=ruleedit.has_comments(source), comments_lost=comments_lost)
+
+
+def _labels(text: str) -> dict[str, str]:
+    """`team=payments, env=prod` -> {"team": "payments", "env": "prod"} (the agent's labels policies read)."""
+    labels: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ValidationFailed(f"labels are key=value pairs separated by commas; {part!r} is not one",
+                                   detail={"field": "labels", "hint": "e.g. team=payments, env=prod"})
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+KEY_DAYS = 7
+
+
+async def _keys_page(request: Request[Any, Any, Any], principal: Principal, *, created: dict[str, Any] | None,
+                     error: str | None) -> Template:
+    keys = await accounts.list_keys(principal)
+    per_day = await calls.calls_per_day(principal.org_id, days=KEY_DAYS)
+    today = datetime.now(UTC).date()
+    days = [(today - timedelta(days=n)).isoformat() for n in range(KEY_DAYS - 1, -1, -1)]
+    for key in keys:
+        mine = per_day.get(key["id"], {})
+        key["calls"] = [mine.get(day, 0) for day in days]
+    page = _page(request, "keys.html", keys=keys, created=created, error=error, days=days)
+    page.status_code = 200 if error is None else 422
+    return page
 
 
 async def writer_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
@@ -199,7 +234,8 @@ class ConsoleController(Controller):
         item = await approvals.get_request(principal, approval_id)
         row = await flows.load_row(item["id"])
         can_vote = row is not None and (await inbox.voting_state(principal, row, item))["can_vote"]
-        return {"item": item, "can_vote": can_vote}
+        deliveries = await notifications.deliveries_of_request(principal, item["id"])
+        return {"item": item, "can_vote": can_vote, "deliveries": deliveries}
 
     # --- history -------------------------------------------------------------------------------
 
@@ -242,7 +278,8 @@ class ConsoleController(Controller):
                            "Check the dry run below, then Apply.")
         check = await policies.check_source(principal.org_id, source) if source else None
         return _page(request, "policies.html", source=source, active=active, check=check,
-                     versions=await policies.list_versions(principal.org_id), message=message)
+                     versions=await policies.list_versions(principal.org_id), message=message,
+                     approval_names=ruleedit.approval_policy_names(source))
 
     @post("/policies/dry-run", operation_id="console_policy_dry_run")
     async def dry_run(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
@@ -276,6 +313,25 @@ class ConsoleController(Controller):
             return _rules_page(request, moved, moved, "", comments_lost=ruleedit.has_comments(source),
                                announce=f"{name}: rule {rule + 1} moved to position {to + 1}")
         page.status_code = 422
+        return page
+
+    @post("/policies/quorum", operation_id="console_policy_quorum")
+    async def set_quorum(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
+        """Set one approval policy's quorum in the draft (not applied): the editor gets the rewritten YAML."""
+        form = await _form(request)
+        source, name = form.get("source", ""), form.get("approval_policy", "")
+        try:
+            source = ruleedit.set_quorum(source, name, int(form.get("quorum", "")))
+            message = f"Quorum of {name} set to {form['quorum']} in the draft, not applied yet: check it, then Apply."
+        except ValueError:
+            message = "Not changed: the quorum must be a whole number"
+        except ValidationFailed as exc:
+            message = f"Not changed: {exc.message}"
+        page = _page(request, "policies.html", source=source, active=await policies.active_row(principal.org_id),
+                     check=await policies.check_source(principal.org_id, source) if source else None,
+                     versions=await policies.list_versions(principal.org_id), message=message,
+                     approval_names=ruleedit.approval_policy_names(source))
+        page.status_code = 422 if message.startswith("Not ") else 200
         return page
 
     @post("/policies/check", operation_id="console_policy_check")
@@ -317,7 +373,8 @@ class ConsoleController(Controller):
         active = await policies.active_row(principal.org_id)
         return _page(request, "policies.html", source=source, active=active,
                      check=await policies.check_source(principal.org_id, source),
-                     versions=await policies.list_versions(principal.org_id), message=message)
+                     versions=await policies.list_versions(principal.org_id), message=message,
+                     approval_names=ruleedit.approval_policy_names(source))
 
     @get("/policies/versions/{version:int}", operation_id="console_policy_version")
     async def version(self, request: Request, principal: Principal, version: int) -> Template:  # type: ignore[type-arg]
@@ -359,7 +416,7 @@ class ConsoleController(Controller):
 
     @get("/keys", operation_id="console_keys")
     async def keys_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        return _page(request, "keys.html", keys=await accounts.list_keys(principal), created=None, error=None)
+        return await _keys_page(request, principal, created=None, error=None)
 
     @post("/keys", operation_id="console_key_create", guards=[writer_guard])
     async def create_key(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
@@ -370,11 +427,12 @@ class ConsoleController(Controller):
             if scope != "agent" and not principal.is_admin:
                 raise ValidationFailed("only admins create approver or admin keys", detail={"field": "scope"})
             token, meta = await accounts.create_key(principal.org_id, principal.user_id, form.get("name", ""),
-                                                    scope=scope, actor=principal.actor)
+                                                    scope=scope, labels=_labels(form.get("labels", "")),
+                                                    actor=principal.actor)
             created = {**meta, "token": token}
         except PreloopError as exc:
             error = exc.message
-        page = _page(request, "keys.html", keys=await accounts.list_keys(principal), created=created, error=error)
+        page = await _keys_page(request, principal, created=created, error=error)
         page.headers["Cache-Control"] = "no-store"
         return page
 

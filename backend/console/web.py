@@ -11,6 +11,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from backend.console.controllers import CONTROLLERS
+from backend.console.directory import ConsoleDirectoryController
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,6 +32,7 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 def route_handlers() -> list[Any]:
     return [
         *CONTROLLERS,
+        ConsoleDirectoryController,
         create_static_files_router(path="/console/static", directories=[HERE / "static"], name="console-static",
                                    include_in_schema=False),
     ]

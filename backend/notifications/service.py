@@ -674,3 +674,34 @@ async def send_test(hub: Hub, principal: Any, kind: str) -> dict[str, Any]:
     except TimeoutError:
         return {"kind": kind, "ok": False, "answer": "no answer in time", "recipient": user["email"]}
     return {"kind": kind, "ok": not answer.skipped, "answer": answer.detail, "recipient": user["email"]}
+
+
+async def channel_status(org_id: Any, kind: str, *, hours: int = 24, recent: int = 20) -> dict[str, Any]:
+    """How one channel has been doing: deliveries by status over the last `hours`, and the newest
+    `recent` attempts with what the channel answered (Grafana's contact-point view is the model)."""
+    since = now() - timedelta(hours=hours)
+    rows = await NotificationDelivery.select(NotificationDelivery.status).where(
+        (NotificationDelivery.org == org_id) & (NotificationDelivery.channel == kind)
+        & (NotificationDelivery.created_at >= since)
+    )
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    attempts = (
+        await NotificationAttempt.select(
+            NotificationAttempt.number, NotificationAttempt.status, NotificationAttempt.error,
+            NotificationAttempt.detail, NotificationAttempt.started_at,
+            NotificationAttempt.delivery._.user._.email.as_alias("email"),
+            NotificationAttempt.delivery.request.as_alias("request"),
+            NotificationAttempt.delivery.event.as_alias("event"),
+        )
+        .where((NotificationAttempt.delivery.org == org_id) & (NotificationAttempt.delivery.channel == kind))
+        .order_by(NotificationAttempt.started_at, ascending=False)
+        .limit(recent)
+    )
+    return {
+        "kind": kind,
+        "hours": hours,
+        "counts": dict(sorted(counts.items())),
+        "attempts": [{**a, "request": str(a["request"]), "started_at": _iso(a["started_at"])} for a in attempts],
+    }

@@ -122,3 +122,28 @@ def rule_at(source: str, tool: str, server: str | None, index: int) -> dict[str,
     entry = find_entry(doc, tool, server)
     rules = rules_of(entry) if entry is not None else []
     return dict(rules[index]) if 0 <= index < len(rules) else None
+
+
+def approval_policy_names(source: str) -> list[str]:
+    """The draft's approval policy names, in order; none while the draft is unreadable."""
+    try:
+        doc = load(source)
+    except ValidationFailed:
+        return []
+    items = doc.get("approval_policies")
+    return [str(item["name"]) for item in items if isinstance(item, dict) and "name" in item] if isinstance(
+        items, list) else []
+
+
+def set_quorum(source: str, name: str, quorum: int) -> str:
+    """The draft with approval policy `name`'s quorum set (the engine's check then says whether it is reachable)."""
+    if quorum < 1:
+        raise ValidationFailed("a quorum is at least 1", detail={"field": "quorum"})
+    doc = load(source)
+    items = doc.get("approval_policies")
+    found = next((item for item in items if isinstance(item, dict) and item.get("name") == name), None) if isinstance(
+        items, list) else None
+    if found is None:
+        raise ValidationFailed(f"the draft has no approval policy {name!r}", detail={"field": "approval_policy"})
+    found["quorum"] = quorum
+    return dump(doc)

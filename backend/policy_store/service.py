@@ -460,3 +460,35 @@ async def seed_approval_policies(org_id: uuid.UUID) -> list[dict[str, Any]]:
         }
         for approval in found[1].approval_policies
     ]
+
+
+async def voting_rights(org_id: uuid.UUID) -> dict[str, list[dict[str, Any]]]:
+    """Email -> the active policy's approval policies that person can vote in, and how
+    ("directly", "team sre", "escalation after 600s"); only active people, as the vote check counts them."""
+    found = await active_policy(org_id)
+    if found is None:
+        return {}
+    teams = await team_members(org_id)
+    rights: dict[str, list[dict[str, Any]]] = {}
+
+    def grant(email: str, approval: Any, via: str) -> None:
+        mine = rights.setdefault(email, [])
+        existing = next((r for r in mine if r["policy"] == approval.name), None)
+        if existing is None:
+            mine.append({"policy": approval.name, "quorum": approval.quorum, "via": [via]})
+        elif via not in existing["via"]:
+            existing["via"].append(via)
+
+    for approval in found[1].approval_policies:
+        for email in approval.approvers:
+            grant(email, approval, "directly")
+        for team in approval.teams:
+            for email in teams.get(team, []):
+                grant(email, approval, f"team {team}")
+        for level in approval.escalation:
+            for email in level.users:
+                grant(email, approval, f"escalation after {level.after_seconds}s")
+            for team in level.teams:
+                for email in teams.get(team, []):
+                    grant(email, approval, f"escalation after {level.after_seconds}s (team {team})")
+    return rights

@@ -107,7 +107,8 @@ def test_autonomy_suggestion_opens_in_editor_dry_run_and_reorder(live_hub: LiveH
 
     # A move the draft cannot take is refused with the reason, and the rules are still listed.
     token = page.evaluate("() => JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token']")
-    refused = page.request.post(f"{live_hub.url}/console/policies/rules/move", headers={"X-CSRF-Token": token},
+    refused = page.request.post(f"{live_hub.url}/console/policies/rules/move",
+                                headers={"X-CSRF-Token": token, "Origin": live_hub.url},
                                 form={"source": page.input_value("#source"), "entry": "0", "rule": "0", "to": "7"})
     assert refused.status == 422 and "has rules 1 to 3" in refused.text() and 'data-rule="2"' in refused.text()
 

@@ -15,7 +15,7 @@ from tests.e2e.conftest import CHROMIUM, IN_CI
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "screenshots.py"
 PAGES = {"login", "approvals", "approval-detail", "history", "policies", "policy-version", "audit", "keys",
-         "autonomy", "policy-dry-run"}
+         "autonomy", "policy-dry-run", "people", "teams", "channels"}
 
 
 def test_screenshot_script_writes_every_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
