@@ -68,7 +68,7 @@ async def _history(client: Any, org: Any) -> None:
              for n in range(4)]
     calls.append({"event_id": "e-hash", "tool": "read_logs", "decision": "allow", "arguments_hash": "ab" * 32})
     reported = await client.post("/api/v1/audit/calls", json={"records": calls}, headers=auth(org.agent_token))
-    assert reported.status_code == 202, reported.text
+    assert reported.status_code == 200 and reported.json()["accepted"] == len(calls), reported.text
 
 
 async def test_autonomy_counts_rates_reasons_and_suggests_diffs(client: Any) -> None:

@@ -43,10 +43,10 @@ async def test_keys_are_listed_by_owner_and_revoked_once(client: Any) -> None:
         await accounts.revoke_key(alice, bot["id"])
     with pytest.raises(NotFound):
         await accounts.revoke_key(admin, "not-a-uuid")
-    assert (await client.get("/api/v1/policies/versions", headers=auth(org.agent_token))).status_code == 200
+    assert (await client.get("/api/v1/agents/me", headers=auth(org.agent_token))).status_code == 200
     await accounts.revoke_key(admin, bot["id"])
     await accounts.revoke_key(admin, bot["id"])  # idempotent
-    assert (await client.get("/api/v1/policies/versions", headers=auth(org.agent_token))).status_code == 401
+    assert (await client.get("/api/v1/agents/me", headers=auth(org.agent_token))).status_code == 401
     revoked = await audit.list_events(org.id, kind="key.revoked")
     assert len(revoked) == 1 and revoked[0]["actor_label"] == "admin@acme.test"
 
