@@ -40,6 +40,9 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
+    from backend.notifications.channels.email import close_pools
+
+    close_pools()
     if ctx.get("own_hub"):
         await ctx["hub"].stop()
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from piccolo.query.functions.aggregate import Count
+
 from backend.accounts.tables import User
 from backend.approvals.tables import ApprovalRequest
 from backend.audit.service import Actor, record
@@ -27,6 +29,7 @@ from backend.notifications import channel_settings, preferences
 from backend.notifications.channels import ChannelError, Recipient, Target, get_channel
 from backend.notifications.compose import compose, request_facts
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
+from backend.observability import metrics
 from backend.transactions import lock, write_transaction
 
 if TYPE_CHECKING:
@@ -144,11 +147,58 @@ async def queue_outcome(org_id: Any, request: dict[str, Any]) -> list[dict[str, 
     return created
 
 
+_ENQUEUE_SCRIPT = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+"""arq's own enqueue (WATCH/MULTI per job), made atomic per job by a script so many go in one pipeline."""
+ENQUEUE_BATCH = 500
+
+
+async def enqueue_jobs(hub: Hub, jobs: list[tuple[str, str]]) -> int:
+    """Queue `(delivery id, job id)` pairs as arq jobs in one Redis round trip per 500.
+
+    Same keys and semantics as `ArqRedis.enqueue_job`: a job id that already has a job or a result
+    is left alone, so a repeat is harmless. A failure is logged, never raised: the sweep re-queues.
+    Returns how many were new.
+    """
+    pool = hub.jobs
+    if pool is None or not jobs:
+        return 0
+    from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
+    from arq.jobs import serialize_job
+    from arq.utils import timestamp_ms
+
+    queue = pool.default_queue_name or default_queue_name
+    added = 0
+    try:
+        for start in range(0, len(jobs), ENQUEUE_BATCH):
+            stamp = timestamp_ms()
+            expires = pool.expires_extra_ms
+            async with pool.pipeline(transaction=False) as pipe:
+                for delivery_id, jid in jobs[start : start + ENQUEUE_BATCH]:
+                    body = serialize_job(JOB, (delivery_id,), {}, None, stamp, serializer=pool.job_serializer)
+                    keys_and_args: list[Any] = [
+                        job_key_prefix + jid,
+                        result_key_prefix + jid,
+                        queue,
+                        expires,
+                        body,
+                        stamp,
+                        jid,
+                    ]
+                    pipe.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)
+                added += sum(int(r) for r in await pipe.execute())
+    except Exception:
+        logger.exception("could not queue notification jobs; the sweep will catch them")
+    return added
+
+
 async def enqueue(hub: Hub, deliveries: list[dict[str, Any]]) -> None:
-    """Give each row its job (after commit); the fixed ids make a repeat harmless."""
-    ids = [d["id"] for d in deliveries]
-    for start in range(0, len(ids), 100):
-        await asyncio.gather(*(hub.enqueue(JOB, did, job_id=job_id(did)) for did in ids[start : start + 100]))
+    """Give each row its job (after commit) in one pipeline; the fixed ids make a repeat harmless."""
+    await enqueue_jobs(hub, [(d["id"], job_id(d["id"])) for d in deliveries])
 
 
 async def announce(
@@ -282,6 +332,7 @@ async def _finish(
         }
     ).where(NotificationDelivery.id == delivery["id"])
     attempt = ("retrying" if error else "deferred") if status == "queued" else status
+    metrics.record_delivery(str(delivery["channel"]), attempt)
     await _record_attempt(delivery, attempt, started=started, sent_at=sent_at, error=error, detail=detail)
 
 
@@ -523,13 +574,7 @@ async def sweep(hub: Hub) -> int:
         .where(due)
         .limit(SWEEP_BATCH)
     )
-    for start in range(0, len(rows), 100):
-        await asyncio.gather(
-            *(
-                hub.enqueue(JOB, str(r["id"]), job_id=f"{job_id(r['id'])}:{r['attempts']}")
-                for r in rows[start : start + 100]
-            )
-        )
+    await enqueue_jobs(hub, [(str(r["id"]), f"{job_id(r['id'])}:{r['attempts']}") for r in rows])
     return len(rows) + await record_unrecorded()
 
 
@@ -585,6 +630,74 @@ async def deliveries_for(request_id: uuid.UUID | str, *, with_attempts: bool = F
             item["history"] = attempts.get(str(row["id"]), [])
         out.append(item)
     return out
+
+
+RECENT_WINDOW = timedelta(hours=24)
+RECENT_MAX = 200
+STATUSES = ("queued", "sending", "sent", "failed", "skipped")
+
+
+async def channel_deliveries(principal: Any, kind: str, *, limit: int = 50) -> dict[str, Any]:
+    """Recent deliveries on one channel of the caller's organization (the console's per-channel view).
+
+    `counts`: deliveries created in the last 24 h by current status (every status present, 0 if
+    none). `attempts`: the last `limit` attempts (1..200), newest first, each with its error.
+    """
+    from backend.errors import NotFound, ValidationFailed
+    from backend.notifications.channels import known_kinds
+
+    if kind not in known_kinds():
+        raise NotFound(f"no channel kind {kind!r}; kinds: {', '.join(known_kinds())}")
+    if not 1 <= limit <= RECENT_MAX:
+        raise ValidationFailed(f"limit must be between 1 and {RECENT_MAX}, got {limit}", detail={"field": "limit"})
+    org_id = principal.org_id
+    since = now() - RECENT_WINDOW
+    counted = await (
+        NotificationDelivery.select(NotificationDelivery.status, Count(NotificationDelivery.id).as_alias("n"))
+        .where(
+            (NotificationDelivery.org == org_id)
+            & (NotificationDelivery.channel == kind)
+            & (NotificationDelivery.created_at >= since)
+        )
+        .group_by(NotificationDelivery.status)
+    )
+    counts = dict.fromkeys(STATUSES, 0)
+    for row in counted:
+        counts[str(row["status"])] = int(row["n"])
+    of_org = NotificationDelivery.select(NotificationDelivery.id).where(
+        (NotificationDelivery.org == org_id) & (NotificationDelivery.channel == kind)
+    )
+    attempts = (
+        await NotificationAttempt.select(
+            *NotificationAttempt.all_columns(),
+            NotificationAttempt.delivery._.request.as_alias("request_id"),
+            NotificationAttempt.delivery._.event.as_alias("event"),
+            NotificationAttempt.delivery._.user._.email.as_alias("email"),
+        )
+        .where(NotificationAttempt.delivery.is_in(of_org))
+        .order_by(NotificationAttempt.started_at, ascending=False)
+        .limit(limit)
+    )
+    return {
+        "kind": kind,
+        "window_hours": int(RECENT_WINDOW.total_seconds() // 3600),
+        "counts": counts,
+        "attempts": [
+            {
+                "delivery_id": str(a["delivery"]),
+                "request_id": str(a["request_id"]),
+                "email": a["email"],
+                "event": a["event"],
+                "number": a["number"],
+                "status": a["status"],
+                "error": a["error"],
+                "detail": a["detail"],
+                "started_at": _iso(a["started_at"]),
+                "sent_at": _iso(a["sent_at"]),
+            }
+            for a in attempts
+        ],
+    }
 
 
 async def reminded_requests(request_ids: list[Any]) -> set[str]:

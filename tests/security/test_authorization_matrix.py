@@ -166,6 +166,7 @@ MATRIX: dict[str, tuple[Prepare, dict[str, int]]] = {
     "list_grants": (fixed("GET", "/api/v1/grants"), PEOPLE),
     "revoke_grant": (_revoke, row(401, 403, 403, 200, 403, 200, 404)),
     "stream_events": (fixed("GET", "/api/v1/events"), PEOPLE),
+    "list_channel_deliveries": (fixed("GET", "/api/v1/channels/email/deliveries"), ADMINS),
 }
 STREAMING = {"stream_events"}
 
