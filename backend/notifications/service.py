@@ -13,10 +13,10 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from piccolo.query.functions.aggregate import Count
 
@@ -259,38 +259,64 @@ async def _claim(delivery_id: Any, lease_seconds: float) -> dict[str, Any] | Non
 FAN_OUT_CACHE_SECONDS = 1.0
 """A fan-out sends the same request to hundreds of people within a second: read it once. Only
 asks (requested/escalated/reminder) use it; an outcome always reads the decided row."""
-_VIEWS: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
 
-async def _request_view(request_id: Any, *, cached: bool) -> dict[str, Any] | None:
-    key = str(request_id)
-    clock = asyncio.get_running_loop().time()
-    hit = _VIEWS.get(key)
-    if cached and hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
-        return hit[1]
+class _FanOutCache:
+    """Values read once per `FAN_OUT_CACHE_SECONDS` and shared by concurrent jobs.
+
+    The read itself is shared too: the fifty jobs a worker starts at once for one fan-out wait on
+    the first one's query instead of each sending their own (a cold cache would otherwise miss
+    fifty times). A failed read is not kept.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[Any, tuple[float, asyncio.Future[Any]]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def get(self, key: Any, load: Callable[[], Awaitable[Any]], *, fresh: bool = False) -> Any:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # futures belong to one loop (tests run many)
+            self.entries.clear()
+            self.loop = loop
+        clock = loop.time()
+        hit = self.entries.get(key)
+        if not fresh and hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
+            return await asyncio.shield(hit[1])
+        if len(self.entries) > 1000:
+            self.entries.clear()
+        task: asyncio.Future[Any] = loop.create_task(load())  # type: ignore[arg-type]
+        self.entries[key] = (clock, task)
+
+        def forget(done: asyncio.Future[Any]) -> None:
+            failed = done.cancelled() or done.exception() is not None
+            if failed and self.entries.get(key, (0.0, None))[1] is done:
+                del self.entries[key]
+
+        task.add_done_callback(forget)
+        return await asyncio.shield(task)
+
+
+_VIEWS = _FanOutCache()
+_SETTINGS = _FanOutCache()
+
+
+async def _load_request(request_id: Any) -> dict[str, Any] | None:
     row = await ApprovalRequest.select().where(ApprovalRequest.id == request_id).output(load_json=True).first()
     if row is not None:
         row["_facts"] = await request_facts(row)
-    if len(_VIEWS) > 1000:
-        _VIEWS.clear()
-    _VIEWS[key] = (clock, row)
     return row
 
 
-_SETTINGS: dict[tuple[str, str], tuple[float, channel_settings.Resolved]] = {}
+async def _request_view(request_id: Any, *, cached: bool) -> dict[str, Any] | None:
+    row: dict[str, Any] | None = await _VIEWS.get(str(request_id), lambda: _load_request(request_id), fresh=not cached)
+    return row
 
 
 async def _settings_view(hub: Hub, org_id: Any, kind: str) -> channel_settings.Resolved:
     """An organization's channel settings, read once per fan-out second."""
-    key = (str(org_id), kind)
-    clock = asyncio.get_running_loop().time()
-    hit = _SETTINGS.get(key)
-    if hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
-        return hit[1]
-    resolved = await channel_settings.resolve(hub, org_id, kind)
-    if len(_SETTINGS) > 1000:
-        _SETTINGS.clear()
-    _SETTINGS[key] = (clock, resolved)
+    resolved: channel_settings.Resolved = await _SETTINGS.get(
+        (str(org_id), kind), lambda: channel_settings.resolve(hub, org_id, kind)
+    )
     return resolved
 
 
@@ -495,8 +521,13 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
         return None
     started = now()
     kind = str(delivery["event"]).split(":", 1)[0]
-    request = await _request_view(delivery["request"], cached=kind in ACTIONABLE)
-    user = await User.select(User.id, User.email, User.name, User.is_active).where(User.id == delivery["user"]).first()
+    # Independent reads, in flight together: one round trip of waiting instead of three.
+    request, user, pref = await asyncio.gather(
+        _request_view(delivery["request"], cached=kind in ACTIONABLE),
+        User.select(User.id, User.email, User.name, User.is_active).where(User.id == delivery["user"]).first(),
+        preferences.get(delivery["user"]),
+    )
+    pref = cast(preferences.Preference, pref)
     channel = get_channel(delivery["channel"])
     skip: str | None = None
     if request is None or user is None or not user["is_active"]:
@@ -509,7 +540,6 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
         assert request is not None
         assert user is not None
         settings = await _settings_view(hub, delivery["org"], delivery["channel"])
-        pref = await preferences.get(user["id"])
         if not settings.enabled:
             skip = f"the {delivery['channel']} channel is turned off for this organization"
         elif delivery["channel"] != "web" and not pref.wants(delivery["channel"]):

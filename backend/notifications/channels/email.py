@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from email.message import EmailMessage
-from email.utils import formatdate
+from email.header import Header
+from email.message import Message as MailMessage
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr, formatdate, parseaddr
 from typing import ClassVar
 from urllib.parse import urlsplit
 
@@ -19,10 +22,23 @@ from backend.notifications.render import render
 SEND_TIMEOUT = 20.0
 
 
-def build(message: Message, target: Target, actions: dict[str, str]) -> EmailMessage:
-    mail = EmailMessage()
-    mail["Subject"] = message.title
-    mail["From"] = str(target.config.get("from") or "preloop@localhost")
+def _header(value: str) -> str:
+    return value if value.isascii() else Header(value, "utf-8").encode()
+
+
+def _address(value: str) -> str:
+    if value.isascii():
+        return value
+    name, address = parseaddr(value)
+    return formataddr((name, address), charset="utf-8")
+
+
+def build(message: Message, target: Target, actions: dict[str, str]) -> MIMEMultipart:
+    """The mail, built with the compat32 MIME classes: the modern `EmailMessage` parses every
+    header it is given, which cost ~80% of the CPU a fan-out spent per mail."""
+    mail = MIMEMultipart("alternative")
+    mail["Subject"] = _header(message.title)
+    mail["From"] = _address(str(target.config.get("from") or "preloop@localhost"))
     mail["To"] = target.recipient.email
     mail["Date"] = formatdate(localtime=False)
     # Stable per delivery: a retry after a lost acknowledgement is recognisable as the same mail.
@@ -32,8 +48,8 @@ def build(message: Message, target: Target, actions: dict[str, str]) -> EmailMes
     mail["X-Preloop-Event"] = message.event
     if message.critical and message.status == "pending":
         mail["Importance"] = "high"
-    mail.set_content(render("email.txt", m=message, actions=actions))
-    mail.add_alternative(render("email.html", m=message, actions=actions), subtype="html")
+    mail.attach(MIMEText(render("email.txt", m=message, actions=actions), "plain", "utf-8"))
+    mail.attach(MIMEText(render("email.html", m=message, actions=actions), "html", "utf-8"))
     return mail
 
 
@@ -91,7 +107,7 @@ class _Pool:
         await client.connect()
         return client
 
-    async def send(self, mail: EmailMessage) -> tuple[dict[str, object], str]:
+    async def send(self, mail: MailMessage) -> tuple[dict[str, object], str]:
         async with self.slots:
             client = await self._connection()
             try:
