@@ -255,3 +255,15 @@ async def test_recent_deliveries_per_channel_counts_by_status_and_lists_attempts
     other = await make_org("globex")
     theirs = (await client.get("/api/v1/channels/webhook/deliveries", headers=auth(other.admin_token))).json()
     assert theirs["attempts"] == [] and set(theirs["counts"].values()) == {0}
+
+
+async def test_a_fan_outs_jobs_are_queued_together_as_arq_jobs_and_a_repeat_adds_none(hub: Any) -> None:
+    from arq.jobs import Job
+
+    jobs = [(f"delivery-{n}", f"notify:pipeline-test-{n}") for n in range(600)]  # more than one batch
+    assert await service.enqueue_jobs(hub, jobs) == 600
+    assert await service.enqueue_jobs(hub, jobs[:10]) == 0  # same ids: already queued, left alone
+    queued = {m.decode() for m in await hub.redis.client.zrange("arq:queue", 0, -1)}
+    assert {jid for _, jid in jobs} <= queued
+    info = await Job("notify:pipeline-test-7", hub.jobs).info()
+    assert info is not None and info.function == service.JOB and info.args == ("delivery-7",)
