@@ -72,6 +72,12 @@ def push_service(arrivals: Arrivals) -> ThreadingHTTPServer:
     return server
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used: a machine-load-independent cost of the fan-out."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def main() -> None:
     from _held import _drop_postgres as drop_postgres  # bench/ is on sys.path when run directly
     from _held import _scratch_postgres as scratch_postgres
@@ -132,6 +138,7 @@ async def main() -> None:
                 assert worker.poll() is None, "the worker exited"
                 await asyncio.sleep(0.05)
             await asyncio.sleep(1.0)  # let its startup sweeps finish
+            cpu_before = _cpu_seconds(worker.pid)
             started = time.monotonic()
             created = await http.post(
                 "/api/v1/approvals",
@@ -144,6 +151,7 @@ async def main() -> None:
             while len(arrivals.mail) < APPROVERS or len(arrivals.push) < APPROVERS:
                 assert time.monotonic() < deadline, f"only {len(arrivals.mail)} mails, {len(arrivals.push)} pushes"
                 await asyncio.sleep(0.01)
+            worker_cpu = _cpu_seconds(worker.pid) - cpu_before
             email_last = max(arrivals.mail) - started
             push_last = max(arrivals.push) - started
             rows = await http.get(f"/api/v1/approvals/{created.json()['id']}/deliveries", headers=auth(org.admin_token))
@@ -159,7 +167,8 @@ async def main() -> None:
             f"{APPROVERS} approvers x (email + push) on {'postgresql' if pg else 'sqlite'}, worker in its own "
             f"process: first mail {min(arrivals.mail) - started:.2f} s, "
             f"first push {min(arrivals.push) - started:.2f} s; "
-            f"delivery rows: {sorted(statuses)}"
+            f"delivery rows: {sorted(statuses)}; worker CPU {worker_cpu:.2f} s; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         )
         print(f"RESULT email_last_s={email_last:.2f} push_last_s={push_last:.2f} approvers={APPROVERS}")
     finally:

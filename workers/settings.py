@@ -40,6 +40,11 @@ async def _startup(ctx: dict[str, Any]) -> None:
 
 
 async def _shutdown(ctx: dict[str, Any]) -> None:
+    from backend.notifications.channels.email import close_pools
+    from backend.notifications.channels.webpush import close_clients
+
+    close_pools()
+    await close_clients()
     if ctx.get("own_hub"):
         await ctx["hub"].stop()
 

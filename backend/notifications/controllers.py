@@ -19,6 +19,7 @@ from backend.notifications.compose import request_link
 from backend.notifications.render import render
 from backend.notifications.schemas import (
     ChannelBody,
+    ChannelDeliveries,
     ChannelInfo,
     Delivery,
     Preferences,
@@ -57,6 +58,14 @@ class ChannelController(Controller):
     async def put_channel(self, kind: str, data: ChannelBody, principal: Principal, hub: Hub) -> ChannelInfo:
         info = await channel_settings.put_channel(hub, principal.org_id, principal.actor, kind, data.to_dict())
         return msgspec.convert(info, ChannelInfo)
+
+    @get(
+        "/{kind:str}/deliveries",
+        operation_id="list_channel_deliveries",
+        summary="Recent deliveries on one channel: counts by status over 24 h and the last attempts with errors",
+    )
+    async def list_channel_deliveries(self, kind: str, principal: Principal, limit: int = 50) -> ChannelDeliveries:
+        return msgspec.convert(await service.channel_deliveries(principal, kind, limit=limit), ChannelDeliveries)
 
     @post(
         "/{kind:str}/test",

@@ -135,3 +135,27 @@ class Comment(msgspec.Struct):
     """the Preloop user's email when the chat user maps to one, else `slack:<user id>`"""
     text: str
     created_at: str
+class RecentAttempt(msgspec.Struct):
+    """One try of a delivery on this channel, newest first."""
+
+    delivery_id: str
+    request_id: str
+    email: str
+    event: str
+    number: int
+    status: str
+    """sent, failed, skipped, retrying (failed, will be tried again) or deferred (quiet hours)."""
+    error: str | None
+    detail: str | None
+    started_at: str | None
+    sent_at: str | None
+
+
+class ChannelDeliveries(msgspec.Struct):
+    """Recent deliveries on one channel of the organization: counts over a window and the last attempts."""
+
+    kind: str
+    window_hours: int
+    counts: dict[str, int]
+    """Deliveries created in the window, by their current status (queued, sending, sent, failed, skipped)."""
+    attempts: list[RecentAttempt]

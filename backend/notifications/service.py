@@ -13,10 +13,12 @@ import json
 import logging
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from piccolo.query.functions.aggregate import Count
 
 from backend.accounts.tables import User
 from backend.approvals.tables import ApprovalRequest
@@ -27,6 +29,7 @@ from backend.notifications import channel_settings, preferences
 from backend.notifications.channels import CHAT_KINDS, ChannelError, Recipient, Target, get_channel
 from backend.notifications.compose import compose, request_facts
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
+from backend.observability import metrics
 from backend.transactions import lock, write_transaction
 
 if TYPE_CHECKING:
@@ -157,11 +160,58 @@ async def queue_outcome(org_id: Any, request: dict[str, Any]) -> list[dict[str, 
     return created
 
 
+_ENQUEUE_SCRIPT = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+"""arq's own enqueue (WATCH/MULTI per job), made atomic per job by a script so many go in one pipeline."""
+ENQUEUE_BATCH = 500
+
+
+async def enqueue_jobs(hub: Hub, jobs: list[tuple[str, str]]) -> int:
+    """Queue `(delivery id, job id)` pairs as arq jobs in one Redis round trip per 500.
+
+    Same keys and semantics as `ArqRedis.enqueue_job`: a job id that already has a job or a result
+    is left alone, so a repeat is harmless. A failure is logged, never raised: the sweep re-queues.
+    Returns how many were new.
+    """
+    pool = hub.jobs
+    if pool is None or not jobs:
+        return 0
+    from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
+    from arq.jobs import serialize_job
+    from arq.utils import timestamp_ms
+
+    queue = pool.default_queue_name or default_queue_name
+    added = 0
+    try:
+        for start in range(0, len(jobs), ENQUEUE_BATCH):
+            stamp = timestamp_ms()
+            expires = pool.expires_extra_ms
+            async with pool.pipeline(transaction=False) as pipe:
+                for delivery_id, jid in jobs[start : start + ENQUEUE_BATCH]:
+                    body = serialize_job(JOB, (delivery_id,), {}, None, stamp, serializer=pool.job_serializer)
+                    keys_and_args: list[Any] = [
+                        job_key_prefix + jid,
+                        result_key_prefix + jid,
+                        queue,
+                        expires,
+                        body,
+                        stamp,
+                        jid,
+                    ]
+                    pipe.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)
+                added += sum(int(r) for r in await pipe.execute())
+    except Exception:
+        logger.exception("could not queue notification jobs; the sweep will catch them")
+    return added
+
+
 async def enqueue(hub: Hub, deliveries: list[dict[str, Any]]) -> None:
-    """Give each row its job (after commit); the fixed ids make a repeat harmless."""
-    ids = [d["id"] for d in deliveries]
-    for start in range(0, len(ids), 100):
-        await asyncio.gather(*(hub.enqueue(JOB, did, job_id=job_id(did)) for did in ids[start : start + 100]))
+    """Give each row its job (after commit) in one pipeline; the fixed ids make a repeat harmless."""
+    await enqueue_jobs(hub, [(d["id"], job_id(d["id"])) for d in deliveries])
 
 
 async def announce(
@@ -222,38 +272,64 @@ async def _claim(delivery_id: Any, lease_seconds: float) -> dict[str, Any] | Non
 FAN_OUT_CACHE_SECONDS = 1.0
 """A fan-out sends the same request to hundreds of people within a second: read it once. Only
 asks (requested/escalated/reminder) use it; an outcome always reads the decided row."""
-_VIEWS: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
 
-async def _request_view(request_id: Any, *, cached: bool) -> dict[str, Any] | None:
-    key = str(request_id)
-    clock = asyncio.get_running_loop().time()
-    hit = _VIEWS.get(key)
-    if cached and hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
-        return hit[1]
+class _FanOutCache:
+    """Values read once per `FAN_OUT_CACHE_SECONDS` and shared by concurrent jobs.
+
+    The read itself is shared too: the fifty jobs a worker starts at once for one fan-out wait on
+    the first one's query instead of each sending their own (a cold cache would otherwise miss
+    fifty times). A failed read is not kept.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[Any, tuple[float, asyncio.Future[Any]]] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def get(self, key: Any, load: Callable[[], Awaitable[Any]], *, fresh: bool = False) -> Any:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # futures belong to one loop (tests run many)
+            self.entries.clear()
+            self.loop = loop
+        clock = loop.time()
+        hit = self.entries.get(key)
+        if not fresh and hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
+            return await asyncio.shield(hit[1])
+        if len(self.entries) > 1000:
+            self.entries.clear()
+        task: asyncio.Future[Any] = loop.create_task(load())  # type: ignore[arg-type]
+        self.entries[key] = (clock, task)
+
+        def forget(done: asyncio.Future[Any]) -> None:
+            failed = done.cancelled() or done.exception() is not None
+            if failed and self.entries.get(key, (0.0, None))[1] is done:
+                del self.entries[key]
+
+        task.add_done_callback(forget)
+        return await asyncio.shield(task)
+
+
+_VIEWS = _FanOutCache()
+_SETTINGS = _FanOutCache()
+
+
+async def _load_request(request_id: Any) -> dict[str, Any] | None:
     row = await ApprovalRequest.select().where(ApprovalRequest.id == request_id).output(load_json=True).first()
     if row is not None:
         row["_facts"] = await request_facts(row)
-    if len(_VIEWS) > 1000:
-        _VIEWS.clear()
-    _VIEWS[key] = (clock, row)
     return row
 
 
-_SETTINGS: dict[tuple[str, str], tuple[float, channel_settings.Resolved]] = {}
+async def _request_view(request_id: Any, *, cached: bool) -> dict[str, Any] | None:
+    row: dict[str, Any] | None = await _VIEWS.get(str(request_id), lambda: _load_request(request_id), fresh=not cached)
+    return row
 
 
 async def _settings_view(hub: Hub, org_id: Any, kind: str) -> channel_settings.Resolved:
     """An organization's channel settings, read once per fan-out second."""
-    key = (str(org_id), kind)
-    clock = asyncio.get_running_loop().time()
-    hit = _SETTINGS.get(key)
-    if hit is not None and clock - hit[0] < FAN_OUT_CACHE_SECONDS:
-        return hit[1]
-    resolved = await channel_settings.resolve(hub, org_id, kind)
-    if len(_SETTINGS) > 1000:
-        _SETTINGS.clear()
-    _SETTINGS[key] = (clock, resolved)
+    resolved: channel_settings.Resolved = await _SETTINGS.get(
+        (str(org_id), kind), lambda: channel_settings.resolve(hub, org_id, kind)
+    )
     return resolved
 
 
@@ -295,6 +371,7 @@ async def _finish(
         }
     ).where(NotificationDelivery.id == delivery["id"])
     attempt = ("retrying" if error else "deferred") if status == "queued" else status
+    metrics.record_delivery(str(delivery["channel"]), attempt)
     await _record_attempt(delivery, attempt, started=started, sent_at=sent_at, error=error, detail=detail)
 
 
@@ -457,8 +534,13 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
         return None
     started = now()
     kind = str(delivery["event"]).split(":", 1)[0]
-    request = await _request_view(delivery["request"], cached=kind in ACTIONABLE)
-    user = await User.select(User.id, User.email, User.name, User.is_active).where(User.id == delivery["user"]).first()
+    # Independent reads, in flight together: one round trip of waiting instead of three.
+    request, user, pref = await asyncio.gather(
+        _request_view(delivery["request"], cached=kind in ACTIONABLE),
+        User.select(User.id, User.email, User.name, User.is_active).where(User.id == delivery["user"]).first(),
+        preferences.get(delivery["user"]),
+    )
+    pref = cast(preferences.Preference, pref)
     channel = get_channel(delivery["channel"])
     skip: str | None = None
     if request is None or user is None or not user["is_active"]:
@@ -471,7 +553,6 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
         assert request is not None
         assert user is not None
         settings = await _settings_view(hub, delivery["org"], delivery["channel"])
-        pref = await preferences.get(user["id"])
         if not settings.enabled:
             skip = f"the {delivery['channel']} channel is turned off for this organization"
         elif delivery["channel"] not in PERSONAL_EXEMPT and not pref.wants(delivery["channel"]):
@@ -536,13 +617,7 @@ async def sweep(hub: Hub) -> int:
         .where(due)
         .limit(SWEEP_BATCH)
     )
-    for start in range(0, len(rows), 100):
-        await asyncio.gather(
-            *(
-                hub.enqueue(JOB, str(r["id"]), job_id=f"{job_id(r['id'])}:{r['attempts']}")
-                for r in rows[start : start + 100]
-            )
-        )
+    await enqueue_jobs(hub, [(str(r["id"]), f"{job_id(r['id'])}:{r['attempts']}") for r in rows])
     return len(rows) + await record_unrecorded()
 
 
@@ -598,6 +673,74 @@ async def deliveries_for(request_id: uuid.UUID | str, *, with_attempts: bool = F
             item["history"] = attempts.get(str(row["id"]), [])
         out.append(item)
     return out
+
+
+RECENT_WINDOW = timedelta(hours=24)
+RECENT_MAX = 200
+STATUSES = ("queued", "sending", "sent", "failed", "skipped")
+
+
+async def channel_deliveries(principal: Any, kind: str, *, limit: int = 50) -> dict[str, Any]:
+    """Recent deliveries on one channel of the caller's organization (the console's per-channel view).
+
+    `counts`: deliveries created in the last 24 h by current status (every status present, 0 if
+    none). `attempts`: the last `limit` attempts (1..200), newest first, each with its error.
+    """
+    from backend.errors import NotFound, ValidationFailed
+    from backend.notifications.channels import known_kinds
+
+    if kind not in known_kinds():
+        raise NotFound(f"no channel kind {kind!r}; kinds: {', '.join(known_kinds())}")
+    if not 1 <= limit <= RECENT_MAX:
+        raise ValidationFailed(f"limit must be between 1 and {RECENT_MAX}, got {limit}", detail={"field": "limit"})
+    org_id = principal.org_id
+    since = now() - RECENT_WINDOW
+    counted = await (
+        NotificationDelivery.select(NotificationDelivery.status, Count(NotificationDelivery.id).as_alias("n"))
+        .where(
+            (NotificationDelivery.org == org_id)
+            & (NotificationDelivery.channel == kind)
+            & (NotificationDelivery.created_at >= since)
+        )
+        .group_by(NotificationDelivery.status)
+    )
+    counts = dict.fromkeys(STATUSES, 0)
+    for row in counted:
+        counts[str(row["status"])] = int(row["n"])
+    of_org = NotificationDelivery.select(NotificationDelivery.id).where(
+        (NotificationDelivery.org == org_id) & (NotificationDelivery.channel == kind)
+    )
+    attempts = (
+        await NotificationAttempt.select(
+            *NotificationAttempt.all_columns(),
+            NotificationAttempt.delivery._.request.as_alias("request_id"),
+            NotificationAttempt.delivery._.event.as_alias("event"),
+            NotificationAttempt.delivery._.user._.email.as_alias("email"),
+        )
+        .where(NotificationAttempt.delivery.is_in(of_org))
+        .order_by(NotificationAttempt.started_at, ascending=False)
+        .limit(limit)
+    )
+    return {
+        "kind": kind,
+        "window_hours": int(RECENT_WINDOW.total_seconds() // 3600),
+        "counts": counts,
+        "attempts": [
+            {
+                "delivery_id": str(a["delivery"]),
+                "request_id": str(a["request_id"]),
+                "email": a["email"],
+                "event": a["event"],
+                "number": a["number"],
+                "status": a["status"],
+                "error": a["error"],
+                "detail": a["detail"],
+                "started_at": _iso(a["started_at"]),
+                "sent_at": _iso(a["sent_at"]),
+            }
+            for a in attempts
+        ],
+    }
 
 
 async def reminded_requests(request_ids: list[Any]) -> set[str]:

@@ -181,6 +181,7 @@ MATRIX: dict[str, tuple[Prepare, dict[str, int]]] = {
         NOBODY,
     ),
     "list_approval_comments": (on_pending("GET", "/comments"), row(401, 403, 200, 200, 200, 200, 404)),
+    "list_channel_deliveries": (fixed("GET", "/api/v1/channels/email/deliveries"), ADMINS),
 }
 STREAMING = {"stream_events"}
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+import weakref
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -72,6 +74,45 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+VAPID_LIFETIME = 12 * 3600
+VAPID_REUSE = 3600
+"""A signed VAPID header is reused for an hour per (key, subject, push service): a fan-out signs
+once per push service, not once per device (the JWT itself is valid for 12 hours)."""
+_SIGNED: dict[tuple[int, str, str], tuple[float, dict[str, str]]] = {}
+
+
+def _vapid_headers(keys: push.VapidKeys, subject: str, audience: str) -> dict[str, str]:
+    key = (id(keys.signer), subject, audience)
+    clock = time.time()
+    hit = _SIGNED.get(key)
+    if hit is not None and clock - hit[0] < VAPID_REUSE:
+        return dict(hit[1])
+    headers = dict(keys.signer.sign({"sub": subject, "aud": audience, "exp": int(clock) + VAPID_LIFETIME}))
+    if len(_SIGNED) > 1000:
+        _SIGNED.clear()
+    _SIGNED[key] = (clock, headers)
+    return dict(headers)
+
+
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+
+
+def _client() -> httpx.AsyncClient:
+    """One HTTP client per event loop: pushes to one push service reuse their connections."""
+    loop = asyncio.get_running_loop()
+    client = _CLIENTS.get(loop)
+    if client is None or client.is_closed:
+        client = _CLIENTS[loop] = http_client(SEND_TIMEOUT)
+    return client
+
+
+async def close_clients() -> None:
+    """Close this loop's shared push client (worker shutdown)."""
+    client = _CLIENTS.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
 class WebPushChannel:
     kind: ClassVar[str] = "push"
 
@@ -85,34 +126,33 @@ class WebPushChannel:
         data = payload_for(message)
         ttl = ttl_for(message)
         accepted, failures = 0, []
-        async with http_client(SEND_TIMEOUT) as http:
-            for device in devices:
-                endpoint = device["endpoint"]
-                info = {"endpoint": endpoint, "keys": {"p256dh": device["p256dh"], "auth": device["auth"]}}
-                body = WebPusher(info).encode(data, "aes128gcm")["body"]
-                claims = {"sub": subject, "aud": _origin(endpoint), "exp": int(time.time()) + 12 * 3600}
-                headers = dict(keys.signer.sign(claims))
-                headers.update(
-                    {
-                        "TTL": str(ttl),
-                        "Urgency": "high" if message.event != "outcome" else "normal",
-                        "Content-Encoding": "aes128gcm",
-                        "Content-Type": "application/octet-stream",
-                        "Topic": message.request_id.replace("-", "")[:32],
-                    }
-                )
-                try:
-                    response = await http.post(endpoint, content=body, headers=headers)
-                except httpx.HTTPError as exc:
-                    failures.append(f"{_origin(endpoint)}: {type(exc).__name__}")
-                    continue
-                if response.status_code in {200, 201, 202}:
-                    accepted += 1
-                elif response.status_code in {404, 410}:
-                    logger.info("push subscription is gone; removed", extra={"endpoint": _origin(endpoint)})
-                    await push.forget(device["id"])
-                else:
-                    failures.append(f"{_origin(endpoint)}: HTTP {response.status_code}")
+        http = _client()
+        for device in devices:
+            endpoint = device["endpoint"]
+            info = {"endpoint": endpoint, "keys": {"p256dh": device["p256dh"], "auth": device["auth"]}}
+            body = WebPusher(info).encode(data, "aes128gcm")["body"]
+            headers = _vapid_headers(keys, subject, _origin(endpoint))
+            headers.update(
+                {
+                    "TTL": str(ttl),
+                    "Urgency": "high" if message.event != "outcome" else "normal",
+                    "Content-Encoding": "aes128gcm",
+                    "Content-Type": "application/octet-stream",
+                    "Topic": message.request_id.replace("-", "")[:32],
+                }
+            )
+            try:
+                response = await http.post(endpoint, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                failures.append(f"{_origin(endpoint)}: {type(exc).__name__}")
+                continue
+            if response.status_code in {200, 201, 202}:
+                accepted += 1
+            elif response.status_code in {404, 410}:
+                logger.info("push subscription is gone; removed", extra={"endpoint": _origin(endpoint)})
+                await push.forget(device["id"])
+            else:
+                failures.append(f"{_origin(endpoint)}: HTTP {response.status_code}")
         if accepted:
             return Answer(f"accepted by {accepted} of {len(devices)} device(s)")
         if not failures:
