@@ -49,7 +49,8 @@ def test_passkey_sign_in_step_up_vote_and_red_flags(live_hub: LiveHub, browser: 
 
     # Without the passkey the hub refuses the console vote (the server decides, not the page).
     token = page.evaluate("() => JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRF-Token']")
-    bare = page.request.post(f"{base}/console/approvals/{rid}/vote", form={"decision": "approve", "csrf": token})
+    bare = page.request.post(f"{base}/console/approvals/{rid}/vote", form={"decision": "approve", "csrf": token},
+                             headers={"Origin": base})  # same-origin, as the page's own form sends
     assert bare.status == 422 and "passkey" in bare.text()
 
     page.click("button[name=decision][value=approve]")
