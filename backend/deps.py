@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 
 from litestar import Request
 from litestar.connection import ASGIConnection
@@ -55,6 +56,17 @@ async def _checked(request: Request, lookup: Awaitable[Principal]) -> Principal:
             await throttle.failed_credential(hub.redis.client, hub.settings.security, address)
             await throttle.check_address(hub.redis.client, hub.settings.security, address)
         raise
+
+
+@asynccontextmanager
+async def token_attempt(request: Request) -> AsyncIterator[None]:  # type: ignore[type-arg]
+    """Count a refused token against the caller's address (see throttle.token_attempt)."""
+    hub: Hub = request.app.state.hub
+    if hub.redis is None:
+        yield
+        return
+    async with throttle.token_attempt(hub.redis.client, hub.settings.security, client_address(request)):
+        yield
 
 
 def provide_hub(request: Request) -> Hub:  # type: ignore[type-arg]

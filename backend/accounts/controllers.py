@@ -26,7 +26,7 @@ from backend.accounts.schemas import (
 )
 from backend.accounts.service import Principal
 from backend.accounts.tables import ApiKey, User
-from backend.deps import SESSION_COOKIE, admin_guard, client_address, people_guard, session_cookie
+from backend.deps import SESSION_COOKIE, admin_guard, client_address, people_guard, session_cookie, token_attempt
 from backend.errors import Forbidden, NotAuthenticated
 from backend.hub import Hub
 from backend.request_checks import BODY_LIMIT_SMALL
@@ -68,8 +68,9 @@ class AuthController(Controller):
 
     @post("/invite", operation_id="accept_invite", exclude_from_auth=True, status_code=200,
           summary="Set a password from a one-time invite link's token")
-    async def accept_invite(self, data: InviteAcceptBody) -> InviteAccepted:
-        return InviteAccepted(**await lifecycle.accept_invite(data.token, data.password))
+    async def accept_invite(self, data: InviteAcceptBody, request: Request) -> InviteAccepted:  # type: ignore[type-arg]
+        async with token_attempt(request):
+            return InviteAccepted(**await lifecycle.accept_invite(data.token, data.password))
 
 
 class MeController(Controller):

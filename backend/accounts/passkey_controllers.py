@@ -20,7 +20,7 @@ from backend.accounts.passkey_schemas import (
     TotpStatus,
 )
 from backend.accounts.service import Principal
-from backend.deps import session_cookie
+from backend.deps import people_guard, session_cookie, token_attempt
 from backend.hub import Hub
 
 
@@ -54,12 +54,15 @@ class WebAuthnController(Controller):
 
     @post("/authenticate/verify", operation_id="passkey_sign_in", status_code=200, exclude_from_auth=True,
           summary="Sign in with a passkey: starts a session (cookie)")
-    async def authenticate_verify(self, data: AuthenticateBody, hub: Hub) -> Response[SignedIn]:
+    async def authenticate_verify(
+        self, data: AuthenticateBody, hub: Hub, request: Request  # type: ignore[type-arg]
+    ) -> Response[SignedIn]:
         hours = hub.settings.security.session_hours
-        token, principal = await passkeys.sign_in(redis_of(hub), data.credential, hours=hours)
+        async with token_attempt(request):
+            token, principal = await passkeys.sign_in(redis_of(hub), data.credential, hours=hours)
         return Response(SignedIn(principal.email, principal.role, "passkey"), cookies=[session_cookie(hub, token)])
 
-    @get("/credentials", operation_id="list_passkeys", summary="My passkeys, with last use")
+    @get("/credentials", operation_id="list_passkeys", guards=[people_guard], summary="My passkeys, with last use")
     async def list_credentials(self, principal: Principal) -> list[Passkey]:
         return msgspec.convert(await passkeys.list_own(principal), list[Passkey])
 
@@ -76,7 +79,7 @@ class TotpController(Controller):
     path = "/api/v1/totp"
     tags = ["passkeys"]
 
-    @get("", operation_id="totp_status")
+    @get("", operation_id="totp_status", guards=[people_guard])
     async def status(self, principal: Principal) -> TotpStatus:
         return msgspec.convert(await totp.status(principal), TotpStatus)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -11,7 +11,7 @@ class RegisterBody(msgspec.Struct, forbid_unknown_fields=True):
     """The browser's PublicKeyCredential from navigator.credentials.create(), as JSON."""
 
     credential: dict[str, Any]
-    name: str = "Passkey"
+    name: Annotated[str, msgspec.Meta(max_length=200)] = "Passkey"
 
 
 class AuthenticateBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -21,7 +21,7 @@ class AuthenticateBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RenameBody(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
+    name: Annotated[str, msgspec.Meta(max_length=200)]
 
 
 class StepUpBody(msgspec.Struct, forbid_unknown_fields=True):

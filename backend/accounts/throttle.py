@@ -4,10 +4,12 @@ per client address, a limit on passwords, keys and sessions tried. Both answer 4
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
 
-from backend.errors import RateLimited
+from backend.errors import PreloopError, RateLimited
 from backend.settings import SecuritySettings
 
 
@@ -62,3 +64,16 @@ async def failed_login(
 
 async def succeeded_login(redis: Redis, org_id: uuid.UUID | str, email: str) -> None:
     await redis.delete(_account_key(org_id, email))
+
+
+@asynccontextmanager
+async def token_attempt(redis: Redis, security: SecuritySettings, address: str) -> AsyncIterator[None]:
+    """A token-checking step (invite token, email link, passkey assertion): refused at once when the
+    address is over its limit; a refused token (any 4xx) counts like a wrong password."""
+    await check_address(redis, security, address)
+    try:
+        yield
+    except PreloopError as exc:
+        if 400 <= exc.status < 500 and not isinstance(exc, RateLimited):
+            await failed_credential(redis, security, address)
+        raise

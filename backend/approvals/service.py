@@ -584,6 +584,11 @@ async def step_up_options(
     hub: Hub, principal: Principal, ids: list[str], decision: str, origin: str
 ) -> dict[str, Any]:
     """A passkey challenge naming these pending requests, their argument hashes and the decision."""
+    if not principal.is_agent and not principal.can_decide:
+        raise Forbidden(
+            f"{principal.email} is a {principal.role}; only approvers and admins confirm decisions",
+            code="role_cannot_vote",
+        )
     if not ids or len(ids) > 200:
         raise ValidationFailed("ids must hold 1 to 200 request ids", detail={"field": "ids", "got": len(ids)})
     items: list[tuple[str, str]] = []

@@ -11,8 +11,8 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 
 from backend.accounts.service import Principal
-from backend.deps import admin_guard
-from backend.errors import PreloopError
+from backend.deps import admin_guard, people_guard, token_attempt
+from backend.errors import PreloopError, RateLimited
 from backend.hub import Hub
 from backend.notifications import channel_settings, links, preferences, push, service
 from backend.notifications.compose import request_link
@@ -80,6 +80,7 @@ class ChannelController(Controller):
 class PreferenceController(Controller):
     path = "/api/v1/me/notifications"
     tags = ["notifications"]
+    guards = [people_guard]  # an agent key must not silence or redirect its owner's notifications
 
     @get("", operation_id="get_my_notifications")
     async def get_preferences(self, principal: Principal) -> Preferences:
@@ -110,6 +111,7 @@ class PushController(Controller):
         "/subscriptions",
         operation_id="add_push_subscription",
         status_code=201,
+        guards=[people_guard],  # pushes carry other agents' requests: never to an agent key's endpoint
         summary="Register this browser's PushSubscription.toJSON()",
     )
     async def subscribe(self, data: SubscriptionBody, principal: Principal, request: Request) -> Subscription:  # type: ignore[type-arg]
@@ -118,7 +120,7 @@ class PushController(Controller):
         )
         return Subscription(**saved)
 
-    @delete("/subscriptions", operation_id="remove_push_subscription", status_code=204)
+    @delete("/subscriptions", operation_id="remove_push_subscription", status_code=204, guards=[people_guard])
     async def unsubscribe(self, data: Unsubscribe, principal: Principal) -> None:
         await push.unsubscribe(principal.user_id, data.endpoint)
 
@@ -132,6 +134,13 @@ def _page(name: str, status: int = 200, **context: Any) -> Response[str]:
     )
 
 
+def _refused(heading: str, exc: PreloopError) -> Response[str]:
+    page = _page("result.html", exc.status, heading=heading, text=exc.message, link=None)
+    if isinstance(exc, RateLimited):
+        page.headers["Retry-After"] = str(exc.retry_after)
+    return page
+
+
 class EmailLinkController(Controller):
     """Approve/Decline links from email. GET only shows the request; the page's POST records the vote."""
 
@@ -141,11 +150,12 @@ class EmailLinkController(Controller):
     include_in_schema = False
 
     @get("/{token:str}", operation_id="email_link_page")
-    async def confirm(self, token: str, hub: Hub) -> Response[str]:
+    async def confirm(self, token: str, hub: Hub, request: Request) -> Response[str]:  # type: ignore[type-arg]
         try:
-            found = await links.inspect(token)
+            async with token_attempt(request):
+                found = await links.inspect(token)
         except PreloopError as exc:
-            return _page("result.html", exc.status, heading="This link does not work", text=exc.message, link=None)
+            return _refused("This link does not work", exc)
         row = found["row"]
         rule = (row.get("rule") or {}).get("description") or ""
         return _page(
@@ -166,13 +176,15 @@ class EmailLinkController(Controller):
         self,
         token: str,
         hub: Hub,
+        request: Request,  # type: ignore[type-arg]
         data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.URL_ENCODED)],
     ) -> Response[str]:
         reason = str(data.get("reason") or "").strip() or None
         try:
-            row = await links.vote_by_link(hub, token, reason)
+            async with token_attempt(request):
+                row = await links.vote_by_link(hub, token, reason)
         except PreloopError as exc:
-            return _page("result.html", exc.status, heading="Your vote was not recorded", text=exc.message, link=None)
+            return _refused("Your vote was not recorded", exc)
         link = request_link(hub.settings.server.base_url, row["id"])
         state = "The request is now " + row["status"] + "." if row["status"] != "pending" else "More votes are needed."
         return _page("result.html", heading="Your vote is recorded", text=state, link=link)

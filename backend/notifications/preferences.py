@@ -77,7 +77,7 @@ def parse(body: dict[str, Any]) -> Preference:
     tz = str(body.get("timezone") or "UTC")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
         raise ValidationFailed(
             f"unknown timezone {tz!r}; use an IANA name such as Europe/Paris", detail={"field": "timezone"}
         ) from None

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+# Bounds of the text people send here (over them: 400 naming the field, see docs/security.md).
+Url = Annotated[str, msgspec.Meta(max_length=2000)]
+Address = Annotated[str, msgspec.Meta(max_length=320)]
+Secret = Annotated[str, msgspec.Meta(max_length=500)]
+Word = Annotated[str, msgspec.Meta(max_length=64)]
 
 
 class Attempt(msgspec.Struct):
@@ -42,15 +48,15 @@ class ChannelInfo(msgspec.Struct):
 
 class ChannelBody(msgspec.Struct, forbid_unknown_fields=True):
     enabled: bool = True
-    smtp_url: str | None = None
+    smtp_url: Url | None = None
     """email: smtp://user:pass@host:587?starttls=true or smtps://user:pass@host:465 (stored encrypted)."""
-    sender: str | None = msgspec.field(default=None, name="from")
+    sender: Address | None = msgspec.field(default=None, name="from")
     """email: the From address."""
-    url: str | None = None
+    url: Url | None = None
     """webhook: where events are POSTed."""
-    secret: str | None = None
+    secret: Secret | None = None
     """webhook: the HMAC key of `Preloop-Signature` (stored encrypted, never returned)."""
-    subject: str | None = None
+    subject: Address | None = None
     """push: the VAPID `sub` claim, mailto:… or https://…"""
     channel: str | None = None
     """slack, mattermost: the channel id messages are posted to."""
@@ -87,16 +93,16 @@ class TestResult(msgspec.Struct):
 
 
 class QuietHours(msgspec.Struct):
-    start: str
-    end: str
+    start: Word
+    end: Word
 
 
 class Preferences(msgspec.Struct):
-    channels: list[str] | None = None
+    channels: Annotated[list[Word], msgspec.Meta(max_length=20)] | None = None
     """Channels you want (of those a policy names); null means all of them."""
     quiet_hours: QuietHours | None = None
     """No messages between start and end (HH:MM in `timezone`), except for critical-risk requests."""
-    timezone: str = "UTC"
+    timezone: Word = "UTC"
 
 
 class VapidKey(msgspec.Struct):
@@ -104,20 +110,20 @@ class VapidKey(msgspec.Struct):
 
 
 class SubscriptionKeys(msgspec.Struct):
-    p256dh: str
-    auth: str
+    p256dh: Annotated[str, msgspec.Meta(max_length=200)]
+    auth: Annotated[str, msgspec.Meta(max_length=100)]
 
 
 class SubscriptionBody(msgspec.Struct):
     """The browser's `PushSubscription.toJSON()`."""
 
-    endpoint: str
+    endpoint: Url
     keys: SubscriptionKeys
     expirationTime: float | None = None
 
 
 class Unsubscribe(msgspec.Struct):
-    endpoint: str
+    endpoint: Url
 
 
 class Subscription(msgspec.Struct):

@@ -119,3 +119,37 @@ async def test_the_vote_channel_comes_from_how_the_voter_signed_in(client: Any) 
         headers=session_headers(await login(client, "bob@acme.test", "pw-bob", "acme")),
     )
     assert [v["channel"] for v in decided.json()["results"][0]["request"]["votes"]] == ["app"]
+
+
+async def test_an_agent_key_cannot_touch_its_owners_notifications_passkeys_or_totp(client: Any) -> None:
+    cast = await make_cast(client)
+    agent = auth(cast.org.agent_token)
+    subscription = {"endpoint": "https://push.example.test/agent", "keys": {"p256dh": "BNcR", "auth": "tBHI"}}
+    for method, path, body in (
+        ("GET", "/api/v1/me/notifications", None),
+        ("PUT", "/api/v1/me/notifications", {"channels": []}),  # would silence the owner
+        ("POST", "/api/v1/push/subscriptions", subscription),  # would receive the owner's pushes
+        ("DELETE", "/api/v1/push/subscriptions", {"endpoint": "https://push.example.test/agent"}),
+        ("GET", "/api/v1/webauthn/credentials", None),
+        ("GET", "/api/v1/totp", None),
+    ):
+        refused = await client.request(method, path, json=body, headers=agent)
+        assert refused.status_code == 403, (method, path, refused.text)
+        assert refused.json()["error"]["code"] == "agent_not_allowed"
+    dev = await accounts.get_user(cast.org.id, "dev@acme.test")
+    prefs = (await client.get("/api/v1/me/notifications", headers=cast.headers["viewer"])).json()
+    assert prefs["channels"] is None  # nothing changed for anyone
+    assert dev["email"] == "dev@acme.test"
+
+
+async def test_a_viewer_gets_no_step_up_challenge(client: Any) -> None:
+    cast = await make_cast(client)
+    request = await pending(client, cast)
+    viewer = cast.headers["viewer"]
+    for path, body in (
+        (f"/api/v1/approvals/{request['id']}/step-up/options", {"decision": "approve"}),
+        ("/api/v1/approvals/batch/step-up/options", {"ids": [request["id"]], "decision": "approve"}),
+    ):
+        refused = await client.post(path, json=body, headers=viewer)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["code"] == "role_cannot_vote"

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from backend.accounts import service as accounts
+from tests.helpers import auth
 from tests.security.support import (
     POLICY,
     WHO,
@@ -127,6 +129,152 @@ def policy_call(path: str) -> Prepare:
     return prepare
 
 
+async def _fresh_user(cast: Cast) -> str:
+    user = await accounts.add_user(cast.org.id, f"{cast.unique('p')}@acme.test", role="viewer")
+    return str(user["email"])
+
+
+async def _fresh_team(cast: Cast, *, member: str | None = None) -> str:
+    name = cast.unique("t")
+    await accounts.add_team(cast.org.id, name)
+    if member:
+        await accounts.add_member(cast.org.id, name, member)
+    return name
+
+
+def on_user(method: str, suffix: str) -> Prepare:
+    async def prepare(_client: Any, cast: Cast) -> Call:
+        return method, f"/api/v1/users/{await _fresh_user(cast)}{suffix}", {"json": {}} if method == "POST" else {}
+
+    return prepare
+
+
+async def _accept_invite(client: Any, cast: Cast) -> Call:
+    email = await _fresh_user(cast)
+    link = await client.post(f"/api/v1/users/{email}/invite", json={}, headers=auth(cast.org.admin_token))
+    assert link.status_code == 200, link.text
+    token = link.json()["link"].rpartition("#invite=")[2]
+    return "POST", "/api/v1/auth/invite", {"json": {"token": token, "password": "a-long-new-password"}}
+
+
+async def _rename_team(_client: Any, cast: Cast) -> Call:
+    return "PATCH", f"/api/v1/teams/{await _fresh_team(cast)}", {"json": {"name": cast.unique("renamed")}}
+
+
+async def _delete_team(_client: Any, cast: Cast) -> Call:
+    return "DELETE", f"/api/v1/teams/{await _fresh_team(cast)}", {}
+
+
+async def _add_member(_client: Any, cast: Cast) -> Call:
+    return "POST", f"/api/v1/teams/{await _fresh_team(cast)}/members", {"json": {"email": "ian@acme.test"}}
+
+
+async def _remove_member(_client: Any, cast: Cast) -> Call:
+    team = await _fresh_team(cast, member="ian@acme.test")
+    return "DELETE", f"/api/v1/teams/{team}/members/ian@acme.test", {}
+
+
+async def _revoke_key(_client: Any, cast: Cast) -> Call:
+    """A key of alice (the approver): she and admins may revoke it; other people do not see it (404)."""
+    alice = await accounts.get_user(cast.org.id, "alice@acme.test")
+    _token, meta = await accounts.create_key(cast.org.id, alice["id"], cast.unique("k"), scope="agent")
+    return "POST", f"/api/v1/keys/{meta['id']}/revoke", {"json": {}}
+
+
+async def _batch_step_up(client: Any, cast: Cast) -> Call:
+    request = await pending(client, cast)
+    return "POST", "/api/v1/approvals/batch/step-up/options", {"json": {"ids": [request["id"]], "decision": "approve"}}
+
+
+async def _subscribe(_client: Any, cast: Cast) -> Call:
+    keys = {"p256dh": PUSH_P256DH, "auth": PUSH_AUTH}
+    body = {"endpoint": f"https://push.example.test/{cast.unique('s')}", "keys": keys}
+    return "POST", "/api/v1/push/subscriptions", {"json": body}
+
+
+async def _unsubscribe(_client: Any, cast: Cast) -> Call:
+    return "DELETE", "/api/v1/push/subscriptions", {"json": {"endpoint": f"https://push.example.test/{cast.unique('s')}"}}
+
+
+# A P-256 public key and auth secret in the shape browsers send (values only need to parse).
+PUSH_P256DH = "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM"
+PUSH_AUTH = "tBHItJI5svbpez7KI4CCXg"
+WEBHOOK = {"enabled": False, "url": "https://hooks.example.test/p", "secret": "a-webhook-secret-of-32-chars-xx"}
+NO_PASSKEY = "00000000-0000-0000-0000-000000000000"
+# Session-only actions on your own account: API keys are refused (403), every signed-in person may.
+OWN_SESSION = row(401, 403, 200, 200, 200, 200, 200)
+NO_TOTP = row(401, 403, 422, 422, 422, 422, 422)  # TOTP not started: 422 past authorization
+STEP_UP = row(401, 403, 403, 422, 422, 422, 404)
+
+PHASE2: dict[str, tuple[Prepare, dict[str, int]]] = {
+    # system
+    "ready": (fixed("GET", "/ready"), EVERYONE),
+    "metrics": (fixed("GET", "/metrics"), EVERYONE),  # PRELOOP_METRICS_TOKEN unset; see test_web
+    # accounts lifecycle (#11): the invite token is the credential, so anyone holding one may use it
+    "accept_invite": (_accept_invite, row(200, 200, 200, 200, 200, 200, 200)),
+    # a too-short new password: 422 means the caller got past authorization without changing anything
+    "change_my_password": (
+        fixed("POST", "/api/v1/me/password", json={"current_password": "x", "new_password": "x"}),
+        row(401, 403, 422, 422, 422, 422, 422),
+    ),
+    "invite_user": (on_user("POST", "/invite"), row(401, 403, 403, 403, 403, 200, 404)),
+    "deactivate_user": (on_user("POST", "/deactivate"), row(401, 403, 403, 403, 403, 200, 404)),
+    "reactivate_user": (on_user("POST", "/reactivate"), row(401, 403, 403, 403, 403, 200, 404)),
+    "rename_team": (_rename_team, row(401, 403, 403, 403, 403, 200, 404)),
+    "delete_team": (_delete_team, row(401, 403, 403, 403, 403, 204, 404)),
+    "add_team_member": (_add_member, row(401, 403, 403, 403, 403, 200, 404)),
+    "remove_team_member": (_remove_member, row(401, 403, 403, 403, 403, 204, 404)),
+    "revoke_key": (_revoke_key, row(401, 403, 404, 200, 404, 200, 404)),
+    # gateway (#9)
+    "check_agent_key": (fixed("GET", "/api/v1/agents/me"), row(401, 200, 403, 403, 403, 403, 403)),
+    # audit
+    "export_audit": (fixed("GET", "/api/v1/audit/export"), ADMINS),
+    # policies read back in the seed's shapes, like the active policy
+    "list_tool_configurations": (fixed("GET", "/api/v1/tools"), SIGNED_IN),
+    "list_approval_policies": (fixed("GET", "/api/v1/approval-policies"), SIGNED_IN),
+    # autonomy and dry run (#15): every agent's recorded calls, so people only
+    "get_autonomy": (fixed("GET", "/api/v1/autonomy"), PEOPLE),
+    "dry_run_policy": (policy_call("/api/v1/policies/dry-run"), PEOPLE),
+    # passkeys and TOTP (#14): your own account, from a session
+    "passkey_register_options": (fixed("POST", "/api/v1/webauthn/register/options", json={}), OWN_SESSION),
+    # a malformed credential: 422 past authorization
+    "passkey_register_verify": (
+        fixed("POST", "/api/v1/webauthn/register/verify", json={"credential": {"id": "x"}, "name": "k"}),
+        row(401, 403, 422, 422, 422, 422, 422),
+    ),
+    "passkey_sign_in_options": (fixed("POST", "/api/v1/webauthn/authenticate/options", json={}), EVERYONE),
+    "passkey_sign_in": (
+        fixed("POST", "/api/v1/webauthn/authenticate/verify", json={"credential": {"id": "x"}}),
+        row(422, 422, 422, 422, 422, 422, 422),
+    ),
+    "list_passkeys": (fixed("GET", "/api/v1/webauthn/credentials"), PEOPLE),
+    "rename_passkey": (
+        fixed("PATCH", f"/api/v1/webauthn/credentials/{NO_PASSKEY}", json={"name": "n"}),
+        row(401, 403, 404, 404, 404, 404, 404),
+    ),
+    "remove_passkey": (
+        fixed("DELETE", f"/api/v1/webauthn/credentials/{NO_PASSKEY}"), row(401, 403, 404, 404, 404, 404, 404)
+    ),
+    "totp_status": (fixed("GET", "/api/v1/totp"), PEOPLE),
+    "totp_enrol": (fixed("POST", "/api/v1/totp/enrol", json={}), OWN_SESSION),
+    "totp_confirm": (fixed("POST", "/api/v1/totp/confirm", json={"code": "000000"}), NO_TOTP),
+    "totp_disable": (fixed("POST", "/api/v1/totp/disable", json={"code": "000000"}), NO_TOTP),
+    # step-up challenges are for people who vote, from a session; nobody in the cast has a passkey,
+    # so 422 no_passkey is the answer past authorization (viewers are refused first)
+    "step_up_options": (on_pending("POST", "/step-up/options", json={"decision": "approve"}), STEP_UP),
+    "batch_step_up_options": (_batch_step_up, STEP_UP),
+    # notifications (#12)
+    "list_deliveries": (on_pending("GET", "/deliveries"), row(401, 403, 200, 200, 200, 200, 404)),
+    "list_channels": (fixed("GET", "/api/v1/channels"), ADMINS),
+    "put_channel": (fixed("PUT", "/api/v1/channels/webhook", json=WEBHOOK), ADMINS),
+    "test_channel": (fixed("POST", "/api/v1/channels/nosuch/test", json={}), row(401, 403, 403, 403, 403, 404, 404)),
+    "get_my_notifications": (fixed("GET", "/api/v1/me/notifications"), PEOPLE),
+    "put_my_notifications": (fixed("PUT", "/api/v1/me/notifications", json={"timezone": "UTC"}), PEOPLE),
+    "get_vapid_public_key": (fixed("GET", "/api/v1/push/vapid-public-key"), EVERYONE),  # a public key,
+    "add_push_subscription": (_subscribe, row(401, 403, 201, 201, 201, 201, 201)),
+    "remove_push_subscription": (_unsubscribe, row(401, 403, 404, 404, 404, 404, 404)),  # not theirs,
+}
+
 # operation id -> (how to call it, expected status per caller)
 MATRIX: dict[str, tuple[Prepare, dict[str, int]]] = {
     "health": (fixed("GET", "/health"), EVERYONE),
@@ -142,8 +290,8 @@ MATRIX: dict[str, tuple[Prepare, dict[str, int]]] = {
     "create_team": (_create_team, ADMINS_CREATE),
     "list_keys": (fixed("GET", "/api/v1/keys"), PEOPLE),
     "create_key": (_create_key, row(401, 403, 201, 201, 201, 201, 201)),
-    # Owned by gw-trust (#9); today any signed-in caller may report call records.
-    "ingest_call_records": (_calls, row(401, 202, 202, 202, 202, 202, 202)),
+    # Only agent keys report calls (the agent is stamped from the key); 200 with a result per record.
+    "ingest_call_records": (_calls, row(401, 200, 403, 403, 403, 403, 403)),
     "list_audit_events": (fixed("GET", "/api/v1/audit/events"), PEOPLE),
     "verify_audit_chain": (fixed("GET", "/api/v1/audit/verify"), PEOPLE),
     "get_active_policy": (fixed("GET", "/api/v1/policies/active"), SIGNED_IN),
@@ -182,6 +330,8 @@ MATRIX: dict[str, tuple[Prepare, dict[str, int]]] = {
     ),
     "list_approval_comments": (on_pending("GET", "/comments"), row(401, 403, 200, 200, 200, 200, 404)),
     "list_channel_deliveries": (fixed("GET", "/api/v1/channels/email/deliveries"), ADMINS),
+    # --- phase 2 rows (matrix branch): operations merged after the table above was written ---
+    **PHASE2,
 }
 STREAMING = {"stream_events"}
 

@@ -151,3 +151,66 @@ async def test_json_endpoints_refuse_forms_and_plain_text(client: Any, hub: Any)
     assert plain.status_code == 415
     users = (await client.get("/api/v1/users", headers=auth(org.admin_token))).json()
     assert "evil@acme.test" not in [u["email"] for u in users]
+
+
+async def test_new_text_bodies_refuse_nul_overlong_and_deep_json_naming_the_field(client: Any, org: Any) -> None:
+    """Invite, password, team, passkey name, channel settings, preferences and push subscriptions."""
+    from tests.security.support import ORIGIN
+
+    login = await client.post("/api/v1/auth/login", json={"email": "alice@acme.test", "password": "pw-alice"})
+    session = {"Cookie": f"preloop_session={login.cookies['preloop_session']}", "Origin": ORIGIN}
+    client.cookies.clear()
+    admin = auth(org.admin_token)
+    long = "x" * 5000
+    sub_keys = {"p256dh": "BNcR", "auth": "tBHI"}
+    sub = {"endpoint": "https://p.test/e", "keys": sub_keys}
+    cases: list[tuple[str, str, dict[str, str], dict[str, Any], str]] = [
+        ("POST", "/api/v1/auth/invite", {}, {"token": "t", "password": "p"}, "token"),
+        ("POST", "/api/v1/auth/invite", {}, {"token": "t", "password": "p"}, "password"),
+        ("POST", "/api/v1/me/password", session, {"current_password": "pw-alice", "new_password": "p"}, "new_password"),
+        ("POST", "/api/v1/teams", admin, {"name": "t"}, "name"),
+        ("PATCH", "/api/v1/teams/sre", admin, {"name": "t"}, "name"),
+        ("POST", "/api/v1/teams/sre/members", admin, {"email": "e@acme.test"}, "email"),
+        ("PATCH", "/api/v1/webauthn/credentials/00000000-0000-0000-0000-000000000000", session, {"name": "n"}, "name"),
+        ("PUT", "/api/v1/channels/webhook", admin, {"url": "https://h.test/", "secret": "s" * 32}, "url"),
+        ("PUT", "/api/v1/channels/webhook", admin, {"url": "https://h.test/", "secret": "s" * 32}, "secret"),
+        ("PUT", "/api/v1/channels/email", admin, {"smtp_url": "smtp://h.test:25", "from": "a@h.test"}, "from"),
+        ("PUT", "/api/v1/me/notifications", session, {"timezone": "UTC"}, "timezone"),
+        ("PUT", "/api/v1/me/notifications", session, {"channels": ["email"]}, "channels[0]"),
+        ("POST", "/api/v1/push/subscriptions", session, sub, "endpoint"),
+        ("POST", "/api/v1/push/subscriptions", session, sub, "keys.auth"),
+        ("DELETE", "/api/v1/push/subscriptions", session, {"endpoint": "https://p.test/e"}, "endpoint"),
+    ]
+    wrong: list[str] = []
+    for method, path, headers, body, field in cases:
+        for label, value in (("nul", "a\u0000b"), ("long", long)):
+            sent = _with(body, field, value)
+            response = await client.request(method, path, json=sent, headers=headers)
+            named = response.status_code < 500 and field.rpartition(".")[2].split("[")[0] in response.text
+            if response.status_code != 400 or not named:
+                wrong.append(f"{method} {path} {field} {label}: {response.status_code} {response.text[:160]}")
+        deep = '{"x": ' + "[" * 100 + "]" * 100 + "}"
+        response = await client.request(
+            method, path, content=deep, headers={**headers, "content-type": "application/json"}
+        )
+        if response.status_code != 400:
+            wrong.append(f"{method} {path} deep: {response.status_code} {response.text[:160]}")
+    assert not wrong, "\n".join(wrong)
+
+
+def _with(body: dict[str, Any], field: str, value: str) -> dict[str, Any]:
+    """A copy of `body` with `field` (dotted, `name[0]` for a list item) set to `value`."""
+    import copy
+
+    out = copy.deepcopy(body)
+    target: Any = out
+    parts = field.split(".")
+    for part in parts[:-1]:
+        target = target[part]
+    last = parts[-1]
+    if last.endswith("]"):
+        name, index = last[:-1].split("[")
+        target[name][int(index)] = value
+    else:
+        target[last] = value
+    return out

@@ -171,3 +171,21 @@ async def test_the_secret_key_is_generated_and_stored_0600_on_first_start(
     await again.start(with_worker=False)
     await again.stop()
     assert key_file.read_text() == first  # kept, not regenerated
+
+
+async def test_console_email_link_pages_and_metrics_carry_the_security_headers(client: Any, org: Any) -> None:
+    responses = [
+        await client.get("/console/", follow_redirects=True),  # the console (its sign-in page)
+        await client.get("/email/v/not-a-link"),  # an email-link page (404 page)
+        await client.post("/email/v/not-a-link", data={"reason": ""}),
+        await client.get("/metrics"),
+    ]
+    for response in responses:
+        headers = response.headers
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp, (response.url, csp)
+        assert "unsafe-inline" not in csp.split("script-src", 1)[1].split(";", 1)[0]
+        assert headers["x-content-type-options"] == "nosniff", response.url
+        assert headers["x-frame-options"] == "DENY", response.url
+        # email-link pages send no referrer at all (the token is in their URL); the rest same-origin
+        assert headers["referrer-policy"] in {"same-origin", "no-referrer"}, response.url

@@ -43,7 +43,8 @@ async def session(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """A browser-like client: its own cookie jar, signed in with a password when one is given."""
     transport = httpx.ASGITransport(app=create_app(hub=hub))
-    async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
+    # Browsers send Origin with every POST/PUT/PATCH/DELETE; the hub's CSRF check needs it for sessions.
+    async with httpx.AsyncClient(transport=transport, base_url=base_url, headers={"Origin": base_url}) as http:
         if email:
             response = await http.post("/api/v1/auth/login", json={"email": email, "password": password})
             assert response.status_code == 201 or response.status_code == 200, response.text

@@ -13,6 +13,7 @@ from tests.helpers import Org, auth
 
 
 async def _login(client: Any, email: str, password: str) -> Any:
+    client.headers["Origin"] = "http://hub.test"  # as a browser sends it: the CSRF check needs it for sessions
     return await client.post("/api/v1/auth/login", json={"email": email, "password": password})
 
 
