@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -124,9 +125,11 @@ async def start_api(preloop: str, database_url: str, data_dir: Path) -> tuple[su
         "PRELOOP_PORT": str(port),
         "PRELOOP_LOG_LEVEL": "warning",
     }
-    process = subprocess.Popen(  # noqa: ASYNC220 - a bench, started once per phase
-        [preloop, "serve", "--no-worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    with (data_dir / f"api-{port}.log").open("ab") as log:
+        process = subprocess.Popen(  # noqa: ASYNC220 - a bench, started once per phase
+            [preloop, "serve", "--no-worker"], env=env, stdout=log, stderr=log
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     async with httpx.AsyncClient(base_url=url, timeout=2) as probe:
@@ -166,6 +169,8 @@ class Cycles:
         ]
         self.clients = clients
         self.serial = 0
+        self.run_id = uuid.uuid4().hex  # distinct arguments per runner: no create attaches to an older request
+        self.errors: list[str] = []
 
     async def close(self) -> None:
         for agent, approver in self.pairs:
@@ -176,7 +181,8 @@ class Cycles:
         agent, approver = self.pairs[client % len(self.pairs)]
         self.serial += 1
         started = time.perf_counter()
-        created = await agent.post("/api/v1/approvals", json={"tool": "deploy", "arguments": {"n": self.serial}})
+        arguments = {"run": self.run_id, "n": self.serial}
+        created = await agent.post("/api/v1/approvals", json={"tool": "deploy", "arguments": arguments})
         if created.status_code != 201:
             raise RuntimeError(f"create: {created.status_code} {created.text[:200]}")
         body = created.json()
@@ -201,7 +207,10 @@ class Cycles:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                latencies.append(await self.cycle(index))
+                try:
+                    latencies.append(await self.cycle(index))
+                except httpx.TransportError as exc:  # counted, and the run goes on
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
 
         started = time.perf_counter()
         await asyncio.gather(*(client(i) for i in range(self.clients)))
@@ -278,6 +287,8 @@ async def main() -> None:
                     await runner.close()
                     stop(process)
                 rates[label].append(rate)
+                if runner.errors:
+                    print(f"  {len(runner.errors)} cycles failed on the transport: {runner.errors[0]}", flush=True)
                 latencies[label] += lat
                 print(f"round {round_no + 1} [{label}] {rate:.0f} cycles/s, p50 {pct(lat, 50):.0f} ms, "
                       f"p99 {pct(lat, 99):.0f} ms", flush=True)
