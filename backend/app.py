@@ -17,6 +17,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
+from backend import db
 from backend.accounts.agent_check import AgentController
 from backend.accounts.controllers import AuthController, KeyController, MeController, TeamController, UserController
 from backend.accounts.passkey_controllers import TotpController, WebAuthnController
@@ -102,6 +103,16 @@ def _http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:  # 
 
 
 def _unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    if db.is_unreachable(exc):
+        logger.warning("database unreachable", extra={"path": request.url.path, "error": db.describe(exc)})
+        response = _error(
+            503,
+            "database_unavailable",
+            "the hub cannot reach its database right now; nothing was changed, retry shortly",
+            {"retry_after": db.RETRY_AFTER_SECONDS},
+        )
+        response.headers["Retry-After"] = str(db.RETRY_AFTER_SECONDS)
+        return response
     logger.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
     return _error(500, "internal_error", "the hub hit an unexpected error; it is logged")
 

@@ -73,6 +73,10 @@ async def _run_hooks(state: TransactionState) -> None:
         await state.before_commit.pop(0)()
 
 
+def is_sqlite() -> bool:
+    return isinstance(_engine(), SQLiteEngine)
+
+
 async def lock(name: str) -> None:
     """Serialize on `name` until the surrounding transaction ends (PostgreSQL advisory lock)."""
     engine = _engine()

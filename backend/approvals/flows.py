@@ -23,7 +23,7 @@ from backend.errors import Conflict, Forbidden, ValidationFailed
 from backend.events import publish_event
 from backend.notifications import service as notifications
 from backend.observability import metrics
-from backend.transactions import lock, write_transaction
+from backend.transactions import is_sqlite, write_transaction
 
 if TYPE_CHECKING:
     from backend.hub import Hub
@@ -99,6 +99,16 @@ async def load_row(request_id: uuid.UUID | str) -> dict[str, Any] | None:
     if rid is None:
         return None
     return await ApprovalRequest.select().where(ApprovalRequest.id == rid).output(load_json=True).first()
+
+
+async def load_locked(request_id: uuid.UUID) -> dict[str, Any] | None:
+    """The request, locked until the surrounding write transaction ends: what serializes votes,
+    deadlines and cancels of one request. PostgreSQL: `SELECT ... FOR UPDATE` (the lock and the read in
+    one round trip); SQLite: the immediate transaction already holds the only write lock."""
+    query = ApprovalRequest.select().where(ApprovalRequest.id == request_id).output(load_json=True)
+    if not is_sqlite():
+        query = query.lock_rows()
+    return await query.first()
 
 
 def policy_of(row: dict[str, Any]) -> dict[str, Any]:
@@ -452,6 +462,38 @@ async def _create_grant(row: dict[str, Any], actor: Actor) -> None:
 # --- votes --------------------------------------------------------------------------------------
 
 
+async def votes_of(request_ids: uuid.UUID | list[Any]) -> list[dict[str, Any]]:
+    """Votes of one request (or several), oldest first, with each voter's email."""
+    ids = request_ids if isinstance(request_ids, list) else [request_ids]
+    return list(
+        await Vote.select(
+            Vote.request,
+            Vote.user,
+            Vote.decision,
+            Vote.reason,
+            Vote.channel,
+            Vote.created_at,
+            Vote.assertion,
+            Vote.user.email.as_alias("email"),
+        )
+        .where(Vote.request.is_in(ids))
+        .order_by(Vote.created_at)
+    )
+
+
+def vote_view(v: dict[str, Any]) -> dict[str, Any]:
+    """One vote as the API shows it."""
+    created = v["created_at"]
+    return {
+        "user": {"id": str(v["user"]), "email": v["email"]},
+        "decision": v["decision"],
+        "reason": v["reason"],
+        "channel": v["channel"],
+        "created_at": created.isoformat() if isinstance(created, datetime) else (str(created) if created else None),
+        "passkey_confirmed": v["assertion"] is not None,
+    }
+
+
 def voter(principal: Principal) -> Actor:
     return Actor("user", str(principal.user_id), principal.email)
 
@@ -480,8 +522,12 @@ async def record_vote(
     grant_seconds: int = 0,
     channel: str = "api",
     assertion: dict[str, Any] | StepUpProof | None = None,
+    seen_votes: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Store one person's vote and decide the request when it settles it.
+
+    `seen_votes`, when given, is filled with the request's votes as the API shows them (read under
+    the request's lock, this vote included), so the caller can answer without reading them again.
 
     `assertion` is a passkey step-up (the browser's PublicKeyCredential as JSON, or a proof a batch
     already verified). A request whose policy says `require_passkey` counts only a vote from an app
@@ -528,8 +574,7 @@ async def record_vote(
         grant_seconds = min(grant_seconds, cap)
     proof = await _step_up(hub, principal, row, decision, channel, assertion)
     async with unit_of_work():
-        await lock(f"approval:{row['id']}")
-        current = await load_row(row["id"])
+        current = await load_locked(row["id"])
         assert current is not None
         if current["status"] != "pending":
             raise _already_decided(current)
@@ -565,11 +610,9 @@ async def record_vote(
                 **({"arguments_hash": current["arguments_hash"], "step_up": proof.evidence} if proof else {}),
             },
         )
-        votes = (
-            await Vote.select(Vote.user, Vote.decision, Vote.reason, Vote.user.email.as_alias("email"))
-            .where(Vote.request == current["id"])
-            .order_by(Vote.created_at)
-        )
+        votes = await votes_of(current["id"])
+        if seen_votes is not None:
+            seen_votes[:] = [vote_view(v) for v in votes]
         approvals = [v for v in votes if v["decision"] == "approve"]
         declines = [v for v in votes if v["decision"] == "decline"]
         if decision == "approve" and (grant_seconds or int(current["grant_seconds"])):
@@ -703,8 +746,7 @@ async def fire_expiry(hub: Hub, request_id: uuid.UUID | str) -> bool:
     if row is None or row["status"] != "pending" or (_ts(row["expires_at"]) or now()) > now():
         return False
     async with unit_of_work():
-        await lock(f"approval:{row['id']}")
-        row = await load_row(row["id"])
+        row = await load_locked(row["id"])
         if row is None or row["status"] != "pending":
             return False
         policy = policy_of(row)
@@ -731,8 +773,7 @@ async def fire_escalation(hub: Hub, request_id: uuid.UUID | str, level: int | No
     if _ts(row["next_escalation_at"]) > now():  # type: ignore[operator]
         return False
     async with unit_of_work():
-        await lock(f"approval:{row['id']}")
-        row = await load_row(row["id"])
+        row = await load_locked(row["id"])
         if row is None or row["status"] != "pending" or row["next_escalation_at"] is None:
             return False
         reached = int(row["escalation_level"]) + 1

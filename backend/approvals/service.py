@@ -77,32 +77,9 @@ async def _emails(user_ids: Iterable[Any]) -> dict[str, str]:
 async def _votes_of(request_ids: list[Any]) -> dict[str, list[dict[str, Any]]]:
     if not request_ids:
         return {}
-    rows = (
-        await Vote.select(
-            Vote.request,
-            Vote.user,
-            Vote.decision,
-            Vote.reason,
-            Vote.channel,
-            Vote.created_at,
-            Vote.assertion,
-            Vote.user.email.as_alias("email"),
-        )
-        .where(Vote.request.is_in(request_ids))
-        .order_by(Vote.created_at)
-    )
     out: dict[str, list[dict[str, Any]]] = {}
-    for v in rows:
-        out.setdefault(str(v["request"]), []).append(
-            {
-                "user": {"id": str(v["user"]), "email": v["email"]},
-                "decision": v["decision"],
-                "reason": v["reason"],
-                "channel": v["channel"],
-                "created_at": _iso(v["created_at"]),
-                "passkey_confirmed": v["assertion"] is not None,
-            }
-        )
+    for v in await flows.votes_of(list(request_ids)):
+        out.setdefault(str(v["request"]), []).append(flows.vote_view(v))
     return out
 
 
@@ -150,6 +127,21 @@ async def present(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     votes = await _votes_of([r["id"] for r in rows])
     emails = await _emails(r.get("requester") for r in rows)
     return [serialize(r, votes.get(str(r["id"]), []), emails) for r in rows]
+
+
+async def present_one(
+    row: dict[str, Any], principal: Principal, *, votes: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """One row for its caller, reading only what the caller does not already know: a requester who
+    is the caller needs no email lookup, and `votes` (when the caller has them) no vote query."""
+    if votes is None:
+        votes = (await _votes_of([row["id"]])).get(str(row["id"]), [])
+    requester = str(row.get("requester") or "")
+    if requester and requester == str(principal.user_id):
+        emails = {requester: principal.email}
+    else:
+        emails = await _emails([requester])
+    return serialize(row, votes, emails)
 
 
 async def _row_in_org(org_id: uuid.UUID, request_id: Any) -> dict[str, Any]:
@@ -540,7 +532,8 @@ async def create_request(
         }
         row = await flows.transition(hub, None, "pending", principal.actor, Change(values=values))
         assert row is not None
-    return 201, {**(await present([row]))[0], "attached": False}
+    # Created in this call: it has no votes yet.
+    return 201, {**(await present_one(row, principal, votes=[])), "attached": False}
 
 
 async def _covering_grant(
@@ -573,11 +566,12 @@ async def vote(
     assertion: dict[str, Any] | StepUpProof | None = None,
 ) -> dict[str, Any]:
     row = await _row_in_org(principal.org_id, request_id)
+    votes: list[dict[str, Any]] = []
     updated = await flows.record_vote(
         hub, principal, row, decision, reason=reason, grant_seconds=grant_seconds, channel=channel,
-        assertion=assertion,
+        assertion=assertion, seen_votes=votes,
     )
-    return (await present([updated]))[0]
+    return await present_one(updated, principal, votes=votes)
 
 
 async def step_up_options(
@@ -659,8 +653,7 @@ async def cancel(hub: Hub, principal: Principal, request_id: Any, reason: str | 
     if str(row.get("requester") or "") != str(principal.user_id) and not principal.is_admin:
         raise Forbidden("only the requester or an admin can cancel a request", code="not_requester")
     async with unit_of_work():
-        await lock(f"approval:{row['id']}")
-        current = await load_row(row["id"])
+        current = await flows.load_locked(row["id"])
         assert current is not None
         if current["status"] not in ("pending", "approved"):
             raise Conflict(
@@ -687,29 +680,32 @@ async def claim(hub: Hub, principal: Principal, request_id: Any, hash_hex: str) 
             detail={"approved": row["arguments_hash"], "got": hash_hex},
         )
     async with unit_of_work():
-        current = await load_row(row["id"])
-        assert current is not None
-        if current["status"] != "approved":
-            code = (
-                "already_claimed"
-                if current["status"] in ("executing", "executed", "failed")
-                else "not_approved"
-            )
-            raise Conflict(
-                f"this request is {current['status']}; only an approved request can be claimed",
-                code=code,
-                detail={"status": current["status"]},
-            )
+        _require_claimable(row)
+        # The UPDATE is conditional on `approved`, so of racing claims exactly one wins; a row that
+        # is still `approved` has not changed since it was read (every change moves its status).
         updated = await flows.transition(
             hub,
-            current,
+            row,
             "executing",
             principal.actor,
             Change(values={"claimed_by": principal.key_name or principal.email}),
         )
         if updated is None:
+            current = await load_row(row["id"])
+            assert current is not None
+            _require_claimable(current)
             raise Conflict("another call claimed this request first", code="already_claimed")
-    return (await present([updated]))[0]
+    return await present_one(updated, principal)
+
+
+def _require_claimable(row: dict[str, Any]) -> None:
+    if row["status"] != "approved":
+        code = "already_claimed" if row["status"] in ("executing", "executed", "failed") else "not_approved"
+        raise Conflict(
+            f"this request is {row['status']}; only an approved request can be claimed",
+            code=code,
+            detail={"status": row["status"]},
+        )
 
 
 async def report_outcome(
@@ -740,7 +736,7 @@ async def report_outcome(
         )
         if updated is None:
             raise Conflict("the outcome was already reported", code="not_executing")
-    return (await present([updated]))[0]
+    return await present_one(updated, principal)
 
 
 def _require_runner(principal: Principal, row: dict[str, Any]) -> None:

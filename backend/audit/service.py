@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from backend.audit.tables import AuditEvent, AuditHead
-from backend.transactions import current_transaction, lock, write_transaction
+from backend.transactions import current_transaction, is_sqlite, lock, write_transaction
 
 GENESIS = "0" * 64
 
@@ -156,8 +156,7 @@ async def _append(
         row["_external_id"] = key
         by_org.setdefault(row["org_id"], []).append(row)
     for org in sorted(by_org):  # a fixed order: two transactions never wait on each other's orgs
-        await lock(f"audit:{org}")
-        head = await AuditHead.select(AuditHead.seq, AuditHead.hash).where(AuditHead.org_id == org).first()
+        head = await _locked_head(org)
         seq = head["seq"] if head else 0
         prev = head["hash"] if head else GENESIS
         events = []
@@ -167,13 +166,52 @@ async def _append(
             row["hash"] = prev = event_hash(row)
             key = row.pop("_external_id")
             events.append(AuditEvent(**row, chain_pos=f"{org}:{seq}", external_id=key))
-        await AuditEvent.insert(*events)
         stamp = datetime.now(UTC)
+        if head is not None and not is_sqlite():
+            await _append_and_move(org, events, seq, prev, stamp)
+            continue
+        await AuditEvent.insert(*events)
         if head is None:
             await AuditHead.insert(AuditHead(org_id=org, seq=seq, hash=prev, updated_at=stamp))
         else:
             moved: dict[Any, Any] = {AuditHead.seq: seq, AuditHead.hash: prev, AuditHead.updated_at: stamp}
             await AuditHead.update(moved).where(AuditHead.org_id == org)
+
+
+_EVENT_COLUMNS = (
+    "id", "org_id", "seq", "chain_pos", "kind", "actor_type", "actor_id", "actor_label",
+    "subject_type", "subject_id", "data", "created_at", "prev_hash", "hash", "external_id", "note",
+)
+
+
+async def _append_and_move(org: str, events: list[AuditEvent], seq: int, last_hash: str, stamp: datetime) -> None:
+    """PostgreSQL: insert the events and move the head in one statement (one round trip)."""
+    values: list[str] = []
+    args: list[Any] = [seq, last_hash, stamp, org]
+    for event in events:
+        values.append("(" + ",".join("{}::jsonb" if c == "data" else "{}" for c in _EVENT_COLUMNS) + ")")
+        args += [json.dumps(event.data) if c == "data" else getattr(event, c) for c in _EVENT_COLUMNS]
+    await AuditEvent.raw(
+        "WITH moved AS (UPDATE audit_head SET seq = {}, hash = {}, updated_at = {} WHERE org_id = {} RETURNING 1) "
+        f"INSERT INTO audit_event ({', '.join(_EVENT_COLUMNS)}) VALUES {', '.join(values)}",
+        *args,
+    )
+
+
+async def _locked_head(org: str) -> dict[str, Any] | None:
+    """The org's chain head, locked until the transaction ends (the chain lock).
+
+    PostgreSQL: one `SELECT ... FOR UPDATE` of the head row is the lock and the read in one round
+    trip; an org without a head yet (its first event) falls back to the advisory lock, so two first
+    appends still queue. SQLite: the immediate transaction already holds the only write lock.
+    """
+    query = AuditHead.select(AuditHead.seq, AuditHead.hash).where(AuditHead.org_id == org)
+    if not is_sqlite():
+        head = await query.lock_rows().first()
+        if head is not None:
+            return head
+        await lock(f"audit:{org}")
+    return await query.first()
 
 
 @dataclass(frozen=True)

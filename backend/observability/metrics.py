@@ -48,6 +48,15 @@ DEADLINE_LAG = Histogram(
     ["kind"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900),
 )
+DB_QUERIES = Counter(
+    "preloop_db_queries_total",
+    "Statements this process sent to PostgreSQL (BEGIN/COMMIT and advisory locks included; SQLite not counted).",
+)
+
+
+def count_query(_record: object) -> None:
+    """asyncpg query-logger callback: one statement sent to the server."""
+    DB_QUERIES.inc()
 
 
 def _aware(value: datetime | None) -> datetime | None:

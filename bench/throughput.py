@@ -1,0 +1,320 @@
+"""Approval cycle throughput on PostgreSQL: create -> approve -> claim -> report from 32 clients.
+
+Each API process is `preloop serve --no-worker` in its own process on a scratch database this
+script creates and drops (Redis: PRELOOP_BENCH_REDIS_URL). Two code paths run in the same
+invocation, alternating round by round so machine noise hits both alike:
+
+- `new`: this checkout's `preloop`;
+- `baseline`: another checkout's `preloop` (`--baseline-preloop`, default /work/main/.venv/bin/preloop;
+  skipped when missing), e.g. the commit before the query work.
+
+Queries are counted on the wire, the same way for both paths: for a counting phase each API process
+talks to PostgreSQL through a small proxy in this script that reads the frontend protocol and
+counts statements executed (simple `Query` + extended `Execute` messages, BEGIN/COMMIT and
+advisory locks included) and round trips (`Query` + `Sync`). Throughput phases connect directly.
+
+`--scale` also runs two API processes of the new path behind one PostgreSQL (clients split
+between them) and reports the scaling. Run: `.venv/bin/python bench/throughput.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from approvals import PG_ADMIN_URL, REDIS_URL, _free_port, admin_sql, pct, prepare  # noqa: E402
+
+NEW_PRELOOP = str(Path(sys.executable).parent / "preloop")
+
+
+class WireCounter:
+    """A TCP proxy to PostgreSQL that counts what the client sends."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.statements = 0
+        self.round_trips = 0
+        self.texts: list[str] | None = None  # when a list: the text of each Query / Parse, in order
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def reset(self) -> None:
+        self.statements = self.round_trips = 0
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._frontend(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+        writer.close()
+        up_writer.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def _frontend(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Untyped startup packets first (SSLRequest / GSSENCRequest are answered by one byte, then the
+        # real StartupMessage follows); after that every message is type byte + int32 length.
+        while True:
+            head = await reader.readexactly(8)
+            length, code = struct.unpack("!ii", head)
+            body = await reader.readexactly(length - 8)
+            writer.write(head + body)
+            await writer.drain()
+            if code not in (80877103, 80877104):
+                break
+        prepared: dict[str, str] = {}
+        while True:
+            head = await reader.readexactly(5)
+            kind = head[:1]
+            (length,) = struct.unpack("!i", head[1:])
+            body = await reader.readexactly(length - 4)
+            if kind == b"P":  # Parse: statement name, query text (names are per connection)
+                name, text = body.decode(errors="replace").split("\0")[:2]
+                prepared[name] = text
+            if self.texts is not None and kind in (b"Q", b"B"):
+                text = body.decode(errors="replace")
+                self.texts.append(prepared.get(text.split("\0")[1], "?") if kind == b"B" else text.rstrip("\0"))
+            if kind == b"Q":
+                self.statements += 1
+                self.round_trips += 1
+            elif kind == b"E":
+                self.statements += 1
+            elif kind == b"S":
+                self.round_trips += 1
+            writer.write(head + body)
+            await writer.drain()
+
+
+async def start_api(preloop: str, database_url: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PRELOOP_DATABASE_URL": database_url,
+        "PRELOOP_REDIS_URL": REDIS_URL,
+        "PRELOOP_DATA_DIR": str(data_dir),
+        "PRELOOP_DEMO": "false",
+        "PRELOOP_SECRET_KEY": "bench",
+        "PRELOOP_PORT": str(port),
+        "PRELOOP_LOG_LEVEL": "warning",
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    with (data_dir / f"api-{port}.log").open("ab") as log:
+        process = subprocess.Popen(  # noqa: ASYNC220 - a bench, started once per phase
+            [preloop, "serve", "--no-worker"], env=env, stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient(base_url=url, timeout=2) as probe:
+        while True:
+            try:
+                if (await probe.get("/health")).status_code == 200:
+                    return process, url
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError(f"the API process ({preloop}) did not start")
+            await asyncio.sleep(0.1)
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+class Cycles:
+    """Clients running create -> approve -> claim -> report against one or more API processes."""
+
+    def __init__(self, urls: list[str], tokens: dict[str, str], clients: int) -> None:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        self.pairs = [
+            (
+                httpx.AsyncClient(base_url=u, headers={"Authorization": f"Bearer {tokens['agent']}"},
+                                  timeout=60, limits=limits),
+                httpx.AsyncClient(base_url=u, headers={"Authorization": f"Bearer {tokens['approver']}"},
+                                  timeout=60, limits=limits),
+            )
+            for u in urls
+        ]
+        self.clients = clients
+        self.serial = 0
+        self.run_id = uuid.uuid4().hex  # distinct arguments per runner: no create attaches to an older request
+        self.errors: list[str] = []
+
+    async def close(self) -> None:
+        for agent, approver in self.pairs:
+            await agent.aclose()
+            await approver.aclose()
+
+    async def cycle(self, client: int) -> float:
+        agent, approver = self.pairs[client % len(self.pairs)]
+        self.serial += 1
+        started = time.perf_counter()
+        arguments = {"run": self.run_id, "n": self.serial}
+        created = await agent.post("/api/v1/approvals", json={"tool": "deploy", "arguments": arguments})
+        if created.status_code != 201:
+            raise RuntimeError(f"create: {created.status_code} {created.text[:200]}")
+        body = created.json()
+        rid = body["id"]
+        approved = await approver.post(f"/api/v1/approvals/{rid}/approve", json={})
+        if approved.status_code != 200 or approved.json()["status"] != "approved":
+            raise RuntimeError(f"approve: {approved.status_code} {approved.text[:200]}")
+        claimed = await agent.post(f"/api/v1/approvals/{rid}/claim", json={"arguments_hash": body["arguments_hash"]})
+        if claimed.status_code != 200 or claimed.json()["status"] != "executing":
+            raise RuntimeError(f"claim: {claimed.status_code} {claimed.text[:200]}")
+        reported = await agent.post(f"/api/v1/approvals/{rid}/outcome", json={"success": True, "result_summary": "ok"})
+        if reported.status_code != 200 or reported.json()["status"] != "executed":
+            raise RuntimeError(f"report: {reported.status_code} {reported.text[:200]}")
+        return (time.perf_counter() - started) * 1000
+
+    async def run(self, count: int) -> tuple[float, list[float]]:
+        """`count` cycles from `clients` concurrent clients: (cycles per second, latencies ms)."""
+        latencies: list[float] = []
+        remaining = count
+
+        async def client(index: int) -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                try:
+                    latencies.append(await self.cycle(index))
+                except httpx.TransportError as exc:  # counted, and the run goes on
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(self.clients)))
+        return count / (time.perf_counter() - started), latencies
+
+
+async def count_queries(
+    preloop: str, database_url: str, data_dir: Path, tokens: dict[str, str], cycles: int, *, show: bool = False
+) -> tuple[float, float]:
+    """(statements, round trips) per cycle, measured on the wire through WireCounter."""
+    parts = urlsplit(database_url)
+    proxy = WireCounter(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    proxied = database_url.replace(f"{parts.hostname}:{parts.port or 5432}", f"127.0.0.1:{proxy.port}")
+    process, url = await start_api(preloop, proxied, data_dir)
+    runner = Cycles([url], tokens, 4)
+    try:
+        await runner.run(20)  # warm caches (prepared statements, policy, key lookups)
+        proxy.reset()
+        await runner.run(cycles)
+        if show:  # one cycle's statements, for finding what to cut (Parse only shows new statements)
+            proxy.texts = []
+            await Cycles([url], tokens, 1).cycle(0)
+            for text in proxy.texts:
+                print("   ", " ".join(text.split())[:160])
+        return proxy.statements / cycles, proxy.round_trips / cycles
+    finally:
+        await runner.close()
+        stop(process)
+        await proxy.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cycles", type=int, default=600, help="cycles per round and path")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--count-cycles", type=int, default=100)
+    parser.add_argument("--baseline-preloop", default="/work/main/.venv/bin/preloop")
+    parser.add_argument("--show", action="store_true", help="print one cycle's statements")
+    parser.add_argument("--count-only", action="store_true")
+    parser.add_argument("--scale", action="store_true", help="also two API processes of the new path")
+    args = parser.parse_args()
+
+    paths = {"new": NEW_PRELOOP}
+    if args.baseline_preloop and Path(args.baseline_preloop).exists():  # noqa: ASYNC240
+        paths["baseline"] = args.baseline_preloop
+    name = f"preloop_tp_{os.getpid()}"
+    await admin_sql(f'CREATE DATABASE "{name}"')
+    database_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    data_dir = Path(f"/tmp/{name}")
+    try:
+        tokens = await prepare(database_url)
+        queries: dict[str, tuple[float, float]] = {}
+        for label, preloop in paths.items():
+            queries[label] = await count_queries(
+                preloop, database_url, data_dir, tokens, args.count_cycles, show=args.show
+            )
+            print(f"[{label}] per cycle on the wire: {queries[label][0]:.1f} statements, "
+                  f"{queries[label][1]:.1f} round trips", flush=True)
+        if args.count_only:
+            return
+        rates: dict[str, list[float]] = {label: [] for label in paths}
+        latencies: dict[str, list[float]] = {label: [] for label in paths}
+        for round_no in range(args.rounds):
+            order = list(paths) if round_no % 2 == 0 else list(reversed(paths))
+            for label in order:
+                process, url = await start_api(paths[label], database_url, data_dir)
+                runner = Cycles([url], tokens, args.clients)
+                try:
+                    await runner.run(64)  # warm-up
+                    rate, lat = await runner.run(args.cycles)
+                finally:
+                    await runner.close()
+                    stop(process)
+                rates[label].append(rate)
+                if runner.errors:
+                    print(f"  {len(runner.errors)} cycles failed on the transport: {runner.errors[0]}", flush=True)
+                latencies[label] += lat
+                print(f"round {round_no + 1} [{label}] {rate:.0f} cycles/s, p50 {pct(lat, 50):.0f} ms, "
+                      f"p99 {pct(lat, 99):.0f} ms", flush=True)
+        for label in paths:
+            best = sorted(rates[label])[len(rates[label]) // 2]
+            print(f"[{label}] median {best:.0f} cycles/s over {args.rounds} rounds "
+                  f"(all: {', '.join(f'{r:.0f}' for r in rates[label])}), p99 {pct(latencies[label], 99):.0f} ms")
+        if args.scale:
+            one_rate = sorted(rates["new"])[len(rates["new"]) // 2]
+            procs = [await start_api(NEW_PRELOOP, database_url, data_dir) for _ in range(2)]
+            runner = Cycles([u for _, u in procs], tokens, args.clients)
+            try:
+                await runner.run(64)
+                rate, lat = await runner.run(args.cycles)
+            finally:
+                await runner.close()
+                for p, _ in procs:
+                    stop(p)
+            print(f"[new x2 API processes] {rate:.0f} cycles/s ({rate / one_rate:.2f}x one process), "
+                  f"p99 {pct(lat, 99):.0f} ms; machine: {os.cpu_count()} cores shared with the database and clients")
+        new_rate = sorted(rates["new"])[len(rates["new"]) // 2]
+        print(f"RESULT cycles_per_s={new_rate:.0f} p99_ms={pct(latencies['new'], 99):.0f} "
+              f"queries_per_cycle={queries['new'][0]:.0f}")
+    finally:
+        await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
