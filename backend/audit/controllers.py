@@ -53,6 +53,7 @@ class AuditController(Controller):
         return [{**row, "id": str(row["id"])} for row in rows]
 
     @post("/calls", operation_id="ingest_call_records", status_code=200, request_max_body_size=BODY_LIMIT_CALLS,
+          opt={"nul_per_item": True},  # calls.ingest refuses a NUL per record
           summary="The gateway's call records; one answer per record (accepted, duplicate, rejected)")
     async def ingest_calls(self, data: CallBatch, principal: Principal) -> BatchAnswer:
         return await calls.ingest(principal, data)

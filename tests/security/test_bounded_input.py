@@ -57,8 +57,10 @@ async def test_nul_anywhere_is_a_400_naming_the_field(client: Any, org: Any) -> 
         assert response.json()["error"]["detail"]["field"] == field
     records = {"records": [{"event_id": "e1", "tool": "read\u0000logs", "decision": "allow"}]}
     calls = await client.post("/api/v1/audit/calls", json=records, headers=agent)
-    assert calls.status_code == 400
-    assert calls.json()["error"]["detail"]["field"] == "records[0].tool"
+    # Call records are answered one by one (the gateway dead-letters a refused record, keeps the rest).
+    assert calls.status_code == 200, calls.text
+    (answer,) = calls.json()["results"]
+    assert answer["status"] == "rejected" and "NUL" in answer["error"] and "tool" in answer["error"]
     query = await client.get("/api/v1/approvals", params={"tool": "a\u0000b"}, headers=auth(org.admin_token))
     assert query.status_code == 400
     assert query.json()["error"]["detail"]["field"] == "tool"
