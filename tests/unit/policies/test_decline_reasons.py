@@ -35,4 +35,5 @@ def test_bad_reasons_are_refused_with_where_and_how() -> None:
     issue = only_issue(AP.replace("timeout: 10m", "timeout: 10m\n    decline_reasons: nope") + "tools: []\n")
     assert issue.path == "approval_policies[0].decline_reasons"
     many = "[" + ", ".join(f"r{i}" for i in range(13)) + "]"
-    assert "at most 12" in issues_of(AP.replace("timeout: 10m", f"timeout: 10m\n    decline_reasons: {many}") + "tools: []\n")[0].message
+    text = AP.replace("timeout: 10m", f"timeout: 10m\n    decline_reasons: {many}") + "tools: []\n"
+    assert "at most 12" in issues_of(text)[0].message
