@@ -16,12 +16,13 @@ import pytest
 
 from tests.conftest import LiveHub
 from tests.e2e.test_approver_app import sign_in
+from tests.e2e.test_console import serious_violations
 from tests.e2e.test_passkeys import virtual_authenticator
+from tests.e2e.test_push_notifications import _wait
 from tests.helpers import auth, make_org
 from tests.integration.notifications.conftest import new_browser, push_service  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
-AXE = Path(__file__).with_name("vendor") / "axe.min.js"
 
 POLICY = """
 version: "1"
@@ -52,18 +53,6 @@ def hold(url: str, agent_token: str, tool: str, arguments: dict[str, Any], justi
         created = http.post("/api/v1/approvals", headers=auth(agent_token), json=body)
         assert created.status_code == 201, created.text
         return str(created.json()["id"])
-
-
-def serious_violations(page: Any) -> list[dict[str, Any]]:
-    """axe-core's serious and critical violations on the screen as it is now."""
-    if not page.evaluate("() => typeof window.axe !== 'undefined'"):
-        page.evaluate(AXE.read_text() + "\n;0")
-    found: list[dict[str, Any]] = page.evaluate(
-        """async () => (await axe.run(document, {resultTypes: ['violations']})).violations
-            .filter(v => v.impact === 'serious' || v.impact === 'critical')
-            .map(v => ({id: v.id, impact: v.impact, nodes: v.nodes.map(n => n.target.join(' '))}))"""
-    )
-    return found
 
 
 @pytest.fixture
@@ -196,16 +185,6 @@ def test_a_typed_reason_and_an_error_survive_live_updates(live_hub: LiveHub, org
     # Typing again clears the error (it was about the previous attempt).
     card.locator("textarea").type(".")
     assert card.locator(".error").inner_text() == ""
-
-
-def _wait(page: Any, predicate: Any, timeout: float = 40) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "timed out"
-        page.wait_for_timeout(100)
 
 
 def test_push_to_recorded_decision_in_two_interactions(

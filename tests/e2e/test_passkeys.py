@@ -75,7 +75,8 @@ def test_enrol_sign_in_and_approve_with_a_step_up(live_hub: LiveHub, browser: An
     page.on("request", lambda request: requested.append(request.url))
 
     # A vote without an assertion on this policy is refused, even from the signed-in session.
-    bare = page.request.post(f"{base}/api/v1/approvals/{rid}/approve", data={"channel": "app"})
+    bare = page.request.post(f"{base}/api/v1/approvals/{rid}/approve", data={"channel": "app"},
+                             headers={"Origin": base})
     assert bare.status == 403 and bare.json()["error"]["code"] == "passkey_required"
 
     # Approve from the card: the app asks the authenticator, the hub checks it, the card leaves.
