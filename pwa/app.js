@@ -211,7 +211,10 @@ async function route() {
   show("inbox");
   return refresh();
 }
-window.addEventListener("hashchange", () => route().catch((error) => notice(error.message)));
+window.addEventListener("hashchange", () => {
+  if (inviteToken()) showInvite(); // an invite link opened in a tab that already has the app
+  else route().catch((error) => notice(error.message));
+});
 
 function votesBlock(request) {
   const votes = request.votes || [];
@@ -534,9 +537,12 @@ setInterval(() => { // the deadline countdown, from the absolute times
 window.addEventListener("online", () => state.me && refresh().catch(() => {}));
 
 if ("serviceWorker" in navigator) navigator.serviceWorker.register("/app/sw.js", { scope: "/app/" });
-if (inviteToken()) {
-  $("#login").hidden = true;
+function showInvite() {
+  for (const name of [...VIEWS, "login", "enrol"]) $(`#${name}`).hidden = true;
   $("#invite").hidden = false;
+}
+if (inviteToken()) {
+  showInvite();
 } else {
   start();
 }
