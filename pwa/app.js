@@ -309,7 +309,7 @@ $("#prefs-form").addEventListener("submit", async (event) => {
   try {
     if (Boolean(start) !== Boolean(end)) throw new Error("Quiet hours need both a start and an end time.");
     await api("/api/v1/me/notifications", { method: "PUT", body: JSON.stringify({
-      channels: ["web", ...channels], quiet_hours: start ? { start, end } : null,
+      channels: ["web", "webhook", ...channels], quiet_hours: start ? { start, end } : null,
       timezone: form.elements.timezone.value.trim() || "UTC" }) });
     $("#prefs-status").textContent = "Saved.";
   } catch (error) {

@@ -297,6 +297,21 @@ def test_offline_installable_light_and_accessible(live_hub: LiveHub, org: Any, p
     page.click("#totp summary")
     assert serious_violations(page) == []  # settings
 
+    # Notification preferences: a wrong time zone is refused with the hub's words, then a good one saves.
+    page.uncheck("#prefs-form input[value=email]")
+    page.fill("#prefs-form input[name=quiet_start]", "22:00")
+    page.fill("#prefs-form input[name=quiet_end]", "07:00")
+    page.fill("#prefs-form input[name=timezone]", "Mars/Olympus")
+    page.click("#prefs-form button[type=submit]")
+    page.wait_for_selector("#prefs-status:has-text('unknown timezone')")
+    page.fill("#prefs-form input[name=timezone]", "Europe/Paris")
+    page.click("#prefs-form button[type=submit]")
+    page.wait_for_selector("#prefs-status:has-text('Saved.')")
+    with httpx.Client(base_url=live_hub.url, headers=auth(org.approver_tokens["alice"])) as http:
+        prefs = http.get("/api/v1/me/notifications").json()
+    assert "email" not in prefs["channels"] and "push" in prefs["channels"]
+    assert prefs["quiet_hours"] == {"start": "22:00", "end": "07:00"} and prefs["timezone"] == "Europe/Paris"
+
     # Keyboard: Tab reaches the Approve button of the card, Enter on it decides.
     page.click("#nav-inbox")
     page.wait_for_selector(f"#requests article[data-id='{rid}']")
