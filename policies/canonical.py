@@ -47,6 +47,8 @@ def _approval_policy(ap: ApprovalPolicy) -> dict[str, Any]:
             "max_grant": ap.max_grant_seconds,
         }
     )
+    if ap.decline_reasons:  # only when set, so existing policies keep their canonical form
+        out["decline_reasons"] = list(ap.decline_reasons)
     return out
 
 

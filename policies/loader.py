@@ -60,6 +60,8 @@ TOP_FIELDS = (
 )
 RESOURCE_FIELDS = ("uri", "action", "approval_policy", "message", "description")
 SERVER_FIELDS = ("name", "command", "url", "headers", "env", "prefix")
+MAX_DECLINE_REASONS = 12
+MAX_DECLINE_REASON_CHARS = 200
 APPROVAL_FIELDS = (
     "name",
     "description",
@@ -74,6 +76,7 @@ APPROVAL_FIELDS = (
     "decline_mode",
     "require_decline_reason",
     "max_grant",
+    "decline_reasons",
 )
 ESCALATION_FIELDS = ("after", "to")
 TOOL_FIELDS = (
@@ -627,10 +630,11 @@ class _Reader:
                 else []
             )
             description = self.optional_string(fields, "description", path)
+            reasons = self._decline_reasons(fields, path)
             if approvers is not None and teams is not None and quorum is not None:
                 self._check_pool(item, fields, path, approvers, teams, quorum)
             if (
-                None in (name, approvers, teams, quorum, timeout, channels, max_grant, escalation)
+                None in (name, approvers, teams, quorum, timeout, channels, max_grant, escalation, reasons)
                 or None in flags.values()
             ):
                 continue
@@ -651,9 +655,37 @@ class _Reader:
                     require_decline_reason=bool(flags["require_decline_reason"]),
                     max_grant_seconds=cast(int, max_grant),
                     description=description,
+                    decline_reasons=cast(list[str], reasons),
                 )
             )
         return out
+
+    def _decline_reasons(self, fields: dict[str, Node], path: str) -> list[str] | None:
+        """Preset decline reasons offered as one-tap choices: short, distinct, non-empty lines."""
+        if "decline_reasons" not in fields:
+            return []
+        where = f"{path}.decline_reasons"
+        reasons = self.string_list(fields["decline_reasons"], where, "a list of short reasons")
+        if reasons is None:
+            return None
+        node = cast(SequenceNode, fields["decline_reasons"])
+        if len(reasons) > MAX_DECLINE_REASONS:
+            self.add(node, where, f"{len(reasons)} decline reasons; at most {MAX_DECLINE_REASONS}",
+                     "keep the few reasons approvers pick most often")
+            return None
+        ok = True
+        for j, reason in enumerate(reasons):
+            text = reason.strip()
+            if not text or len(text) > MAX_DECLINE_REASON_CHARS or "\n" in text:
+                self.add(node.value[j], f"{where}[{j}]",
+                         f"decline reason must be one line of 1 to {MAX_DECLINE_REASON_CHARS} characters",
+                         "e.g. decline_reasons: [\"Not during a freeze\", \"Wrong environment\"]")
+                ok = False
+            elif text in [r.strip() for r in reasons[:j]]:
+                self.add(node.value[j], f"{where}[{j}]", f"decline reason '{text}' is listed twice",
+                         "list each reason once")
+                ok = False
+        return [r.strip() for r in reasons] if ok else None
 
     def _approvers(self, fields: dict[str, Node], path: str) -> list[str] | None:
         if "approvers" not in fields:

@@ -78,6 +78,7 @@ class ApprovalPolicy:
     require_decline_reason: bool = False
     max_grant_seconds: int = 0
     description: str | None = None
+    decline_reasons: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The snapshot stored on approval requests (docs/architecture.md)."""
@@ -95,6 +96,7 @@ class ApprovalPolicy:
             "require_decline_reason": self.require_decline_reason,
             "max_grant_seconds": self.max_grant_seconds,
             "description": self.description,
+            "decline_reasons": list(self.decline_reasons),
         }
 
 

@@ -159,7 +159,7 @@
   function mount() {
     new MutationObserver(prepare).observe($("#requests"), { childList: true });
     setInterval(prepare, 30_000);
-    $("#inbox").append(settings);
+    $("#settings-more").append(settings);
     settings.addEventListener("toggle", () => settings.open && showList().catch(() => {}));
     settings.addEventListener("click", settingsClick);
     const button = document.createElement("button");

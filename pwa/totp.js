@@ -69,5 +69,5 @@
       $("#totp-status").textContent = error.message;
     }
   });
-  $("#inbox").append(section);
+  $("#settings-more").append(section);
 })();

@@ -261,8 +261,11 @@ async def list_requests(
     for row, item in zip(rows, items, strict=True):
         item.update(await inbox.voting_state(principal, row, item))
         if scope == "all" or item["can_vote"]:
-            out.append(item)
-    return out[offset:offset + limit]
+            out.append((row, item))
+    page = out[offset:offset + limit]
+    for row, item in page:  # the inbox card shows the red flags too (a few queries per pending item)
+        item["red_flags"] = await redflags.red_flags(row)
+    return [item for _, item in page]
 
 
 def _export_record(item: dict[str, Any]) -> dict[str, Any]:

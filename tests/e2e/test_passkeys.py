@@ -54,6 +54,7 @@ def test_enrol_sign_in_and_approve_with_a_step_up(live_hub: LiveHub, browser: An
     page.goto(f"{base}/app/")
     sign_in(page, "alice@acme.test", "pw-alice")
     page.wait_for_selector(f"article[data-id='{rid}']")
+    page.click("#nav-settings")
     page.click("#passkeys summary")
     page.fill("#passkey-name", "laptop")
     page.click("#passkey-add")
@@ -67,6 +68,7 @@ def test_enrol_sign_in_and_approve_with_a_step_up(live_hub: LiveHub, browser: An
     page.wait_for_selector("#passkey-signin")
     page.click("#passkey-signin")
     page.wait_for_selector("#who:has-text('alice@acme.test')")
+    page.click("#nav-inbox")
     # The app fetches the card's step-up challenges ahead, so the tap goes straight to the authenticator.
     page.wait_for_selector(f"article[data-id='{rid}'][data-step-up-ready]")
     requested: list[str] = []
@@ -114,6 +116,7 @@ def test_turn_on_two_step_codes_and_sign_in_with_one(live_hub: LiveHub, browser:
     page.goto(f"{live_hub.url}/app/")
     sign_in(page, "bob@acme.test", "pw-bob")
     page.wait_for_selector("#inbox:visible")
+    page.click("#nav-settings")
     page.click("#totp summary")
     page.wait_for_selector("#totp-state:has-text('Off.')")
     page.click("#totp-start")

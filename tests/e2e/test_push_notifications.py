@@ -94,7 +94,8 @@ def test_a_push_shows_a_notification_whose_click_opens_the_request(
             "title": "Approve restart?",
             "body": shown[0]["body"],
             "tag": f"preloop-{rid}",
-            "data": {"navigate": f"{live_hub.url}/app/#/requests/{rid}", "request_id": rid, "event": "requested"},
+            "data": {"navigate": f"{live_hub.url}/app/#/requests/{rid}", "request_id": rid, "event": "requested",
+                     "passkey_required": False},
             "actions": ["approve", "decline"],
         }
     ]
@@ -105,6 +106,6 @@ def test_a_push_shows_a_notification_whose_click_opens_the_request(
     worker.evaluate("""self.registration.getNotifications().then((ns) =>
         self.dispatchEvent(new NotificationEvent("notificationclick", {notification: ns[0]})))""")
     page.wait_for_function(f"location.href === '{live_hub.url}/app/#/requests/{rid}'")
-    page.wait_for_selector(f"article[data-id='{rid}']")
+    page.wait_for_selector(f"#detail-body article[data-id='{rid}']")  # the request's detail view
     assert page.evaluate(list_notifications) == []  # the click closed it
     context.close()

@@ -38,7 +38,7 @@ def payload_for(message: Message) -> bytes:
         "require_interaction": pending,
         "data": {"request_id": message.request_id, "event": message.event, "status": message.status},
     }
-    if pending and not message.passkey_required:
+    if pending:  # with a passkey required, the app opens with that decision and asks for the passkey
         notification["actions"] = [
             {"action": "approve", "title": "Approve", "navigate": f"{message.link}?action=approve"},
             {"action": "decline", "title": "Decline", "navigate": f"{message.link}?action=decline"},
