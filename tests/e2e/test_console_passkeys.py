@@ -29,6 +29,8 @@ def test_passkey_sign_in_step_up_vote_and_red_flags(live_hub: LiveHub, browser: 
     # The passkey is added in the approver app (Settings), the console signs in with it.
     page.goto(f"{base}/app/")
     app_sign_in(page, "alice@acme.test", "pw-alice")
+    page.click("#nav-settings")  # passkeys live on the app's Settings screen
+    page.wait_for_selector("#settings:visible")
     page.click("#passkeys summary")
     page.click("#passkey-add")
     page.wait_for_selector("#passkey-list .passkey-name")
