@@ -160,6 +160,10 @@ def check_same_site(request: Request) -> None:  # type: ignore[type-arg]
         return
     if SESSION_COOKIE not in request.cookies or request.route_handler.opt.get("ignores_session"):
         return  # signing in does not use the cookie a client may still hold
+    # Fetch metadata: browsers set Sec-Fetch-Site themselves (pages cannot), and a service worker's own
+    # fetch (the push Approve action) may carry no Origin at all.
+    if request.headers.get("sec-fetch-site") == "same-origin":
+        return
     origin = request.headers.get("origin") or _origin_of(request.headers.get("referer", ""))
     if origin and origin.lower() != "null":
         host = request.headers.get("host", "").lower()

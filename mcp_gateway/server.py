@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -20,7 +21,7 @@ from mcp.server.subscriptions import (
     ResourcesListChanged,
     ToolsListChanged,
 )
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.methods import CACHEABLE_METHODS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
@@ -101,22 +102,26 @@ class GatewayServer:
         self._bus = InMemorySubscriptionBus()
         # Handshake-era clients get change notifications on their connection's standalone stream.
         self._legacy_connections: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self.server = _GatewayServer(
-            name,
-            version=version,
-            instructions=INSTRUCTIONS,
-            on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool_typed,
-            on_subscriptions_listen=ListenHandler(self._bus),
-            # Declared so the server advertises these capabilities; `_intercept` answers them raw.
-            on_list_resources=_unreachable,
-            on_list_resource_templates=_unreachable,
-            on_read_resource=_unreachable,
-            on_list_prompts=_unreachable,
-            on_get_prompt=_unreachable,
-            on_completion=_unreachable,
-            on_set_logging_level=_unreachable,
-        )
+        # Logging is deprecated from protocol 2026-07-28 on, but older clients still use it and the gateway
+        # relays it faithfully: declaring it is deliberate, so its warning would only be noise at start.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=MCPDeprecationWarning)
+            self.server = _GatewayServer(
+                name,
+                version=version,
+                instructions=INSTRUCTIONS,
+                on_list_tools=self._list_tools,
+                on_call_tool=self._call_tool_typed,
+                on_subscriptions_listen=ListenHandler(self._bus),
+                # Declared so the server advertises these capabilities; `_intercept` answers them raw.
+                on_list_resources=_unreachable,
+                on_list_resource_templates=_unreachable,
+                on_read_resource=_unreachable,
+                on_list_prompts=_unreachable,
+                on_get_prompt=_unreachable,
+                on_completion=_unreachable,
+                on_set_logging_level=_unreachable,
+            )
         # Our middleware replaces the default OpenTelemetry one: a span per message costs more than a proxy hop.
         self.server.middleware = [self._intercept_call]
         self._proxied = {

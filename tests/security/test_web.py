@@ -74,7 +74,8 @@ async def test_every_response_carries_the_security_headers(client: Any, org: Any
 async def test_a_cross_site_request_cannot_ride_the_admin_cookie(client: Any, org: Any) -> None:
     cookie = {"Cookie": f"preloop_session={await _session(client, 'admin@acme.test', 'admin-password')}"}
     body = {"email": "mallory@acme.test", "role": "admin"}
-    for extra in ({"Origin": "https://evil.test"}, {}, {"Referer": "https://evil.test/page"}, {"Origin": "null"}):
+    for extra in ({"Origin": "https://evil.test"}, {}, {"Referer": "https://evil.test/page"}, {"Origin": "null"},
+                  {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site", "Origin": "https://sub.evil.test"}):
         refused = await client.post("/api/v1/users", json=body, headers={**cookie, **extra})
         assert refused.status_code == 403, (extra, refused.text)
         assert refused.json()["error"]["code"] == "csrf_failed"
@@ -90,6 +91,10 @@ async def test_a_cross_site_request_cannot_ride_the_admin_cookie(client: Any, or
         "/api/v1/teams", json={"name": "t1"}, headers={**cookie, "Referer": f"{ORIGIN}/app/"}
     )
     assert referer.status_code == 201
+    # A browser's own fetch metadata (a service worker's fetch may carry no Origin) counts as same-origin.
+    metadata = {**cookie, "Sec-Fetch-Site": "same-origin"}
+    fetched = await client.post("/api/v1/teams", json={"name": "t0"}, headers=metadata)
+    assert fetched.status_code == 201, fetched.text
     # Signing in again while holding an old cookie is not a cookie-authenticated change.
     again = await client.post(
         "/api/v1/auth/login", json={"email": "admin@acme.test", "password": "admin-password"}, headers=cookie
