@@ -95,7 +95,7 @@ async def decline_when_pending(live_hub: LiveHub, org: Org, value: str) -> None:
     async with httpx.AsyncClient(base_url=live_hub.url, headers=auth(org.admin_token)) as http:
         with anyio.fail_after(60):
             while True:
-                items = (await http.get("/api/v1/approvals", params={"status": "pending"})).json()
+                items = (await http.get("/api/v1/approvals", params={"status": "pending", "scope": "all"})).json()
                 found = [i for i in items if (i.get("arguments") or {}).get("value") == value]
                 if found:
                     break

@@ -46,7 +46,8 @@ defaults: {{unknown_tools: allow, justification: none}}
 async def decide_when_pending(hub: LiveHub, org: Org, action: str) -> None:
     async with httpx.AsyncClient(base_url=hub.url, headers=auth(org.admin_token)) as http:
         with anyio.fail_after(30):
-            while not (items := (await http.get("/api/v1/approvals", params={"status": "pending"})).json()):
+            every_pending = {"status": "pending", "scope": "all"}
+            while not (items := (await http.get("/api/v1/approvals", params=every_pending)).json()):
                 await anyio.sleep(0.1)
         assert items[0]["tool"] == "resources/read" and items[0]["arguments"] == {"uri": URI}
         body = {"reason": "not now"} if action == "decline" else {}
