@@ -1,5 +1,6 @@
 # Preloop — run `make help` for the list of targets.
 SHELL := /bin/bash
+MAKEFLAGS += --no-print-directory
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

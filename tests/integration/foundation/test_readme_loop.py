@@ -78,7 +78,10 @@ def test_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     for name in ("Makefile", "pyproject.toml"):
         (tmp_path / name).symlink_to(ROOT / name)
     (tmp_path / ".venv").symlink_to(Path(sys.prefix))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRELOOP_")}
+    # As from a user's shell: no PRELOOP_ settings, and not inside another make (CI runs `make test`,
+    # whose MAKELEVEL/MAKEFLAGS would make the inner make print "Entering directory").
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PRELOOP_") and k not in {"MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"}}
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
     quick_start = re.search(r"```sh\n(make run)\b", README)
@@ -117,7 +120,7 @@ def _run_the_loop(section: str, local: Any, env: dict[str, str], port: int, cwd:
 
     sessions = {}
     for email, password in logins.items():
-        http = httpx.Client(base_url=api, timeout=10)
+        http = httpx.Client(base_url=api, timeout=10, headers={"Origin": api})  # as the app's pages send it
         assert http.post("/api/v1/auth/login", json={"email": email, "password": password}).status_code == 201
         sessions[email] = http
     approvers = list(sessions.values())
