@@ -147,7 +147,10 @@ def is_unreachable(exc: BaseException) -> bool:
             | TimeoutError
             | asyncpg.PostgresConnectionError
             | asyncpg.exceptions.CannotConnectNowError
-            | asyncpg.exceptions.ConnectionDoesNotExistError,
+            | asyncpg.exceptions.ConnectionDoesNotExistError
+            # The server is full (max_connections, a role's or database's connection limit): the
+            # request did not happen either, and a retry shortly is the right answer.
+            | asyncpg.exceptions.TooManyConnectionsError,
         ):
             return True
         if isinstance(current, asyncpg.InterfaceError) and "connection" in str(current).lower():

@@ -159,3 +159,29 @@ async def _ready_until_cut(proxy: TcpProxy, via_proxy: str, redis_url: str, tmp_
     finally:
         with contextlib.suppress(Exception):
             await hub.stop()
+
+
+@pytest.mark.postgres
+async def test_a_full_postgres_is_unavailable_not_an_internal_error(postgres_url: str) -> None:
+    """PostgreSQL refusing more connections (max_connections, a role's limit) means the request did not
+    happen: the API answers 503 + Retry-After (as for an unreachable database), not 500."""
+    import uuid
+
+    import asyncpg
+
+    role = f"preloop_full_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(postgres_url)
+    try:
+        await admin.execute(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 0')
+        parts = urlsplit(postgres_url)
+        as_role = urlunsplit(parts._replace(netloc=f"{role}@{parts.hostname}:{parts.port or 5432}"))
+        with pytest.raises(asyncpg.exceptions.TooManyConnectionsError) as refused:
+            await asyncpg.connect(as_role)
+        assert db.is_unreachable(refused.value)
+        wrapped = RuntimeError("pool could not connect")
+        wrapped.__cause__ = refused.value
+        assert db.is_unreachable(wrapped)
+        assert not db.is_unreachable(asyncpg.exceptions.UniqueViolationError("duplicate key"))
+    finally:
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
