@@ -18,7 +18,7 @@ from backend.bus import Bus
 from backend.errors import Conflict, NotFound, ValidationFailed
 from backend.policy_store.schemas import MAX_POLICY_CHARS
 from backend.policy_store.tables import PolicyVersion
-from backend.transactions import lock, write_transaction
+from backend.transactions import after_commit, lock, write_transaction
 from policies import AgentInfo, CallContext, Policy, PolicyError, load_policy
 from policies.diff import diff_policies
 
@@ -268,8 +268,12 @@ async def apply(
                 "tools": len(getattr(policy, "tools", []) or []),
             },
         )
-    _remember((str(org_id), sha), policy)
-    await bus.publish(policy_topic(org_id), {"version": version, "sha256": sha})
+
+        async def announce() -> None:  # gateways long-polling for a newer version wake only once it is committed
+            _remember((str(org_id), sha), policy)
+            await bus.publish(policy_topic(org_id), {"version": version, "sha256": sha})
+
+        after_commit(announce)
     saved = await PolicyVersion.select().where(PolicyVersion.id == row.id).first()
     assert saved is not None
     return {**_version_dict(saved, with_source=False), "warnings": await directory_warnings(org_id, policy)}
