@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,6 +21,7 @@ from backend.errors import Conflict, Forbidden, ValidationFailed
 from backend.events import publish_event
 from backend.notifications import service as notifications
 from backend.observability import metrics
+from backend.transactions import after_commit as after_commit
 from backend.transactions import is_sqlite, write_transaction
 
 if TYPE_CHECKING:
@@ -40,7 +39,6 @@ NEW_ROW: dict[str, Any] = {
     "executed_at": None,
     "execution": None,
 }
-_EFFECTS: ContextVar[list[Effect] | None] = ContextVar("approval_effects", default=None)
 
 
 def approval_topic(request_id: uuid.UUID | str) -> str:
@@ -54,34 +52,10 @@ def now() -> datetime:
 
 # --- a transaction whose announcements wait for the commit ----------------------------------
 
-
-@asynccontextmanager
-async def unit_of_work() -> AsyncIterator[None]:
-    """A write transaction; bus messages and jobs registered inside run only once it commits.
-
-    A waiter woken before the commit would read the old row and sleep again, so announcing
-    after the commit is what makes push-based waiting correct.
-    """
-    if _EFFECTS.get() is not None:  # nested: the outer unit announces
-        async with write_transaction():
-            yield
-        return
-    effects: list[Effect] = []
-    token = _EFFECTS.set(effects)
-    try:
-        async with write_transaction():
-            yield
-    finally:
-        _EFFECTS.reset(token)
-    for effect in effects:
-        await effect()
-
-
-def after_commit(effect: Effect) -> None:
-    effects = _EFFECTS.get()
-    if effects is None:
-        raise RuntimeError("after_commit() needs an enclosing unit_of_work()")
-    effects.append(effect)
+# One after-commit mechanism for the whole backend lives in backend.transactions: bus messages and
+# jobs registered with `after_commit` inside a `unit_of_work()` (a write transaction) run only once
+# the outermost transaction commits, so a woken waiter never reads the old row.
+unit_of_work = write_transaction
 
 
 # --- rows -------------------------------------------------------------------------------------

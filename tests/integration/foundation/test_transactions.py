@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from backend import db
+from backend.approvals import flows
 from backend.audit.tables import AuditEvent
-from backend.transactions import Hook, after_commit, current_transaction, write_transaction
+from backend.transactions import after_commit, current_transaction, write_transaction
 
 ORG = "00000000-0000-0000-0000-00000000a0f1"
 
@@ -23,7 +24,7 @@ async def test_hooks_run_in_order_after_the_outermost_commit_and_never_after_a_r
         await db.migrate()
         seen: list[tuple[str, int, bool]] = []
 
-        def hook(name: str) -> Hook:
+        def hook(name: str) -> flows.Effect:
             async def run() -> None:
                 # The row is committed (visible) and the hook runs outside any transaction.
                 seen.append((name, await _committed_rows(), current_transaction() is None))
@@ -33,8 +34,8 @@ async def test_hooks_run_in_order_after_the_outermost_commit_and_never_after_a_r
         async with write_transaction():
             await record(ORG, "outer", Actor.system())
             after_commit(hook("first"))
-            async with write_transaction():  # nested: joins the outer transaction
-                after_commit(hook("second"))
+            async with flows.unit_of_work():  # nested: joins the outer transaction
+                flows.after_commit(hook("second"))
             assert seen == []  # the inner block's end is not a commit
             after_commit(hook("third"))
             assert seen == []
