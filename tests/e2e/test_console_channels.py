@@ -5,13 +5,11 @@ button shows the channel's answer, and a held request's delivery shows up under 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from backend.settings import Settings, load_settings
 from tests.conftest import LiveHub
 from tests.e2e.test_console import serious_violations, sign_in
 from tests.helpers import Org, auth, make_org
@@ -19,11 +17,11 @@ from tests.integration.chat.conftest import (  # noqa: F401 - fixtures: the loca
     BOT_TOKEN,
     CHANNEL,
     MM_TOKEN,
-    PUBLIC_URL,
     SIGNING_SECRET,
     MattermostApi,
     SlackApi,
     mattermost_api,
+    settings,  # the hub's Slack client talks to the stand-in
     slack_api,
 )
 
@@ -38,23 +36,6 @@ tools:
     rules:
       - {action: require_approval, approval_policy: chat}
 """
-
-
-@pytest.fixture
-def settings(database_url: str, redis_url: str, tmp_path: Path, slack_api: SlackApi) -> Settings:  # noqa: F811
-    return load_settings(
-        {
-            "PRELOOP_DATABASE_URL": database_url,
-            "PRELOOP_REDIS_URL": redis_url,
-            "PRELOOP_DATA_DIR": str(tmp_path / "data"),
-            "PRELOOP_DEMO": "false",
-            "PRELOOP_SECRET_KEY": "test-secret",
-            "PRELOOP_SWEEP_SECONDS": "1",
-            "PRELOOP_PUBLIC_URL": PUBLIC_URL,
-            "PRELOOP_SLACK_API_URL": slack_api.url,
-            "PRELOOP_NOTIFY_SEND_TIMEOUT_SECONDS": "5",
-        }
-    )
 
 
 def wait_until(check: Any, timeout: float = 20) -> None:
