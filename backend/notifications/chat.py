@@ -463,11 +463,91 @@ async def handle_slack_event(hub: Hub, headers: dict[str, str], body: bytes) -> 
             created_at=now(),
         )
     ).on_conflict(target=ChatComment.external_id, action="DO NOTHING")
+    await _announce_comment(hub, post["org"], post["request"])
     return None
 
 
+COMMENT_SOURCES = ("app", "console", "api")
+COMMENT_MAX_CHARS = 4000
+
+
+async def _announce_comment(hub: Hub, org_id: Any, request_id: Any) -> None:
+    """A hint on the org's event stream: open detail views fetch the discussion again (no text in it)."""
+    from backend.events import publish_event
+
+    await publish_event(hub.bus, org_id, "approval.commented", {"request_id": str(request_id)})
+
+
+async def add_comment(
+    hub: Hub, principal: Principal, request_id: str, text: str, *, source: str = "api"
+) -> dict[str, Any]:
+    """A comment in the request's discussion, written in Preloop (the app, the console or the API).
+
+    Who may write: people who may decide (approvers and admins, signed in or with an approver/admin
+    key), whether or not they are named on this request. Viewers read the discussion but do not
+    write in it (the viewer role changes nothing); agent keys neither read nor write it.
+    """
+    if principal.is_agent:
+        raise Forbidden("agent keys cannot comment on a request; use an approver or admin key")
+    if not principal.can_decide:
+        raise Forbidden(
+            "viewers read a request's discussion but cannot comment; approvers and admins can",
+            detail={"role": principal.role},
+        )
+    if source not in COMMENT_SOURCES:
+        raise ValidationFailed(f"source must be one of {', '.join(COMMENT_SOURCES)}")
+    body = (text or "").strip()
+    if not body:
+        raise ValidationFailed("a comment needs text", detail={"field": "text"})
+    if len(body) > COMMENT_MAX_CHARS:
+        raise ValidationFailed(
+            f"a comment has at most {COMMENT_MAX_CHARS} characters (this one has {len(body)})",
+            detail={"field": "text"},
+        )
+    rid = flows.parse_id(request_id)
+    if rid is None or not await ApprovalRequest.exists().where(
+        (ApprovalRequest.id == rid) & (ApprovalRequest.org == principal.org_id)
+    ):
+        raise NotFound(f"no approval request {request_id!r}")
+    comment_id = uuid.uuid4()
+    stamp = now()
+    async with write_transaction():
+        await ChatComment.insert(
+            ChatComment(
+                id=comment_id,
+                org=principal.org_id,
+                request=rid,
+                kind=source,
+                external_id=f"preloop:{comment_id}",
+                author=principal.email[:320],
+                chat_user="",
+                text=body,
+                created_at=stamp,
+            )
+        )
+        await record(
+            principal.org_id,
+            "approval.commented",
+            principal.actor,
+            subject_type="approval",
+            subject_id=str(rid),
+            data={"comment": str(comment_id), "source": source, "chars": len(body)},
+        )
+    await _announce_comment(hub, principal.org_id, rid)
+    return {
+        "id": str(comment_id),
+        "source": source,
+        "author": principal.email,
+        "text": body,
+        "created_at": stamp.isoformat(),
+    }
+
+
 async def comments_of_request(principal: Principal, request_id: str) -> list[dict[str, Any]]:
-    """The request's discussion from its chat threads, oldest first, for people of its organization."""
+    """The request's discussion (its chat threads and comments written in Preloop), oldest first.
+
+    People of the request's organization read it, viewers included; agent keys do not.
+    """
     if principal.is_agent:
         raise Forbidden("agent keys cannot read a request's discussion; use an approver or admin key")
     rid = flows.parse_id(request_id)

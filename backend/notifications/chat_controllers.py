@@ -10,7 +10,7 @@ from litestar import Controller, MediaType, Request, Response, get, post
 from backend.accounts.service import Principal
 from backend.hub import Hub
 from backend.notifications import chat
-from backend.notifications.schemas import Comment
+from backend.notifications.schemas import Comment, NewComment
 from backend.request_checks import BODY_LIMIT_SMALL
 
 
@@ -61,6 +61,17 @@ class CommentController(Controller):
     @get("", operation_id="list_approval_comments", summary="The request's discussion from its chat thread")
     async def list_comments(self, approval_id: str, principal: Principal) -> list[Comment]:
         return msgspec.convert(await chat.comments_of_request(principal, approval_id), list[Comment])
+
+    @post(
+        "",
+        operation_id="add_approval_comment",
+        status_code=201,
+        request_max_body_size=BODY_LIMIT_SMALL,
+        summary="Add a comment to the request's discussion (approvers and admins; not viewers, not agent keys)",
+    )
+    async def add_comment(self, approval_id: str, data: NewComment, principal: Principal, hub: Hub) -> Comment:
+        source = "app" if principal.via == "session" else "api"
+        return msgspec.convert(await chat.add_comment(hub, principal, approval_id, data.text, source=source), Comment)
 
 
 CONTROLLERS = [SlackController, CommentController]

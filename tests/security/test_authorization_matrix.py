@@ -329,6 +329,9 @@ MATRIX: dict[str, tuple[Prepare, dict[str, int]]] = {
         NOBODY,
     ),
     "list_approval_comments": (on_pending("GET", "/comments"), row(401, 403, 200, 200, 200, 200, 404)),
+    # Writing in the discussion: people who may decide (named on the request or not); viewers and agents never.
+    "add_approval_comment": (on_pending("POST", "/comments", json={"text": "context"}),
+                             row(401, 403, 403, 201, 201, 201, 404)),
     "list_channel_deliveries": (fixed("GET", "/api/v1/channels/email/deliveries"), ADMINS),
     # --- phase 2 rows (matrix branch): operations merged after the table above was written ---
     **PHASE2,

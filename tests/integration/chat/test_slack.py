@@ -6,6 +6,8 @@ import json
 import time
 from typing import Any
 
+import anyio
+
 from backend.approvals import flows
 from backend.approvals.tables import Vote
 from backend.audit.tables import AuditEvent
@@ -273,9 +275,18 @@ async def test_thread_replies_are_the_requests_discussion(client: Any, org: Org,
             {"type": "event_callback", "team_id": "T0ACME", "event_id": f"Ev{ts}", "event": event}
         ).encode()
 
-    for text, ts in (("is this the hotfix?", "1700000002.000200"), ("yes, ticket OPS-12", "1700000003.000300")):
-        body = reply(text, ts)
-        assert (await client.post(EVENTS, content=body, headers={**headers, **signed(body)})).status_code == 200
+    from backend.events import events_topic
+
+    async with hub.bus.stream(events_topic(org.id)) as heard:
+        for text, ts in (("is this the hotfix?", "1700000002.000200"), ("yes, ticket OPS-12", "1700000003.000300")):
+            body = reply(text, ts)
+            assert (await client.post(EVENTS, content=body, headers={**headers, **signed(body)})).status_code == 200
+        # Open app and console pages of the request learn of the reply from the event stream (no text in it).
+        with anyio.fail_after(5):
+            told = await heard.get()
+            while told.get("type") != "approval.commented":
+                told = await heard.get()
+    assert told["request_id"] == rid and "text" not in told
     again = reply("is this the hotfix?", "1700000002.000200")  # Slack retries a delivery: stored once
     await client.post(EVENTS, content=again, headers={**headers, **signed(again, timestamp=int(time.time()) - 1)})
     comments = await client.get(f"/api/v1/approvals/{rid}/comments", headers=auth(org.approver_tokens["alice"]))
