@@ -210,7 +210,10 @@ async def test_refused_callbacks_count_for_nothing_and_are_audited(
         answer = await _post(client, click(rid, "approve", user))
         assert answer.status_code == 200, answer.text
         [note] = await slack_api.wait_for("chat.postEphemeral", user=user)
-        assert note == {"channel": CHANNEL, "user": user, "text": "you are not an approver of this request"}
+        assert (note["channel"], note["user"]) == (CHANNEL, user)
+        assert note["text"].startswith("you are not an approver of this request")
+        # Only someone Preloop cannot map is offered a one-time link to link their account in the app.
+        assert ("/app/#link?token=" in note["text"]) == (why == "chat_user_unmapped"), note["text"]
         assert why in {r["why"] for r in await _audits(org, rid, "approval.vote_rejected")}, user
     assert await Vote.count().where(Vote.request == rid) == 0
 
