@@ -42,7 +42,7 @@ USER_CACHE_SECONDS = 300
 LOOKUP_TIMEOUT_SECONDS = 2.0
 NOT_APPROVER = "you are not an approver of this request"
 DECLINE_MODAL = "preloop_decline"
-DIALOG_DECISION = "decline_reason"
+DIALOG_DECISION = "dialog"
 """A Mattermost dialog's token: the `state` of the decline-reason dialog, never a button's."""
 
 
