@@ -31,6 +31,7 @@ USERS = {
     "UCAROL": {"email": "carol@acme.test", "confirmed": True},
     "UDEV": {"email": "dev@acme.test", "confirmed": True},
     "UMALLORY": {"email": "mallory@elsewhere.test", "confirmed": True},
+    "UALICEALT": {"email": "alice@personal.test", "confirmed": True},  # Alice, under another email
     "UUNCONFIRMED": {"email": "alice@acme.test", "confirmed": False},
 }
 
