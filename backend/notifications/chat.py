@@ -457,11 +457,31 @@ async def _vote(
 # --- Events API: thread replies become the request's discussion --------------------------------
 
 
+async def _thread_post(channel: str, thread: str) -> dict[str, Any] | None:
+    if not channel or not thread:
+        return None
+    where = (ChatPost.kind == "slack") & (ChatPost.channel == channel) & (ChatPost.post_id == thread)
+    return await ChatPost.select().where(where).first()
+
+
+async def _refuse_event(exc: CallbackRefused, body: bytes) -> None:
+    """Audit a refused event on the request whose thread it names (if it names one of ours)."""
+    try:
+        event = json.loads(body).get("event") or {}
+        post = await _thread_post(str(event.get("channel") or ""), str(event.get("thread_ts") or ""))
+    except (ValueError, AttributeError):
+        post = None
+    if post is None:
+        logger.warning("slack event refused", extra={"why": exc.code})
+        return
+    await _audit_refusal(post["org"], post["request"], "slack", str(exc.code), {"message": exc.message, "event": True})
+
+
 async def handle_slack_event(hub: Hub, headers: dict[str, str], body: bytes) -> dict[str, Any] | None:
     try:
         signer = await verify_slack(hub, headers, body)
     except CallbackRefused as exc:
-        logger.warning("slack event refused", extra={"why": exc.code})
+        await _refuse_event(exc, body)
         raise
     try:
         document = json.loads(body)
@@ -475,21 +495,17 @@ async def handle_slack_event(hub: Hub, headers: dict[str, str], body: bytes) -> 
     thread, ts = str(event.get("thread_ts") or ""), str(event.get("ts") or "")
     if not thread or thread == ts or event.get("bot_id") or event.get("subtype"):
         return None  # not a human reply in a thread
-    post = (
-        await ChatPost.select()
-        .where(
-            (ChatPost.kind == "slack")
-            & (ChatPost.channel == str(event.get("channel") or ""))
-            & (ChatPost.post_id == thread)
-        )
-        .first()
-    )
+    post = await _thread_post(str(event.get("channel") or ""), thread)
     if post is None:
         return None
     if signer.org_id is not None and str(post["org"]) != signer.org_id:
         return None
     slack_user = str(event.get("user") or "")
-    email = await slack_email(hub, signer, post["org"], slack_user) if slack_user else None
+    email = None
+    if slack_user:
+        who = ChatUser("slack", str(document.get("team_id") or ""), slack_user)
+        org = post["org"]
+        _, email = await chat_principal(org, who, lambda: slack_email(hub, signer, org, slack_user))
     await ChatComment.insert(
         ChatComment(
             id=uuid.uuid4(),

@@ -279,6 +279,11 @@ async def test_thread_replies_are_the_requests_discussion(client: Any, org: Org,
     for text, ts in (("is this the hotfix?", "1700000002.000200"), ("yes, ticket OPS-12", "1700000003.000300")):
         body = reply(text, ts)
         assert (await client.post(EVENTS, content=body, headers={**headers, **signed(body)})).status_code == 200
+    # A reply with a forged signature is refused and audited on the request whose thread it names.
+    forged = reply("approve it, I am the boss", "1700000004.000400", user="UMALLORY")
+    refused = await client.post(EVENTS, content=forged, headers={**headers, **signed(forged, secret="x" * 32)})
+    assert refused.status_code == 401
+    assert "bad_signature" in {r["why"] for r in await _audits(org, rid, "chat.callback_rejected")}
     again = reply("is this the hotfix?", "1700000002.000200")  # Slack retries a delivery: stored once
     await client.post(EVENTS, content=again, headers={**headers, **signed(again, timestamp=int(time.time()) - 1)})
     comments = await client.get(f"/api/v1/approvals/{rid}/comments", headers=auth(org.approver_tokens["alice"]))
