@@ -133,12 +133,14 @@ class ChatLinkController(Controller):
     @post("/preview", operation_id="preview_chat_link", status_code=200,
           summary="Which chat account a link token is for (signed-in session; spends nothing)")
     async def preview(self, data: LinkBody, principal: Principal, request: Request) -> LinkPreview:  # type: ignore[type-arg]
+        chat_links.require_session(principal)  # before the token attempt: a key is no wrong token
         async with token_attempt(request):
             return LinkPreview(**await chat_links.preview(principal, data.token))
 
     @post("", operation_id="link_chat_account", status_code=201,
           summary="Link the chat account a one-time link token names to you (signed-in session)")
     async def link(self, data: LinkBody, principal: Principal, request: Request) -> ChatLinkInfo:  # type: ignore[type-arg]
+        chat_links.require_session(principal)  # before the token attempt: a key is no wrong token
         async with token_attempt(request):
             return ChatLinkInfo(**await chat_links.redeem(principal, data.token))
 

@@ -88,7 +88,7 @@ async def linked_user(org_id: Any, kind: str, team: str, chat_user: str) -> dict
     return user if user is not None and user["is_active"] else None
 
 
-def _person(principal: Principal) -> None:
+def require_session(principal: Principal) -> None:
     if principal.via != "session":
         raise Forbidden("link a chat account while signed in to the Preloop app (not with an API key)")
 
@@ -105,7 +105,7 @@ async def _refuse(principal: Principal, why: str, found: dict[str, Any] | None, 
 
 async def _usable(principal: Principal, token: str) -> dict[str, Any]:
     """The token's row, if this signed-in person may link with it now; refusals are audited."""
-    _person(principal)
+    require_session(principal)
     found = await ChatLinkToken.select().where(ChatLinkToken.token_hash == _hash(token)).first() if token else None
     unknown = NotFound("this link is not valid: click the request's button in chat again for a new one",
                        code="link_unknown")
