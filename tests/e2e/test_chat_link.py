@@ -11,6 +11,7 @@ from backend.notifications import chat_links
 from backend.notifications.chat_tables import ChatLink
 from tests.conftest import LiveHub
 from tests.e2e.test_approver_app import sign_in
+from tests.e2e.test_console import serious_violations
 from tests.helpers import make_org
 
 pytestmark = pytest.mark.e2e
@@ -34,10 +35,12 @@ def test_a_chat_link_is_confirmed_in_settings_and_unlinked(live_hub: LiveHub, br
     assert "Slack account alice.personal (UALICEALT) in workspace T0ACME" in question.inner_text()
     assert "alice@acme.test" in question.inner_text()
     assert page.locator("#settings").is_visible()
+    assert serious_violations(page) == []  # settings with the question
     assert live_hub.call(ChatLink.count().run()) == 0
     page.click("#chat-link-confirm")
     page.wait_for_selector("#chat-link-list li:has-text('UALICEALT')")
     assert page.locator("#chat-link-offer").is_hidden()
+    assert serious_violations(page) == []  # settings with a linked account and its Unlink button
     assert live_hub.call(ChatLink.count().where(ChatLink.chat_user == "UALICEALT").run()) == 1
 
     # The same link opened again in this tab: spent, and the app says so.
