@@ -149,24 +149,30 @@ async def redeem(principal: Principal, token: str) -> dict[str, Any]:
             .where((ChatLinkToken.id == found["id"]) & ChatLinkToken.used_at.is_null())
             .returning(ChatLinkToken.id)
         )
-        existing = await ChatLink.select().where(ChatLink.account == account).first() if spent else None
-        if spent and existing is None:
+        made = []
+        if spent:  # one link per chat account: of two people racing with two tokens, one links it
             link_id = uuid.uuid4()
-            await ChatLink.insert(
-                ChatLink(
-                    id=link_id,
-                    org=principal.org_id,
-                    user=principal.user_id,
-                    kind=found["kind"],
-                    team=found["team"],
-                    chat_user=found["chat_user"],
-                    chat_name=found["chat_name"],
-                    account=account,
-                    created_at=stamp,
+            made = (
+                await ChatLink.insert(
+                    ChatLink(
+                        id=link_id,
+                        org=principal.org_id,
+                        user=principal.user_id,
+                        kind=found["kind"],
+                        team=found["team"],
+                        chat_user=found["chat_user"],
+                        chat_name=found["chat_name"],
+                        account=account,
+                        created_at=stamp,
+                    )
                 )
+                .on_conflict(target=ChatLink.account, action="DO NOTHING")
+                .returning(ChatLink.id)
             )
+        if made:
             await record(principal.org_id, "chat.linked", principal.actor, subject_type="user",
                          subject_id=str(principal.user_id), data={**_shown(found), "link": str(link_id)})
+    existing = None if made else await ChatLink.select().where(ChatLink.account == account).first()
     if not spent:  # a concurrent redemption of the same token won
         await _refuse(principal, "link_used", found, Conflict("this link was already used; each link works once",
                                                               code="link_used"))

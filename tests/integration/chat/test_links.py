@@ -159,3 +159,18 @@ async def test_a_mattermost_account_is_linked_per_team(
     assert counted.status_code == 200 and counted.json()["ephemeral_text"] == "alice approved — 1 of 2"
     votes = await Vote.select(Vote.user.email, Vote.channel).where(Vote.request == rid)
     assert votes == [{"user.email": "alice@acme.test", "channel": "mattermost"}]
+
+
+async def test_two_people_racing_for_one_chat_account_link_it_once(client: Any, org: Org, hub: Any) -> None:
+    import asyncio
+
+    from backend.notifications import chat_links
+
+    urls = [await chat_links.offer(hub, org.id, "slack", "T0ACME", "URACE") for _ in range(2)]
+    people = [session_headers(await login(client, f"{who}@acme.test", f"pw-{who}", "acme")) for who in ("alice", "bob")]
+    answers = await asyncio.gather(
+        *[client.post(LINKS, json={"token": token_in(url)}, headers=who) for url, who in zip(urls, people, strict=True)]
+    )
+    assert sorted(a.status_code for a in answers) == [201, 409], [a.text for a in answers]
+    assert await ChatLink.count().where(ChatLink.chat_user == "URACE") == 1
+    assert len(await _events(org.id, "chat.linked")) == 1
