@@ -19,7 +19,7 @@ from backend.accounts.tables import (
 )
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
 from backend.audit.tables import AuditEvent, AuditHead
-from backend.notifications.chat_tables import ChatActionToken, ChatComment, ChatPost
+from backend.notifications.chat_tables import ChatActionToken, ChatComment, ChatLink, ChatLinkToken, ChatPost
 from backend.notifications.tables import (
     ChannelSetting,
     EmailActionToken,
@@ -55,6 +55,8 @@ ALL_TABLES = [
     ChatPost,
     ChatComment,
     ChatActionToken,
+    ChatLink,
+    ChatLinkToken,
     AuditEvent,
     AuditHead,
 ]
