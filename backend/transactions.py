@@ -20,6 +20,9 @@ class TransactionState:
 
     def __init__(self) -> None:
         self.before_commit: list[Hook] = []
+        #: Work that must happen whether this transaction commits or rolls back: run, in order, once it
+        #: has ended, outside it (each opens its own transaction).
+        self.after_end: list[Hook] = []
         self.scratch: dict[str, Any] = {}
         self.closed = False
 
@@ -66,6 +69,8 @@ async def write_transaction() -> AsyncIterator[None]:
     finally:
         state.closed = True  # a task that outlived the transaction must not queue work on it
         _STATE.reset(token)
+        for hook in state.after_end:
+            await hook()
 
 
 async def _run_hooks(state: TransactionState) -> None:
