@@ -23,12 +23,13 @@ from typing import Any, Self
 
 import httpx
 import pytest
+import redis.asyncio as redis_async
 
 from tests.conftest import _truncate_postgres
 from tests.helpers import free_port
 
 UPSTREAM = Path(__file__).with_name("ops_upstream.py")
-ESCALATE_AFTER = 6
+ESCALATE_AFTER = 10
 """Seconds after creation at which a `page` request escalates to carol."""
 
 POLICY = """
@@ -66,6 +67,7 @@ defaults:
 
 
 PRELOOP = str(Path(sys.executable).parent / "preloop")
+HEARTBEAT = "preloop:worker:heartbeat"
 
 
 class Process:
@@ -180,10 +182,22 @@ class Cluster:
         self.processes.append(api)
         return await api.start()
 
-    async def worker(self, smtp_port: int | None = None) -> WorkerProcess:
+    async def worker(self, smtp_port: int | None = None, *, ready: bool = True) -> WorkerProcess:
+        """A worker; with `ready`, returned once it has started up (its heartbeat key is written)."""
         worker = WorkerProcess(self.database_url, self.redis_url, self.data_dir, smtp_port, len(self.processes))
         self.processes.append(worker)
-        return await worker.start()
+        redis = redis_async.Redis.from_url(self.redis_url)
+        try:
+            await redis.delete(HEARTBEAT)
+            await worker.start()
+            deadline = time.monotonic() + 60
+            while ready and not await redis.exists(HEARTBEAT):
+                assert worker.process is not None and worker.process.poll() is None, worker.log_text()[-2000:]
+                assert time.monotonic() < deadline, "the worker did not start"
+                await asyncio.sleep(0.1)
+        finally:
+            await redis.aclose()
+        return worker
 
     async def gateway(
         self, api: ApiProcess, *, key: str = "agent", hold_window: float = 20, name: str = "gw", port: int | None = None
