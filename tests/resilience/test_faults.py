@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -16,42 +15,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from aiosmtpd.controller import Controller
-from mcp import Client
 
 from tests.helpers import free_port
 from tests.resilience.conftest import ESCALATE_AFTER, Cluster, GatewayProcess
+from tests.resilience.support import audit_events, call_tool, until
 
 MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json",
                "mcp-protocol-version": "2026-07-28", "mcp-method": "tools/call"}
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Poll `check` until it returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
-
-
-async def audit_events(cluster: Cluster, kind: str, subject_id: str | None = None) -> list[dict[str, Any]]:
-    from backend.audit.tables import AuditEvent
-
-    condition = AuditEvent.kind == kind
-    if subject_id is not None:
-        condition &= AuditEvent.subject_id == subject_id
-    async with cluster.database():
-        rows = await AuditEvent.select().where(condition).order_by(AuditEvent.seq).output(load_json=True)
-    return list(rows)
-
-
-async def call_tool(url: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """One agent session calling one tool through a gateway (the gateway's own key)."""
-    async with Client(url) as client:
-        result = await client.call_tool(name, arguments)
-    return dict(result.model_dump(by_alias=True, mode="json"))
 
 
 async def post_call(gateway: GatewayProcess, name: str, arguments: dict[str, Any], key: str | None) -> dict[str, Any]:
