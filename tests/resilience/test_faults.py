@@ -222,3 +222,26 @@ async def test_a_refused_email_link_vote_is_audited_though_the_links_transaction
             (EmailActionToken.request == rid) & EmailActionToken.used_at.is_not_null()
         )
         assert spent == 0
+
+
+async def test_a_refused_email_link_vote_is_audited_on_both_databases(client: Any, org: Any, hub: Any) -> None:
+    """The same refusal in-process, on SQLite too (one writer: the audit cannot be a second transaction
+    opened while the link's is still open; it is written once that one has ended)."""
+    from backend.accounts.tables import User
+    from backend.approvals import flows
+    from backend.audit.tables import AuditEvent
+    from backend.notifications import links
+    from tests.integration.approvals.support import apply_policy, create
+
+    await apply_policy(client, org)
+    rid = (await create(client, org, "restart", {"svc": "api"}))["id"]
+    row = await flows.load_row(rid)
+    assert row is not None
+    carol = await User.select(User.id).where(User.email == "carol@acme.test").first()
+    urls = await links.issue(row, carol["id"], "http://hub.test")  # carol is not (yet) an approver of it
+    refused = await client.post(urlsplit(urls["approve"]).path, data={})
+    assert refused.status_code == 403, refused.text
+    audited = await AuditEvent.select(AuditEvent.data).where(
+        (AuditEvent.kind == "approval.vote_rejected") & (AuditEvent.subject_id == rid)
+    ).output(load_json=True)
+    assert [(a["data"]["why"], a["data"]["via"]) for a in audited] == [("not_eligible", "email")]
