@@ -22,6 +22,9 @@ class TransactionState:
     def __init__(self) -> None:
         self.before_commit: list[Hook] = []
         self.after_commit: list[Hook] = []
+        #: Work that must happen whether this transaction commits or rolls back: run, in order, once it
+        #: has ended, outside it (each opens its own transaction).
+        self.after_end: list[Hook] = []
         self.scratch: dict[str, Any] = {}
         self.closed = False
 
@@ -70,6 +73,8 @@ async def write_transaction() -> AsyncIterator[None]:
     finally:
         state.closed = True  # a task that outlived the transaction must not queue work on it
         _STATE.reset(token)
+        for hook in state.after_end:
+            await hook()
     # Only reached after a commit: an exception (the block's or the commit's) skips this.
     for hook in state.after_commit:
         await hook()

@@ -22,7 +22,7 @@ from backend.events import publish_event
 from backend.notifications import service as notifications
 from backend.observability import metrics
 from backend.transactions import after_commit as after_commit
-from backend.transactions import is_sqlite, write_transaction
+from backend.transactions import current_transaction, is_sqlite, write_transaction
 
 if TYPE_CHECKING:
     from backend.hub import Hub
@@ -473,8 +473,14 @@ def voter(principal: Principal) -> Actor:
 
 
 async def reject_vote(row: dict[str, Any], principal: Principal, why: str, message: str) -> Forbidden:
-    """Audit a vote that is not allowed; return the 403 to raise."""
-    async with unit_of_work():
+    """Audit a vote that is not allowed, in its own committed transaction; return the 403 to raise.
+
+    The caller's transaction (an email link spending its token, a batch) rolls back when the 403
+    propagates, so the refusal is never written inside it: inside one, it is written as soon as that
+    transaction has ended, committed or not (a single-writer SQLite cannot open a second one meanwhile).
+    """
+
+    async def audit() -> None:
         await record(
             row["org"],
             "approval.vote_rejected",
@@ -483,6 +489,12 @@ async def reject_vote(row: dict[str, Any], principal: Principal, why: str, messa
             subject_id=row["id"],
             data={"why": why, "email": principal.email, "via": principal.via},
         )
+
+    enclosing = current_transaction()
+    if enclosing is not None:
+        enclosing.after_end.append(audit)
+    else:
+        await audit()
     return Forbidden(message, code=why, detail={"request_id": str(row["id"])})
 
 
