@@ -48,8 +48,11 @@ install: $(STAMP_RUN) ## Create .venv and install Preloop (leaves .venv/bin/prel
 run: install ## Start the embedded hub (SQLite + embedded Redis + worker + gateway) with a demo
 	@PRELOOP_LOG_LEVEL=$${PRELOOP_LOG_LEVEL:-warning} $(BIN)/preloop serve
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist, a file per worker at a time); each worker
+# has its own PostgreSQL database and Redis db (PRELOOP_TEST_REDIS_URL's db + worker number).
+TEST_WORKERS ?= 2
 test: $(STAMP_TEST) $(NPM_STAMP) $(CHROMIUM) ## Install what tests need and run the whole suite
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 check: $(STAMP_TEST) ## Lint (ruff) and type-check (mypy --strict)
 	$(BIN)/ruff check .

@@ -24,7 +24,19 @@ from backend.settings import Settings, load_settings
 from tests.helpers import Org, free_port, make_org
 
 PG_ADMIN_URL = os.environ.get("PRELOOP_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("PRELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _worker_redis_url(url: str) -> str:
+    """Under pytest-xdist each worker takes its own Redis database: gwN uses the given db + N
+    (tests flush and count keys in their db, so two workers must never share one)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return url
+    base, _, db = url.rpartition("/")
+    return f"{base}/{int(db or 0) + int(worker[2:])}"
+
+
+REDIS_URL = _worker_redis_url(os.environ.get("PRELOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 

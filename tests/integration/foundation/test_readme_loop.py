@@ -77,7 +77,11 @@ def test_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     # `make run` from a checkout-like folder: the Makefile, pyproject and the installed .venv.
     for name in ("Makefile", "pyproject.toml"):
         (tmp_path / name).symlink_to(ROOT / name)
-    (tmp_path / ".venv").symlink_to(Path(sys.prefix))
+    # The installed venv's programs, and a fresh install stamp: `make run` must find Preloop installed
+    # and never reinstall it from this folder (that would point the real venv at a folder without code).
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "bin").symlink_to(Path(sys.prefix) / "bin")
+    (tmp_path / ".venv" / ".installed-run").touch()
     # As from a user's shell: no PRELOOP_ settings, and not inside another make (CI runs `make test`,
     # whose MAKELEVEL/MAKEFLAGS would make the inner make print "Entering directory").
     env = {k: v for k, v in os.environ.items()
