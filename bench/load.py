@@ -20,8 +20,10 @@ cancelled / failed with an outcome). Errors are counted by kind: 5xx, transport,
 gateway (a tools/call whose result does not match the decision), check (a 2xx with a wrong body).
 
 Baseline, in the same run: the same mix for `--baseline-seconds` against another checkout's
-`preloop` (`--baseline-preloop`, default /work/main/.venv/bin/preloop; skipped when missing), on
-its own scratch database; the ratio new/baseline is printed.
+`preloop` (`--baseline-preloop`, default /work/main/.venv/bin/preloop; skipped when missing), a
+cluster of its own on its own scratch database, run and accounted for before this checkout's (two
+clusters at once would exceed PostgreSQL's 100 connections: 3 pools of 20 each); the ratio
+new/baseline is printed. The phases run one after the other, so machine noise can differ.
 
 `wait` and `gw_held` take as long as the deciders do, so the overall p99 is over the other
 (request/response) operations; ops_per_s counts every operation. Run: `.venv/bin/python bench/load.py`.
@@ -345,6 +347,7 @@ class Load:
 
     async def drive(self, seconds: float, drain: float = 90) -> float:
         """Run the mix for `seconds`; let running operations finish; return the window's length."""
+        self.stopping = False
         deciders = [asyncio.create_task(self.decider(i)) for i in range(2)]
         started = time.perf_counter()
         self.window_end = started + seconds
@@ -412,42 +415,58 @@ def _explained(row: dict[str, Any]) -> bool:
     return row["status"] in FINAL and bool(row.get("outcome"))
 
 
-async def phase(label: str, preloop: str, seconds: float, clients: int, show: bool) -> dict[str, Any]:
-    name = f"preloop_load_{os.getpid()}_{label}"
-    await admin_sql(f'CREATE DATABASE "{name}"')
-    database_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    data_dir = Path(f"/tmp/{name}")
-    cluster = Cluster(preloop, database_url, data_dir, await prepare(database_url))
-    load: Load | None = None
-    try:
-        await cluster.start()
-        load = Load(cluster, clients)
-        window = await load.drive(seconds)
+class Phase:
+    """One code path: its scratch database, its cluster, its clients."""
+
+    def __init__(self, label: str, preloop: str, clients: int) -> None:
+        self.label, self.preloop, self.clients = label, preloop, clients
+        self.name = f"preloop_load_{os.getpid()}_{label}"
+        self.cluster: Cluster | None = None
+        self.load: Load | None = None
+        self.window = 0.0
+
+    async def start(self) -> None:
+        await admin_sql(f'CREATE DATABASE "{self.name}"')
+        database_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.name}"
+        self.cluster = Cluster(self.preloop, database_url, Path(f"/tmp/{self.name}"), await prepare(database_url))
+        await self.cluster.start()
+        self.load = Load(self.cluster, self.clients)
+
+    async def drive(self, seconds: float) -> None:
+        assert self.load is not None
+        self.window += await self.load.drive(seconds)
+
+    async def stop(self) -> None:
+        if self.load is not None:
+            await self.load.close()
+        if self.cluster is not None:
+            self.cluster.stop()
+        await admin_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+    async def report(self, show: bool) -> dict[str, Any]:
+        load = self.load
+        assert load is not None
         accounting = await load.account()
-    finally:
-        if load is not None:
-            await load.close()
-        cluster.stop()
-        await admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    ops = load.ops_in_window / window
-    direct = [v for kind, values in load.latency.items() if kind not in DECISION_BOUND | {"lookup"} for v in values]
-    print(f"[{label}] {clients} clients, {window:.0f} s, 2 API processes + worker + gateway ({preloop})")
-    for kind in sorted(load.latency):
-        if kind == "lookup":
-            continue
-        values = load.latency[kind]
-        print(f"  {kind:<11} n={len(values):<6} p50 {pct(values, 50):7.1f} ms  p99 {pct(values, 99):7.1f} ms")
-    print(f"  overall     {ops:.0f} ops/s; p50 {pct(direct, 50):.1f} ms, p99 {pct(direct, 99):.1f} ms "
-          f"(request/response ops; wait and gw_held are decision-bound)")
-    statuses = ", ".join(f"{s} {n}" for s, n in sorted(accounting["statuses"].items()))
-    print(f"  requests    created {accounting['created']}, found {accounting['found']}, final "
-          f"{accounting['final']} ({statuses}); lost {len(accounting['lost'])}")
-    errors = sum(load.errors.values())
-    print(f"  errors      {errors}" + (f" ({', '.join(f'{k} {n}' for k, n in load.errors.items())})" if errors else ""))
-    if show:
-        for line in load.samples + accounting["lost"][:10]:
-            print(f"    {line}")
-    return {"ops": ops, "p99": pct(direct, 99), "errors": errors, "lost": len(accounting["lost"])}
+        ops = load.ops_in_window / self.window
+        skip = DECISION_BOUND | {"lookup"}
+        direct = [v for kind, values in load.latency.items() if kind not in skip for v in values]
+        print(f"[{self.label}] {self.clients} clients, {self.window:.0f} s, 2 API processes + worker + gateway "
+              f"({self.preloop})")
+        for kind in sorted(set(load.latency) - {"lookup"}):
+            values = load.latency[kind]
+            print(f"  {kind:<11} n={len(values):<6} p50 {pct(values, 50):7.1f} ms  p99 {pct(values, 99):7.1f} ms")
+        print(f"  overall     {ops:.0f} ops/s; p50 {pct(direct, 50):.1f} ms, p99 {pct(direct, 99):.1f} ms "
+              f"(request/response ops; wait and gw_held are decision-bound)")
+        statuses = ", ".join(f"{s} {n}" for s, n in sorted(accounting["statuses"].items()))
+        print(f"  requests    created {accounting['created']}, found {accounting['found']}, final "
+              f"{accounting['final']} ({statuses}); lost {len(accounting['lost'])}")
+        errors = sum(load.errors.values())
+        kinds = ", ".join(f"{k} {n}" for k, n in load.errors.items())
+        print(f"  errors      {errors}" + (f" ({kinds})" if errors else ""), flush=True)
+        if show:
+            for line in load.samples + accounting["lost"][:10]:
+                print(f"    {line}")
+        return {"ops": ops, "p99": pct(direct, 99), "errors": errors, "lost": len(accounting["lost"])}
 
 
 def parse() -> argparse.Namespace:
@@ -460,27 +479,41 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--show", action="store_true", help="print the first errors and lost requests")
     args = parser.parse_args()
     if args.seconds <= 0 or args.clients < 1:
-        parser.error("--seconds must be > 0 and --clients >= 1")
+        parser.error("--seconds must be > 0 and --clients at least 1")
     if not (args.baseline_preloop and Path(args.baseline_preloop).exists()):
         args.baseline_preloop = ""
     return args
 
 
 async def main(args: argparse.Namespace) -> None:
-    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} cores", flush=True)
-    baseline = None
+    """The baseline's cluster, then this checkout's: one at a time (each holds up to 60 PostgreSQL
+    connections: three processes with a pool of 20)."""
+    results: dict[str, dict[str, Any]] = {}
+    runs = [("new", NEW_PRELOOP, args.seconds)]
     if args.baseline_preloop and args.baseline_seconds > 0:
-        try:
-            baseline = await phase("baseline", args.baseline_preloop, args.baseline_seconds, args.clients, args.show)
-        except RuntimeError as exc:
-            print(f"[baseline] skipped: {exc}")
+        runs.insert(0, ("baseline", args.baseline_preloop, args.baseline_seconds))
     else:
         print("[baseline] skipped: no --baseline-preloop")
-    new = await phase("new", NEW_PRELOOP, args.seconds, args.clients, args.show)
-    if baseline:
-        print(f"ratio new/baseline: ops/s {new['ops'] / baseline['ops']:.2f}x, p99 {new['p99'] / baseline['p99']:.2f}x")
+    for label, preloop, seconds in runs:
+        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}, {os.cpu_count()} cores", flush=True)
+        phase = Phase(label, preloop, args.clients)
+        try:
+            await phase.start()
+            await phase.drive(seconds)
+            results[label] = await phase.report(args.show)
+        except RuntimeError as exc:
+            if label == "new":
+                raise
+            print(f"[baseline] skipped: {exc}")
+        finally:
+            await phase.stop()
+    if "baseline" in results:
+        base, ours = results["baseline"], results["new"]
+        print(f"ratio new/baseline: ops/s {ours['ops'] / base['ops']:.2f}x, p99 {ours['p99'] / base['p99']:.2f}x "
+              "(phases run one after the other: machine noise differs between them)")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"RESULT ops_per_s={new['ops']:.0f} p99_ms={new['p99']:.0f} errors={new['errors']} lost={new['lost']}")
+    ours = results["new"]
+    print(f"RESULT ops_per_s={ours['ops']:.0f} p99_ms={ours['p99']:.0f} errors={ours['errors']} lost={ours['lost']}")
 
 
 if __name__ == "__main__":
