@@ -202,8 +202,8 @@ class Load:
         self.decided_table: dict[str, str] = {}  # drop_table's table -> the decision
         self.deciding: set[str] = set()
         self.stopping = False
-        self.ops_in_window = 0
-        self.window_end = 0.0
+        self.window_start = 0.0
+        self.done: list[tuple[float, str, float]] = []  # (seconds into the window, kind, ms) of each operation
 
     async def close(self) -> None:
         for clients in self.http.values():
@@ -237,8 +237,13 @@ class Load:
     def _timed(self, kind: str, started: float) -> None:
         now = time.perf_counter()
         self.latency[kind].append((now - started) * 1000)
-        if now <= self.window_end:
-            self.ops_in_window += 1
+        self.done.append((now - self.window_start, kind, (now - started) * 1000))
+
+    def over(self, seconds: float) -> tuple[float, float]:
+        """(operations per second, p99 ms of the request/response ones) over the window's first `seconds`."""
+        ops = [(kind, ms) for at, kind, ms in self.done if at <= seconds]
+        direct = [ms for kind, ms in ops if kind not in DECISION_BOUND | {"lookup"}]
+        return len(ops) / seconds, pct(direct, 99)
 
     def _next(self) -> int:
         self.serial += 1
@@ -350,7 +355,7 @@ class Load:
         self.stopping = False
         deciders = [asyncio.create_task(self.decider(i)) for i in range(2)]
         started = time.perf_counter()
-        self.window_end = started + seconds
+        self.window_start = started
         clients = [asyncio.create_task(self.client(i)) for i in range(self.clients)]
         await asyncio.sleep(seconds)
         self.stopping = True
@@ -447,7 +452,7 @@ class Phase:
         load = self.load
         assert load is not None
         accounting = await load.account()
-        ops = load.ops_in_window / self.window
+        ops = load.over(self.window)[0]
         skip = DECISION_BOUND | {"lookup"}
         direct = [v for kind, values in load.latency.items() if kind not in skip for v in values]
         print(f"[{self.label}] {self.clients} clients, {self.window:.0f} s, 2 API processes + worker + gateway "
@@ -466,7 +471,8 @@ class Phase:
         if show:
             for line in load.samples + accounting["lost"][:10]:
                 print(f"    {line}")
-        return {"ops": ops, "p99": pct(direct, 99), "errors": errors, "lost": len(accounting["lost"])}
+        return {"ops": ops, "p99": pct(direct, 99), "errors": errors, "lost": len(accounting["lost"]),
+                "over": load.over}
 
 
 def parse() -> argparse.Namespace:
@@ -508,9 +514,13 @@ async def main(args: argparse.Namespace) -> None:
         finally:
             await phase.stop()
     if "baseline" in results:
-        base, ours = results["baseline"], results["new"]
-        print(f"ratio new/baseline: ops/s {ours['ops'] / base['ops']:.2f}x, p99 {ours['p99'] / base['p99']:.2f}x "
-              "(phases run one after the other: machine noise differs between them)")
+        # Over equal windows: the new run's first --baseline-seconds (its database as young as the baseline's).
+        base = results["baseline"]
+        same = min(args.baseline_seconds, args.seconds)
+        ops, p99 = results["new"]["over"](same)
+        print(f"ratio new/baseline over the first {same:.0f} s of each: ops/s {ops / base['ops']:.2f}x "
+              f"({ops:.0f} vs {base['ops']:.0f}), p99 {p99 / base['p99']:.2f}x ({p99:.0f} vs {base['p99']:.0f} ms); "
+              "the phases run one after the other, so machine noise differs between them")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ours = results["new"]
     print(f"RESULT ops_per_s={ours['ops']:.0f} p99_ms={ours['p99']:.0f} errors={ours['errors']} lost={ours['lost']}")
