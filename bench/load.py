@@ -35,6 +35,7 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -265,12 +266,16 @@ class Load:
             return
         rid = created["id"]
         self.created.append(rid)
-        status = created["status"]
+        status, failures = created["status"], 0
         while status == "pending":
             answer = await self._call("wait", "agent", index + 1, "GET", "/api/v1/approvals/wait",
                                       params={"ids": rid, "timeout": 20})
-            if not isinstance(answer, dict):
-                return
+            if not isinstance(answer, dict):  # counted; a waiting agent asks again, as a real one does
+                failures += 1
+                if failures == 3:
+                    return
+                await asyncio.sleep(1)
+                continue
             for item in answer.get("decided") or []:
                 if item["id"] == rid:
                     status = item["status"]
@@ -429,6 +434,7 @@ class Phase:
         self.cluster: Cluster | None = None
         self.load: Load | None = None
         self.window = 0.0
+        self.keep_logs = True
 
     async def start(self) -> None:
         await admin_sql(f'CREATE DATABASE "{self.name}"')
@@ -447,6 +453,8 @@ class Phase:
         if self.cluster is not None:
             self.cluster.stop()
         await admin_sql(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        if not self.keep_logs and self.cluster is not None:
+            shutil.rmtree(self.cluster.data_dir, ignore_errors=True)
 
     async def report(self, show: bool) -> dict[str, Any]:
         load = self.load
@@ -507,6 +515,10 @@ async def main(args: argparse.Namespace) -> None:
             await phase.start()
             await phase.drive(seconds)
             results[label] = await phase.report(args.show)
+            if results[label]["errors"] or results[label]["lost"]:
+                print(f"  logs kept in /tmp/{phase.name}")
+            else:
+                phase.keep_logs = False
         except RuntimeError as exc:
             if label == "new":
                 raise
