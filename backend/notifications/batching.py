@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 K = TypeVar("K")
 V = TypeVar("V")
 
-WINDOW = 0.005
+WINDOW = 0.02
 """How long the first caller waits for others to share its statement."""
 
 

@@ -642,6 +642,18 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else (str(value) if value is not None else None)
 
 
+def _attempt_view(a: dict[str, Any]) -> dict[str, Any]:
+    """One attempt as the API shows it."""
+    return {
+        "number": a["number"],
+        "status": a["status"],
+        "error": a["error"],
+        "detail": a["detail"],
+        "started_at": _iso(a["started_at"]),
+        "sent_at": _iso(a["sent_at"]),
+    }
+
+
 async def deliveries_for(request_id: uuid.UUID | str, *, with_attempts: bool = False) -> list[dict[str, Any]]:
     rows = (
         await NotificationDelivery.select(
@@ -658,16 +670,7 @@ async def deliveries_for(request_id: uuid.UUID | str, *, with_attempts: bool = F
             .order_by(NotificationAttempt.started_at)
         )
         for a in found:
-            attempts.setdefault(str(a["delivery"]), []).append(
-                {
-                    "number": a["number"],
-                    "status": a["status"],
-                    "error": a["error"],
-                    "detail": a["detail"],
-                    "started_at": _iso(a["started_at"]),
-                    "sent_at": _iso(a["sent_at"]),
-                }
-            )
+            attempts.setdefault(str(a["delivery"]), []).append(_attempt_view(a))
     out = []
     for row in rows:
         item = {
@@ -745,12 +748,7 @@ async def channel_deliveries(principal: Any, kind: str, *, limit: int = 50) -> d
                 "request_id": str(a["request_id"]),
                 "email": a["email"],
                 "event": a["event"],
-                "number": a["number"],
-                "status": a["status"],
-                "error": a["error"],
-                "detail": a["detail"],
-                "started_at": _iso(a["started_at"]),
-                "sent_at": _iso(a["sent_at"]),
+                **_attempt_view(a),
             }
             for a in attempts
         ],
