@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Redirect
 
 from backend.accounts.service import Principal
@@ -18,7 +19,8 @@ class SystemController(Controller):
     async def home(self) -> Redirect:
         return Redirect(path="/app/")
 
-    @get("/health", operation_id="health", exclude_from_auth=True, summary="Database and Redis reachability")
+    @get("/health", operation_id="health", exclude_from_auth=True, summary="Database and Redis reachability",
+         responses={503: ResponseSpec(dict[str, Any], generate_examples=False, description="Database or Redis down")})
     async def health(self, hub: Hub) -> Response[dict[str, Any]]:
         report = await hub.health()
         return Response(report, status_code=200 if report["status"] == "ok" else 503)

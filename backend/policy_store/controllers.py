@@ -8,11 +8,13 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, MediaType, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from backend.accounts.service import Principal
 from backend.deps import admin_guard, people_guard
 from backend.hub import Hub
+from backend.openapi import media_types
 from backend.policy_store import service
 from backend.policy_store.schemas import EvaluateBody, RollbackBody, SeedApprovalPolicy, SeedTool, SourceBody
 from backend.request_checks import BODY_LIMIT_APPROVAL, BODY_LIMIT_POLICY
@@ -49,7 +51,8 @@ class PolicyController(Controller):
         return await service.get_version(principal.org_id, version)
 
     @get("/policies/active", operation_id="get_active_policy",
-         summary="The active version; with after+wait, a long-poll for a newer one (304 on timeout)")
+         summary="The active version; with after+wait, a long-poll for a newer one (304 on timeout)",
+         responses={304: ResponseSpec(None, description="No version newer than `after` within `wait` seconds")})
     async def active(
         self,
         principal: Principal,
@@ -85,8 +88,13 @@ class PolicyController(Controller):
     async def rollback(self, data: RollbackBody, principal: Principal, hub: Hub) -> dict[str, Any]:
         return await service.rollback(principal.org_id, data.version, principal.actor, hub.bus, principal.user_id)
 
-    @get("/policies/export", operation_id="export_policy", guards=[people_guard], media_type=MediaType.TEXT)
-    async def export(self, principal: Principal, format: str = "yaml") -> Response[str]:
+    @get("/policies/export", operation_id="export_policy", guards=[people_guard], media_type=MediaType.TEXT,
+         operation_class=media_types("application/yaml", MediaType.JSON),
+         summary="The active policy's source as YAML (format=yaml) or its JSON form (format=json)")
+    async def export(
+        self, principal: Principal,
+        format: str = Parameter(default="yaml", description="yaml or json; anything else is a 422"),
+    ) -> Response[str]:
         text = await service.export(principal.org_id, format)
         media = "application/yaml" if format == "yaml" else MediaType.JSON
         return Response(text, media_type=media)
