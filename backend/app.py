@@ -32,7 +32,7 @@ from backend.notifications.chat_controllers import CONTROLLERS as CHAT_CONTROLLE
 from backend.notifications.controllers import CONTROLLERS as NOTIFICATION_CONTROLLERS
 from backend.observability.asgi import ObservedApp
 from backend.observability.controllers import ObservabilityController
-from backend.openapi import document_errors
+from backend.openapi import complete_allow, settle_contract
 from backend.policy_store.controllers import PolicyController, SeedShapesController
 from backend.request_checks import BODY_LIMIT_DEFAULT, add_security_headers, check_request
 from backend.settings import Settings, load_settings
@@ -195,12 +195,12 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         lifespan=[lifespan],
         template_config=console.template_config(),
         before_request=check_request,
-        before_send=[add_security_headers],
+        before_send=[add_security_headers, complete_allow],
         request_max_body_size=BODY_LIMIT_DEFAULT,
         debug=False,
         logging_config=None,
     )
-    document_errors(app)
+    settle_contract(app)
     app.state.hub = running
     # Outside routing, so every request (404s included) gets an id and is counted.
     app.asgi_handler = ObservedApp(app.asgi_handler)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter, QueryParameter
+from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.params import HeaderParameter, Parameter, QueryParameter
 from litestar.response import Stream
 
 from backend.accounts.passkey_schemas import BatchStepUpBody, StepUpBody, StepUpOptions
 from backend.accounts.service import Principal
-from backend.approvals import service
+from backend.approvals import idempotency, service
 from backend.approvals.schemas import (
     Approval,
     ApproveBody,
@@ -37,6 +39,29 @@ from backend.events import EventsController
 from backend.hub import Hub
 from backend.openapi import media_types
 from backend.request_checks import BODY_LIMIT_APPROVAL
+
+# One stream, two encodings: JSON is an array of flat records; CSV is text with the same columns.
+EXPORT_SCHEMA = {
+    MediaType.JSON: Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.OBJECT)),
+    "text/csv": Schema(type=OpenAPIType.STRING),
+}
+
+
+IDEMPOTENCY_KEY: Any = HeaderParameter(
+    name=idempotency.HEADER, default=None, min_length=1, max_length=idempotency.MAX_KEY_LENGTH,
+    description="Send the same key when retrying: the retry gets the first answer (for 24 h), not a second "
+    "effect. The same key with a different body is a 409 (idempotency_key_reused).",
+)
+
+
+async def _vote_once(
+    principal: Principal, decision: str, approval_id: UUID, key: str | None, body: Any,
+    run: Callable[[], Awaitable[tuple[int, Any]]],
+) -> Any:
+    """A vote's answer, once per Idempotency-Key; the request id is part of what the key stands for."""
+    request = {"approval_id": str(approval_id), "body": body}
+    _, answer = await idempotency.once(principal, f"{decision}_approval", key, request, run)
+    return answer
 
 
 def _approval(item: dict[str, Any]) -> Approval:
@@ -66,17 +91,22 @@ class ApprovalController(Controller):
             description="The same call was pending (attached: true), or a grant covers it (status: granted)",
         )},
     )
-    async def create(self, data: CreateBody, principal: Principal, hub: Hub) -> Response[Approval]:
-        status, body = await service.create_request(
-            hub,
-            principal,
-            tool=data.tool,
-            server=data.server,
-            arguments=data.arguments,
-            hash_hex=data.arguments_hash,
-            justification=data.justification,
-            input_schema=data.input_schema,
-        )
+    async def create(
+        self, data: CreateBody, principal: Principal, hub: Hub, idempotency_key: str | None = IDEMPOTENCY_KEY
+    ) -> Response[Approval]:
+        async def run() -> tuple[int, Any]:
+            return await service.create_request(
+                hub,
+                principal,
+                tool=data.tool,
+                server=data.server,
+                arguments=data.arguments,
+                hash_hex=data.arguments_hash,
+                justification=data.justification,
+                input_schema=data.input_schema,
+            )
+
+        status, body = await idempotency.once(principal, "create_approval", idempotency_key, data, run)
         answer: Approval | Granted = (
             msgspec.convert(body, Granted) if body.get("status") == "granted" else _approval(body)
         )
@@ -112,7 +142,7 @@ class ApprovalController(Controller):
 
     @get(
         "/export", operation_id="export_approvals", guards=[people_guard],
-        operation_class=media_types(MediaType.JSON, "text/csv"),
+        operation_class=media_types(MediaType.JSON, "text/csv", schema=EXPORT_SCHEMA),
         summary="Stream the filtered history as CSV or JSON",
     )
     async def export(
@@ -167,17 +197,22 @@ class ApprovalController(Controller):
         status_code=200,
         summary="Approve or decline several requests; each is its own checked vote",
     )
-    async def batch(self, data: BatchBody, principal: Principal, hub: Hub) -> BatchResult:
-        results = await service.vote_many(
-            hub,
-            principal,
-            data.ids,
-            data.decision,
-            reason=data.reason,
-            grant_seconds=data.grant_seconds,
-            channel=principal.channel,
-            assertion=data.assertion,
-        )
+    async def batch(
+        self, data: BatchBody, principal: Principal, hub: Hub, idempotency_key: str | None = IDEMPOTENCY_KEY
+    ) -> BatchResult:
+        async def run() -> tuple[int, Any]:
+            return 200, await service.vote_many(
+                hub,
+                principal,
+                data.ids,
+                data.decision,
+                reason=data.reason,
+                grant_seconds=data.grant_seconds,
+                channel=principal.channel,
+                assertion=data.assertion,
+            )
+
+        _, results = await idempotency.once(principal, "decide_approvals", idempotency_key, data, run)
         ok = sum(1 for r in results if r["ok"])
         return BatchResult(results=msgspec.convert(results, list[BatchItem]), ok=ok, failed=len(results) - ok)
 
@@ -222,29 +257,39 @@ class ApprovalController(Controller):
 
     @post("/{approval_id:uuid}/approve", operation_id="approve_approval", status_code=200)
     async def approve(
-        self, approval_id: UUID, principal: Principal, hub: Hub, data: ApproveBody | None = None
+        self, approval_id: UUID, principal: Principal, hub: Hub, data: ApproveBody | None = None,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
     ) -> Approval:
         body = data or ApproveBody()
-        return _approval(await service.vote(
-            hub,
-            principal,
-            approval_id,
-            "approve",
-            reason=body.reason,
-            grant_seconds=body.grant_seconds,
-            channel=principal.channel,
-            assertion=body.assertion,
-        ))
+
+        async def run() -> tuple[int, Any]:
+            return 200, await service.vote(
+                hub,
+                principal,
+                approval_id,
+                "approve",
+                reason=body.reason,
+                grant_seconds=body.grant_seconds,
+                channel=principal.channel,
+                assertion=body.assertion,
+            )
+
+        return _approval(await _vote_once(principal, "approve", approval_id, idempotency_key, body, run))
 
     @post("/{approval_id:uuid}/decline", operation_id="decline_approval", status_code=200)
     async def decline(
-        self, approval_id: UUID, principal: Principal, hub: Hub, data: DeclineBody | None = None
+        self, approval_id: UUID, principal: Principal, hub: Hub, data: DeclineBody | None = None,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
     ) -> Approval:
         body = data or DeclineBody()
-        return _approval(await service.vote(
-            hub, principal, approval_id, "decline", reason=body.reason, channel=principal.channel,
-            assertion=body.assertion,
-        ))
+
+        async def run() -> tuple[int, Any]:
+            return 200, await service.vote(
+                hub, principal, approval_id, "decline", reason=body.reason, channel=principal.channel,
+                assertion=body.assertion,
+            )
+
+        return _approval(await _vote_once(principal, "decline", approval_id, idempotency_key, body, run))
 
     @post("/{approval_id:uuid}/cancel", operation_id="cancel_approval", status_code=200)
     async def cancel(

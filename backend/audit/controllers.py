@@ -39,7 +39,7 @@ class AuditController(Controller):
         principal: Principal,
         kind: str | None = None,
         subject_id: str | None = None,
-        after_seq: int = Parameter(default=0, ge=0),
+        after_seq: int = Parameter(default=0, ge=0, le=2**53),  # a BigInt column; 2**53 stays exact in JSON
         limit: int = Parameter(default=100, ge=1, le=1000),
     ) -> list[dict[str, Any]]:
         query = AuditEvent.select().where(

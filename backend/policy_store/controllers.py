@@ -9,15 +9,19 @@ from typing import Any
 import msgspec
 from litestar import Controller, MediaType, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Schema
 from litestar.params import Parameter
 
 from backend.accounts.service import Principal
 from backend.deps import admin_guard, people_guard
 from backend.hub import Hub
-from backend.openapi import media_types
+from backend.openapi import error_response, media_types
 from backend.policy_store import service
 from backend.policy_store.schemas import EvaluateBody, RollbackBody, SeedApprovalPolicy, SeedTool, SourceBody
 from backend.request_checks import BODY_LIMIT_APPROVAL, BODY_LIMIT_POLICY
+
+NO_POLICY = error_response(404, "No policy has been applied yet")
+ANY_JSON = Schema()  # the policy's own JSON form (policies/schema.py)
 
 
 class PolicyController(Controller):
@@ -52,7 +56,8 @@ class PolicyController(Controller):
 
     @get("/policies/active", operation_id="get_active_policy",
          summary="The active version; with after+wait, a long-poll for a newer one (304 on timeout)",
-         responses={304: ResponseSpec(None, description="No version newer than `after` within `wait` seconds")})
+         responses={304: ResponseSpec(None, description="No version newer than `after` within `wait` seconds"),
+                    404: NO_POLICY})
     async def active(
         self,
         principal: Principal,
@@ -89,7 +94,8 @@ class PolicyController(Controller):
         return await service.rollback(principal.org_id, data.version, principal.actor, hub.bus, principal.user_id)
 
     @get("/policies/export", operation_id="export_policy", guards=[people_guard], media_type=MediaType.TEXT,
-         operation_class=media_types("application/yaml", MediaType.JSON),
+         operation_class=media_types("application/yaml", MediaType.JSON, schema={MediaType.JSON: ANY_JSON}),
+         responses={404: NO_POLICY},
          summary="The active policy's source as YAML (format=yaml) or its JSON form (format=json)")
     async def export(
         self, principal: Principal,
