@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -13,6 +14,7 @@ from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import HeaderParameter, Parameter, QueryParameter
 from litestar.response import Stream
 
+from backend import pagination
 from backend.accounts.passkey_schemas import BatchStepUpBody, StepUpBody, StepUpOptions
 from backend.accounts.service import Principal
 from backend.approvals import idempotency, service
@@ -64,6 +66,15 @@ async def _vote_once(
     return answer
 
 
+def _position(cursor: str) -> tuple[datetime, UUID]:
+    at, request_id = pagination.decode(cursor, 2)
+    try:
+        return datetime.fromisoformat(at), UUID(request_id)
+    except ValueError:
+        pagination.decode("", 2)  # raises the cursor's 422
+        raise
+
+
 def _approval(item: dict[str, Any]) -> Approval:
     return msgspec.convert(item, Approval)
 
@@ -112,9 +123,11 @@ class ApprovalController(Controller):
         )
         return Response(answer, status_code=status)  # type: ignore[arg-type]
 
-    @get("", operation_id="list_approvals", summary="History, newest first, filtered")
+    @get("", operation_id="list_approvals", summary="History, newest first, filtered; pages by cursor",
+         response_headers=pagination.HEADERS)
     async def list_requests(
         self,
+        request: Request,  # type: ignore[type-arg]
         principal: Principal,
         start_date: str | None = None,
         end_date: str | None = None,
@@ -127,8 +140,11 @@ class ApprovalController(Controller):
         ),
         limit: int = Parameter(default=100, ge=1, le=1000),
         offset: int = Parameter(default=0, ge=0),
-    ) -> list[Approval]:
-        return _approvals(await service.list_requests(
+        cursor: str | None = Parameter(
+            default=None, max_length=200, description="The X-Next-Cursor of the previous page"
+        ),
+    ) -> Response[list[Approval]]:
+        items = await service.list_requests(
             principal,
             start_date=start_date,
             end_date=end_date,
@@ -138,7 +154,11 @@ class ApprovalController(Controller):
             scope=inbox_scope,
             limit=limit,
             offset=offset,
-        ))
+            before=_position(cursor) if cursor else None,
+        )
+        last = items[-1] if len(items) == limit else None
+        following = pagination.encode(last["created_at"], last["id"]) if last else None
+        return Response(_approvals(items), headers=pagination.next_page_headers(request, following))
 
     @get(
         "/export", operation_id="export_approvals", guards=[people_guard],
