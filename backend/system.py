@@ -8,6 +8,7 @@ from litestar import Controller, Response, get
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Redirect
 
+from backend.accounts.schemas import WhoAmI, WhoKey, WhoOrg, WhoUser
 from backend.accounts.service import Principal
 from backend.hub import Hub
 
@@ -26,15 +27,15 @@ class SystemController(Controller):
         return Response(report, status_code=200 if report["status"] == "ok" else 503)
 
     @get("/api/v1/me", operation_id="whoami", summary="Who this key or session is")
-    async def me(self, principal: Principal) -> dict[str, Any]:
-        return {
-            "user": {"id": str(principal.user_id), "email": principal.email, "role": principal.role},
-            "org": {"id": str(principal.org_id)},
-            "via": principal.via,
-            "key": (
-                {"id": str(principal.key_id), "name": principal.key_name, "scope": principal.scope,
-                 "labels": principal.labels}
+    async def me(self, principal: Principal) -> WhoAmI:
+        return WhoAmI(
+            user=WhoUser(id=str(principal.user_id), email=principal.email, role=principal.role),
+            org=WhoOrg(id=str(principal.org_id)),
+            via=principal.via,
+            key=(
+                WhoKey(id=str(principal.key_id), name=principal.key_name, scope=principal.scope,
+                       labels=principal.labels)
                 if principal.key_id
                 else None
             ),
-        }
+        )

@@ -9,6 +9,7 @@ from litestar.datastructures import Cookie
 
 from backend.accounts import lifecycle, service, throttle
 from backend.accounts.schemas import (
+    CreatedTeam,
     InviteAcceptBody,
     InviteAccepted,
     InviteLink,
@@ -21,8 +22,10 @@ from backend.accounts.schemas import (
     TeamBody,
     TeamRenameBody,
     TeamRenamed,
+    TeamView,
     UserBody,
     UserState,
+    UserView,
 )
 from backend.accounts.service import Principal
 from backend.accounts.tables import ApiKey, User
@@ -89,11 +92,11 @@ class UserController(Controller):
     tags = ["accounts"]
 
     @get(operation_id="list_users")
-    async def list_users(self, principal: Principal) -> list[dict[str, Any]]:
+    async def list_users(self, principal: Principal) -> list[UserView]:
         rows = await User.select(User.id, User.email, User.name, User.role, User.is_active).where(
             User.org == principal.org_id
         ).order_by(User.email)
-        return [{**row, "id": str(row["id"])} for row in rows]
+        return [UserView(**{**row, "id": str(row["id"])}) for row in rows]
 
     @post(operation_id="create_user", guards=[admin_guard])
     async def create_user(self, data: UserBody, principal: Principal) -> dict[str, Any]:
@@ -130,16 +133,16 @@ class TeamController(Controller):
     tags = ["accounts"]
 
     @get(operation_id="list_teams")
-    async def list_teams(self, principal: Principal) -> list[dict[str, Any]]:
+    async def list_teams(self, principal: Principal) -> list[TeamView]:
         members = await service.team_members(principal.org_id)
-        return [{"name": name, "members": sorted(emails)} for name, emails in sorted(members.items())]
+        return [TeamView(name=name, members=sorted(emails)) for name, emails in sorted(members.items())]
 
     @post(operation_id="create_team", guards=[admin_guard])
-    async def create_team(self, data: TeamBody, principal: Principal) -> dict[str, Any]:
+    async def create_team(self, data: TeamBody, principal: Principal) -> CreatedTeam:
         team = await service.add_team(principal.org_id, data.name, actor=principal.actor)
         for email in data.members:
             await service.add_member(principal.org_id, data.name, email, actor=principal.actor)
-        return {"id": str(team["id"]), "name": team["name"], "members": sorted(data.members)}
+        return CreatedTeam(id=str(team["id"]), name=team["name"], members=sorted(data.members))
 
     @patch("/{name:str}", operation_id="rename_team", guards=[admin_guard], summary="Rename a team")
     async def rename(self, name: str, data: TeamRenameBody, principal: Principal) -> TeamRenamed:

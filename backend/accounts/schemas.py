@@ -92,3 +92,49 @@ class MemberChange(msgspec.Struct):
     team: str
     email: str
     member: bool
+
+
+class UserView(msgspec.Struct):
+    id: str
+    email: str
+    name: str | None
+    role: str
+    is_active: bool
+
+
+class TeamView(msgspec.Struct):
+    name: str
+    members: list[str]
+    """Members' emails, sorted."""
+
+
+class CreatedTeam(msgspec.Struct):
+    id: str
+    name: str
+    members: list[str]
+
+
+class WhoKey(msgspec.Struct):
+    id: str
+    name: str | None
+    scope: str | None
+    labels: dict[str, Any] | None
+
+
+class WhoUser(msgspec.Struct):
+    id: str
+    email: str
+    role: str
+
+
+class WhoOrg(msgspec.Struct):
+    id: str
+
+
+class WhoAmI(msgspec.Struct):
+    """Who this key or session is: the user, the organization, how they signed in, the key."""
+
+    user: WhoUser
+    org: WhoOrg
+    via: str
+    key: WhoKey | None

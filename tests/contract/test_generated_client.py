@@ -15,17 +15,11 @@ from uuid import UUID
 import pytest
 
 from tests.conftest import LiveHub
+from tests.contract.support import POLICY
 from tests.helpers import make_org
 
 COMMITTED = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
 GENERATOR = Path(sys.executable).with_name("openapi-python-client")
-POLICY = """
-version: "1"
-approval_policies:
-  - {name: ops, approvers: [alice@acme.test], timeout: 1h}
-tools:
-  - {name: deploy, action: require_approval, approval_policy: ops}
-"""
 
 
 @pytest.fixture(scope="module")

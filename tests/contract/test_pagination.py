@@ -4,15 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.contract.support import POLICY
 from tests.helpers import auth, make_org
-
-POLICY = """
-version: "1"
-approval_policies:
-  - {name: ops, approvers: [alice@acme.test], timeout: 1h}
-tools:
-  - {name: deploy, action: require_approval, approval_policy: ops}
-"""
 
 
 async def _request(client: Any, token: str, ref: int) -> str:
