@@ -36,6 +36,9 @@ class AuditEventView(msgspec.Struct):
     created_at: datetime
     prev_hash: str
     hash: str
+    external_id: str | None = None
+    """The gateway's event id for a call record (what makes a resent record a duplicate)."""
+    note: str | None = None
 
 
 class AuditController(Controller):
@@ -71,7 +74,7 @@ class AuditController(Controller):
         if subject_id:
             query = query.where(AuditEvent.subject_id == subject_id)
         rows = await query.order_by(AuditEvent.seq).limit(limit).output(load_json=True)
-        return [AuditEventView(**{**row, "id": str(row["id"])}) for row in rows]
+        return [msgspec.convert({**row, "id": str(row["id"])}, AuditEventView) for row in rows]
 
     @post("/calls", operation_id="ingest_call_records", status_code=200, request_max_body_size=BODY_LIMIT_CALLS,
           opt={"nul_per_item": True},  # calls.ingest refuses a NUL per record
