@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -138,3 +139,32 @@ class WhoAmI(msgspec.Struct):
     org: WhoOrg
     via: str
     key: WhoKey | None
+
+
+class CreatedUser(msgspec.Struct):
+    id: str
+    email: str
+    role: str
+    name: str | None
+
+
+class CreatedKey(msgspec.Struct):
+    """A new API key. `token` is in this answer only: the hub stores only its hash."""
+
+    id: str
+    name: str
+    prefix: str
+    scope: str
+    token: str
+
+
+class KeyView(msgspec.Struct):
+    id: str
+    name: str
+    prefix: str
+    scope: str
+    created_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    user_email: str | None = msgspec.field(name="user.email")
+    """The key's owner."""
