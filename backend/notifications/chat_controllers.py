@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
@@ -55,12 +56,12 @@ class SlackController(Controller):
 
 
 class CommentController(Controller):
-    path = "/api/v1/approvals/{approval_id:str}/comments"
+    path = "/api/v1/approvals/{approval_id:uuid}/comments"
     tags = ["chat"]
 
     @get("", operation_id="list_approval_comments", summary="The request's discussion from its chat thread")
-    async def list_comments(self, approval_id: str, principal: Principal) -> list[Comment]:
-        return msgspec.convert(await chat.comments_of_request(principal, approval_id), list[Comment])
+    async def list_comments(self, approval_id: UUID, principal: Principal) -> list[Comment]:
+        return msgspec.convert(await chat.comments_of_request(principal, str(approval_id)), list[Comment])
 
 
 CONTROLLERS = [SlackController, CommentController]
