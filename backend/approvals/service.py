@@ -234,9 +234,11 @@ async def list_requests(
     scope: str = "mine",
     limit: int = 100,
     offset: int = 0,
+    before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[dict[str, Any]]:
     """History, newest first. `status=pending` is the caller's inbox: what they can vote on (scope mine)
-    or every pending request (scope all); each pending item then says whether the caller can vote."""
+    or every pending request (scope all); each pending item then says whether the caller can vote.
+    `before` (created_at, id) starts after that item: a cursor, stable however many requests arrive."""
     if scope not in inbox.SCOPES:
         raise ValidationFailed(f"unknown scope {scope!r}", detail={"field": "scope", "hint": "mine or all"})
     ids = await _voted_by(principal.org_id, approver)
@@ -245,11 +247,16 @@ async def list_requests(
     )
     if principal.is_agent:
         condition &= ApprovalRequest.agent_key == principal.key_id
+    if before is not None:
+        at, after_id = before
+        condition &= (ApprovalRequest.created_at < at) | (
+            (ApprovalRequest.created_at == at) & (ApprovalRequest.id < after_id)
+        )
     inbox_view = status == "pending"
     rows = (
         await ApprovalRequest.select()
         .where(condition)
-        .order_by(ApprovalRequest.created_at, ascending=False)
+        .order_by(ApprovalRequest.created_at, ApprovalRequest.id, ascending=False)
         .limit(INBOX_LIMIT if inbox_view else limit)
         .offset(0 if inbox_view else offset)
         .output(load_json=True)
