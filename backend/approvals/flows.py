@@ -104,17 +104,16 @@ async def load_row(request_id: uuid.UUID | str) -> dict[str, Any] | None:
 
 # PostgreSQL: the request, its requester's email and its votes in one round trip (what an answer
 # shows besides the row). The extra keys ride on the row; `serialize` reads only the table's columns.
-_PRESENTED_SQL = """
-SELECT r.*, u.email AS _requester_email,
-  (SELECT coalesce(json_agg(json_build_object(
+_VOTES_JSON = """(SELECT coalesce(json_agg(json_build_object(
       'request', v.request, 'user', v."user", 'email', vu.email, 'decision', v.decision, 'reason', v.reason,
       'channel', v.channel, 'assertion', v.assertion IS NOT NULL,
       'created_at', to_char(v.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'))
     ORDER BY v.created_at), '[]'::json)
-   FROM vote v JOIN app_user vu ON vu.id = v."user" WHERE v.request = r.id) AS _votes
-FROM approval_request r LEFT JOIN app_user u ON u.id = r.requester
-WHERE r.id = {}
-"""
+   FROM vote v JOIN app_user vu ON vu.id = v."user" WHERE v.request = r.id) AS _votes"""
+_PRESENTED_SQL = (
+    f"SELECT r.*, u.email AS _requester_email, {_VOTES_JSON} "
+    "FROM approval_request r LEFT JOIN app_user u ON u.id = r.requester WHERE r.id = {}"
+)
 _JSON_COLUMNS = tuple(c._meta.name for c in ApprovalRequest._meta.json_columns)
 
 
@@ -135,7 +134,11 @@ async def load_presented(request_id: uuid.UUID | str) -> dict[str, Any] | None:
     rows = await ApprovalRequest.raw(_PRESENTED_SQL, rid)
     if not rows:
         return None
-    row = decode_json_columns(dict(rows[0]))
+    return _presented(rows[0])
+
+
+def _presented(record: Any) -> dict[str, Any]:
+    row = decode_json_columns(dict(record))
     votes = row["_votes"]
     votes = json.loads(votes) if isinstance(votes, str) else votes
     row["_votes"] = [vote_view({**v, "assertion": True if v["assertion"] else None}) for v in votes]
@@ -282,6 +285,14 @@ async def transition(
     updated = await _conditional_update(row, values, same_level=new == "escalated")
     if updated is None:
         return None
+    await _after_update(hub, old, new, updated, actor, change)
+    return updated
+
+
+async def _after_update(
+    hub: Hub, old: str | None, new: str, updated: dict[str, Any], actor: Actor, change: Change
+) -> None:
+    """What follows a won conditional update: the audit event, notifications, jobs and wake-ups."""
     if old == "pending" and new != "escalated":
         _observe_decision(updated)
     match (old, new):
@@ -306,6 +317,57 @@ async def transition(
             await _audit(updated, f"approval.{new}", actor, change, {"outcome": change.outcome, "from": old})
             await _notify_outcome(hub, updated)
             _announce(hub, updated, f"approval.{new}")
+
+
+_MERGE_EXECUTION = "executed_at = {}, execution = coalesce(execution, jsonb_build_object()) || {}::jsonb"
+_RUN_SQL = {
+    "executing": "status = 'executing', execution = {}::jsonb",
+    "executed": f"status = 'executed', {_MERGE_EXECUTION}",
+    "failed": f"status = 'failed', {_MERGE_EXECUTION}",
+}
+_RUN_FROM = {"executing": "approved", "executed": "executing", "failed": "executing"}
+
+
+async def run_step(
+    hub: Hub,
+    principal: Principal,
+    request_id: uuid.UUID,
+    new: str,
+    values: dict[str, Any],
+    *,
+    arguments_hash: str | None = None,
+) -> dict[str, Any] | None:
+    """PostgreSQL: claim (`executing`) or report (`executed`/`failed`) a request in one conditional
+    UPDATE that also checks what the caller must be (the request's agent key or an admin, and for a
+    claim the approved arguments hash) and returns the row as `load_presented` reads it.
+
+    None when any condition fails; the caller then reads the row to say which (and, if nothing was
+    wrong after all, e.g. on SQLite, takes the ordinary path). Must run inside `unit_of_work()`."""
+    if is_sqlite():
+        return None
+    stamp = now()
+    if new == "executing":
+        execution: dict[str, Any] = {"claimed_at": stamp.isoformat(), **values}
+        args: list[Any] = [json.dumps(execution)]
+    else:
+        args = [stamp, json.dumps(values)]
+    sql = (
+        f"UPDATE approval_request r SET {_RUN_SQL[new]} "
+        "WHERE r.id = {} AND r.org = {} AND r.status = {}"
+    )
+    args += [request_id, principal.org_id, _RUN_FROM[new]]
+    if not principal.is_admin:
+        sql += " AND r.agent_key = {}"
+        args.append(principal.key_id)
+    if arguments_hash is not None:
+        sql += " AND r.arguments_hash = {}"
+        args.append(arguments_hash)
+    sql += f" RETURNING r.*, (SELECT email FROM app_user u WHERE u.id = r.requester) AS _requester_email, {_VOTES_JSON}"
+    rows = await ApprovalRequest.raw(sql, *args)
+    if not rows:
+        return None
+    updated = _presented(rows[0])
+    await _after_update(hub, _RUN_FROM[new], new, updated, principal.actor, Change(values=values))
     return updated
 
 

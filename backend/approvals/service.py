@@ -721,6 +721,10 @@ async def cancel(hub: Hub, principal: Principal, request_id: Any, reason: str | 
 
 async def claim(hub: Hub, principal: Principal, request_id: Any, hash_hex: str) -> dict[str, Any]:
     """Start executing an approved call, once, with exactly the approved arguments."""
+    claimed_by = {"claimed_by": principal.key_name or principal.email}
+    fast = await _run_step(hub, principal, request_id, "executing", claimed_by, arguments_hash=hash_hex)
+    if fast is not None:
+        return await present_one(fast, principal)
     row = await _visible_row(principal, request_id)
     _require_runner(principal, row)
     if hash_hex != row["arguments_hash"]:
@@ -738,7 +742,7 @@ async def claim(hub: Hub, principal: Principal, request_id: Any, hash_hex: str) 
             row,
             "executing",
             principal.actor,
-            Change(values={"claimed_by": principal.key_name or principal.email}),
+            Change(values=claimed_by),
         )
         if updated is None:
             current = await load_row(row["id"])
@@ -767,6 +771,14 @@ async def report_outcome(
     result_summary: str | None,
     error: str | None,
 ) -> dict[str, Any]:
+    values = {
+        "success": success,
+        "result_summary": (result_summary or "")[:4000] or None,
+        "error": (error or "")[:4000] or None,
+    }
+    fast = await _run_step(hub, principal, request_id, "executed" if success else "failed", values)
+    if fast is not None:
+        return await present_one(fast, principal)
     row = await _visible_row(principal, request_id)
     _require_runner(principal, row)
     if row["status"] != "executing":
@@ -775,11 +787,6 @@ async def report_outcome(
             code="not_executing",
             detail={"status": row["status"]},
         )
-    values = {
-        "success": success,
-        "result_summary": (result_summary or "")[:4000] or None,
-        "error": (error or "")[:4000] or None,
-    }
     async with unit_of_work():
         updated = await flows.transition(
             hub, row, "executed" if success else "failed", principal.actor, Change(values=values)
@@ -787,6 +794,18 @@ async def report_outcome(
         if updated is None:
             raise Conflict("the outcome was already reported", code="not_executing")
     return await present_one(updated, principal)
+
+
+async def _run_step(
+    hub: Hub, principal: Principal, request_id: Any, new: str, values: dict[str, Any], **checks: Any
+) -> dict[str, Any] | None:
+    """The one-statement claim/report (PostgreSQL); None sends the caller down the checked path, which
+    reads the row and says what is wrong (or, on SQLite, does the step itself)."""
+    rid = parse_id(request_id)
+    if rid is None or is_sqlite():
+        return None
+    async with unit_of_work():
+        return await flows.run_step(hub, principal, rid, new, values, **checks)
 
 
 def _require_runner(principal: Principal, row: dict[str, Any]) -> None:
@@ -822,6 +841,13 @@ def parse_ids(raw: str | list[str]) -> list[uuid.UUID]:
 
 
 async def _statuses(principal: Principal, ids: list[uuid.UUID]) -> dict[str, str]:
+    if not is_sqlite():  # one array parameter, not thousands of placeholders for the builder to render
+        sql = "SELECT id, status FROM approval_request WHERE org = {} AND id = ANY({}::uuid[])"
+        args: list[Any] = [principal.org_id, ids]
+        if principal.is_agent:
+            sql += " AND agent_key = {}"
+            args.append(principal.key_id)
+        return {str(r["id"]): r["status"] for r in await ApprovalRequest.raw(sql, *args)}
     condition = (ApprovalRequest.org == principal.org_id) & ApprovalRequest.id.is_in(ids)
     if principal.is_agent:
         condition &= ApprovalRequest.agent_key == principal.key_id
