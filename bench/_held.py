@@ -143,9 +143,11 @@ async def _held_round(hub: _HubProcess, keys: dict[str, str], n: int, data_dir: 
                             tg.start_soon(held_call, i)
                         while len(pending) < min(n, start + batch):
                             await anyio.sleep(0.5)
-                            pending = (await http.get("/api/v1/approvals",
-                                                      params={"status": "pending", "limit": 1000, "scope": "all"},
-                                                      headers=headers)).json()
+                            # The history view (no status filter): the inbox view would compute every
+                            # pending card's red flags on each poll.
+                            listed = (await http.get("/api/v1/approvals", params={"limit": 1000},
+                                                     headers=headers)).json()
+                            pending = [item for item in listed if item["status"] == "pending"]
                 print(f"  {len(pending)} calls held at once; approving one by one", file=sys.stderr)
                 decided_at: dict[int, float] = {}
                 approver = {"Authorization": f"Bearer {keys['approver']}"}
