@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from uuid import UUID
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, delete, get, post
@@ -56,12 +57,12 @@ class SlackController(Controller):
 
 
 class CommentController(Controller):
-    path = "/api/v1/approvals/{approval_id:str}/comments"
+    path = "/api/v1/approvals/{approval_id:uuid}/comments"
     tags = ["chat"]
 
     @get("", operation_id="list_approval_comments", summary="The request's discussion from its chat thread")
-    async def list_comments(self, approval_id: str, principal: Principal) -> list[Comment]:
-        return msgspec.convert(await chat.comments_of_request(principal, approval_id), list[Comment])
+    async def list_comments(self, approval_id: UUID, principal: Principal) -> list[Comment]:
+        return msgspec.convert(await chat.comments_of_request(principal, str(approval_id)), list[Comment])
 
     @post(
         "",
@@ -70,9 +71,10 @@ class CommentController(Controller):
         request_max_body_size=BODY_LIMIT_SMALL,
         summary="Add a comment to the request's discussion (approvers and admins; not viewers, not agent keys)",
     )
-    async def add_comment(self, approval_id: str, data: NewComment, principal: Principal, hub: Hub) -> Comment:
+    async def add_comment(self, approval_id: UUID, data: NewComment, principal: Principal, hub: Hub) -> Comment:
         source = "app" if principal.via == "session" else "api"
-        return msgspec.convert(await chat.add_comment(hub, principal, approval_id, data.text, source=source), Comment)
+        added = await chat.add_comment(hub, principal, str(approval_id), data.text, source=source)
+        return msgspec.convert(added, Comment)
 
 
 CONTROLLERS = [SlackController, CommentController]
