@@ -32,6 +32,7 @@ from backend.notifications.chat_controllers import CONTROLLERS as CHAT_CONTROLLE
 from backend.notifications.controllers import CONTROLLERS as NOTIFICATION_CONTROLLERS
 from backend.observability.asgi import ObservedApp
 from backend.observability.controllers import ObservabilityController
+from backend.openapi import complete_allow, settle_contract
 from backend.policy_store.controllers import PolicyController, SeedShapesController
 from backend.request_checks import BODY_LIMIT_DEFAULT, add_security_headers, check_request
 from backend.settings import Settings, load_settings
@@ -99,7 +100,12 @@ def _http_error(_: Request, exc: HTTPException) -> Response[dict[str, Any]]:  # 
         413: "body_too_large",
         429: "rate_limited",
     }
-    return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.extra or None)
+    response = _error(
+        exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail), exc.extra or None
+    )
+    for name, value in (exc.headers or {}).items():  # 405 names the methods the path takes (Allow)
+        response.headers[name] = value
+    return response
 
 
 def _unexpected(request: Request, exc: Exception) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
@@ -189,11 +195,12 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         lifespan=[lifespan],
         template_config=console.template_config(),
         before_request=check_request,
-        before_send=[add_security_headers],
+        before_send=[add_security_headers, complete_allow],
         request_max_body_size=BODY_LIMIT_DEFAULT,
         debug=False,
         logging_config=None,
     )
+    settle_contract(app)
     app.state.hub = running
     # Outside routing, so every request (404s included) gets an id and is counted.
     app.asgi_handler = ObservedApp(app.asgi_handler)

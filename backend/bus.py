@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import uuid
+import weakref
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -21,6 +22,36 @@ logger = logging.getLogger("preloop.bus")
 
 Listener = Callable[[str, dict[str, Any]], None]
 PREFIX = "preloop:"
+# Process-wide listeners by topic prefix (in-process caches dropping entries another process changed),
+# and the started buses, so code without a hub at hand can still announce such a change.
+_PREFIX_LISTENERS: dict[str, list[Listener]] = defaultdict(list)
+_STARTED: weakref.WeakSet[Bus] = weakref.WeakSet()
+
+
+def listen_everywhere(prefix: str, listener: Listener) -> None:
+    """Call `listener` for every message whose topic starts with `prefix`, on any bus of this process."""
+    if listener not in _PREFIX_LISTENERS[prefix]:
+        _PREFIX_LISTENERS[prefix].append(listener)
+
+
+async def broadcast(topic: str, message: dict[str, Any]) -> None:
+    """Publish on every started bus of this process (to this process's listeners and, through Redis,
+    to the other processes); with no bus started, only this process's prefix listeners hear it."""
+    buses = list(_STARTED)
+    for bus in buses:
+        await bus.publish(topic, message)
+    if not buses:
+        _deliver_prefixed(topic, message)
+
+
+def _deliver_prefixed(topic: str, message: dict[str, Any]) -> None:
+    for prefix, listeners in list(_PREFIX_LISTENERS.items()):
+        if topic.startswith(prefix):
+            for listener in list(listeners):
+                try:
+                    listener(topic, message)
+                except Exception:
+                    logger.exception("bus listener failed", extra={"topic": topic})
 
 
 class Bus:
@@ -34,6 +65,7 @@ class Bus:
         self._ready = asyncio.Event()
 
     async def start(self) -> None:
+        _STARTED.add(self)
         if self._redis is None:
             self._ready.set()
             return
@@ -41,6 +73,7 @@ class Bus:
         await asyncio.wait_for(self._ready.wait(), timeout=10)
 
     async def stop(self) -> None:
+        _STARTED.discard(self)
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -89,6 +122,7 @@ class Bus:
                 listener(topic, message)
             except Exception:
                 logger.exception("bus listener failed", extra={"topic": topic})
+        _deliver_prefixed(topic, message)
 
     async def _pump(self) -> None:
         assert self._redis is not None

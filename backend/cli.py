@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import typer
 
 from backend.errors import PreloopError
-from backend.settings import Settings, load_settings
+from backend.settings import Settings, load_gateway_env, load_settings, load_shell_settings
 
 T = TypeVar("T")
 
@@ -85,7 +85,7 @@ async def _org_id() -> Any:
 def _cli_actor() -> Any:
     from backend.audit.service import Actor
 
-    return Actor.system(f"cli ({os.environ.get('USER') or 'unknown user'})")
+    return Actor.system(f"cli ({load_shell_settings().user or 'unknown user'})")
 
 
 def _read_password() -> str:
@@ -265,7 +265,7 @@ async def _run_embedded_gateway(settings: Settings, port: int, ready: asyncio.Ev
     from mcp_gateway.app import Gateway
     from mcp_gateway.config import GatewaySettings
 
-    key = os.environ.get("PRELOOP_API_KEY") or _demo_key(settings)
+    key = load_gateway_env().api_key or _demo_key(settings)
     if not key:
         raise fail("the embedded gateway needs PRELOOP_API_KEY (or the demo agent key in the data dir)")
     gateway_settings = GatewaySettings(

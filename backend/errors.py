@@ -4,6 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+
+class ErrorBody(msgspec.Struct):
+    """What went wrong: `code` is stable and machine-readable, `message` says what to fix."""
+
+    code: str
+    message: str
+    detail: Any
+    """Structured context (the field, a hint); null when there is none."""
+    status: int
+
+
+class ErrorEnvelope(msgspec.Struct):
+    """The one shape of every error answer of the API (4xx and 5xx)."""
+
+    error: ErrorBody
+
 
 class PreloopError(Exception):
     """Base of every expected error. `code` is stable and machine-readable."""

@@ -18,6 +18,7 @@ from backend.accounts.service import Principal
 from backend.bus import Bus
 from backend.deps import people_guard
 from backend.hub import Hub
+from backend.openapi import media_types
 
 KEEPALIVE_SECONDS = 15.0
 
@@ -72,7 +73,8 @@ class EventsController(Controller):
     tags = ["events"]
 
     @get(
-        "", operation_id="stream_events", guards=[people_guard],
+        "", operation_id="stream_events", guards=[people_guard], media_type="text/event-stream",
+        operation_class=media_types("text/event-stream"),
         summary="Server-sent events of the caller's organization",
     )
     async def stream(

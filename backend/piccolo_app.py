@@ -17,9 +17,10 @@ from backend.accounts.tables import (
     UserSession,
     WebAuthnCredential,
 )
+from backend.approvals.idempotency import IdempotentAnswer
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
 from backend.audit.tables import AuditEvent, AuditHead
-from backend.notifications.chat_tables import ChatActionToken, ChatComment, ChatPost
+from backend.notifications.chat_tables import ChatActionToken, ChatComment, ChatLink, ChatLinkToken, ChatPost
 from backend.notifications.tables import (
     ChannelSetting,
     EmailActionToken,
@@ -31,6 +32,7 @@ from backend.notifications.tables import (
 from backend.policy_store.tables import PolicyVersion
 
 ALL_TABLES = [
+    IdempotentAnswer,
     Organization,
     User,
     Team,
@@ -55,6 +57,8 @@ ALL_TABLES = [
     ChatPost,
     ChatComment,
     ChatActionToken,
+    ChatLink,
+    ChatLinkToken,
     AuditEvent,
     AuditHead,
 ]

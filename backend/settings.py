@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from backend.errors import SettingsError
 
 DEFAULT_PORT = 8686
+DEFAULT_API_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 
 
 def _env(env: Mapping[str, str], name: str, default: str = "") -> str:
@@ -248,10 +249,59 @@ class Settings:
 
 @dataclass(frozen=True)
 class ClientSettings:
-    api_url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    api_url: str = DEFAULT_API_URL
     """PRELOOP_API_URL: the hub that API commands (`preloop approvals ...`) talk to."""
     api_key: str = ""
     """PRELOOP_API_KEY: the API key those commands authenticate with (an approver or admin key)."""
+
+
+@dataclass(frozen=True)
+class GatewayEnvSettings:
+    """What an MCP gateway process (`preloop gateway`, the hub's embedded one) reads from its environment.
+
+    `mcp_gateway.config.GatewaySettings` takes its defaults from here; command-line flags override them.
+    """
+
+    api_url: str = DEFAULT_API_URL
+    """PRELOOP_API_URL: the hub the gateway asks for policies, approvals and audit (`--api-url` overrides)."""
+    api_key: str | None = None
+    """PRELOOP_API_KEY: the agent's API key; its identity feeds the policy and the audit."""
+    data_dir: Path = Path(".preloop/gateway")
+    """PRELOOP_GATEWAY_DATA_DIR: where the gateway keeps its audit spool and last good policy snapshot."""
+    fast_path: bool = True
+    """PRELOOP_GATEWAY_FAST_PATH: 0 serves HTTP through uvicorn's own protocol and the SDK's ASGI app only."""
+    agent_key_ttl: float = 30.0
+    """PRELOOP_GATEWAY_AGENT_KEY_TTL: seconds an agent key the hub accepted is trusted before a re-check."""
+
+
+def load_gateway_env(env: Mapping[str, str] | None = None) -> GatewayEnvSettings:
+    """Read the gateway's variables; unset ones keep their defaults."""
+    env = os.environ if env is None else env
+    raw_ttl = env.get("PRELOOP_GATEWAY_AGENT_KEY_TTL", "30")
+    try:
+        agent_key_ttl = float(raw_ttl)
+    except ValueError:
+        raise SettingsError("PRELOOP_GATEWAY_AGENT_KEY_TTL", raw_ttl, "must be a number of seconds, e.g. 30") from None
+    return GatewayEnvSettings(
+        api_url=env.get("PRELOOP_API_URL", DEFAULT_API_URL),
+        api_key=env.get("PRELOOP_API_KEY"),
+        data_dir=Path(env.get("PRELOOP_GATEWAY_DATA_DIR", ".preloop/gateway")),
+        fast_path=env.get("PRELOOP_GATEWAY_FAST_PATH", "1") != "0",
+        agent_key_ttl=agent_key_ttl,
+    )
+
+
+@dataclass(frozen=True)
+class ShellSettings:
+    """What the `preloop` admin commands that act on the database directly read about their shell."""
+
+    user: str = ""
+    """USER: the login name of the shell running the command, recorded as the command's actor in the audit."""
+
+
+def load_shell_settings(env: Mapping[str, str] | None = None) -> ShellSettings:
+    env = os.environ if env is None else env
+    return ShellSettings(user=_env(env, "USER"))
 
 
 def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:

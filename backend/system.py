@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Redirect
 
+from backend.accounts.schemas import WhoAmI, WhoKey, WhoOrg, WhoUser
 from backend.accounts.service import Principal
 from backend.hub import Hub
 
@@ -18,21 +20,22 @@ class SystemController(Controller):
     async def home(self) -> Redirect:
         return Redirect(path="/app/")
 
-    @get("/health", operation_id="health", exclude_from_auth=True, summary="Database and Redis reachability")
+    @get("/health", operation_id="health", exclude_from_auth=True, summary="Database and Redis reachability",
+         responses={503: ResponseSpec(dict[str, Any], generate_examples=False, description="Database or Redis down")})
     async def health(self, hub: Hub) -> Response[dict[str, Any]]:
         report = await hub.health()
         return Response(report, status_code=200 if report["status"] == "ok" else 503)
 
     @get("/api/v1/me", operation_id="whoami", summary="Who this key or session is")
-    async def me(self, principal: Principal) -> dict[str, Any]:
-        return {
-            "user": {"id": str(principal.user_id), "email": principal.email, "role": principal.role},
-            "org": {"id": str(principal.org_id)},
-            "via": principal.via,
-            "key": (
-                {"id": str(principal.key_id), "name": principal.key_name, "scope": principal.scope,
-                 "labels": principal.labels}
+    async def me(self, principal: Principal) -> WhoAmI:
+        return WhoAmI(
+            user=WhoUser(id=str(principal.user_id), email=principal.email, role=principal.role),
+            org=WhoOrg(id=str(principal.org_id)),
+            via=principal.via,
+            key=(
+                WhoKey(id=str(principal.key_id), name=principal.key_name, scope=principal.scope,
+                       labels=principal.labels)
                 if principal.key_id
                 else None
             ),
-        }
+        )

@@ -1,4 +1,4 @@
-"""Write transactions that serialize where it matters, on both databases."""
+"""Write transactions that serialize where it matters, on both databases, and the work that waits for their commit."""
 
 from __future__ import annotations
 
@@ -16,10 +16,15 @@ Hook = Callable[[], Awaitable[None]]
 
 
 class TransactionState:
-    """Per outermost write transaction: work to run as its last statements, and scratch space."""
+    """Per outermost write transaction: work to run as its last statements, work to run once it has
+    committed, and scratch space."""
 
     def __init__(self) -> None:
         self.before_commit: list[Hook] = []
+        self.after_commit: list[Hook] = []
+        #: Work that must happen whether this transaction commits or rolls back: run, in order, once it
+        #: has ended, outside it (each opens its own transaction).
+        self.after_end: list[Hook] = []
         self.scratch: dict[str, Any] = {}
         self.closed = False
 
@@ -47,6 +52,8 @@ async def write_transaction() -> AsyncIterator[None]:
     PostgreSQL: a normal transaction; callers add `lock()` or conditional UPDATEs for ordering.
     Nested use joins the outer transaction. Hooks registered with `before_commit` run, in order,
     as the outermost transaction's last statements (so locks they take are held only briefly).
+    Hooks registered with `after_commit` run, in order, once the outermost transaction has committed,
+    outside it; when it rolls back they are dropped.
     """
     if current_transaction() is not None:
         yield  # nested: the outer transaction is already open (Piccolo treats nesting as a no-op)
@@ -66,6 +73,23 @@ async def write_transaction() -> AsyncIterator[None]:
     finally:
         state.closed = True  # a task that outlived the transaction must not queue work on it
         _STATE.reset(token)
+        for hook in state.after_end:
+            await hook()
+    # Only reached after a commit: an exception (the block's or the commit's) skips this.
+    for hook in state.after_commit:
+        await hook()
+
+
+def after_commit(hook: Hook) -> None:
+    """Run `hook` once the enclosing outermost write transaction commits; never if it rolls back.
+
+    Wake-ups (bus messages, jobs) go here: a waiter woken before the commit would read the old row
+    and sleep again, so announcing after the commit is what makes push-based waiting correct.
+    """
+    state = current_transaction()
+    if state is None:
+        raise RuntimeError("after_commit() needs an enclosing write_transaction()")
+    state.after_commit.append(hook)
 
 
 async def _run_hooks(state: TransactionState) -> None:

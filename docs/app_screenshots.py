@@ -98,6 +98,10 @@ def _hold(url: str, keys: dict[str, str]) -> tuple[list[str], str]:
             ids.append(answer.json()["id"])
         http.post(f"/api/v1/approvals/{ids[3]}/decline", json={"reason": "Ask the owner first"},
                   headers={"Authorization": f"Bearer {keys['alice']}"})
+        for key, text in (("admin", "40 replicas is the Black Friday size; the canary ran clean for an hour."),
+                          ("alice", "Checked the canary dashboard, looks fine to me.")):
+            http.post(f"/api/v1/approvals/{ids[1]}/comments", json={"text": text},
+                      headers={"Authorization": f"Bearer {keys[key]}"})
         http.post("/api/v1/users", json={"email": "dana@acme.test", "role": "approver"}, headers=admin)
         link = http.post("/api/v1/users/dana@acme.test/invite", headers=admin).json()["link"]
     return ids[:3], link[link.index("/app/"):]
@@ -138,6 +142,9 @@ def main(out: Path = OUT) -> list[Path]:
         page.goto(f"{url}/app/#/requests/{pending[1]}")
         page.wait_for_selector(f"#detail-body article[data-id='{pending[1]}']")
         shot("detail")
+        page.locator("#detail-body .comment-form textarea").fill("Approving after the 14:00 freeze ends.")
+        page.locator("#detail-body .comment-form").scroll_into_view_if_needed()
+        shot("discussion")
         page.click("#nav-history")
         page.wait_for_selector("#history-list li")
         shot("history")

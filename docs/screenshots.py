@@ -72,6 +72,10 @@ def _fill(url: str, keys: dict[str, str]) -> str:
                 "arguments": {"environment": "production", "version": version}})
             http.post(f"/api/v1/approvals/{answer.json()['id']}/approve",
                       headers={"Authorization": f"Bearer {keys['alice']}"})
+        for key, text in (("alice", "Is sessions still read by the nightly report?"),
+                          ("admin", "Not since 2.5.0; the report reads sessions_v2.")):
+            http.post(f"/api/v1/approvals/{held[2]}/comments", json={"text": text},
+                      headers={"Authorization": f"Bearer {keys[key]}"})
         records = [{"event_id": f"shot-{n}", "tool": "read_file", "server": "demo", "decision": "allow"}
                    for n in range(12)]  # the gateway's call records: "calls per day" on the keys page
         http.post("/api/v1/audit/calls", json={"records": records}, headers=agent)
@@ -168,6 +172,11 @@ def main(out: Path = OUT) -> list[Path]:
             page.goto(f"{url}/console/teams")
             shot("teams")
             page.goto(f"{url}/console/channels")
+            page.fill("#slack-token", "xoxb-0000-screenshot-token")
+            page.fill("#slack-signing", "a-slack-signing-secret-0123456789")
+            page.fill("#slack-channel", "C0APPROVALS")
+            page.click("button[aria-label='Save slack settings']")
+            page.wait_for_selector("#channels-message")
             page.fill("#webhook-url", "https://hooks.example.test/preloop")
             page.fill("#webhook-secret", "a-signing-secret-of-32-characters")
             page.click("button[aria-label='Save webhook settings']")

@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from mcp_gateway.fastlane import FastPathApp
+from mcp_gateway._inbound_lane import FastPathApp
 
 logger = logging.getLogger(__name__)
 

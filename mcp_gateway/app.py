@@ -24,7 +24,7 @@ from mcp_gateway.config import GatewaySettings
 from mcp_gateway.errors import GatewayError, HubAuthError
 from mcp_gateway.server import GatewayServer
 from mcp_gateway.snapshot import PolicySnapshot
-from mcp_gateway.spool import AuditSpool
+from mcp_gateway.spool import KEY_REFUSED, AuditSpool
 from mcp_gateway.upstreams import UpstreamPool
 from policies import Policy, PolicyError, load_policy
 
@@ -172,7 +172,13 @@ class Gateway:
             while end < len(records) and _agent_id(records[end]) == agent_id:
                 end += 1
             client = self.directory.client_for_agent(agent_id) if self.directory is not None else None
-            answer = await (client or self.api).send_audit(records[start:end])
+            try:
+                answer = await (client or self.api).send_audit(records[start:end])
+            except HubAuthError as exc:
+                if client is None:
+                    raise  # this gateway's own key: kept until the operator fixes PRELOOP_API_KEY
+                # The calling agent's key was revoked since: its records can never go out under it.
+                answer = [f"{KEY_REFUSED}: {exc.message}"] * (end - start)
             verdicts += answer if answer is not None else ["accepted"] * (end - start)
             start = end
         return verdicts

@@ -44,8 +44,9 @@ def gateway(
     stdio: Annotated[bool, typer.Option("--stdio", help="Serve one agent over stdin/stdout.")] = False,
     http: Annotated[str | None, typer.Option("--http", help="Serve streamable HTTP on HOST:PORT (path /mcp).")] = None,
     api_url: Annotated[
-        str, typer.Option("--api-url", envvar="PRELOOP_API_URL", help="The Preloop hub.")
-    ] = DEFAULT_API_URL,
+        str | None,
+        typer.Option("--api-url", help=f"The Preloop hub. [default: PRELOOP_API_URL, else {DEFAULT_API_URL}]"),
+    ] = None,
     policy: Annotated[
         Path | None,
         typer.Option("--policy", help="Use this local policy file instead of the hub's (offline/dev)."),
@@ -93,7 +94,7 @@ def gateway(
             logging.getLogger(noisy).setLevel(logging.WARNING)
     base = GatewaySettings()
     settings = GatewaySettings(
-        api_url=api_url,
+        api_url=api_url or base.api_url,
         api_key=base.api_key,
         policy_file=policy,
         hold_window=hold_window,

@@ -21,9 +21,19 @@ logger = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder(enc_hook=str).encode
 
-#: Delivers a batch; returns the hub's verdict per record, in order ("accepted", "duplicate" or
-#: "rejected: <why>"), or None when the hub answered without verdicts (every record taken).
+#: Delivers a batch; returns the hub's verdict per record, in order ("accepted", "duplicate",
+#: "rejected: <why>" or `KEY_REFUSED` + ": <why>"), or None when the hub answered without verdicts
+#: (every record taken). Any other verdict is permanent too: the record is dead-lettered.
 Sender = Callable[[Sequence[Mapping[str, Any]]], Awaitable[Sequence[str] | None]]
+
+#: Verdict of a record the hub can never take: the agent key it must be reported under was refused
+#: (revoked, or its user deactivated). Retrying would only fail again, and hold up every record behind it.
+KEY_REFUSED = "key refused"
+
+RECOVER = (
+    "to report it later, POST the file's `record` objects to the hub's /api/v1/audit/calls with a valid "
+    "agent key (the hub ignores event_ids it already has; see docs/gateway.md, 'Dead letters')"
+)
 
 
 class PreparedRecord:
@@ -169,7 +179,8 @@ class AuditSpool:
 
         Stops at the first failure (records stay spooled) and raises it, so callers can back off. Reads one
         batch at a time, so a long outage does not mean re-reading the whole backlog on every retry.
-        Records the hub rejects as invalid go to the dead-letter file instead of blocking the queue.
+        Records the hub will never take (rejected as invalid, or made by an agent whose key is now refused)
+        go to the dead-letter file instead of blocking the queue.
         """
         async with self._lock:
             self.has_records = anyio.Event()
@@ -190,11 +201,13 @@ class AuditSpool:
             return taken
 
     async def _deliver(self, records: list[dict[str, Any]], send: Sender) -> int:
-        """Send `records`; dead-letter what the hub refuses as invalid. Raises when it cannot tell."""
+        """Send `records`; dead-letter what the hub will never take. Raises when it cannot tell (kept, retried)."""
         try:
             answers = await send(records)
         except HubAuthError:
-            raise  # a key problem is not the records' fault: keep them
+            # The key the whole batch went out under (the gateway's own): fixing it delivers them, so keep
+            # them. A refused key of one calling agent comes back as per-record `KEY_REFUSED` verdicts.
+            raise
         except ApiRequestError as exc:
             if exc.http_status >= 500 or exc.http_status in (408, 429):
                 raise
@@ -217,11 +230,17 @@ class AuditSpool:
         return taken
 
     def _dead_letter(self, record: Mapping[str, Any], reason: str) -> None:
+        agent = record.get("agent")
+        if reason.startswith(KEY_REFUSED):
+            who = (agent.get("name") or agent.get("id")) if isinstance(agent, Mapping) else None
+            what = (
+                f"audit record {record.get('event_id')} (tool {record.get('tool')}) cannot be delivered: the hub "
+                f"refused the API key of agent {who or '?'} that made the call, so it can never be reported under it"
+            )
+        else:
+            what = f"the hub rejected audit record {record.get('event_id')} (tool {record.get('tool')}) as invalid"
         logger.error(
-            "the hub rejected audit record %s as invalid (%s); moved to %s, delivery continues",
-            record.get("event_id"),
-            reason,
-            self.dead_letter_path,
+            "%s (%s); moved to %s, delivery of the others continues; %s", what, reason, self.dead_letter_path, RECOVER
         )
         line = _encode({"rejected_at": datetime.now(UTC).isoformat(), "reason": reason, "record": record}) + b"\n"
         fd = os.open(self.dead_letter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

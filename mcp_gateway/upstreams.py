@@ -24,8 +24,8 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp_types import CONNECTION_CLOSED
 
+from mcp_gateway._outbound_lane import HttpFastLane
 from mcp_gateway.errors import UpstreamError
-from mcp_gateway.fastlane import HttpFastLane
 from policies import ServerConfig
 
 logger = logging.getLogger(__name__)

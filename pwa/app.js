@@ -137,7 +137,7 @@ function card(request) {
 // Puts back what the person typed, picked or was told on a card that was just drawn again.
 function restore(article) {
   const id = article.dataset.id;
-  const textarea = article.querySelector("textarea");
+  const textarea = article.querySelector("textarea[name=reason]");
   if (textarea && state.drafts.has(id)) textarea.value = state.drafts.get(id);
   for (const chip of article.querySelectorAll(".chip")) {
     chip.setAttribute("aria-pressed", String(textarea?.value === chip.dataset.reason));
@@ -233,13 +233,60 @@ function deliveriesBlock(deliveries) {
     ${d.sent_at ? `at ${new Date(d.sent_at).toLocaleTimeString()}` : ""}${d.last_error ? ` (${escapeHtml(d.last_error)})` : ""}</li>`).join("")}</ul>`;
 }
 
+// The request's discussion: its chat thread's replies and comments written in Preloop, as plain text.
+function commentsBlock(comments) {
+  if (!comments) return `<p class="muted">The discussion is not visible to you.</p>`;
+  if (!comments.length) return `<p class="muted no-comments">No discussion yet.</p>`;
+  return `<ol class="plain comments">${comments.map((c) => `<li data-comment="${escapeHtml(c.id)}" data-source="${escapeHtml(c.source)}">
+    <strong>${escapeHtml(c.author)}</strong> <span class="muted">via ${escapeHtml(c.source)} · ${new Date(c.created_at).toLocaleString()}</span>
+    <p class="comment-text">${escapeHtml(c.text)}</p></li>`).join("")}</ol>`;
+}
+
+function commentForm(id) {
+  if (state.me?.user?.role === "viewer") return `<p class="muted">Viewers read the discussion; approvers and admins write in it.</p>`;
+  return `<form class="comment-form" novalidate>
+    <label for="comment-${id}">Add a comment</label>
+    <textarea id="comment-${id}" name="comment" rows="2" maxlength="4000"></textarea>
+    <div class="actions"><button type="submit" class="secondary">Post comment</button></div>
+    <p class="comment-error error" role="alert"></p></form>`;
+}
+
+// Someone commented (the event stream says so): the open detail of that request fetches the discussion.
+async function refreshComments(id) {
+  const box = $("#detail-body .comments-box");
+  if (!box || $("#detail").hidden || $("#detail-body article")?.dataset.id !== id) return;
+  box.innerHTML = commentsBlock(await api(`/api/v1/approvals/${id}/comments`).catch(() => null));
+}
+preloop.refreshComments = refreshComments;
+
+async function postComment(form) {
+  const article = form.closest("article");
+  const textarea = form.querySelector("textarea");
+  const error = form.querySelector(".comment-error");
+  error.textContent = "";
+  const text = textarea.value.trim();
+  if (!text) { error.textContent = "Write a comment first."; textarea.focus(); return; }
+  const button = form.querySelector("button");
+  button.disabled = true;
+  try {
+    await api(`/api/v1/approvals/${article.dataset.id}/comments`, { method: "POST", body: JSON.stringify({ text }) });
+    textarea.value = "";
+    await refreshComments(article.dataset.id);
+  } catch (failure) {
+    error.textContent = failure.message;
+  } finally {
+    button.disabled = false;
+  }
+}
+
 // The full request: everything on the card, plus requester and owner, votes and notifications sent.
 // `intent` (approve/decline, from a notification's button) puts that decision one tap away.
 async function showDetail(id, intent, quiet = false) {
   show("detail");
-  const [request, deliveries] = await Promise.all([
+  const [request, deliveries, comments] = await Promise.all([
     api(`/api/v1/approvals/${id}`),
     api(`/api/v1/approvals/${id}/deliveries`).catch(() => null),
+    api(`/api/v1/approvals/${id}/comments`).catch(() => null),
   ]);
   const pending = state.items.get(id);
   const merged = { ...request, can_vote: pending?.can_vote ?? false, why_not: pending ? pending.why_not
@@ -255,6 +302,7 @@ async function showDetail(id, intent, quiet = false) {
     // A live update: refresh the changing parts only, keep the draft and the focus.
     $("#detail-body .votes-box").innerHTML = votesBlock(request);
     $("#detail-body .progress").innerHTML = `<strong>${escapeHtml(progress(merged))}</strong>`;
+    $("#detail-body .comments-box").innerHTML = commentsBlock(comments);
     return;
   }
   $("#detail-body").innerHTML = `<article class="card detail" data-id="${escapeHtml(id)}"${passkey}>
@@ -265,6 +313,8 @@ async function showDetail(id, intent, quiet = false) {
     <p class="error" role="alert"></p>
     <h2>Votes</h2><div class="votes-box">${votesBlock(request)}</div>
     ${request.outcome ? `<h2>Outcome</h2><p class="outcome">${escapeHtml(request.outcome.kind || request.status)}${request.outcome.reason ? `: ${escapeHtml(request.outcome.reason)}` : ""}</p>` : ""}
+    <h2>Discussion</h2><div class="comments-box" aria-live="polite">${commentsBlock(comments)}</div>
+    ${commentForm(escapeHtml(id))}
     <h2>Notifications sent</h2>${deliveriesBlock(deliveries)}
   </article>`;
   const article = $("#detail-body article");
@@ -328,7 +378,7 @@ function setError(article, id, text) {
 async function decide(article, action) {
   const id = article.dataset.id;
   const request = state.items.get(id) || state.detail;
-  const reason = article.querySelector("textarea")?.value.trim() || null;
+  const reason = article.querySelector("textarea[name=reason]")?.value.trim() || null;
   setError(article, id, "");
   try {
     // The step-up comes first: iOS drops the tap's gesture if anything is awaited before it.
@@ -415,6 +465,11 @@ async function start() {
     state.events.onopen = () => showOffline(false);
     const kinds = ["requested", "escalated", "approved", "declined", "expired", "cancelled", "executing", "executed", "failed", "voted"];
     kinds.forEach((kind) => state.events.addEventListener(`approval.${kind}`, () => refresh().catch(() => {})));
+    state.events.addEventListener("approval.commented", (event) => {
+      let id = null;
+      try { id = JSON.parse(event.data).request_id; } catch { return; }
+      refreshComments(id).catch(() => {});
+    });
     preloop.hooks.afterSignIn.forEach((hook) => hook(me));
   } catch {
     if (!state.me) showSignedOut();
@@ -500,7 +555,7 @@ for (const root of ["#requests", "#detail-body"]) {
     const article = target.closest("article");
     if (target.dataset.action) decide(article, target.dataset.action);
     if (target.dataset.reason !== undefined) { // a preset reason chip fills the reason
-      const textarea = article.querySelector("textarea");
+      const textarea = article.querySelector("textarea[name=reason]");
       textarea.value = target.dataset.reason;
       state.drafts.set(article.dataset.id, textarea.value);
       for (const chip of article.querySelectorAll(".chip")) chip.setAttribute("aria-pressed", String(chip === target));
@@ -508,7 +563,7 @@ for (const root of ["#requests", "#detail-body"]) {
   });
   $(root).addEventListener("input", (event) => {
     const article = event.target.closest("article");
-    if (!article) return;
+    if (!article || event.target.closest(".comment-form")) return; // a comment is not a reason
     if (event.target.classList.contains("pick")) {
       if (event.target.checked) state.selected.add(article.dataset.id);
       else state.selected.delete(article.dataset.id);
@@ -519,6 +574,11 @@ for (const root of ["#requests", "#detail-body"]) {
     state.drafts.set(article.dataset.id, event.target.value);
   });
 }
+$("#detail-body").addEventListener("submit", (event) => {
+  if (!event.target.matches(".comment-form")) return;
+  event.preventDefault();
+  postComment(event.target);
+});
 for (const [button, view] of [["#tab-mine", "mine"], ["#tab-all", "all"]]) {
   $(button).addEventListener("click", () => {
     state.view = view;

@@ -1,7 +1,8 @@
 // Keeps the app shell and the last-known inbox available offline; decisions always go to the network.
 const SHELL = "preloop-shell-v2";
 const DATA = "preloop-data-v1";
-const FILES = ["/app/", "/app/app.js", "/app/passkeys.js", "/app/totp.js", "/app/push.js", "/app/style.css",
+const FILES = ["/app/", "/app/app.js", "/app/passkeys.js", "/app/totp.js", "/app/push.js", "/app/chatlinks.js",
+               "/app/style.css",
                "/app/manifest.webmanifest", "/app/icon-192.png", "/app/icon-512.png", "/app/icon-maskable-512.png"];
 // What the app reads to draw the inbox; kept (per person, dropped at sign-out) for offline reloads.
 const REMEMBERED = [/^\/api\/v1\/me$/, /^\/api\/v1\/approvals$/];

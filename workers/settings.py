@@ -33,9 +33,11 @@ async def _startup(ctx: dict[str, Any]) -> None:
         ctx["hub"] = hub
         ctx["own_hub"] = True
     from backend.notifications.channels import get_channel, known_kinds
+    from backend.notifications.render import warm
 
     for kind in known_kinds():  # import them now, not inside the first fan-out
         get_channel(kind)
+    warm("email.txt", "email.html")
     await heartbeat(ctx)
 
 

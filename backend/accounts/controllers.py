@@ -4,16 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie
 
 from backend.accounts import lifecycle, service, throttle
 from backend.accounts.schemas import (
+    CreatedKey,
+    CreatedTeam,
+    CreatedUser,
     InviteAcceptBody,
     InviteAccepted,
     InviteLink,
     KeyBody,
     KeyRevoked,
+    KeyView,
     LoginBody,
     MemberBody,
     MemberChange,
@@ -21,8 +26,10 @@ from backend.accounts.schemas import (
     TeamBody,
     TeamRenameBody,
     TeamRenamed,
+    TeamView,
     UserBody,
     UserState,
+    UserView,
 )
 from backend.accounts.service import Principal
 from backend.accounts.tables import ApiKey, User
@@ -89,21 +96,21 @@ class UserController(Controller):
     tags = ["accounts"]
 
     @get(operation_id="list_users")
-    async def list_users(self, principal: Principal) -> list[dict[str, Any]]:
+    async def list_users(self, principal: Principal) -> list[UserView]:
         rows = await User.select(User.id, User.email, User.name, User.role, User.is_active).where(
             User.org == principal.org_id
         ).order_by(User.email)
-        return [{**row, "id": str(row["id"])} for row in rows]
+        return [UserView(**{**row, "id": str(row["id"])}) for row in rows]
 
     @post(operation_id="create_user", guards=[admin_guard])
-    async def create_user(self, data: UserBody, principal: Principal) -> dict[str, Any]:
+    async def create_user(self, data: UserBody, principal: Principal) -> CreatedUser:
         user = await service.add_user(
             principal.org_id, data.email, role=data.role, name=data.name, password=data.password,
             actor=principal.actor,
         )
         for team in data.teams:
             await service.add_member(principal.org_id, team, user["email"], actor=principal.actor)
-        return {**user, "id": str(user["id"])}
+        return msgspec.convert({**user, "id": str(user["id"])}, CreatedUser)
 
     @post("/{email:str}/invite", operation_id="invite_user", guards=[admin_guard], status_code=200,
           summary="A one-time link (24 h, single use) for the user to set a password")
@@ -130,16 +137,16 @@ class TeamController(Controller):
     tags = ["accounts"]
 
     @get(operation_id="list_teams")
-    async def list_teams(self, principal: Principal) -> list[dict[str, Any]]:
+    async def list_teams(self, principal: Principal) -> list[TeamView]:
         members = await service.team_members(principal.org_id)
-        return [{"name": name, "members": sorted(emails)} for name, emails in sorted(members.items())]
+        return [TeamView(name=name, members=sorted(emails)) for name, emails in sorted(members.items())]
 
     @post(operation_id="create_team", guards=[admin_guard])
-    async def create_team(self, data: TeamBody, principal: Principal) -> dict[str, Any]:
+    async def create_team(self, data: TeamBody, principal: Principal) -> CreatedTeam:
         team = await service.add_team(principal.org_id, data.name, actor=principal.actor)
         for email in data.members:
             await service.add_member(principal.org_id, data.name, email, actor=principal.actor)
-        return {"id": str(team["id"]), "name": team["name"], "members": sorted(data.members)}
+        return CreatedTeam(id=str(team["id"]), name=team["name"], members=sorted(data.members))
 
     @patch("/{name:str}", operation_id="rename_team", guards=[admin_guard], summary="Rename a team")
     async def rename(self, name: str, data: TeamRenameBody, principal: Principal) -> TeamRenamed:
@@ -166,17 +173,17 @@ class KeyController(Controller):
     tags = ["accounts"]
 
     @get(operation_id="list_keys")
-    async def list_keys(self, principal: Principal) -> list[dict[str, Any]]:
+    async def list_keys(self, principal: Principal) -> list[KeyView]:
         query = ApiKey.select(
             ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scope, ApiKey.created_at, ApiKey.revoked_at,
             ApiKey.last_used_at, ApiKey.user.email,
         ).where(ApiKey.org == principal.org_id)
         if not principal.is_admin:
             query = query.where(ApiKey.user == principal.user_id)
-        return [{**row, "id": str(row["id"])} for row in await query]
+        return [msgspec.convert({**row, "id": str(row["id"])}, KeyView) for row in await query]
 
     @post(operation_id="create_key", summary="Create an API key; the token is in this response only")
-    async def create_key(self, data: KeyBody, principal: Principal) -> dict[str, Any]:
+    async def create_key(self, data: KeyBody, principal: Principal) -> CreatedKey:
         user_id = principal.user_id
         if data.user and data.user.lower() != principal.email:
             if not principal.is_admin:
@@ -187,7 +194,7 @@ class KeyController(Controller):
         token, meta = await service.create_key(
             principal.org_id, user_id, data.name, scope=data.scope, labels=data.labels, actor=principal.actor
         )
-        return {**meta, "id": str(meta["id"]), "token": token}
+        return msgspec.convert({**meta, "id": str(meta["id"]), "token": token}, CreatedKey)
 
     @post("/{key_ref:str}/revoke", operation_id="revoke_key", status_code=200,
           summary="Revoke a key (by id or prefix) at once; admins any key of the org, others their own")

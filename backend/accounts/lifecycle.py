@@ -14,6 +14,7 @@ from backend.accounts.service import (
     TEAM_RE,
     Principal,
     check_password,
+    credentials_changed,
     get_team,
     get_user,
     hash_password,
@@ -133,6 +134,7 @@ async def set_active(org_id: uuid.UUID, email: str, active: bool, *, actor: Acto
             await UserSession.delete().where(UserSession.user == user["id"])
         await record(org_id, "user.reactivated" if active else "user.deactivated", actor, subject_type="user",
                      subject_id=user["id"], data={"email": user["email"]})
+    await credentials_changed("user.reactivated" if active else "user.deactivated")
     return {"email": user["email"], "active": active, "changed": True}
 
 
@@ -158,6 +160,7 @@ async def set_role(org_id: uuid.UUID, email: str, role: str, *, actor: Actor) ->
         await User.update({User.role: role}).where(User.id == user["id"])
         await record(org_id, "user.role_changed", actor, subject_type="user", subject_id=user["id"],
                      data={"email": user["email"], "from": user["role"], "to": role})
+    await credentials_changed("user.role_changed")
     return {"email": user["email"], "role": role, "changed": True}
 
 
@@ -201,6 +204,7 @@ async def revoke_key(principal_org: uuid.UUID, key_ref: str, *, actor: Actor,
             await ApiKey.update({ApiKey.revoked_at: now()}).where(ApiKey.id == key["id"])
             await record(principal_org, "key.revoked", actor, subject_type="key", subject_id=key["id"],
                          data={"name": key["name"], "prefix": key["prefix"]})
+        await credentials_changed("key.revoked")
     return {"id": str(key["id"]), "name": key["name"], "prefix": key["prefix"], "revoked": True}
 
 

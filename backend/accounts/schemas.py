@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -92,3 +93,78 @@ class MemberChange(msgspec.Struct):
     team: str
     email: str
     member: bool
+
+
+class UserView(msgspec.Struct):
+    id: str
+    email: str
+    name: str | None
+    role: str
+    is_active: bool
+
+
+class TeamView(msgspec.Struct):
+    name: str
+    members: list[str]
+    """Members' emails, sorted."""
+
+
+class CreatedTeam(msgspec.Struct):
+    id: str
+    name: str
+    members: list[str]
+
+
+class WhoKey(msgspec.Struct):
+    id: str
+    name: str | None
+    scope: str | None
+    labels: dict[str, Any] | None
+
+
+class WhoUser(msgspec.Struct):
+    id: str
+    email: str
+    role: str
+
+
+class WhoOrg(msgspec.Struct):
+    id: str
+
+
+class WhoAmI(msgspec.Struct):
+    """Who this key or session is: the user, the organization, how they signed in, the key."""
+
+    user: WhoUser
+    org: WhoOrg
+    via: str
+    key: WhoKey | None
+
+
+class CreatedUser(msgspec.Struct):
+    id: str
+    email: str
+    role: str
+    name: str | None
+
+
+class CreatedKey(msgspec.Struct):
+    """A new API key. `token` is in this answer only: the hub stores only its hash."""
+
+    id: str
+    name: str
+    prefix: str
+    scope: str
+    token: str
+
+
+class KeyView(msgspec.Struct):
+    id: str
+    name: str
+    prefix: str
+    scope: str
+    created_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+    user_email: str | None = msgspec.field(name="user.email")
+    """The key's owner."""

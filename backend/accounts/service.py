@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from backend.accounts.tables import (
     UserSession,
 )
 from backend.audit.service import Actor, record
+from backend.bus import broadcast, listen_everywhere
 from backend.errors import Conflict, Forbidden, NotAuthenticated, NotFound, ValidationFailed
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -312,9 +314,41 @@ async def create_key(
     return token, {"id": key.id, "name": key.name, "prefix": prefix, "scope": scope}
 
 
+# Key lookups are cached in-process for a moment: under load one key makes many calls a second, and
+# each lookup was a round trip. A revocation, deactivation or role change clears every process's cache
+# at once (after its commit, through the bus); the short lifetime bounds what a lost bus message or an
+# edit made straight in the database can leave behind.
+KEY_CACHE_SECONDS = 0.15
+CREDENTIALS_TOPIC = "accounts:credentials"
+_KEYS: dict[str, tuple[float, Principal]] = {}
+_KEYS_GENERATION = 0
+_KEYS_MAX = 10_000
+
+
+def _forget_keys(_topic: str = "", _message: dict[str, Any] | None = None) -> None:
+    global _KEYS_GENERATION
+    _KEYS_GENERATION += 1  # a lookup that started before this does not store what it read
+    _KEYS.clear()
+
+
+listen_everywhere(CREDENTIALS_TOPIC, _forget_keys)
+
+
+async def credentials_changed(reason: str) -> None:
+    """Call after committing a change that can refuse a key (revoked, owner deactivated or demoted)."""
+    _forget_keys()
+    await broadcast(CREDENTIALS_TOPIC, {"reason": reason})
+
+
 async def principal_for_token(token: str) -> Principal:
     if not token.startswith(TOKEN_PREFIX):
         raise NotAuthenticated("that is not a Preloop API key", detail={"hint": "keys start with pl_"})
+    digest = sha256_hex(token)
+    clock = time.monotonic()
+    cached = _KEYS.get(digest)
+    if cached is not None and cached[0] > clock:
+        return cached[1]
+    generation = _KEYS_GENERATION
     row = (
         await ApiKey.select(
             ApiKey.id,
@@ -329,17 +363,18 @@ async def principal_for_token(token: str) -> Principal:
             ApiKey.user.role,
             ApiKey.user.is_active,
         )
-        .where(ApiKey.token_hash == sha256_hex(token))
+        .where(ApiKey.token_hash == digest)
         .first()
         .output(load_json=True)
     )
     if row is None or row["revoked_at"] is not None or not row["user.is_active"]:
+        _KEYS.pop(digest, None)
         raise NotAuthenticated("unknown or revoked API key")
     moment = now()
     if row["last_used_at"] is None or moment - row["last_used_at"] > LAST_USED_RESOLUTION:
         # One write a minute per key at most: "last used" is for people, not an access log.
         await ApiKey.update({ApiKey.last_used_at: moment}).where(ApiKey.id == row["id"])
-    return Principal(
+    principal = Principal(
         org_id=row["org"],
         user_id=row["user.id"],
         email=row["user.email"],
@@ -350,6 +385,11 @@ async def principal_for_token(token: str) -> Principal:
         scope=row["scope"],
         labels=row["labels"] or {},
     )
+    if generation == _KEYS_GENERATION:
+        if len(_KEYS) >= _KEYS_MAX:
+            _KEYS.clear()
+        _KEYS[digest] = (clock + KEY_CACHE_SECONDS, principal)
+    return principal
 
 
 # --- sessions -----------------------------------------------------------------------------
@@ -436,4 +476,5 @@ async def revoke_key(principal: Principal, key_id: str) -> dict[str, Any]:
             principal.org_id, "key.revoked", principal.actor, subject_type="key", subject_id=wanted,
             data={"name": row["name"], "prefix": row["prefix"]},
         )
+        await credentials_changed("key.revoked")
     return {"id": str(wanted), "name": row["name"], "revoked": True}

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
-from litestar.params import Parameter, QueryParameter
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import OpenAPIType, Schema
+from litestar.params import HeaderParameter, Parameter, QueryParameter
 from litestar.response import Stream
 
+from backend import pagination
 from backend.accounts.passkey_schemas import BatchStepUpBody, StepUpBody, StepUpOptions
 from backend.accounts.service import Principal
-from backend.approvals import service
+from backend.approvals import idempotency, service
 from backend.approvals.schemas import (
+    Approval,
     ApproveBody,
     BatchBody,
+    BatchItem,
+    BatchResult,
     CancelBody,
     ClaimBody,
     CreateBody,
+    Decisions,
     DeclineBody,
+    Granted,
+    GrantView,
+    Outcome,
     OutcomeBody,
     RevokeBody,
     WaitBody,
@@ -26,7 +39,52 @@ from backend.approvals.schemas import (
 from backend.deps import agent_guard, people_guard
 from backend.events import EventsController
 from backend.hub import Hub
+from backend.openapi import media_types
 from backend.request_checks import BODY_LIMIT_APPROVAL
+
+# One stream, two encodings: JSON is an array of flat records; CSV is text with the same columns.
+EXPORT_SCHEMA = {
+    MediaType.JSON: Schema(type=OpenAPIType.ARRAY, items=Schema(type=OpenAPIType.OBJECT)),
+    "text/csv": Schema(type=OpenAPIType.STRING),
+}
+
+
+IDEMPOTENCY_KEY: Any = HeaderParameter(
+    name=idempotency.HEADER, default=None, min_length=1, max_length=idempotency.MAX_KEY_LENGTH,
+    description="Send the same key when retrying: the retry gets the first answer (for 24 h), not a second "
+    "effect. The same key with a different body is a 409 (idempotency_key_reused).",
+)
+
+
+async def _vote_once(
+    principal: Principal, decision: str, approval_id: UUID, key: str | None, body: Any,
+    run: Callable[[], Awaitable[tuple[int, Any]]],
+) -> Any:
+    """A vote's answer, once per Idempotency-Key; the request id is part of what the key stands for."""
+    request = {"approval_id": str(approval_id), "body": body}
+    _, answer = await idempotency.once(principal, f"{decision}_approval", key, request, run)
+    return answer
+
+
+def _position(cursor: str) -> tuple[datetime, UUID]:
+    at, request_id = pagination.decode(cursor, 2)
+    try:
+        return datetime.fromisoformat(at), UUID(request_id)
+    except ValueError:
+        pagination.decode("", 2)  # raises the cursor's 422
+        raise
+
+
+def _approval(item: dict[str, Any]) -> Approval:
+    return msgspec.convert(item, Approval)
+
+
+def _approvals(items: list[dict[str, Any]]) -> list[Approval]:
+    return msgspec.convert(items, list[Approval])
+
+
+def _decisions(answer: dict[str, Any]) -> Decisions:
+    return msgspec.convert(answer, Decisions)
 
 
 class ApprovalController(Controller):
@@ -39,23 +97,37 @@ class ApprovalController(Controller):
         guards=[agent_guard],
         request_max_body_size=BODY_LIMIT_APPROVAL,
         summary="Hold a call for approval (201 new, 200 attached or granted)",
+        responses={200: ResponseSpec(
+            Approval | Granted, generate_examples=False,  # type: ignore[arg-type]
+            description="The same call was pending (attached: true), or a grant covers it (status: granted)",
+        )},
     )
-    async def create(self, data: CreateBody, principal: Principal, hub: Hub) -> Response[dict[str, Any]]:
-        status, body = await service.create_request(
-            hub,
-            principal,
-            tool=data.tool,
-            server=data.server,
-            arguments=data.arguments,
-            hash_hex=data.arguments_hash,
-            justification=data.justification,
-            input_schema=data.input_schema,
-        )
-        return Response(body, status_code=status)
+    async def create(
+        self, data: CreateBody, principal: Principal, hub: Hub, idempotency_key: str | None = IDEMPOTENCY_KEY
+    ) -> Response[Approval]:
+        async def run() -> tuple[int, Any]:
+            return await service.create_request(
+                hub,
+                principal,
+                tool=data.tool,
+                server=data.server,
+                arguments=data.arguments,
+                hash_hex=data.arguments_hash,
+                justification=data.justification,
+                input_schema=data.input_schema,
+            )
 
-    @get("", operation_id="list_approvals", summary="History, newest first, filtered")
+        status, body = await idempotency.once(principal, "create_approval", idempotency_key, data, run)
+        answer: Approval | Granted = (
+            msgspec.convert(body, Granted) if body.get("status") == "granted" else _approval(body)
+        )
+        return Response(answer, status_code=status)  # type: ignore[arg-type]
+
+    @get("", operation_id="list_approvals", summary="History, newest first, filtered; pages by cursor",
+         response_headers=pagination.HEADERS)
     async def list_requests(
         self,
+        request: Request,  # type: ignore[type-arg]
         principal: Principal,
         start_date: str | None = None,
         end_date: str | None = None,
@@ -68,8 +140,11 @@ class ApprovalController(Controller):
         ),
         limit: int = Parameter(default=100, ge=1, le=1000),
         offset: int = Parameter(default=0, ge=0),
-    ) -> list[dict[str, Any]]:
-        return await service.list_requests(
+        cursor: str | None = Parameter(
+            default=None, max_length=200, description="The X-Next-Cursor of the previous page"
+        ),
+    ) -> Response[list[Approval]]:
+        items = await service.list_requests(
             principal,
             start_date=start_date,
             end_date=end_date,
@@ -79,16 +154,21 @@ class ApprovalController(Controller):
             scope=inbox_scope,
             limit=limit,
             offset=offset,
+            before=_position(cursor) if cursor else None,
         )
+        last = items[-1] if len(items) == limit else None
+        following = pagination.encode(last["created_at"], last["id"]) if last else None
+        return Response(_approvals(items), headers=pagination.next_page_headers(request, following))
 
     @get(
         "/export", operation_id="export_approvals", guards=[people_guard],
+        operation_class=media_types(MediaType.JSON, "text/csv", schema=EXPORT_SCHEMA),
         summary="Stream the filtered history as CSV or JSON",
     )
     async def export(
         self,
         principal: Principal,
-        format: str = "json",
+        format: str = Parameter(default="json", description="json or csv; anything else is a 422"),
         start_date: str | None = None,
         end_date: str | None = None,
         tool: str | None = None,
@@ -118,8 +198,8 @@ class ApprovalController(Controller):
         hub: Hub,
         ids: str,
         seconds: float = QueryParameter(name="timeout", default=25.0, ge=0, le=3600),  # type: ignore[assignment]
-    ) -> dict[str, Any]:
-        return await service.wait_for_decisions(hub, principal, service.parse_ids(ids), seconds)
+    ) -> Decisions:
+        return _decisions(await service.wait_for_decisions(hub, principal, service.parse_ids(ids), seconds))
 
     @post(
         "/wait",
@@ -128,8 +208,8 @@ class ApprovalController(Controller):
         status_code=200,
         summary="The same long-poll with the ids in the body (for long id lists)",
     )
-    async def wait_post(self, data: WaitBody, principal: Principal, hub: Hub) -> dict[str, Any]:
-        return await service.wait_for_decisions(hub, principal, service.parse_ids(data.ids), data.timeout)
+    async def wait_post(self, data: WaitBody, principal: Principal, hub: Hub) -> Decisions:
+        return _decisions(await service.wait_for_decisions(hub, principal, service.parse_ids(data.ids), data.timeout))
 
     @post(
         "/batch",
@@ -137,22 +217,24 @@ class ApprovalController(Controller):
         status_code=200,
         summary="Approve or decline several requests; each is its own checked vote",
     )
-    async def batch(self, data: BatchBody, principal: Principal, hub: Hub) -> dict[str, Any]:
-        results = await service.vote_many(
-            hub,
-            principal,
-            data.ids,
-            data.decision,
-            reason=data.reason,
-            grant_seconds=data.grant_seconds,
-            channel=principal.channel,
-            assertion=data.assertion,
-        )
-        return {
-            "results": results,
-            "ok": sum(1 for r in results if r["ok"]),
-            "failed": sum(1 for r in results if not r["ok"]),
-        }
+    async def batch(
+        self, data: BatchBody, principal: Principal, hub: Hub, idempotency_key: str | None = IDEMPOTENCY_KEY
+    ) -> BatchResult:
+        async def run() -> tuple[int, Any]:
+            return 200, await service.vote_many(
+                hub,
+                principal,
+                data.ids,
+                data.decision,
+                reason=data.reason,
+                grant_seconds=data.grant_seconds,
+                channel=principal.channel,
+                assertion=data.assertion,
+            )
+
+        _, results = await idempotency.once(principal, "decide_approvals", idempotency_key, data, run)
+        ok = sum(1 for r in results if r["ok"])
+        return BatchResult(results=msgspec.convert(results, list[BatchItem]), ok=ok, failed=len(results) - ok)
 
     @post(
         "/batch/step-up/options",
@@ -168,91 +250,96 @@ class ApprovalController(Controller):
         return msgspec.convert(options, StepUpOptions)
 
     @post(
-        "/{approval_id:str}/step-up/options",
+        "/{approval_id:uuid}/step-up/options",
         operation_id="step_up_options",
         status_code=200,
         summary="A passkey challenge derived from this request, the decision and the arguments hash",
     )
     async def step_up(
-        self, approval_id: str, data: StepUpBody, request: Request, principal: Principal, hub: Hub  # type: ignore[type-arg]
+        self, approval_id: UUID, data: StepUpBody, request: Request, principal: Principal, hub: Hub  # type: ignore[type-arg]
     ) -> StepUpOptions:
         origin = hub.settings.server.web_origin(str(request.base_url))
-        options = await service.step_up_options(hub, principal, [approval_id], data.decision, origin)
+        options = await service.step_up_options(hub, principal, [str(approval_id)], data.decision, origin)
         return msgspec.convert(options, StepUpOptions)
 
-    @get("/{approval_id:str}", operation_id="get_approval")
-    async def get_request(self, approval_id: str, principal: Principal) -> dict[str, Any]:
-        return await service.get_request(principal, approval_id)
+    @get("/{approval_id:uuid}", operation_id="get_approval")
+    async def get_request(self, approval_id: UUID, principal: Principal) -> Approval:
+        return msgspec.convert(await service.get_request(principal, approval_id), Approval)
 
     @get(
-        "/{approval_id:str}/outcome",
+        "/{approval_id:uuid}/outcome",
         operation_id="get_approval_outcome",
         summary="Machine-readable verdict: kind approved/declined/expired/cancelled, by, reason",
     )
-    async def outcome(self, approval_id: str, principal: Principal) -> dict[str, Any]:
+    async def outcome(self, approval_id: UUID, principal: Principal) -> Outcome:
         item = await service.get_request(principal, approval_id, with_flags=False)
-        return {
-            "id": item["id"],
-            "status": item["status"],
-            "outcome": item["outcome"],
-            "execution": item["execution"],
-        }
+        return Outcome(id=item["id"], status=item["status"], outcome=item["outcome"], execution=item["execution"])
 
-    @post("/{approval_id:str}/approve", operation_id="approve_approval", status_code=200)
+    @post("/{approval_id:uuid}/approve", operation_id="approve_approval", status_code=200)
     async def approve(
-        self, approval_id: str, principal: Principal, hub: Hub, data: ApproveBody | None = None
-    ) -> dict[str, Any]:
+        self, approval_id: UUID, principal: Principal, hub: Hub, data: ApproveBody | None = None,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
+    ) -> Approval:
         body = data or ApproveBody()
-        return await service.vote(
-            hub,
-            principal,
-            approval_id,
-            "approve",
-            reason=body.reason,
-            grant_seconds=body.grant_seconds,
-            channel=principal.channel,
-            assertion=body.assertion,
-        )
 
-    @post("/{approval_id:str}/decline", operation_id="decline_approval", status_code=200)
+        async def run() -> tuple[int, Any]:
+            return 200, await service.vote(
+                hub,
+                principal,
+                approval_id,
+                "approve",
+                reason=body.reason,
+                grant_seconds=body.grant_seconds,
+                channel=principal.channel,
+                assertion=body.assertion,
+            )
+
+        return _approval(await _vote_once(principal, "approve", approval_id, idempotency_key, body, run))
+
+    @post("/{approval_id:uuid}/decline", operation_id="decline_approval", status_code=200)
     async def decline(
-        self, approval_id: str, principal: Principal, hub: Hub, data: DeclineBody | None = None
-    ) -> dict[str, Any]:
+        self, approval_id: UUID, principal: Principal, hub: Hub, data: DeclineBody | None = None,
+        idempotency_key: str | None = IDEMPOTENCY_KEY,
+    ) -> Approval:
         body = data or DeclineBody()
-        return await service.vote(
-            hub, principal, approval_id, "decline", reason=body.reason, channel=principal.channel,
-            assertion=body.assertion,
-        )
 
-    @post("/{approval_id:str}/cancel", operation_id="cancel_approval", status_code=200)
+        async def run() -> tuple[int, Any]:
+            return 200, await service.vote(
+                hub, principal, approval_id, "decline", reason=body.reason, channel=principal.channel,
+                assertion=body.assertion,
+            )
+
+        return _approval(await _vote_once(principal, "decline", approval_id, idempotency_key, body, run))
+
+    @post("/{approval_id:uuid}/cancel", operation_id="cancel_approval", status_code=200)
     async def cancel(
-        self, approval_id: str, principal: Principal, hub: Hub, data: CancelBody | None = None
-    ) -> dict[str, Any]:
-        return await service.cancel(hub, principal, approval_id, (data or CancelBody()).reason)
+        self, approval_id: UUID, principal: Principal, hub: Hub, data: CancelBody | None = None
+    ) -> Approval:
+        return _approval(await service.cancel(hub, principal, approval_id, (data or CancelBody()).reason))
 
     @post(
-        "/{approval_id:str}/claim",
+        "/{approval_id:uuid}/claim",
         operation_id="claim_approval",
         status_code=200,
         summary="Start running an approved call, once; the arguments hash must match",
     )
     async def claim(
-        self, approval_id: str, data: ClaimBody, principal: Principal, hub: Hub
-    ) -> dict[str, Any]:
-        return await service.claim(hub, principal, approval_id, data.arguments_hash)
+        self, approval_id: UUID, data: ClaimBody, principal: Principal, hub: Hub
+    ) -> Approval:
+        return _approval(await service.claim(hub, principal, approval_id, data.arguments_hash))
 
-    @post("/{approval_id:str}/outcome", operation_id="report_approval_outcome", status_code=200)
+    @post("/{approval_id:uuid}/outcome", operation_id="report_approval_outcome", status_code=200)
     async def report(
-        self, approval_id: str, data: OutcomeBody, principal: Principal, hub: Hub
-    ) -> dict[str, Any]:
-        return await service.report_outcome(
+        self, approval_id: UUID, data: OutcomeBody, principal: Principal, hub: Hub
+    ) -> Approval:
+        return _approval(await service.report_outcome(
             hub,
             principal,
             approval_id,
             success=data.success,
             result_summary=data.result_summary,
             error=data.error,
-        )
+        ))
 
 
 class GrantController(Controller):
@@ -261,14 +348,15 @@ class GrantController(Controller):
     guards = [people_guard]
 
     @get("", operation_id="list_grants", summary="Time-boxed grants, newest first")
-    async def list_grants(self, principal: Principal, active: bool | None = None) -> list[dict[str, Any]]:
-        return await service.list_grants(principal, active=active)
+    async def list_grants(self, principal: Principal, active: bool | None = None) -> list[GrantView]:
+        return msgspec.convert(await service.list_grants(principal, active=active), list[GrantView])
 
-    @post("/{grant_id:str}/revoke", operation_id="revoke_grant", status_code=200)
+    @post("/{grant_id:uuid}/revoke", operation_id="revoke_grant", status_code=200)
     async def revoke(
-        self, grant_id: str, principal: Principal, hub: Hub, data: RevokeBody | None = None
-    ) -> dict[str, Any]:
-        return await service.revoke_grant(hub, principal, grant_id, (data or RevokeBody()).reason)
+        self, grant_id: UUID, principal: Principal, hub: Hub, data: RevokeBody | None = None
+    ) -> GrantView:
+        revoked = await service.revoke_grant(hub, principal, grant_id, (data or RevokeBody()).reason)
+        return msgspec.convert(revoked, GrantView)
 
 
 CONTROLLERS = [ApprovalController, GrantController, EventsController]

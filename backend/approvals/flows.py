@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,8 @@ from backend.errors import Conflict, Forbidden, ValidationFailed
 from backend.events import publish_event
 from backend.notifications import service as notifications
 from backend.observability import metrics
-from backend.transactions import is_sqlite, write_transaction
+from backend.transactions import after_commit as after_commit
+from backend.transactions import current_transaction, is_sqlite, write_transaction
 
 if TYPE_CHECKING:
     from backend.hub import Hub
@@ -40,7 +40,6 @@ NEW_ROW: dict[str, Any] = {
     "executed_at": None,
     "execution": None,
 }
-_EFFECTS: ContextVar[list[Effect] | None] = ContextVar("approval_effects", default=None)
 
 
 def approval_topic(request_id: uuid.UUID | str) -> str:
@@ -54,34 +53,10 @@ def now() -> datetime:
 
 # --- a transaction whose announcements wait for the commit ----------------------------------
 
-
-@asynccontextmanager
-async def unit_of_work() -> AsyncIterator[None]:
-    """A write transaction; bus messages and jobs registered inside run only once it commits.
-
-    A waiter woken before the commit would read the old row and sleep again, so announcing
-    after the commit is what makes push-based waiting correct.
-    """
-    if _EFFECTS.get() is not None:  # nested: the outer unit announces
-        async with write_transaction():
-            yield
-        return
-    effects: list[Effect] = []
-    token = _EFFECTS.set(effects)
-    try:
-        async with write_transaction():
-            yield
-    finally:
-        _EFFECTS.reset(token)
-    for effect in effects:
-        await effect()
-
-
-def after_commit(effect: Effect) -> None:
-    effects = _EFFECTS.get()
-    if effects is None:
-        raise RuntimeError("after_commit() needs an enclosing unit_of_work()")
-    effects.append(effect)
+# One after-commit mechanism for the whole backend lives in backend.transactions: bus messages and
+# jobs registered with `after_commit` inside a `unit_of_work()` (a write transaction) run only once
+# the outermost transaction commits, so a woken waiter never reads the old row.
+unit_of_work = write_transaction
 
 
 # --- rows -------------------------------------------------------------------------------------
@@ -99,6 +74,49 @@ async def load_row(request_id: uuid.UUID | str) -> dict[str, Any] | None:
     if rid is None:
         return None
     return await ApprovalRequest.select().where(ApprovalRequest.id == rid).output(load_json=True).first()
+
+
+# PostgreSQL: the request, its requester's email and its votes in one round trip (what an answer
+# shows besides the row). The extra keys ride on the row; `serialize` reads only the table's columns.
+_VOTES_JSON = """(SELECT coalesce(json_agg(json_build_object(
+      'request', v.request, 'user', v."user", 'email', vu.email, 'decision', v.decision, 'reason', v.reason,
+      'channel', v.channel, 'assertion', v.assertion IS NOT NULL,
+      'created_at', to_char(v.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'))
+    ORDER BY v.created_at), '[]'::json)
+   FROM vote v JOIN app_user vu ON vu.id = v."user" WHERE v.request = r.id) AS _votes"""
+_PRESENTED_SQL = (
+    f"SELECT r.*, u.email AS _requester_email, {_VOTES_JSON} "
+    "FROM approval_request r LEFT JOIN app_user u ON u.id = r.requester WHERE r.id = {}"
+)
+_JSON_COLUMNS = tuple(c._meta.name for c in ApprovalRequest._meta.json_columns)
+
+
+def decode_json_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """A request row read with raw SQL, its JSON columns decoded as `.output(load_json=True)` does."""
+    for name in _JSON_COLUMNS:
+        if isinstance(row.get(name), str):
+            row[name] = json.loads(row[name])
+    return row
+
+
+async def load_presented(request_id: uuid.UUID | str) -> dict[str, Any] | None:
+    """`load_row`, and on PostgreSQL also `_votes` (as `vote_view` shows them) and `_requester_email`
+    from the same statement, so answering about the row needs no further reads."""
+    rid = parse_id(request_id)
+    if rid is None or is_sqlite():
+        return await load_row(request_id) if rid is not None else None
+    rows = await ApprovalRequest.raw(_PRESENTED_SQL, rid)
+    if not rows:
+        return None
+    return _presented(rows[0])
+
+
+def _presented(record: Any) -> dict[str, Any]:
+    row = decode_json_columns(dict(record))
+    votes = row["_votes"]
+    votes = json.loads(votes) if isinstance(votes, str) else votes
+    row["_votes"] = [vote_view({**v, "assertion": True if v["assertion"] else None}) for v in votes]
+    return row
 
 
 async def load_locked(request_id: uuid.UUID) -> dict[str, Any] | None:
@@ -241,6 +259,14 @@ async def transition(
     updated = await _conditional_update(row, values, same_level=new == "escalated")
     if updated is None:
         return None
+    await _after_update(hub, old, new, updated, actor, change)
+    return updated
+
+
+async def _after_update(
+    hub: Hub, old: str | None, new: str, updated: dict[str, Any], actor: Actor, change: Change
+) -> None:
+    """What follows a won conditional update: the audit event, notifications, jobs and wake-ups."""
     if old == "pending" and new != "escalated":
         _observe_decision(updated)
     match (old, new):
@@ -265,6 +291,57 @@ async def transition(
             await _audit(updated, f"approval.{new}", actor, change, {"outcome": change.outcome, "from": old})
             await _notify_outcome(hub, updated)
             _announce(hub, updated, f"approval.{new}")
+
+
+_MERGE_EXECUTION = "executed_at = {}, execution = coalesce(execution, jsonb_build_object()) || {}::jsonb"
+_RUN_SQL = {
+    "executing": "status = 'executing', execution = {}::jsonb",
+    "executed": f"status = 'executed', {_MERGE_EXECUTION}",
+    "failed": f"status = 'failed', {_MERGE_EXECUTION}",
+}
+_RUN_FROM = {"executing": "approved", "executed": "executing", "failed": "executing"}
+
+
+async def run_step(
+    hub: Hub,
+    principal: Principal,
+    request_id: uuid.UUID,
+    new: str,
+    values: dict[str, Any],
+    *,
+    arguments_hash: str | None = None,
+) -> dict[str, Any] | None:
+    """PostgreSQL: claim (`executing`) or report (`executed`/`failed`) a request in one conditional
+    UPDATE that also checks what the caller must be (the request's agent key or an admin, and for a
+    claim the approved arguments hash) and returns the row as `load_presented` reads it.
+
+    None when any condition fails; the caller then reads the row to say which (and, if nothing was
+    wrong after all, e.g. on SQLite, takes the ordinary path). Must run inside `unit_of_work()`."""
+    if is_sqlite():
+        return None
+    stamp = now()
+    if new == "executing":
+        execution: dict[str, Any] = {"claimed_at": stamp.isoformat(), **values}
+        args: list[Any] = [json.dumps(execution)]
+    else:
+        args = [stamp, json.dumps(values)]
+    sql = (
+        f"UPDATE approval_request r SET {_RUN_SQL[new]} "
+        "WHERE r.id = {} AND r.org = {} AND r.status = {}"
+    )
+    args += [request_id, principal.org_id, _RUN_FROM[new]]
+    if not principal.is_admin:
+        sql += " AND r.agent_key = {}"
+        args.append(principal.key_id)
+    if arguments_hash is not None:
+        sql += " AND r.arguments_hash = {}"
+        args.append(arguments_hash)
+    sql += f" RETURNING r.*, (SELECT email FROM app_user u WHERE u.id = r.requester) AS _requester_email, {_VOTES_JSON}"
+    rows = await ApprovalRequest.raw(sql, *args)
+    if not rows:
+        return None
+    updated = _presented(rows[0])
+    await _after_update(hub, _RUN_FROM[new], new, updated, principal.actor, Change(values=values))
     return updated
 
 
@@ -481,6 +558,38 @@ async def votes_of(request_ids: uuid.UUID | list[Any]) -> list[dict[str, Any]]:
     )
 
 
+_VOTE_COLUMNS = ("id", "request", "user", "request_user", "decision", "reason", "channel", "created_at", "assertion")
+_INSERT_VOTE_SQL = f"""
+WITH ins AS (
+  INSERT INTO vote ({", ".join(f'"{c}"' for c in _VOTE_COLUMNS)})
+  VALUES ({", ".join("{}::jsonb" if c == "assertion" else "{}" for c in _VOTE_COLUMNS)})
+  RETURNING request, "user", decision, reason, channel, created_at, assertion
+)
+SELECT v.request, v."user", v.decision, v.reason, v.channel, v.created_at, v.assertion, u.email
+  FROM vote v JOIN app_user u ON u.id = v."user" WHERE v.request = {{}}
+UNION ALL
+SELECT i.request, i."user", i.decision, i.reason, i.channel, i.created_at, i.assertion, u.email
+  FROM ins i JOIN app_user u ON u.id = i."user"
+ORDER BY created_at
+"""
+
+
+async def _insert_vote(ballot: Vote) -> list[dict[str, Any]]:
+    """Store a vote; return the request's votes (this one included) as `votes_of` does. PostgreSQL:
+    one statement (the insert and the read of the others)."""
+    if is_sqlite():
+        await ballot.save()
+        return await votes_of(ballot.request)
+    args = [
+        _json_arg(getattr(ballot, c)) if c == "assertion" else getattr(ballot, c) for c in _VOTE_COLUMNS
+    ]
+    return [dict(r) for r in await Vote.raw(_INSERT_VOTE_SQL, *args, ballot.request)]
+
+
+def _json_arg(value: Any) -> str | None:
+    return value if value is None or isinstance(value, str) else json.dumps(value)
+
+
 def vote_view(v: dict[str, Any]) -> dict[str, Any]:
     """One vote as the API shows it."""
     created = v["created_at"]
@@ -499,8 +608,14 @@ def voter(principal: Principal) -> Actor:
 
 
 async def reject_vote(row: dict[str, Any], principal: Principal, why: str, message: str) -> Forbidden:
-    """Audit a vote that is not allowed; return the 403 to raise."""
-    async with unit_of_work():
+    """Audit a vote that is not allowed, in its own committed transaction; return the 403 to raise.
+
+    The caller's transaction (an email link spending its token, a batch) rolls back when the 403
+    propagates, so the refusal is never written inside it: inside one, it is written as soon as that
+    transaction has ended, committed or not (a single-writer SQLite cannot open a second one meanwhile).
+    """
+
+    async def audit() -> None:
         await record(
             row["org"],
             "approval.vote_rejected",
@@ -509,6 +624,12 @@ async def reject_vote(row: dict[str, Any], principal: Principal, why: str, messa
             subject_id=row["id"],
             data={"why": why, "email": principal.email, "via": principal.via},
         )
+
+    enclosing = current_transaction()
+    if enclosing is not None:
+        enclosing.after_end.append(audit)
+    else:
+        await audit()
     return Forbidden(message, code=why, detail={"request_id": str(row["id"])})
 
 
@@ -580,17 +701,18 @@ async def record_vote(
             raise _already_decided(current)
         key = f"{current['id']}:{principal.user_id}"
         # The unique `request_user` column refuses a second vote; the transaction then rolls back.
+        ballot = Vote(
+            request=current["id"],
+            user=principal.user_id,
+            request_user=key,
+            decision=decision,
+            reason=reason,
+            channel=channel[:20],
+            created_at=now(),
+            assertion=proof.evidence if proof else None,
+        )
         try:
-            await Vote(
-                request=current["id"],
-                user=principal.user_id,
-                request_user=key,
-                decision=decision,
-                reason=reason,
-                channel=channel[:20],
-                created_at=now(),
-                assertion=proof.evidence if proof else None,
-            ).save()
+            votes = await _insert_vote(ballot)
         except (asyncpg.UniqueViolationError, _sqlite_integrity()) as exc:
             raise Conflict(
                 "you have already voted on this request; a second vote is not counted",
@@ -610,7 +732,6 @@ async def record_vote(
                 **({"arguments_hash": current["arguments_hash"], "step_up": proof.evidence} if proof else {}),
             },
         )
-        votes = await votes_of(current["id"])
         if seen_votes is not None:
             seen_votes[:] = [vote_view(v) for v in votes]
         approvals = [v for v in votes if v["decision"] == "approve"]

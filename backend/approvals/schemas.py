@@ -79,3 +79,134 @@ class WaitBody(msgspec.Struct, forbid_unknown_fields=True):
 
 class RevokeBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: Reason | None = None
+
+
+# --- answers ----------------------------------------------------------------------------------------
+# The service builds plain dicts (cheap to cache and stream); controllers convert them to these at the
+# boundary, so the OpenAPI document carries every field and a missing one fails loudly, not silently.
+
+JsonObject = dict[str, Any]
+
+
+class AgentRef(msgspec.Struct):
+    key_id: str | None
+    name: str | None
+
+
+class UserRef(msgspec.Struct):
+    id: str | None
+    email: str | None
+
+
+class VoteView(msgspec.Struct):
+    user: UserRef
+    decision: Literal["approve", "decline"]
+    reason: str | None
+    channel: str | None
+    created_at: str | None
+    passkey_confirmed: bool
+
+
+class Quorum(msgspec.Struct):
+    required: int
+    approvals: int
+    declines: int
+
+
+class RedFlagView(msgspec.Struct):
+    code: str
+    why: str
+
+
+class Approval(msgspec.Struct, forbid_unknown_fields=True):
+    """One approval request as the API shows it. The optional fields appear where they apply:
+    `red_flags` on one request and inbox items, the voting fields on inbox items (status=pending),
+    `attached` on POST /approvals."""
+
+    id: str
+    status: str
+    tool: str
+    server: str
+    arguments: JsonObject
+    arguments_to_run: JsonObject
+    """The arguments the call will run with: what the agent sent plus the tool schema's defaults."""
+    arguments_hash: str
+    agent: AgentRef
+    requester: UserRef | None
+    justification: str | None
+    policy_version: int | None
+    rule: JsonObject | None
+    approval_policy: JsonObject | None
+    risk: str | None
+    reason: str | None
+    created_at: str | None
+    expires_at: str | None
+    escalation_level: int | None
+    next_escalation_at: str | None
+    decided_at: str | None
+    outcome: JsonObject | None
+    """The verdict once decided: kind (approved/declined/expired/cancelled), by, reason."""
+    grant_seconds: int | None
+    executed_at: str | None
+    execution: JsonObject | None
+    votes: list[VoteView]
+    quorum: Quorum
+    red_flags: list[RedFlagView] | msgspec.UnsetType = msgspec.UNSET
+    can_vote: bool | msgspec.UnsetType = msgspec.UNSET
+    why_not: str | msgspec.UnsetType | None = msgspec.UNSET
+    my_vote: str | msgspec.UnsetType | None = msgspec.UNSET
+    attached: bool | msgspec.UnsetType = msgspec.UNSET
+    """On POST /approvals: true when the same call was already pending and this answer is that request."""
+
+
+class GrantView(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    request_id: str
+    tool: str
+    server: str
+    arguments_hash: str
+    agent_key_id: str | None
+    granted_by: str | None
+    created_at: str | None
+    expires_at: str | None
+    revoked_at: str | None
+    uses: int
+    active: bool
+
+
+class Granted(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /approvals when a time-boxed grant already covers the call: run it, nobody is asked."""
+
+    status: Literal["granted"]
+    grant: GrantView
+    id: str
+
+
+class Outcome(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    status: str
+    outcome: JsonObject | None
+    execution: JsonObject | None
+
+
+class Decisions(msgspec.Struct, forbid_unknown_fields=True):
+    """The long-poll's answer: the decided requests, the ids still pending, the ids not found."""
+
+    decided: list[Approval]
+    pending: list[str]
+    unknown: list[str]
+
+
+class BatchItem(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    ok: bool
+    status: str | msgspec.UnsetType = msgspec.UNSET
+    request: Approval | msgspec.UnsetType = msgspec.UNSET
+    error: JsonObject | msgspec.UnsetType = msgspec.UNSET
+    """The error envelope's inner object, when `ok` is false."""
+
+
+class BatchResult(msgspec.Struct, forbid_unknown_fields=True):
+    results: list[BatchItem]
+    ok: int
+    failed: int

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
@@ -23,7 +24,7 @@ from backend.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.events import publish_event
 from backend.policy_store.service import active_policy
 from backend.request_checks import refuse_bidi
-from backend.transactions import lock
+from backend.transactions import is_sqlite, lock
 from policies import AgentInfo, CallContext, arguments_hash
 
 if TYPE_CHECKING:
@@ -135,17 +136,21 @@ async def present_one(
     """One row for its caller, reading only what the caller does not already know: a requester who
     is the caller needs no email lookup, and `votes` (when the caller has them) no vote query."""
     if votes is None:
+        votes = row.get("_votes")  # read with the row (flows.load_presented)
+    if votes is None:
         votes = (await _votes_of([row["id"]])).get(str(row["id"]), [])
     requester = str(row.get("requester") or "")
     if requester and requester == str(principal.user_id):
         emails = {requester: principal.email}
+    elif requester and row.get("_requester_email"):
+        emails = {requester: row["_requester_email"]}
     else:
         emails = await _emails([requester])
     return serialize(row, votes, emails)
 
 
 async def _row_in_org(org_id: uuid.UUID, request_id: Any) -> dict[str, Any]:
-    row = await load_row(request_id)
+    row = await flows.load_presented(request_id)
     if row is None or str(row["org"]) != str(org_id):  # another org's ids do not exist for you
         raise NotFound(
             f"no approval request {request_id}", detail={"hint": "GET /api/v1/approvals lists them"}
@@ -234,9 +239,11 @@ async def list_requests(
     scope: str = "mine",
     limit: int = 100,
     offset: int = 0,
+    before: tuple[datetime, uuid.UUID] | None = None,
 ) -> list[dict[str, Any]]:
     """History, newest first. `status=pending` is the caller's inbox: what they can vote on (scope mine)
-    or every pending request (scope all); each pending item then says whether the caller can vote."""
+    or every pending request (scope all); each pending item then says whether the caller can vote.
+    `before` (created_at, id) starts after that item: a cursor, stable however many requests arrive."""
     if scope not in inbox.SCOPES:
         raise ValidationFailed(f"unknown scope {scope!r}", detail={"field": "scope", "hint": "mine or all"})
     ids = await _voted_by(principal.org_id, approver)
@@ -245,11 +252,16 @@ async def list_requests(
     )
     if principal.is_agent:
         condition &= ApprovalRequest.agent_key == principal.key_id
+    if before is not None:
+        at, after_id = before
+        condition &= (ApprovalRequest.created_at < at) | (
+            (ApprovalRequest.created_at == at) & (ApprovalRequest.id < after_id)
+        )
     inbox_view = status == "pending"
     rows = (
         await ApprovalRequest.select()
         .where(condition)
-        .order_by(ApprovalRequest.created_at, ascending=False)
+        .order_by(ApprovalRequest.created_at, ApprovalRequest.id, ascending=False)
         .limit(INBOX_LIMIT if inbox_view else limit)
         .offset(0 if inbox_view else offset)
         .output(load_json=True)
@@ -475,7 +487,7 @@ async def create_request(
     same_call &= ApprovalRequest.agent_key == key_id if key_id else ApprovalRequest.agent_key.is_null()
     async with unit_of_work():
         await lock(f"approval-create:{principal.org_id}:{key_id}:{tool}:{server}:{digest}")
-        grant = await _covering_grant(principal.org_id, key_id, tool, server, digest)
+        grant, existing = await _grant_or_open(principal.org_id, key_id, tool, server, digest, same_call)
         if grant is not None:
             await Grant.update({Grant.uses: Grant.uses + 1}).where(Grant.id == grant["id"])
             grant["uses"] += 1
@@ -488,13 +500,6 @@ async def create_request(
                 data={"tool": tool, "server": server, "arguments_hash": digest},
             )
             return 200, {"status": "granted", "grant": _grant_dict(grant), "id": str(grant["request"])}
-        existing = (
-            await ApprovalRequest.select()
-            .where(same_call & ApprovalRequest.status.is_in(list(OPEN_FOR_ATTACH)))
-            .order_by(ApprovalRequest.created_at, ascending=False)
-            .output(load_json=True)
-            .first()
-        )
         if existing is not None:
             await record(
                 principal.org_id,
@@ -539,6 +544,55 @@ async def create_request(
     return 201, {**(await present_one(row, principal, votes=[])), "attached": False}
 
 
+_GRANT_OR_OPEN_SQL = """
+SELECT
+  (SELECT g.id FROM approval_grant g
+    WHERE g.org = {org} AND g.tool = {tool} AND g.server = {server} AND g.arguments_hash = {digest}
+      AND g.revoked_at IS NULL AND g.expires_at > {stamp} AND g.agent_key %(key)s
+    LIMIT 1) AS _grant_id,
+  r.*
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
+  SELECT * FROM approval_request
+   WHERE org = {org} AND tool = {tool} AND server = {server} AND arguments_hash = {digest}
+     AND agent_key %(key)s AND status IN ('pending', 'approved')
+   ORDER BY created_at DESC LIMIT 1
+) AS r ON true
+"""
+
+
+async def _grant_or_open(
+    org_id: uuid.UUID, key_id: Any, tool: str, server: str, digest: str, same_call: Any
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Under the create lock: the grant that covers this call, else the open request it attaches to.
+    PostgreSQL: one statement for both (the grant's row is read only when there is one)."""
+    if is_sqlite():
+        grant = await _covering_grant(org_id, key_id, tool, server, digest)
+        if grant is not None:
+            return grant, None
+        existing = (
+            await ApprovalRequest.select()
+            .where(same_call & ApprovalRequest.status.is_in(list(OPEN_FOR_ATTACH)))
+            .order_by(ApprovalRequest.created_at, ascending=False)
+            .output(load_json=True)
+            .first()
+        )
+        return None, existing
+    names = ["org", "tool", "server", "digest", "stamp"] + (["key"] if key_id else [])
+    sql = _GRANT_OR_OPEN_SQL % {"key": "= {key}" if key_id else "IS NULL"}
+    # Piccolo's raw() takes positional {} placeholders: number the named ones in order of appearance.
+    order = [n for n in re.findall(r"\{(\w+)\}", sql)]
+    values = dict(zip(names, [org_id, tool, server, digest, now(), key_id], strict=False))
+    [found] = await ApprovalRequest.raw(re.sub(r"\{\w+\}", "{}", sql), *[values[n] for n in order])
+    if found["_grant_id"] is not None:
+        return await _covering_grant(org_id, key_id, tool, server, digest), None
+    if found["id"] is None:
+        return None, None
+    row = flows.decode_json_columns(dict(found))
+    row.pop("_grant_id")
+    return None, row
+
+
 async def _covering_grant(
     org_id: uuid.UUID, key_id: Any, tool: str, server: str, digest: str
 ) -> dict[str, Any] | None:
@@ -574,7 +628,7 @@ async def vote(
         hub, principal, row, decision, reason=reason, grant_seconds=grant_seconds, channel=channel,
         assertion=assertion, seen_votes=votes,
     )
-    return await present_one(updated, principal, votes=votes)
+    return await present_one({**updated, "_requester_email": row.get("_requester_email")}, principal, votes=votes)
 
 
 async def step_up_options(
@@ -674,6 +728,10 @@ async def cancel(hub: Hub, principal: Principal, request_id: Any, reason: str | 
 
 async def claim(hub: Hub, principal: Principal, request_id: Any, hash_hex: str) -> dict[str, Any]:
     """Start executing an approved call, once, with exactly the approved arguments."""
+    claimed_by = {"claimed_by": principal.key_name or principal.email}
+    fast = await _run_step(hub, principal, request_id, "executing", claimed_by, arguments_hash=hash_hex)
+    if fast is not None:
+        return await present_one(fast, principal)
     row = await _visible_row(principal, request_id)
     _require_runner(principal, row)
     if hash_hex != row["arguments_hash"]:
@@ -691,7 +749,7 @@ async def claim(hub: Hub, principal: Principal, request_id: Any, hash_hex: str) 
             row,
             "executing",
             principal.actor,
-            Change(values={"claimed_by": principal.key_name or principal.email}),
+            Change(values=claimed_by),
         )
         if updated is None:
             current = await load_row(row["id"])
@@ -720,6 +778,14 @@ async def report_outcome(
     result_summary: str | None,
     error: str | None,
 ) -> dict[str, Any]:
+    values = {
+        "success": success,
+        "result_summary": (result_summary or "")[:4000] or None,
+        "error": (error or "")[:4000] or None,
+    }
+    fast = await _run_step(hub, principal, request_id, "executed" if success else "failed", values)
+    if fast is not None:
+        return await present_one(fast, principal)
     row = await _visible_row(principal, request_id)
     _require_runner(principal, row)
     if row["status"] != "executing":
@@ -728,11 +794,6 @@ async def report_outcome(
             code="not_executing",
             detail={"status": row["status"]},
         )
-    values = {
-        "success": success,
-        "result_summary": (result_summary or "")[:4000] or None,
-        "error": (error or "")[:4000] or None,
-    }
     async with unit_of_work():
         updated = await flows.transition(
             hub, row, "executed" if success else "failed", principal.actor, Change(values=values)
@@ -740,6 +801,18 @@ async def report_outcome(
         if updated is None:
             raise Conflict("the outcome was already reported", code="not_executing")
     return await present_one(updated, principal)
+
+
+async def _run_step(
+    hub: Hub, principal: Principal, request_id: Any, new: str, values: dict[str, Any], **checks: Any
+) -> dict[str, Any] | None:
+    """The one-statement claim/report (PostgreSQL); None sends the caller down the checked path, which
+    reads the row and says what is wrong (or, on SQLite, does the step itself)."""
+    rid = parse_id(request_id)
+    if rid is None or is_sqlite():
+        return None
+    async with unit_of_work():
+        return await flows.run_step(hub, principal, rid, new, values, **checks)
 
 
 def _require_runner(principal: Principal, row: dict[str, Any]) -> None:
@@ -775,6 +848,13 @@ def parse_ids(raw: str | list[str]) -> list[uuid.UUID]:
 
 
 async def _statuses(principal: Principal, ids: list[uuid.UUID]) -> dict[str, str]:
+    if not is_sqlite():  # one array parameter, not thousands of placeholders for the builder to render
+        sql = "SELECT id, status FROM approval_request WHERE org = {} AND id = ANY({}::uuid[])"
+        args: list[Any] = [principal.org_id, ids]
+        if principal.is_agent:
+            sql += " AND agent_key = {}"
+            args.append(principal.key_id)
+        return {str(r["id"]): r["status"] for r in await ApprovalRequest.raw(sql, *args)}
     condition = (ApprovalRequest.org == principal.org_id) & ApprovalRequest.id.is_in(ids)
     if principal.is_agent:
         condition &= ApprovalRequest.agent_key == principal.key_id

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+import msgspec
 from litestar import Controller, get, post
 from litestar.params import Parameter
 
@@ -15,6 +17,28 @@ from backend.audit.service import verify
 from backend.audit.tables import AuditEvent
 from backend.deps import admin_guard, people_guard
 from backend.request_checks import BODY_LIMIT_CALLS
+
+
+class AuditEventView(msgspec.Struct):
+    """One link of the org's audit chain: what happened, who did it, to what, and the hashes that chain it."""
+
+    id: str
+    org_id: str
+    seq: int
+    chain_pos: str
+    kind: str
+    actor_type: str
+    actor_id: str
+    actor_label: str
+    subject_type: str
+    subject_id: str
+    data: dict[str, Any]
+    created_at: datetime
+    prev_hash: str
+    hash: str
+    external_id: str | None = None
+    """The gateway's event id for a call record (what makes a resent record a duplicate)."""
+    note: str | None = None
 
 
 class AuditController(Controller):
@@ -39,9 +63,9 @@ class AuditController(Controller):
         principal: Principal,
         kind: str | None = None,
         subject_id: str | None = None,
-        after_seq: int = Parameter(default=0, ge=0),
+        after_seq: int = Parameter(default=0, ge=0, le=2**53),  # a BigInt column; 2**53 stays exact in JSON
         limit: int = Parameter(default=100, ge=1, le=1000),
-    ) -> list[dict[str, Any]]:
+    ) -> list[AuditEventView]:
         query = AuditEvent.select().where(
             (AuditEvent.org_id == str(principal.org_id)) & (AuditEvent.seq > after_seq)
         )
@@ -50,7 +74,7 @@ class AuditController(Controller):
         if subject_id:
             query = query.where(AuditEvent.subject_id == subject_id)
         rows = await query.order_by(AuditEvent.seq).limit(limit).output(load_json=True)
-        return [{**row, "id": str(row["id"])} for row in rows]
+        return [msgspec.convert({**row, "id": str(row["id"])}, AuditEventView) for row in rows]
 
     @post("/calls", operation_id="ingest_call_records", status_code=200, request_max_body_size=BODY_LIMIT_CALLS,
           opt={"nul_per_item": True},  # calls.ingest refuses a NUL per record

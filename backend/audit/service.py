@@ -71,18 +71,7 @@ async def record(
     the org's chain lock is held for one read and one insert, not for the whole unit of work.
     The returned dict then has no `seq`/`hash` yet. Outside a transaction it is appended at once.
     """
-    row: dict[str, Any] = {
-        "org_id": str(org_id),
-        "kind": kind,
-        "actor_type": actor.type,
-        "actor_id": str(actor.id),
-        "actor_label": actor.label,
-        "subject_type": subject_type,
-        "subject_id": str(subject_id),
-        "data": json.loads(_canonical(data or {})),
-        # Microsecond precision is all both databases keep; hash what will be read back.
-        "created_at": datetime.now(UTC),
-    }
+    row = _event_row(org_id, kind, actor, subject_type, subject_id, data or {}, datetime.now(UTC))
     state = current_transaction()
     if state is not None and external_id is None:
         pending: list[dict[str, Any]] | None = state.scratch.get("audit")
@@ -98,6 +87,30 @@ async def record(
                 return dict(existing)
         await _append([row], external_id=external_id)
     return row
+
+
+def _event_row(
+    org_id: str | uuid.UUID,
+    kind: str,
+    actor: Actor,
+    subject_type: str,
+    subject_id: str | uuid.UUID,
+    data: dict[str, Any],
+    created_at: datetime,
+) -> dict[str, Any]:
+    """One event as it is appended (before its `seq` and hash)."""
+    return {
+        "org_id": str(org_id),
+        "kind": kind,
+        "actor_type": actor.type,
+        "actor_id": str(actor.id),
+        "actor_label": actor.label,
+        "subject_type": subject_type,
+        "subject_id": str(subject_id),
+        "data": json.loads(_canonical(data)),
+        # Microsecond precision is all both databases keep; hash what will be read back.
+        "created_at": created_at,
+    }
 
 
 async def record_many_once(
@@ -127,19 +140,7 @@ async def record_many_once(
                 continue
             seen.add(external_id)
             stored.append(True)
-            fresh.append(
-                {
-                    "org_id": str(org_id),
-                    "kind": kind,
-                    "actor_type": actor.type,
-                    "actor_id": str(actor.id),
-                    "actor_label": actor.label,
-                    "subject_type": subject_type,
-                    "subject_id": subject_id,
-                    "data": json.loads(_canonical(data)),
-                    "created_at": stamp,
-                }
-            )
+            fresh.append(_event_row(org_id, kind, actor, subject_type, subject_id, data, stamp))
             ids.append(external_id)
         if fresh:
             await _append(fresh, external_ids=ids)

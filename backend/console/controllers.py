@@ -24,6 +24,7 @@ from backend.console import session
 from backend.deps import SESSION_COOKIE, admin_guard
 from backend.errors import NotAuthenticated, PreloopError, ValidationFailed
 from backend.hub import Hub
+from backend.notifications import chat
 from backend.notifications import service as notifications
 from backend.policy_store import replay, ruleedit
 from backend.policy_store import service as policies
@@ -235,7 +236,27 @@ class ConsoleController(Controller):
         row = await flows.load_row(item["id"])
         can_vote = row is not None and (await inbox.voting_state(principal, row, item))["can_vote"]
         deliveries = await notifications.deliveries_of_request(principal, item["id"])
-        return {"item": item, "can_vote": can_vote, "deliveries": deliveries}
+        comments = await chat.comments_of_request(principal, item["id"])
+        return {"item": item, "can_vote": can_vote, "deliveries": deliveries, "comments": comments}
+
+    @get("/approvals/{approval_id:str}/comments", operation_id="console_comments_fragment")
+    async def comments_fragment(self, request: Request, principal: Principal, approval_id: str) -> Template:  # type: ignore[type-arg]
+        """The discussion alone: fetched again when the event stream says someone commented."""
+        item = await approvals.get_request(principal, approval_id, with_flags=False)
+        comments = await chat.comments_of_request(principal, item["id"])
+        return _page(request, "_comments.html", item=item, comments=comments)
+
+    @post("/approvals/{approval_id:str}/comments", operation_id="console_comment", guards=[writer_guard])
+    async def comment(self, request: Request, principal: Principal, hub: Hub, approval_id: str) -> Response[Any]:  # type: ignore[type-arg]
+        form = await _form(request)
+        try:
+            await chat.add_comment(hub, principal, approval_id, form.get("text", ""), source="console")
+        except PreloopError as exc:
+            page = _page(request, "approval.html", **await self._detail(principal, approval_id), error=None,
+                         comment_error=exc.message, comment_draft=form.get("text", ""))
+            page.status_code = 422
+            return page
+        return Redirect(f"/console/approvals/{quote(approval_id, safe='')}#discussion", status_code=303)
 
     # --- history -------------------------------------------------------------------------------
 

@@ -23,8 +23,19 @@ from backend.policy_store import service as policies
 
 ADMIN_WRITE = [writer_guard, admin_guard]
 #: Form fields that are secrets: never shown back, and an empty field keeps the stored value.
-SECRET_FIELDS = {"email": "smtp_url", "webhook": "secret"}
-CHANNEL_FIELDS = {"email": ("smtp_url", "from"), "push": ("subject",), "webhook": ("url", "secret")}
+SECRET_FIELDS: dict[str, tuple[str, ...]] = {
+    "email": ("smtp_url",),
+    "webhook": ("secret",),
+    "slack": ("bot_token", "signing_secret"),
+    "mattermost": ("token",),
+}
+CHANNEL_FIELDS = {
+    "email": ("smtp_url", "from"),
+    "push": ("subject",),
+    "webhook": ("url", "secret"),
+    "slack": ("bot_token", "signing_secret", "channel"),
+    "mattermost": ("url", "token", "channel"),
+}
 
 
 def _answer(page: Template, error: str | None) -> Template:
@@ -191,7 +202,7 @@ class ConsoleDirectoryController(Controller):
         body: dict[str, Any] = {"enabled": form.get("enabled") == "on"}
         for name in CHANNEL_FIELDS.get(kind, ()):
             value = form.get(name, "").strip()
-            if value or name != SECRET_FIELDS.get(kind):  # an empty secret field keeps the stored secret
+            if value or name not in SECRET_FIELDS.get(kind, ()):  # an empty secret field keeps the stored secret
                 body[name] = value or None
         try:
             await channel_settings.put_channel(hub, principal.org_id, principal.actor, kind, body)

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -42,6 +42,8 @@ USER_CACHE_SECONDS = 300
 LOOKUP_TIMEOUT_SECONDS = 2.0
 NOT_APPROVER = "you are not an approver of this request"
 DECLINE_MODAL = "preloop_decline"
+DIALOG_DECISION = "dialog"
+"""A Mattermost dialog's token: the `state` of the decline-reason dialog, never a button's."""
 
 
 class CallbackRefused(PreloopError):
@@ -244,10 +246,46 @@ async def audit_unmapped(row: dict[str, Any], chat: str, chat_user: str, email: 
         )
 
 
+@dataclass(frozen=True)
+class ChatUser:
+    """Who clicked, as the chat names them: the chat, its team (workspace) id, the user's id and name."""
+
+    kind: str
+    team: str
+    id: str
+    name: str = ""
+
+
 async def principal_for(org_id: Any, email: str | None, chat: str) -> Principal | None:
     if not email:
         return None
     user = await User.select().where((User.org == org_id) & (User.email == email)).first()
+    return _as_principal(user, chat)
+
+
+async def chat_principal(
+    org_id: Any, who: ChatUser, email_of: Callable[[], Awaitable[str | None]]
+) -> tuple[Principal | None, str | None]:
+    """The Preloop user a click counts for: the account its owner linked in the app, else the verified email."""
+    from backend.notifications import chat_links
+
+    linked = await chat_links.linked_user(org_id, who.kind, who.team, who.id)
+    if linked is not None:
+        return _as_principal(linked, who.kind), str(linked["email"])
+    email = await email_of()
+    return await principal_for(org_id, email, who.kind), email
+
+
+async def unmapped(hub: Hub, row: dict[str, Any], who: ChatUser, email: str | None) -> str:
+    """Audit a click by nobody Preloop knows; the answer (for that chat user only) offers a one-time link."""
+    from backend.notifications import chat_links
+
+    await audit_unmapped(row, who.kind, who.id, email)
+    url = await chat_links.offer(hub, row["org"], who.kind, who.team, who.id, who.name)
+    return chat_links.unmapped_text(who.kind, url)
+
+
+def _as_principal(user: dict[str, Any] | None, chat: str) -> Principal | None:
     if user is None or not user["is_active"]:
         return None
     return Principal(
@@ -344,7 +382,10 @@ async def handle_slack_interaction(hub: Hub, headers: dict[str, str], body: byte
         raise
     payload = _interaction_payload(body)
     kind = payload.get("type")
-    slack_user = str((payload.get("user") or {}).get("id") or "")
+    user = payload.get("user") or {}
+    slack_user = str(user.get("id") or "")
+    team = str((payload.get("team") or {}).get("id") or user.get("team_id") or "")
+    who = ChatUser("slack", team, slack_user, str(user.get("username") or user.get("name") or ""))
     if kind == "block_actions":
         action = (payload.get("actions") or [{}])[0]
         action_id = str(action.get("action_id") or "")
@@ -360,7 +401,8 @@ async def handle_slack_interaction(hub: Hub, headers: dict[str, str], body: byte
         policy = flows.policy_of(row)
         if decision == "decline" and policy.get("require_decline_reason") and not policy.get("require_passkey"):
             # Only someone who may decline is asked why; anyone else is refused (and audited) below.
-            principal = await principal_for(row["org"], await slack_email(hub, signer, row["org"], slack_user), "slack")
+            org = row["org"]
+            principal, _ = await chat_principal(org, who, lambda: slack_email(hub, signer, org, slack_user))
             if (
                 principal is not None
                 and principal.can_decide
@@ -369,7 +411,7 @@ async def handle_slack_interaction(hub: Hub, headers: dict[str, str], body: byte
                 trigger = str(payload.get("trigger_id") or "")
                 await slack_views_open(hub, row["org"], signer, trigger, _decline_modal(row))
                 return None
-        await _vote(hub, signer, row, slack_user, channel, decision, None)
+        await _vote(hub, signer, row, who, channel, decision, None)
         return None
     if kind == "view_submission":
         view = payload.get("view") or {}
@@ -382,7 +424,7 @@ async def handle_slack_interaction(hub: Hub, headers: dict[str, str], body: byte
         reason = str((values.get("reason") or {}).get("value") or "").strip()
         if not reason:
             return {"response_action": "errors", "errors": {"reason": "This policy requires a reason to decline."}}
-        problem = await _vote(hub, signer, row, slack_user, "", "decline", reason)
+        problem = await _vote(hub, signer, row, who, "", "decline", reason)
         if problem:
             return {"response_action": "errors", "errors": {"reason": problem}}
         return None
@@ -390,15 +432,13 @@ async def handle_slack_interaction(hub: Hub, headers: dict[str, str], body: byte
 
 
 async def _vote(
-    hub: Hub, signer: Signer, row: dict[str, Any], slack_user: str, channel: str, decision: str, reason: str | None
+    hub: Hub, signer: Signer, row: dict[str, Any], who: ChatUser, channel: str, decision: str, reason: str | None
 ) -> str | None:
     """Record the click as the mapped person's vote; returns what went wrong (also told ephemerally)."""
-    email = await slack_email(hub, signer, row["org"], slack_user)
-    principal = await principal_for(row["org"], email, "slack")
+    principal, email = await chat_principal(row["org"], who, lambda: slack_email(hub, signer, row["org"], who.id))
     problem: str | None = None
     if principal is None:
-        await audit_unmapped(row, "slack", slack_user, email)
-        problem = NOT_APPROVER
+        problem = await unmapped(hub, row, who, email)
     else:
         try:
             await flows.record_vote(hub, principal, row, decision, reason=reason, channel="slack")
@@ -410,18 +450,38 @@ async def _vote(
             line = await progress_line(row, principal.email.split("@")[0], decision)
             later(_thread_note(hub, row["org"], row["id"], line))
     if problem and channel:
-        later(_ephemeral(hub, row["org"], signer, channel, slack_user, problem))
+        later(_ephemeral(hub, row["org"], signer, channel, who.id, problem))
     return problem
 
 
 # --- Events API: thread replies become the request's discussion --------------------------------
 
 
+async def _thread_post(channel: str, thread: str) -> dict[str, Any] | None:
+    if not channel or not thread:
+        return None
+    where = (ChatPost.kind == "slack") & (ChatPost.channel == channel) & (ChatPost.post_id == thread)
+    return await ChatPost.select().where(where).first()
+
+
+async def _refuse_event(exc: CallbackRefused, body: bytes) -> None:
+    """Audit a refused event on the request whose thread it names (if it names one of ours)."""
+    try:
+        event = json.loads(body).get("event") or {}
+        post = await _thread_post(str(event.get("channel") or ""), str(event.get("thread_ts") or ""))
+    except (ValueError, AttributeError):
+        post = None
+    if post is None:
+        logger.warning("slack event refused", extra={"why": exc.code})
+        return
+    await _audit_refusal(post["org"], post["request"], "slack", str(exc.code), {"message": exc.message, "event": True})
+
+
 async def handle_slack_event(hub: Hub, headers: dict[str, str], body: bytes) -> dict[str, Any] | None:
     try:
         signer = await verify_slack(hub, headers, body)
     except CallbackRefused as exc:
-        logger.warning("slack event refused", extra={"why": exc.code})
+        await _refuse_event(exc, body)
         raise
     try:
         document = json.loads(body)
@@ -435,21 +495,17 @@ async def handle_slack_event(hub: Hub, headers: dict[str, str], body: bytes) -> 
     thread, ts = str(event.get("thread_ts") or ""), str(event.get("ts") or "")
     if not thread or thread == ts or event.get("bot_id") or event.get("subtype"):
         return None  # not a human reply in a thread
-    post = (
-        await ChatPost.select()
-        .where(
-            (ChatPost.kind == "slack")
-            & (ChatPost.channel == str(event.get("channel") or ""))
-            & (ChatPost.post_id == thread)
-        )
-        .first()
-    )
+    post = await _thread_post(str(event.get("channel") or ""), thread)
     if post is None:
         return None
     if signer.org_id is not None and str(post["org"]) != signer.org_id:
         return None
     slack_user = str(event.get("user") or "")
-    email = await slack_email(hub, signer, post["org"], slack_user) if slack_user else None
+    email = None
+    if slack_user:
+        who = ChatUser("slack", str(document.get("team_id") or ""), slack_user)
+        org = post["org"]
+        _, email = await chat_principal(org, who, lambda: slack_email(hub, signer, org, slack_user))
     await ChatComment.insert(
         ChatComment(
             id=uuid.uuid4(),
@@ -463,11 +519,91 @@ async def handle_slack_event(hub: Hub, headers: dict[str, str], body: bytes) -> 
             created_at=now(),
         )
     ).on_conflict(target=ChatComment.external_id, action="DO NOTHING")
+    await _announce_comment(hub, post["org"], post["request"])
     return None
 
 
+COMMENT_SOURCES = ("app", "console", "api")
+COMMENT_MAX_CHARS = 4000
+
+
+async def _announce_comment(hub: Hub, org_id: Any, request_id: Any) -> None:
+    """A hint on the org's event stream: open detail views fetch the discussion again (no text in it)."""
+    from backend.events import publish_event
+
+    await publish_event(hub.bus, org_id, "approval.commented", {"request_id": str(request_id)})
+
+
+async def add_comment(
+    hub: Hub, principal: Principal, request_id: str, text: str, *, source: str = "api"
+) -> dict[str, Any]:
+    """A comment in the request's discussion, written in Preloop (the app, the console or the API).
+
+    Who may write: people who may decide (approvers and admins, signed in or with an approver/admin
+    key), whether or not they are named on this request. Viewers read the discussion but do not
+    write in it (the viewer role changes nothing); agent keys neither read nor write it.
+    """
+    if principal.is_agent:
+        raise Forbidden("agent keys cannot comment on a request; use an approver or admin key")
+    if not principal.can_decide:
+        raise Forbidden(
+            "viewers read a request's discussion but cannot comment; approvers and admins can",
+            detail={"role": principal.role},
+        )
+    if source not in COMMENT_SOURCES:
+        raise ValidationFailed(f"source must be one of {', '.join(COMMENT_SOURCES)}")
+    body = (text or "").strip()
+    if not body:
+        raise ValidationFailed("a comment needs text", detail={"field": "text"})
+    if len(body) > COMMENT_MAX_CHARS:
+        raise ValidationFailed(
+            f"a comment has at most {COMMENT_MAX_CHARS} characters (this one has {len(body)})",
+            detail={"field": "text"},
+        )
+    rid = flows.parse_id(request_id)
+    if rid is None or not await ApprovalRequest.exists().where(
+        (ApprovalRequest.id == rid) & (ApprovalRequest.org == principal.org_id)
+    ):
+        raise NotFound(f"no approval request {request_id!r}")
+    comment_id = uuid.uuid4()
+    stamp = now()
+    async with write_transaction():
+        await ChatComment.insert(
+            ChatComment(
+                id=comment_id,
+                org=principal.org_id,
+                request=rid,
+                kind=source,
+                external_id=f"preloop:{comment_id}",
+                author=principal.email[:320],
+                chat_user="",
+                text=body,
+                created_at=stamp,
+            )
+        )
+        await record(
+            principal.org_id,
+            "approval.commented",
+            principal.actor,
+            subject_type="approval",
+            subject_id=str(rid),
+            data={"comment": str(comment_id), "source": source, "chars": len(body)},
+        )
+    await _announce_comment(hub, principal.org_id, rid)
+    return {
+        "id": str(comment_id),
+        "source": source,
+        "author": principal.email,
+        "text": body,
+        "created_at": stamp.isoformat(),
+    }
+
+
 async def comments_of_request(principal: Principal, request_id: str) -> list[dict[str, Any]]:
-    """The request's discussion from its chat threads, oldest first, for people of its organization."""
+    """The request's discussion (its chat threads and comments written in Preloop), oldest first.
+
+    People of the request's organization read it, viewers included; agent keys do not.
+    """
     if principal.is_agent:
         raise Forbidden("agent keys cannot read a request's discussion; use an approver or admin key")
     rid = flows.parse_id(request_id)
@@ -572,6 +708,15 @@ async def _mattermost_thread(hub: Hub, org_id: Any, request_id: Any, text: str) 
     await api(str(settings.config.get("url") or ""), settings.secret, "POST", "/api/v4/posts", body)
 
 
+async def _refuse_unknown_token(post_id: str, user_id: str) -> None:
+    """A made-up token: audited on the request whose post it was sent for, when that post is one of ours."""
+    post = await ChatPost.select().where((ChatPost.kind == "mattermost") & (ChatPost.post_id == post_id)).first()
+    if post is None:
+        logger.warning("mattermost callback with an unknown token and post", extra={"post_id": post_id[:100]})
+        return
+    await _audit_refusal(post["org"], post["request"], "mattermost", "bad_token", {"post_id": post_id, "user": user_id})
+
+
 async def handle_mattermost_action(hub: Hub, body: dict[str, Any]) -> dict[str, Any]:
     """A button click: the token must exist, be unused, unexpired and belong to the clicked post."""
     context = body.get("context") if isinstance(body.get("context"), dict) else {}
@@ -580,12 +725,14 @@ async def handle_mattermost_action(hub: Hub, body: dict[str, Any]) -> dict[str, 
     user_id = str(body.get("user_id") or "")
     found = await ChatActionToken.select().where(ChatActionToken.token_hash == _token_hash(token)).first()
     if found is None:
-        logger.warning("mattermost action with an unknown token")
+        await _refuse_unknown_token(post_id, user_id)
         raise CallbackRefused("this button's token is not valid", code="bad_token")
     row = await flows.load_row(found["request"])
     assert row is not None
     why = None
-    if found["post_id"] is None or not hmac.compare_digest(str(found["post_id"]), post_id):
+    if found["decision"] not in {"approve", "decline"}:  # a dialog's token is no button's
+        why = ("token_wrong_kind", "this token does not belong to a button")
+    elif found["post_id"] is None or not hmac.compare_digest(str(found["post_id"]), post_id):
         why = ("token_wrong_post", "this button's token belongs to another post")
     elif found["used_at"] is not None:
         why = ("token_used", "this button was already used; each button decides once")
@@ -594,15 +741,20 @@ async def handle_mattermost_action(hub: Hub, body: dict[str, Any]) -> dict[str, 
     if why:
         await _audit_refusal(row["org"], row["id"], "mattermost", why[0], {"post_id": post_id, "user": user_id})
         raise CallbackRefused(why[1], code=why[0])
-    email = await _mattermost_email(hub, row["org"], user_id)
-    principal = await principal_for(row["org"], email, "mattermost")
+    org = row["org"]
+    who = ChatUser("mattermost", str(body.get("team_id") or ""), user_id, str(body.get("user_name") or ""))
+    principal, email = await chat_principal(org, who, lambda: _mattermost_email(hub, org, user_id))
     if principal is None:
-        await audit_unmapped(row, "mattermost", user_id, email)
-        return {"ephemeral_text": NOT_APPROVER}
+        return {"ephemeral_text": await unmapped(hub, row, who, email)}
     decision = str(found["decision"])
-    if decision == "decline" and flows.policy_of(row).get("require_decline_reason"):
-        link = f"{hub.settings.server.base_url}/app/#/requests/{row['id']}"
-        return {"ephemeral_text": f"This policy requires a reason to decline: decline in the Preloop app, {link}"}
+    if (
+        decision == "decline"
+        and flows.policy_of(row).get("require_decline_reason")
+        and principal.can_decide
+        and str(principal.user_id) in await flows.eligible_users(row)
+    ):
+        # Only someone who may decline is asked why; anyone else is refused (and audited) below.
+        return await _open_decline_dialog(hub, row, post_id, who, str(body.get("trigger_id") or ""))
     stamp = now()
     async with write_transaction():
         spent = (
@@ -614,6 +766,7 @@ async def handle_mattermost_action(hub: Hub, body: dict[str, Any]) -> dict[str, 
             await ChatActionToken.update({ChatActionToken.used_at: stamp}).where(
                 (ChatActionToken.request == found["request"])
                 & (ChatActionToken.post_id == post_id)
+                & ChatActionToken.decision.is_in(["approve", "decline"])
                 & ChatActionToken.used_at.is_null()
             )
     if not spent:
@@ -650,3 +803,126 @@ async def _mattermost_update(hub: Hub, row: dict[str, Any], post_id: str) -> dic
     tokens = await issue_tokens(row["id"], post_id)
     callback = callback_url(hub.settings.server.base_url)
     return {"message": text_of(message), "props": {"attachments": [attachment(message, tokens, callback)]}}
+
+
+# --- Mattermost: the decline-reason dialog ------------------------------------------------------
+
+DIALOG_LIFETIME_SECONDS = 600
+
+
+async def _open_decline_dialog(
+    hub: Hub, row: dict[str, Any], post_id: str, who: ChatUser, trigger_id: str
+) -> dict[str, Any]:
+    """Ask the reason in an interactive dialog; its `state` is a single-use token bound to this user and post."""
+    import secrets
+    from datetime import timedelta
+
+    from backend.notifications import channel_settings
+    from backend.notifications.channels import ChannelError
+    from backend.notifications.channels.mattermost import DIALOG_PATH, api, callback_url
+
+    token = secrets.token_urlsafe(32)
+    expires = min(row["expires_at"] or now() + timedelta(days=1), now() + timedelta(seconds=DIALOG_LIFETIME_SECONDS))
+    await ChatActionToken.insert(
+        ChatActionToken(
+            id=uuid.uuid4(),
+            token_hash=_token_hash(token),
+            request=row["id"],
+            decision=DIALOG_DECISION,
+            post_id=post_id,
+            chat_user=who.id[:100],
+            expires_at=expires,
+            created_at=now(),
+        )
+    )
+    settings = await channel_settings.resolve(hub, row["org"], "mattermost")
+    dialog = {
+        "trigger_id": trigger_id,
+        "url": callback_url(hub.settings.server.base_url, DIALOG_PATH),
+        "dialog": {
+            "callback_id": DECLINE_MODAL,
+            "title": "Decline request",
+            "introduction_text": f"Why decline {row['tool']}? The agent is told who declined and why.",
+            "elements": [{"display_name": "Reason", "name": "reason", "type": "textarea", "max_length": 2000}],
+            "submit_label": "Decline",
+            "notify_on_cancel": False,
+            "state": token,
+        },
+    }
+    try:
+        # The trigger id is short-lived: open the dialog now, inside the click's answer.
+        await api(str(settings.config.get("url") or ""), settings.secret or "", "POST",
+                  "/api/v4/actions/dialogs/open", dialog)
+    except ChannelError as exc:
+        logger.warning("mattermost dialog did not open", extra={"error": str(exc)})
+        link = f"{hub.settings.server.base_url}/app/#/requests/{row['id']}"
+        return {"ephemeral_text": f"This policy requires a reason to decline: decline in the Preloop app, {link}"}
+    return {}
+
+
+async def handle_mattermost_dialog(hub: Hub, body: dict[str, Any]) -> dict[str, Any]:
+    """The decline dialog's submission: its `state` token must be unused, unexpired and this user's."""
+    token = str(body.get("state") or "")
+    user_id = str(body.get("user_id") or "")
+    found = await ChatActionToken.select().where(
+        (ChatActionToken.token_hash == _token_hash(token)) & (ChatActionToken.decision == DIALOG_DECISION)
+    ).first() if token else None
+    if found is None or body.get("callback_id") != DECLINE_MODAL:
+        logger.warning("mattermost dialog with an unknown state", extra={"user": user_id[:100]})
+        raise CallbackRefused("this dialog's token is not valid", code="bad_token")
+    row = await flows.load_row(found["request"])
+    assert row is not None
+    org, post_id = row["org"], str(found["post_id"])
+    why = None
+    if not hmac.compare_digest(str(found["chat_user"] or ""), user_id):
+        why = ("token_wrong_user", "this dialog was opened for someone else")
+    elif found["used_at"] is not None:
+        why = ("token_used", "this dialog was already submitted")
+    elif found["expires_at"] <= now():
+        why = ("token_expired", "this dialog has expired: click Decline again")
+    if why:
+        await _audit_refusal(org, row["id"], "mattermost", why[0], {"post_id": post_id, "user": user_id})
+        raise CallbackRefused(why[1], code=why[0])
+    if body.get("cancelled"):
+        return {}
+    submitted = body.get("submission") if isinstance(body.get("submission"), dict) else {}
+    reason = str((submitted or {}).get("reason") or "").strip()
+    if not reason:
+        return {"errors": {"reason": "This policy requires a reason to decline."}}
+    who = ChatUser("mattermost", str(body.get("team_id") or ""), user_id)
+    principal, email = await chat_principal(org, who, lambda: _mattermost_email(hub, org, user_id))
+    if principal is None:
+        return {"error": await unmapped(hub, row, who, email)}
+    spent = (
+        await ChatActionToken.update({ChatActionToken.used_at: now()})
+        .where((ChatActionToken.id == found["id"]) & ChatActionToken.used_at.is_null())
+        .returning(ChatActionToken.id)
+    )
+    if not spent:
+        await _audit_refusal(org, row["id"], "mattermost", "token_used", {"post_id": post_id, "user": user_id})
+        raise CallbackRefused("this dialog was already submitted", code="token_used")
+    try:
+        decided = await flows.record_vote(hub, principal, row, "decline", reason=reason, channel="mattermost")
+    except (Forbidden, Conflict, ValidationFailed) as exc:
+        refused = isinstance(exc, Forbidden) and exc.code in {"not_eligible", "role_cannot_vote", "own_request"}
+        return {"error": NOT_APPROVER if refused else exc.message}
+    line = await progress_line(row, principal.email.split("@")[0], "decline")
+    later(_mattermost_thread(hub, org, row["id"], line))
+    if decided["status"] == "pending":  # still open: the post's buttons are replaced by fresh ones
+        later(_mattermost_refresh(hub, decided, post_id))
+    return {}
+
+
+async def _mattermost_refresh(hub: Hub, row: dict[str, Any], post_id: str) -> None:
+    from backend.notifications import channel_settings
+    from backend.notifications.channels.mattermost import api
+
+    await ChatActionToken.update({ChatActionToken.used_at: now()}).where(
+        (ChatActionToken.request == row["id"])
+        & (ChatActionToken.post_id == post_id)
+        & ChatActionToken.decision.is_in(["approve", "decline"])
+        & ChatActionToken.used_at.is_null()
+    )
+    settings = await channel_settings.resolve(hub, row["org"], "mattermost")
+    update = {"id": post_id, **await _mattermost_update(hub, row, post_id)}
+    await api(str(settings.config.get("url") or ""), settings.secret or "", "PUT", f"/api/v4/posts/{post_id}", update)

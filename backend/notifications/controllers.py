@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from uuid import UUID
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, delete, get, post, put
@@ -36,12 +37,12 @@ def _prefs(pref: preferences.Preference) -> Preferences:
 
 
 class DeliveryController(Controller):
-    path = "/api/v1/approvals/{approval_id:str}/deliveries"
+    path = "/api/v1/approvals/{approval_id:uuid}/deliveries"
     tags = ["notifications"]
 
     @get("", operation_id="list_deliveries", summary="Who was notified of a request, how, when, each attempt")
-    async def list_deliveries(self, approval_id: str, principal: Principal) -> list[Delivery]:
-        rows = await service.deliveries_of_request(principal, approval_id)
+    async def list_deliveries(self, approval_id: UUID, principal: Principal) -> list[Delivery]:
+        rows = await service.deliveries_of_request(principal, str(approval_id))
         return msgspec.convert(rows, list[Delivery])
 
 

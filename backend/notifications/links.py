@@ -16,6 +16,7 @@ from backend.accounts.service import Principal
 from backend.accounts.tables import User
 from backend.approvals import flows
 from backend.errors import Conflict, NotFound
+from backend.notifications.batching import Batch
 from backend.notifications.tables import EmailActionToken
 
 if TYPE_CHECKING:
@@ -55,8 +56,17 @@ async def issue(row: dict[str, Any], user_id: Any, base_url: str) -> dict[str, s
             )
         )
         urls[decision] = link_url(base_url, token)
-    await EmailActionToken.insert(*rows)
+    await _STORE.ask(rows)
     return urls
+
+
+async def _store_many(batches: list[list[EmailActionToken]]) -> list[None]:
+    await EmailActionToken.insert(*(token for batch in batches for token in batch))
+    return [None] * len(batches)
+
+
+_STORE: Batch[list[EmailActionToken], None] = Batch(_store_many)
+"""A fan-out's mails store their link tokens together: one INSERT for the jobs running at once."""
 
 
 async def _lookup(token: str) -> dict[str, Any]:

@@ -50,6 +50,10 @@ class Preference:
 DEFAULT = Preference(None, None, None, "UTC")
 
 
+def _from_row(row: dict[str, Any]) -> Preference:
+    return Preference(row["channels"], row["quiet_start"], row["quiet_end"], row["timezone"] or "UTC")
+
+
 async def get(user_id: Any) -> Preference:
     row = (
         await NotificationPreference.select()
@@ -57,9 +61,17 @@ async def get(user_id: Any) -> Preference:
         .output(load_json=True)
         .first()
     )
-    if row is None:
-        return DEFAULT
-    return Preference(row["channels"], row["quiet_start"], row["quiet_end"], row["timezone"] or "UTC")
+    return DEFAULT if row is None else _from_row(row)
+
+
+async def get_many(user_ids: list[Any]) -> dict[str, Preference]:
+    """Preferences of many people in one query, by user id (as text); people who set none are absent."""
+    rows = (
+        await NotificationPreference.select()
+        .where(NotificationPreference.user.is_in(user_ids))
+        .output(load_json=True)
+    )
+    return {str(row["user"]): _from_row(row) for row in rows}
 
 
 def parse(body: dict[str, Any]) -> Preference:

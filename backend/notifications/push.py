@@ -15,6 +15,7 @@ from py_vapid import Vapid02
 
 from backend.accounts.tables import PushSubscription
 from backend.errors import NotFound, ValidationFailed
+from backend.notifications.batching import Batch, keyed
 from backend.notifications.sealed import seal, unseal
 from backend.notifications.tables import HubKey
 
@@ -133,8 +134,16 @@ async def unsubscribe(user_id: Any, endpoint: str) -> None:
         raise NotFound("no push subscription of yours has that endpoint")
 
 
-async def subscriptions_of(user_id: Any) -> list[dict[str, Any]]:
-    return await PushSubscription.select().where(PushSubscription.user == user_id)
+async def subscriptions_of_many(user_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every device of many people in one query, by user id (as text)."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for row in await PushSubscription.select().where(PushSubscription.user.is_in(user_ids)):
+        found.setdefault(str(row["user"]), []).append(row)
+    return found
+
+
+DEVICES: Batch[str, list[dict[str, Any]]] = Batch(keyed(subscriptions_of_many, []))
+"""A fan-out's push jobs read their devices together: one query per batch of concurrent jobs."""
 
 
 async def forget(subscription_id: Any) -> None:

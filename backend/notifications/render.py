@@ -18,3 +18,9 @@ _ENV = Environment(
 
 def render(name: str, **context: Any) -> str:
     return _ENV.get_template(name).render(**context)
+
+
+def warm(*names: str) -> None:
+    """Compile templates now (worker start), not inside the first fan-out's first mail."""
+    for name in names:
+        _ENV.get_template(name)

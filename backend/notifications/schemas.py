@@ -132,15 +132,22 @@ class Subscription(msgspec.Struct):
 
 
 class Comment(msgspec.Struct):
-    """One reply in a request's chat thread."""
+    """One entry of a request's discussion: a reply in its chat thread, or a comment written in Preloop."""
 
     id: str
     source: str
-    """slack or mattermost"""
+    """slack or mattermost (a chat thread's reply); app, console or api (written in Preloop)"""
     author: str
-    """the Preloop user's email when the chat user maps to one, else `slack:<user id>`"""
+    """the Preloop user's email (a chat user who does not map to one: `slack:<user id>`)"""
     text: str
     created_at: str
+class NewComment(msgspec.Struct, forbid_unknown_fields=True):
+    """A comment to add to a request's discussion."""
+
+    text: str
+    """1 to 4000 characters; shown as plain text (never as HTML)"""
+
+
 class RecentAttempt(msgspec.Struct):
     """One try of a delivery on this channel, newest first."""
 

@@ -12,11 +12,10 @@ import asyncio
 import json
 import logging
 import uuid
-import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from piccolo.query.functions.aggregate import Count
 
@@ -26,6 +25,7 @@ from backend.audit.service import Actor, record
 from backend.bus import Bus
 from backend.events import publish_event
 from backend.notifications import channel_settings, preferences
+from backend.notifications.batching import Batch, keyed
 from backend.notifications.channels import CHAT_KINDS, ChannelError, Recipient, Target, get_channel
 from backend.notifications.compose import compose, request_facts
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
@@ -249,24 +249,38 @@ def backoff(hub: Hub, attempts: int) -> float:
     return float(min(conf.backoff_cap_seconds, conf.backoff_seconds * (2 ** max(0, attempts - 1))))
 
 
-async def _claim(delivery_id: Any, lease_seconds: float) -> dict[str, Any] | None:
+async def _claim_many(items: list[tuple[str, float]]) -> list[dict[str, Any] | None]:
+    """Claim many rows in one conditional UPDATE: each comes back only if it was free and due."""
     stamp = now()
     due = NotificationDelivery.next_attempt_at.is_null() | (NotificationDelivery.next_attempt_at <= stamp)
     free = (NotificationDelivery.status == "queued") | (
         (NotificationDelivery.status == "sending") & (NotificationDelivery.claimed_until < stamp)
     )
-    rows = await (
-        NotificationDelivery.update(
-            {
-                NotificationDelivery.status: "sending",
-                NotificationDelivery.claimed_until: stamp + timedelta(seconds=lease_seconds),
-                NotificationDelivery.attempts: NotificationDelivery.attempts + 1,
-            }
+    claimed: dict[str, dict[str, Any]] = {}
+    for lease_seconds in sorted({lease for _, lease in items}):  # one lease per worker in practice
+        ids = list(dict.fromkeys(delivery_id for delivery_id, lease in items if lease == lease_seconds))
+        rows = await (
+            NotificationDelivery.update(
+                {
+                    NotificationDelivery.status: "sending",
+                    NotificationDelivery.claimed_until: stamp + timedelta(seconds=lease_seconds),
+                    NotificationDelivery.attempts: NotificationDelivery.attempts + 1,
+                }
+            )
+            .where(NotificationDelivery.id.is_in(ids) & free & due)
+            .returning(*NotificationDelivery.all_columns())
         )
-        .where((NotificationDelivery.id == delivery_id) & free & due)
-        .returning(*NotificationDelivery.all_columns())
-    )
-    return rows[0] if rows else None
+        claimed.update((str(row["id"]), row) for row in rows)
+    # A job id repeated in one batch (two jobs for one row) is claimed once: only the first gets it.
+    return [claimed.pop(delivery_id, None) for delivery_id, _ in items]
+
+
+_CLAIMS: Batch[tuple[str, float], dict[str, Any] | None] = Batch(_claim_many)
+
+
+async def _claim(delivery_id: Any, lease_seconds: float) -> dict[str, Any] | None:
+    """`queued` (or `sending` with an expired lease) → `sending`; None if another took it or it is not due."""
+    return await _CLAIMS.ask((str(delivery_id), lease_seconds))
 
 
 FAN_OUT_CACHE_SECONDS = 1.0
@@ -333,6 +347,21 @@ async def _settings_view(hub: Hub, org_id: Any, kind: str) -> channel_settings.R
     return resolved
 
 
+async def _people(user_ids: list[str]) -> dict[str, tuple[dict[str, Any] | None, preferences.Preference]]:
+    """Many recipients and their preferences: two queries for a batch of concurrent jobs."""
+    users, prefs = await asyncio.gather(
+        User.select(User.id, User.email, User.name, User.is_active).where(User.id.is_in(user_ids)),
+        preferences.get_many(user_ids),
+    )
+    by_id = {str(u["id"]): u for u in users}
+    return {uid: (by_id.get(uid), prefs.get(uid, preferences.DEFAULT)) for uid in user_ids}
+
+
+_PEOPLE: Batch[str, tuple[dict[str, Any] | None, preferences.Preference]] = Batch(
+    keyed(_people, (None, preferences.DEFAULT))
+)
+
+
 def _target(hub: Hub, user: dict[str, Any], settings: channel_settings.Resolved) -> Target:
     return Target(
         recipient=Recipient(str(user["id"]), user["email"], user["name"] or ""),
@@ -348,6 +377,33 @@ def _payload(delivery: dict[str, Any]) -> dict[str, Any]:
     return json.loads(payload) if isinstance(payload, str) else dict(payload)
 
 
+async def _mark_many(items: list[tuple[str, str, str | None, datetime | None]]) -> list[datetime | None]:
+    """Record many attempts' outcomes on their rows; rows with the same outcome share one UPDATE.
+
+    Called right after each channel answers: the less time between a channel accepting and the
+    row saying so, the smaller the window in which a killed worker causes a repeat. Returns each
+    row's `sent_at` (None unless sent).
+    """
+    stamp = now()
+    groups: dict[tuple[str, str | None, datetime | None], list[str]] = {}
+    for delivery_id, status, error, next_attempt_at in items:
+        groups.setdefault((status, error, next_attempt_at), []).append(delivery_id)
+    for (status, error, next_attempt_at), ids in groups.items():
+        await NotificationDelivery.update(
+            {
+                NotificationDelivery.status: status,
+                NotificationDelivery.last_error: error,
+                NotificationDelivery.sent_at: stamp if status == "sent" else None,
+                NotificationDelivery.next_attempt_at: next_attempt_at,
+                NotificationDelivery.claimed_until: None,
+            }
+        ).where(NotificationDelivery.id.is_in(ids))
+    return [stamp if status == "sent" else None for _, status, _, _ in items]
+
+
+_MARKS: Batch[tuple[str, str, str | None, datetime | None], datetime | None] = Batch(_mark_many, window=0.002)
+
+
 async def _finish(
     delivery: dict[str, Any],
     status: str,
@@ -357,19 +413,7 @@ async def _finish(
     detail: str | None = None,
     next_attempt_at: datetime | None = None,
 ) -> None:
-    stamp = now()
-    sent_at = stamp if status == "sent" else None
-    # Marked first, in its own short statement: the less time between the channel accepting and
-    # the row saying so, the smaller the window in which a killed worker causes a repeat.
-    await NotificationDelivery.update(
-        {
-            NotificationDelivery.status: status,
-            NotificationDelivery.last_error: error,
-            NotificationDelivery.sent_at: sent_at,
-            NotificationDelivery.next_attempt_at: next_attempt_at,
-            NotificationDelivery.claimed_until: None,
-        }
-    ).where(NotificationDelivery.id == delivery["id"])
+    sent_at = await _MARKS.ask((str(delivery["id"]), status, error, next_attempt_at))
     attempt = ("retrying" if error else "deferred") if status == "queued" else status
     metrics.record_delivery(str(delivery["channel"]), attempt)
     await _record_attempt(delivery, attempt, started=started, sent_at=sent_at, error=error, detail=detail)
@@ -385,44 +429,19 @@ class _AttemptRecord:
     detail: str | None
 
 
-class _GroupWriter:
-    """Writes attempt rows and audit events of many concurrent jobs in one transaction.
-
-    A fan-out finishes hundreds of deliveries at once; one transaction each would queue them all
-    on the organization's audit-chain lock. Each caller still waits until its own record is
-    committed, so a job ends only once its delivery is on the record.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[_AttemptRecord, asyncio.Future[None]]] = []
-        self.flushing: asyncio.Task[None] | None = None
-
-    async def write(self, item: _AttemptRecord) -> None:
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.pending.append((item, done))
-        if self.flushing is None or self.flushing.done():
-            self.flushing = asyncio.create_task(self._flush())
-        await done
-
-    async def _flush(self) -> None:
-        while self.pending:
-            await asyncio.sleep(GROUP_WINDOW)
-            batch, self.pending = self.pending, []
-            try:
-                await _write_attempts([item for item, _ in batch])
-            except Exception as exc:  # handed to every waiting job, which logs and retries
-                for _, done in batch:
-                    if not done.done():
-                        done.set_exception(exc)
-            else:
-                for _, done in batch:
-                    if not done.done():
-                        done.set_result(None)
-
-
 GROUP_WINDOW = 0.01
 """How long the first finished job waits for others to share its transaction."""
-_WRITERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _GroupWriter] = weakref.WeakKeyDictionary()
+
+
+async def _write_attempts_batch(items: list[_AttemptRecord]) -> list[None]:
+    await _write_attempts(items)
+    return [None] * len(items)
+
+
+_ATTEMPTS: Batch[_AttemptRecord, None] = Batch(_write_attempts_batch, window=GROUP_WINDOW)
+"""Attempt rows and audit events of many concurrent jobs, written in one transaction: a fan-out
+finishes hundreds of deliveries at once, and one transaction each would queue them all on the
+organization's audit-chain lock. Each job still waits until its own record is committed."""
 
 
 async def _record_attempt(
@@ -435,11 +454,7 @@ async def _record_attempt(
     detail: str | None = None,
 ) -> None:
     """The attempt's row, and for an accepted delivery its audit event (who, how, when)."""
-    loop = asyncio.get_running_loop()
-    writer = _WRITERS.get(loop)
-    if writer is None:
-        writer = _WRITERS[loop] = _GroupWriter()
-    await writer.write(_AttemptRecord(delivery, status, started, sent_at, error, detail))
+    await _ATTEMPTS.ask(_AttemptRecord(delivery, status, started, sent_at, error, detail))
 
 
 async def _write_attempts(items: list[_AttemptRecord]) -> None:
@@ -535,12 +550,11 @@ async def deliver(hub: Hub, delivery_id: Any) -> float | None:
     started = now()
     kind = str(delivery["event"]).split(":", 1)[0]
     # Independent reads, in flight together: one round trip of waiting instead of three.
-    request, user, pref = await asyncio.gather(
-        _request_view(delivery["request"], cached=kind in ACTIONABLE),
-        User.select(User.id, User.email, User.name, User.is_active).where(User.id == delivery["user"]).first(),
-        preferences.get(delivery["user"]),
+    request, person = await asyncio.gather(
+        _request_view(delivery["request"], cached=kind in ACTIONABLE), _PEOPLE.ask(str(delivery["user"]))
     )
-    pref = cast(preferences.Preference, pref)
+    user, pref = person
+    assert isinstance(pref, preferences.Preference)
     channel = get_channel(delivery["channel"])
     skip: str | None = None
     if request is None or user is None or not user["is_active"]:
@@ -628,6 +642,18 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else (str(value) if value is not None else None)
 
 
+def _attempt_view(a: dict[str, Any]) -> dict[str, Any]:
+    """One attempt as the API shows it."""
+    return {
+        "number": a["number"],
+        "status": a["status"],
+        "error": a["error"],
+        "detail": a["detail"],
+        "started_at": _iso(a["started_at"]),
+        "sent_at": _iso(a["sent_at"]),
+    }
+
+
 async def deliveries_for(request_id: uuid.UUID | str, *, with_attempts: bool = False) -> list[dict[str, Any]]:
     rows = (
         await NotificationDelivery.select(
@@ -644,16 +670,7 @@ async def deliveries_for(request_id: uuid.UUID | str, *, with_attempts: bool = F
             .order_by(NotificationAttempt.started_at)
         )
         for a in found:
-            attempts.setdefault(str(a["delivery"]), []).append(
-                {
-                    "number": a["number"],
-                    "status": a["status"],
-                    "error": a["error"],
-                    "detail": a["detail"],
-                    "started_at": _iso(a["started_at"]),
-                    "sent_at": _iso(a["sent_at"]),
-                }
-            )
+            attempts.setdefault(str(a["delivery"]), []).append(_attempt_view(a))
     out = []
     for row in rows:
         item = {
@@ -731,12 +748,7 @@ async def channel_deliveries(principal: Any, kind: str, *, limit: int = 50) -> d
                 "request_id": str(a["request_id"]),
                 "email": a["email"],
                 "event": a["event"],
-                "number": a["number"],
-                "status": a["status"],
-                "error": a["error"],
-                "detail": a["detail"],
-                "started_at": _iso(a["started_at"]),
-                "sent_at": _iso(a["sent_at"]),
+                **_attempt_view(a),
             }
             for a in attempts
         ],

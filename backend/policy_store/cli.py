@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ from zoneinfo import ZoneInfo
 import httpx
 import typer
 
+from backend.errors import SettingsError
+from backend.settings import load_client_settings
 from policies import AgentInfo, CallContext, Policy, PolicyError, load_policy_file
 from policies.preloop_import import convert_preloop
 from policies.testing import DEFAULT_TEST_TIME, run_policy_tests
@@ -21,8 +22,6 @@ policy_app = typer.Typer(
     "through the hub's API (PRELOOP_API_URL, PRELOOP_API_KEY).",
     no_args_is_help=True,
 )
-
-DEFAULT_API_URL = "http://127.0.0.1:8686"
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -194,11 +193,14 @@ def import_preloop(
 def _api_request(
     method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, str] | None = None
 ) -> httpx.Response:
-    base = os.environ.get("PRELOOP_API_URL", DEFAULT_API_URL).rstrip("/")
+    try:
+        client = load_client_settings()
+    except SettingsError as exc:
+        raise _fail(f"error: {exc.message}") from exc
+    base = client.api_url
     headers = {"Accept": "application/json"}
-    key = os.environ.get("PRELOOP_API_KEY")
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
+    if client.api_key:
+        headers["Authorization"] = f"Bearer {client.api_key}"
     try:
         response = httpx.request(
             method, f"{base}{path}", json=body, params=params, headers=headers, timeout=30.0

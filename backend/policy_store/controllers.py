@@ -8,14 +8,33 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, MediaType, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Schema
 from litestar.params import Parameter
 
 from backend.accounts.service import Principal
 from backend.deps import admin_guard, people_guard
 from backend.hub import Hub
+from backend.openapi import error_response, media_types
 from backend.policy_store import service
-from backend.policy_store.schemas import EvaluateBody, RollbackBody, SeedApprovalPolicy, SeedTool, SourceBody
+from backend.policy_store.schemas import (
+    EvaluateBody,
+    PolicyDiff,
+    PolicyValidation,
+    PolicyVersionView,
+    RollbackBody,
+    SeedApprovalPolicy,
+    SeedTool,
+    SourceBody,
+)
 from backend.request_checks import BODY_LIMIT_APPROVAL, BODY_LIMIT_POLICY
+
+NO_POLICY = error_response(404, "No policy has been applied yet")
+ANY_JSON = Schema()  # the policy's own JSON form (policies/schema.py)
+
+
+def _active(version: dict[str, Any]) -> PolicyVersionView:
+    return msgspec.convert(version, PolicyVersionView)
 
 
 class PolicyController(Controller):
@@ -24,42 +43,42 @@ class PolicyController(Controller):
 
     @post("/policies/validate", operation_id="validate_policy", guards=[admin_guard], status_code=200,
           request_max_body_size=BODY_LIMIT_POLICY)
-    async def validate(self, data: SourceBody, principal: Principal) -> dict[str, Any]:
+    async def validate(self, data: SourceBody, principal: Principal) -> PolicyValidation:
         policy = await service.compile_for_org(principal.org_id, data.source)
-        return {
-            "ok": True,
-            "sha256": policy.version_hash,
-            "warnings": await service.directory_warnings(principal.org_id, policy),
-        }
+        warnings = await service.directory_warnings(principal.org_id, policy)
+        return PolicyValidation(ok=True, sha256=policy.version_hash, warnings=list(warnings))
 
     @post("/policies", operation_id="apply_policy", guards=[admin_guard], status_code=201,
           request_max_body_size=BODY_LIMIT_POLICY,
           summary="Store a new immutable version and make it active")
-    async def apply(self, data: SourceBody, principal: Principal, hub: Hub) -> dict[str, Any]:
-        return await service.apply(
+    async def apply(self, data: SourceBody, principal: Principal, hub: Hub) -> PolicyVersionView:
+        applied = await service.apply(
             principal.org_id, data.source, principal.actor, hub.bus, message=data.message, user_id=principal.user_id
         )
+        return msgspec.convert(applied, PolicyVersionView)
 
     @get("/policies/versions", operation_id="list_policy_versions", guards=[people_guard])
-    async def versions(self, principal: Principal) -> list[dict[str, Any]]:
-        return await service.list_versions(principal.org_id)
+    async def versions(self, principal: Principal) -> list[PolicyVersionView]:
+        return msgspec.convert(await service.list_versions(principal.org_id), list[PolicyVersionView])
 
     @get("/policies/versions/{version:int}", operation_id="get_policy_version", guards=[people_guard])
-    async def version(self, version: int, principal: Principal) -> dict[str, Any]:
-        return await service.get_version(principal.org_id, version)
+    async def version(self, version: int, principal: Principal) -> PolicyVersionView:
+        return msgspec.convert(await service.get_version(principal.org_id, version), PolicyVersionView)
 
     @get("/policies/active", operation_id="get_active_policy",
-         summary="The active version; with after+wait, a long-poll for a newer one (304 on timeout)")
+         summary="The active version; with after+wait, a long-poll for a newer one (304 on timeout)",
+         responses={304: ResponseSpec(None, description="No version newer than `after` within `wait` seconds"),
+                    404: NO_POLICY})
     async def active(
         self,
         principal: Principal,
         hub: Hub,
         after: int | None = Parameter(default=None, ge=0),
         wait: float = Parameter(default=0, ge=0, le=3600, description="seconds; capped by PRELOOP_MAX_WAIT_SECONDS"),
-    ) -> Response[Any]:
+    ) -> Response[PolicyVersionView]:
         wait = min(wait, float(hub.settings.approvals.max_wait_seconds))
         if after is None or wait <= 0:
-            return Response(await service.get_active(principal.org_id))
+            return Response(_active(await service.get_active(principal.org_id)))
         changed = asyncio.Event()
         unsubscribe = hub.bus.subscribe(service.policy_topic(principal.org_id), lambda *_: changed.set())
         stop_waiting = hub.at_shutdown(changed.set)  # a stopping hub answers (304 when unchanged)
@@ -73,20 +92,27 @@ class PolicyController(Controller):
             unsubscribe()
             stop_waiting()
         if row is None or row["version"] <= after:
-            return Response(content=None, status_code=304)
-        return Response(await service.get_active(principal.org_id))
+            return Response(content=None, status_code=304)  # type: ignore[arg-type]  # a 304 has no body
+        return Response(_active(await service.get_active(principal.org_id)))
 
     @post("/policies/diff", operation_id="diff_policy", guards=[admin_guard], status_code=200,
           request_max_body_size=BODY_LIMIT_POLICY)
-    async def diff(self, data: SourceBody, principal: Principal) -> dict[str, Any]:
-        return await service.diff(principal.org_id, data.source)
+    async def diff(self, data: SourceBody, principal: Principal) -> PolicyDiff:
+        return msgspec.convert(await service.diff(principal.org_id, data.source), PolicyDiff)
 
     @post("/policies/rollback", operation_id="rollback_policy", guards=[admin_guard], status_code=201)
-    async def rollback(self, data: RollbackBody, principal: Principal, hub: Hub) -> dict[str, Any]:
-        return await service.rollback(principal.org_id, data.version, principal.actor, hub.bus, principal.user_id)
+    async def rollback(self, data: RollbackBody, principal: Principal, hub: Hub) -> PolicyVersionView:
+        rolled = await service.rollback(principal.org_id, data.version, principal.actor, hub.bus, principal.user_id)
+        return msgspec.convert(rolled, PolicyVersionView)
 
-    @get("/policies/export", operation_id="export_policy", guards=[people_guard], media_type=MediaType.TEXT)
-    async def export(self, principal: Principal, format: str = "yaml") -> Response[str]:
+    @get("/policies/export", operation_id="export_policy", guards=[people_guard], media_type=MediaType.TEXT,
+         operation_class=media_types("application/yaml", MediaType.JSON, schema={MediaType.JSON: ANY_JSON}),
+         responses={404: NO_POLICY},
+         summary="The active policy's source as YAML (format=yaml) or its JSON form (format=json)")
+    async def export(
+        self, principal: Principal,
+        format: str = Parameter(default="yaml", description="yaml or json; anything else is a 422"),
+    ) -> Response[str]:
         text = await service.export(principal.org_id, format)
         media = "application/yaml" if format == "yaml" else MediaType.JSON
         return Response(text, media_type=media)

@@ -70,3 +70,32 @@ class SeedApprovalPolicy(msgspec.Struct):
     notification_channels: list[str]
     timeout_seconds: int
     quorum: int
+
+
+class PolicyVersionView(msgspec.Struct, forbid_unknown_fields=True):
+    """One immutable version of the organization's policy."""
+
+    id: str
+    version: int
+    sha256: str
+    message: str | None
+    is_active: bool
+    created_by: str | None
+    created_at: str
+    rolled_back_from: int | None
+    source: str | msgspec.UnsetType = msgspec.UNSET
+    """The YAML as applied (on single versions and the active one; lists leave it out)."""
+    warnings: list[Any] | msgspec.UnsetType = msgspec.UNSET
+    """On apply and rollback: names the policy uses that the directory does not know."""
+
+
+class PolicyValidation(msgspec.Struct, forbid_unknown_fields=True):
+    ok: bool
+    sha256: str
+    warnings: list[Any]
+
+
+class PolicyDiff(msgspec.Struct, forbid_unknown_fields=True):
+    active_version: int | None
+    diff: str
+    """A unified diff of the canonical YAML ("" when both mean the same)."""

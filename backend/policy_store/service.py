@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import asdict, is_dataclass
@@ -14,11 +15,11 @@ import yaml
 
 from backend.accounts.service import Principal, team_members
 from backend.audit.service import Actor, record
-from backend.bus import Bus
+from backend.bus import Bus, listen_everywhere
 from backend.errors import Conflict, NotFound, ValidationFailed
 from backend.policy_store.schemas import MAX_POLICY_CHARS
 from backend.policy_store.tables import PolicyVersion
-from backend.transactions import lock, write_transaction
+from backend.transactions import after_commit, lock, write_transaction
 from policies import AgentInfo, CallContext, Policy, PolicyError, load_policy
 from policies.diff import diff_policies
 
@@ -207,10 +208,36 @@ async def get_active(org_id: uuid.UUID) -> dict[str, Any]:
     return _version_dict(row)
 
 
+# The active version's row, per org, for a moment: every held call reads it. Applying or rolling back
+# publishes on the org's policy topic after its commit, which clears this in every process; the short
+# lifetime bounds what a lost bus message can leave behind.
+ACTIVE_CACHE_SECONDS = 1.0
+_ACTIVE: dict[str, tuple[float, dict[str, Any]]] = {}
+_ACTIVE_GENERATION = 0
+
+
+def _forget_active(_topic: str = "", _message: dict[str, Any] | None = None) -> None:
+    global _ACTIVE_GENERATION
+    _ACTIVE_GENERATION += 1  # a read that started before the change does not store what it read
+    _ACTIVE.clear()
+
+
+listen_everywhere("policy:", _forget_active)
+
+
 async def active_policy(org_id: uuid.UUID) -> tuple[dict[str, Any], Policy] | None:
-    row = await active_row(org_id)
-    if row is None:
-        return None
+    clock = time.monotonic()
+    cached = _ACTIVE.get(str(org_id))
+    if cached is not None and cached[0] > clock:
+        row = cached[1]
+    else:
+        generation = _ACTIVE_GENERATION
+        found = await active_row(org_id)
+        if found is None:
+            return None
+        row = found
+        if generation == _ACTIVE_GENERATION:
+            _ACTIVE[str(org_id)] = (clock + ACTIVE_CACHE_SECONDS, row)
     return row, cached_policy(org_id, row["sha256"], row["source"])
 
 
@@ -268,8 +295,12 @@ async def apply(
                 "tools": len(getattr(policy, "tools", []) or []),
             },
         )
-    _remember((str(org_id), sha), policy)
-    await bus.publish(policy_topic(org_id), {"version": version, "sha256": sha})
+
+        async def announce() -> None:  # gateways long-polling for a newer version wake only once it is committed
+            _remember((str(org_id), sha), policy)
+            await bus.publish(policy_topic(org_id), {"version": version, "sha256": sha})
+
+        after_commit(announce)
     saved = await PolicyVersion.select().where(PolicyVersion.id == row.id).first()
     assert saved is not None
     return {**_version_dict(saved, with_source=False), "warnings": await directory_warnings(org_id, policy)}

@@ -28,7 +28,8 @@ def test_app_screenshot_script_writes_every_screen(tmp_path: Path, monkeypatch: 
     spec.loader.exec_module(module)
     written = module.main(tmp_path)
     assert [path.stem for path in written] == [
-        "sign-in", "inbox", "batch", "detail", "history", "settings", "offline", "set-password", "add-passkey"
+        "sign-in", "inbox", "batch", "detail", "discussion", "history", "settings", "offline", "set-password",
+        "add-passkey",
     ]
     for path in written:
         head = path.read_bytes()[:24]

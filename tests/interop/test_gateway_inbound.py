@@ -19,7 +19,7 @@ import pytest
 from mcp import Client
 from mcp_types.version import LATEST_MODERN_VERSION
 
-from mcp_gateway.fastlane import FastPathApp
+from mcp_gateway._inbound_lane import FastPathApp
 from tests.helpers import structured
 from tests.interop.conftest import closed_port_url, running_gateway, serving_http
 from tests.interop.test_gateway_policy import PROBE_POLICY

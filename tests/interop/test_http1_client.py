@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mcp_gateway._http1 import Http1Error, Http1Pool
-from mcp_gateway.fastlane import HttpFastLane
+from mcp_gateway._outbound_lane import HttpFastLane
 
 Reply = Callable[[bytes, dict[str, str], bytes, asyncio.StreamWriter], Awaitable[bool]]
 

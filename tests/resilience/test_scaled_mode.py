@@ -1,5 +1,5 @@
 """Two API processes behind one PostgreSQL + Redis: cross-process wake-ups, a killed API, a flushed
-Redis, an unreachable database (these are behaviour checks; no timing assertions)."""
+Redis, an unreachable database with a gateway in front (behaviour checks; no timing assertions)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import httpx
 import redis.asyncio as redis_async
 
 from tests.resilience.conftest import Cluster
+from tests.resilience.support import audit_events, call_tool, until
 
 
 async def _create(agent: httpx.AsyncClient, n: int) -> dict[str, Any]:
@@ -137,6 +138,8 @@ class CuttableProxy:
 
 
 async def test_database_unreachable_for_10s_answers_503_with_retry_after_and_recovers(cluster: Cluster) -> None:
+    """The API answers 503 + Retry-After; the gateway in front of it fails closed for held tools and keeps
+    allowed tools working from its snapshot; both recover without a restart, nothing lost or run twice."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(cluster.database_url)
@@ -144,6 +147,7 @@ async def test_database_unreachable_for_10s_answers_503_with_retry_after_and_rec
     await proxy.start()
     proxied = cluster.database_url.replace(f"{parts.hostname}:{parts.port or 5432}", f"127.0.0.1:{proxy.port}")
     a = await cluster.api(proxied)
+    gateway = await cluster.gateway(a, hold_window=20)
     async with cluster.client(a, "agent") as agent, cluster.client(a, "approver") as alice:
         created = await _create(agent, 1)
         await proxy.cut()
@@ -156,6 +160,15 @@ async def test_database_unreachable_for_10s_answers_503_with_retry_after_and_rec
         assert read.status_code == 503 and "Retry-After" in read.headers
         ready = await agent.get("/ready")
         assert ready.status_code == 503
+        # Through the gateway: allowed tools still run (policy snapshot, records spooled); a held tool
+        # does not run, and the agent is told why.
+        for n in (10, 11):
+            logs = await call_tool(gateway.url, "read_logs", {"n": n})
+            assert not logs.get("isError"), logs
+        held = await call_tool(gateway.url, "deploy", {"n": 3})
+        assert held.get("isError") and held["_meta"]["dev.preloop/status"] == "api_unavailable", held
+        assert "NOT run" in held["content"][0]["text"]
+        assert cluster.deploy_runs() == []
         await asyncio.sleep(max(0.0, 10 - (time.monotonic() - cut_at)))
         await proxy.start()  # same port: the API's configured URL works again, no restart
         deadline = time.monotonic() + 30
@@ -166,4 +179,23 @@ async def test_database_unreachable_for_10s_answers_503_with_retry_after_and_rec
         assert approved.status_code == 200 and approved.json()["status"] == "approved", approved.text
         again = await agent.post("/api/v1/approvals", json={"tool": "deploy", "arguments": {"n": 2}})
         assert again.status_code == 201, again.text
+
+        # The gateway recovered too, unrestarted: the outage's records reach the hub, a held call is asked
+        # for and runs once approved.
+        async def outage_records() -> list[Any]:
+            found = [e["data"]["arguments"]["n"] for e in await audit_events(cluster, "call.allow")]
+            return sorted(found) if len(found) >= 2 else []
+
+        assert await until(outage_records, 40, "the records spooled during the outage") == [10, 11]
+        waiting = asyncio.create_task(call_tool(gateway.url, "deploy", {"n": 3}))
+
+        async def asked() -> list[dict[str, Any]]:
+            return [e for e in await audit_events(cluster, "approval.requested") if e["data"]["server"] == "ops"]
+
+        [request] = await until(asked, 20, "the held call's request")
+        answer = await alice.post(f"/api/v1/approvals/{request['subject_id']}/approve", json={})
+        assert answer.status_code == 200, answer.text
+        result = await asyncio.wait_for(waiting, 30)
+        assert not result.get("isError"), result
+        assert cluster.deploy_runs() == [{"n": 3}]
     await proxy.cut()

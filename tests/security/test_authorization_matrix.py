@@ -117,6 +117,34 @@ async def _slack_click(_client: Any, _cast: Cast) -> Call:
     return "POST", "/api/v1/integrations/slack/interactions", {"content": b"payload=%7B%7D", "headers": form}
 
 
+def _chat_link(suffix: str) -> Prepare:
+    """A fresh one-time link token offered to a chat user of the cast's organization."""
+
+    async def prepare(client: Any, cast: Cast) -> Call:
+        from backend.notifications import chat_links
+
+        url = await chat_links.offer(client.hub, cast.org.id, "slack", "T0ACME", cast.unique("U"))
+        return "POST", f"/api/v1/me/chat-links{suffix}", {"json": {"token": url.rpartition("token=")[2]}}
+
+    return prepare
+
+
+async def _alices_chat_link(_client: Any, cast: Cast) -> Call:
+    """A chat account linked by alice (the approver): only she may unlink it."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from backend.notifications.chat_tables import ChatLink
+
+    alice = await accounts.get_user(cast.org.id, "alice@acme.test")
+    chat_user = cast.unique("U")
+    account = f"{cast.org.id}:slack:T0ACME:{chat_user}"
+    link = ChatLink(id=uuid.uuid4(), org=cast.org.id, user=alice["id"], kind="slack", team="T0ACME",
+                    chat_user=chat_user, account=account, created_at=datetime.now(UTC))
+    await ChatLink.insert(link)
+    return "DELETE", f"/api/v1/me/chat-links/{link.id}", {}
+
+
 async def _logout(_client: Any, _cast: Cast) -> Call:
     return "POST", "/api/v1/auth/logout", {}
 
@@ -328,7 +356,20 @@ MATRIX: dict[str, tuple[Prepare, dict[str, int]]] = {
         fixed("POST", "/api/v1/integrations/mattermost/actions", json={"post_id": "p1", "context": {"token": "x"}}),
         NOBODY,
     ),
+    # The decline-reason dialog's submission: only a live single-use dialog token counts.
+    "mattermost_dialogs": (
+        fixed("POST", "/api/v1/integrations/mattermost/dialogs", json={"callback_id": "preloop_decline", "state": "x"}),
+        NOBODY,
+    ),
+    # Chat accounts linked in the app: a signed-in session of the link's organization (another org: 404).
+    "list_my_chat_links": (fixed("GET", "/api/v1/me/chat-links"), PEOPLE),
+    "preview_chat_link": (_chat_link("/preview"), row(401, 403, 200, 200, 200, 200, 404)),
+    "link_chat_account": (_chat_link(""), row(401, 403, 201, 201, 201, 201, 404)),
+    "unlink_chat_account": (_alices_chat_link, row(401, 403, 404, 204, 404, 404, 404)),
     "list_approval_comments": (on_pending("GET", "/comments"), row(401, 403, 200, 200, 200, 200, 404)),
+    # Writing in the discussion: people who may decide (named on the request or not); viewers and agents never.
+    "add_approval_comment": (on_pending("POST", "/comments", json={"text": "context"}),
+                             row(401, 403, 403, 201, 201, 201, 404)),
     "list_channel_deliveries": (fixed("GET", "/api/v1/channels/email/deliveries"), ADMINS),
     # --- phase 2 rows (matrix branch): operations merged after the table above was written ---
     **PHASE2,

@@ -42,6 +42,13 @@
       }, 150);
     }
     kinds.forEach(function (kind) { source.addEventListener(kind, refresh); });
+    // Someone commented: an open approval page of that request fetches its discussion again.
+    source.addEventListener("approval.commented", function (event) {
+      var id = "";
+      try { id = JSON.parse(event.data).request_id || ""; } catch (e) { return; }
+      var box = document.querySelector('[data-comments-for="' + (window.CSS ? CSS.escape(id) : id) + '"]');
+      if (box && window.htmx) window.htmx.trigger(box, "preloop:comments");
+    });
     document.body.setAttribute("data-live", "connecting");
     source.addEventListener("ready", function () { document.body.setAttribute("data-live", "on"); });
     source.onerror = function () { document.body.setAttribute("data-live", "retrying"); };

@@ -18,6 +18,7 @@ from backend.notifications.channels import Answer, ChannelError, Message, Target
 
 SEND_TIMEOUT = 10.0
 CALLBACK_PATH = "/api/v1/integrations/mattermost/actions"
+DIALOG_PATH = "/api/v1/integrations/mattermost/dialogs"
 
 
 def on_loopback(url: str) -> bool:
@@ -30,9 +31,9 @@ def on_loopback(url: str) -> bool:
         return False
 
 
-def callback_url(public_url: str) -> str:
-    """Where Mattermost posts clicks: https, unless the hub itself is on loopback (a local trial)."""
-    url = f"{public_url.rstrip('/')}{CALLBACK_PATH}"
+def callback_url(public_url: str, path: str = CALLBACK_PATH) -> str:
+    """Where Mattermost posts clicks (and dialogs): https, unless the hub itself is on loopback (a local trial)."""
+    url = f"{public_url.rstrip('/')}{path}"
     if urlsplit(url).scheme != "https" and not on_loopback(url):
         raise ChannelError(
             f"mattermost buttons need an https callback, but PRELOOP_PUBLIC_URL is {public_url!r}: "

@@ -117,7 +117,7 @@ class WebPushChannel:
     kind: ClassVar[str] = "push"
 
     async def send(self, message: Message, target: Target) -> Answer:
-        devices = await push.subscriptions_of(target.recipient.user_id)
+        devices = await push.DEVICES.ask(str(target.recipient.user_id))
         if not devices:
             return Answer("no device subscribed to push", skipped=True)
         keys = await push.vapid_keys(target.hub)

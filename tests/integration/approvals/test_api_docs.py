@@ -149,7 +149,16 @@ def check_wait(name: str, ref: str) -> Callable[[Hub, Path], None]:
     return check
 
 
+def check_retry(hub: Hub, cwd: Path) -> None:
+    done = run_example(hub, "retry-curl", cwd)
+    assert done.returncode == 0, done.stderr
+    request_id = done.stdout.strip().removeprefix("one request: ")
+    pending = httpx.get(f"{hub.url}/api/v1/approvals", params={"tool": "deploy"}, headers=auth(hub.keys["admin"]))
+    assert [item["id"] for item in pending.json() if item["arguments"].get("ref") == "v1.4.4"] == [request_id]
+
+
 CHECKS: dict[str, Callable[[Hub, Path], None]] = {
+    "retry-curl": check_retry,
     "list-pending": check_list_pending,
     "ci-approve-curl": check_ci_approve("ci-approve-curl"),
     "ci-approve-python": check_ci_approve("ci-approve-python"),

@@ -31,6 +31,7 @@ USERS = {
     "UCAROL": {"email": "carol@acme.test", "confirmed": True},
     "UDEV": {"email": "dev@acme.test", "confirmed": True},
     "UMALLORY": {"email": "mallory@elsewhere.test", "confirmed": True},
+    "UALICEALT": {"email": "alice@personal.test", "confirmed": True},  # Alice, under another email
     "UUNCONFIRMED": {"email": "alice@acme.test", "confirmed": False},
 }
 
@@ -186,6 +187,8 @@ def mattermost_api() -> Iterator[MattermostApi]:
                 if method == "POST" and self.path == "/api/v4/posts":
                     state.posts += 1
                     self._answer(201, {**body, "id": f"post{state.posts:04d}", "create_at": 1700000000000})
+                elif method == "POST" and self.path == "/api/v4/actions/dialogs/open":
+                    self._answer(200, {"status": "OK"})
                 elif method == "PUT" and self.path.startswith("/api/v4/posts/"):
                     self._answer(200, {**body, "id": self.path.rsplit("/", 1)[-1]})
                 elif method == "GET" and self.path.startswith("/api/v4/users/"):

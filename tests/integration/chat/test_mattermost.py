@@ -125,7 +125,9 @@ async def test_approve_in_mattermost_end_to_end(client: Any, org: Org, hub: Any,
         for user, why in (("mmghost", "chat_user_unmapped"), ("mmcarol", "not_eligible")):
             answer = await client.post(ACTIONS, json=_click(tokens["approve"], post_id, user))
             assert answer.status_code == 200, answer.text
-            assert answer.json() == {"ephemeral_text": "you are not an approver of this request"}
+            text = answer.json()["ephemeral_text"]
+            assert text.startswith("you are not an approver of this request")
+            assert ("/app/#link?token=" in text) == (why == "chat_user_unmapped"), text
             assert why in await _whys(org, rid, "approval.vote_rejected")
         # A token carried to another request's post decides nothing there.
         moved = await client.post(ACTIONS, json=_click(tokens["approve"], other_post_id, "mmalice"))

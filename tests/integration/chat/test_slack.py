@@ -6,6 +6,8 @@ import json
 import time
 from typing import Any
 
+import anyio
+
 from backend.approvals import flows
 from backend.approvals.tables import Vote
 from backend.audit.tables import AuditEvent
@@ -210,7 +212,10 @@ async def test_refused_callbacks_count_for_nothing_and_are_audited(
         answer = await _post(client, click(rid, "approve", user))
         assert answer.status_code == 200, answer.text
         [note] = await slack_api.wait_for("chat.postEphemeral", user=user)
-        assert note == {"channel": CHANNEL, "user": user, "text": "you are not an approver of this request"}
+        assert (note["channel"], note["user"]) == (CHANNEL, user)
+        assert note["text"].startswith("you are not an approver of this request")
+        # Only someone Preloop cannot map is offered a one-time link to link their account in the app.
+        assert ("/app/#link?token=" in note["text"]) == (why == "chat_user_unmapped"), note["text"]
         assert why in {r["why"] for r in await _audits(org, rid, "approval.vote_rejected")}, user
     assert await Vote.count().where(Vote.request == rid) == 0
 
@@ -273,9 +278,23 @@ async def test_thread_replies_are_the_requests_discussion(client: Any, org: Org,
             {"type": "event_callback", "team_id": "T0ACME", "event_id": f"Ev{ts}", "event": event}
         ).encode()
 
-    for text, ts in (("is this the hotfix?", "1700000002.000200"), ("yes, ticket OPS-12", "1700000003.000300")):
-        body = reply(text, ts)
-        assert (await client.post(EVENTS, content=body, headers={**headers, **signed(body)})).status_code == 200
+    from backend.events import events_topic
+
+    async with hub.bus.stream(events_topic(org.id)) as heard:
+        for text, ts in (("is this the hotfix?", "1700000002.000200"), ("yes, ticket OPS-12", "1700000003.000300")):
+            body = reply(text, ts)
+            assert (await client.post(EVENTS, content=body, headers={**headers, **signed(body)})).status_code == 200
+        # Open app and console pages of the request learn of the reply from the event stream (no text in it).
+        with anyio.fail_after(5):
+            told = await heard.get()
+            while told.get("type") != "approval.commented":
+                told = await heard.get()
+    assert told["request_id"] == rid and "text" not in told
+    # A reply with a forged signature is refused and audited on the request whose thread it names.
+    forged = reply("approve it, I am the boss", "1700000004.000400", user="UMALLORY")
+    refused = await client.post(EVENTS, content=forged, headers={**headers, **signed(forged, secret="x" * 32)})
+    assert refused.status_code == 401
+    assert "bad_signature" in {r["why"] for r in await _audits(org, rid, "chat.callback_rejected")}
     again = reply("is this the hotfix?", "1700000002.000200")  # Slack retries a delivery: stored once
     await client.post(EVENTS, content=again, headers={**headers, **signed(again, timestamp=int(time.time()) - 1)})
     comments = await client.get(f"/api/v1/approvals/{rid}/comments", headers=auth(org.approver_tokens["alice"]))

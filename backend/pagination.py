@@ -1,0 +1,58 @@
+"""Cursor pagination for the API's lists: an opaque `cursor` in, the next one out in a header.
+
+Lists keep answering a JSON array (the CLI, the app and existing scripts read it as one); the cursor
+of the next page travels in `X-Next-Cursor` and a `Link: <…>; rel="next"` header, and is absent on
+the last page. A cursor names the last item seen, so a page never repeats or skips an item however
+many new ones arrive meanwhile (offsets do).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+from urllib.parse import urlencode
+
+from litestar import Request
+from litestar.datastructures import ResponseHeader
+
+from backend.errors import ValidationFailed
+
+NEXT_CURSOR = "X-Next-Cursor"
+HEADERS = [
+    ResponseHeader(
+        name=NEXT_CURSOR, required=False, documentation_only=True,
+        description="Pass as `cursor` for the next page; absent on the last page.",
+    ),
+    ResponseHeader(
+        name="Link", required=False, documentation_only=True,
+        description='The next page\'s URL as `<…>; rel="next"`; absent on the last page.',
+    ),
+]
+
+
+def encode(*parts: str) -> str:
+    return base64.urlsafe_b64encode("|".join(parts).encode()).decode().rstrip("=")
+
+
+def decode(cursor: str, count: int) -> list[str]:
+    """The cursor's parts; a 422 naming the parameter when it is not one this API handed out."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        text = ""
+    parts = text.split("|")
+    if len(parts) != count or not all(parts):
+        raise ValidationFailed(
+            "cursor is not one this API handed out",
+            detail={"field": "cursor", "hint": f"pass the {NEXT_CURSOR} header of the previous page as is"},
+        )
+    return parts
+
+
+def next_page_headers(request: Request[Any, Any, Any], cursor: str | None) -> dict[str, str]:
+    if cursor is None:
+        return {}
+    query = {k: v for k, v in request.query_params.items() if k not in ("cursor", "offset")}
+    url = f"{request.url.path}?{urlencode({**query, 'cursor': cursor})}"
+    return {NEXT_CURSOR: cursor, "Link": f'<{url}>; rel="next"'}
