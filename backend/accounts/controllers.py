@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie
@@ -19,7 +17,9 @@ from backend.accounts.schemas import (
     KeyBody,
     KeyRevoked,
     KeyView,
+    LoggedIn,
     LoginBody,
+    LoginUser,
     MemberBody,
     MemberChange,
     PasswordChangeBody,
@@ -48,7 +48,7 @@ class AuthController(Controller):
         opt={"ignores_session": True},
         summary="Start a console/PWA session",
     )
-    async def login(self, data: LoginBody, hub: Hub, request: Request) -> Response[dict[str, Any]]:  # type: ignore[type-arg]
+    async def login(self, data: LoginBody, hub: Hub, request: Request) -> Response[LoggedIn]:  # type: ignore[type-arg]
         org = await (service.get_org_by_slug(data.org) if data.org else service.default_org())
         assert hub.redis is not None
         redis, security, address = hub.redis.client, hub.settings.security, client_address(request)
@@ -63,7 +63,7 @@ class AuthController(Controller):
             raise
         await throttle.succeeded_login(redis, org["id"], data.email)
         return Response(
-            {"user": {"email": principal.email, "role": principal.role}},
+            LoggedIn(user=LoginUser(email=principal.email, role=principal.role)),
             cookies=[session_cookie(hub, token)],
         )
 

@@ -73,6 +73,17 @@ class InviteLink(msgspec.Struct):
     valid_hours: int
 
 
+class LoginUser(msgspec.Struct):
+    email: str
+    role: str
+
+
+class LoggedIn(msgspec.Struct):
+    """The session is in the `preloop_session` cookie; the body names who signed in."""
+
+    user: LoginUser
+
+
 class InviteAccepted(msgspec.Struct):
     email: str
 

@@ -19,13 +19,11 @@ from backend.deps import admin_guard, people_guard
 from backend.request_checks import BODY_LIMIT_CALLS
 
 
-class AuditEventView(msgspec.Struct):
-    """One link of the org's audit chain: what happened, who did it, to what, and the hashes that chain it."""
+class ChainLink(msgspec.Struct):
+    """The hashed fields of one link of the org's audit chain."""
 
-    id: str
     org_id: str
     seq: int
-    chain_pos: str
     kind: str
     actor_type: str
     actor_id: str
@@ -33,12 +31,56 @@ class AuditEventView(msgspec.Struct):
     subject_type: str
     subject_id: str
     data: dict[str, Any]
-    created_at: datetime
     prev_hash: str
     hash: str
+
+
+class AuditEventView(ChainLink):
+    """One link of the org's audit chain: what happened, who did it, to what, and the hashes that chain it."""
+
+    id: str
+    chain_pos: str
+    created_at: datetime
     external_id: str | None = None
     """The gateway's event id for a call record (what makes a resent record a duplicate)."""
     note: str | None = None
+
+
+class AuditVerification(msgspec.Struct):
+    """Whether every link holds; when one does not, the first broken event and what is wrong with it."""
+
+    ok: bool
+    events: int
+    first_broken_seq: int | None
+    problem: str | None
+
+
+class ExportedEvent(ChainLink):
+    """One chain link exactly as it was hashed."""
+
+    created_at: str
+    """UTC, ISO 8601, as hashed."""
+
+
+class ExportedPasskey(msgspec.Struct):
+    """A passkey's public key (COSE, base64url), to check the signatures on votes offline."""
+
+    credential_id: str
+    user_id: str
+    email: str
+    name: str
+    public_key: str
+    created_at: str
+
+
+class AuditExport(msgspec.Struct):
+    """Everything `preloop audit verify --signatures` needs, offline."""
+
+    format: str
+    org_id: str
+    exported_at: str
+    events: list[ExportedEvent]
+    passkeys: list[ExportedPasskey]
 
 
 class AuditController(Controller):
@@ -49,13 +91,13 @@ class AuditController(Controller):
         "/verify", operation_id="verify_audit_chain", guards=[people_guard],
         summary="Check every link of the org's audit chain",
     )
-    async def verify_chain(self, principal: Principal) -> dict[str, Any]:
-        return (await verify(principal.org_id)).to_dict()
+    async def verify_chain(self, principal: Principal) -> AuditVerification:
+        return AuditVerification(**(await verify(principal.org_id)).to_dict())
 
     @get("/export", operation_id="export_audit", guards=[admin_guard],
          summary="The whole chain and the passkeys' public keys, for `preloop audit verify --signatures`")
-    async def export(self, principal: Principal) -> dict[str, Any]:
-        return await export_org(principal.org_id)
+    async def export(self, principal: Principal) -> AuditExport:
+        return msgspec.convert(await export_org(principal.org_id), AuditExport)
 
     @get("/events", operation_id="list_audit_events", guards=[people_guard])
     async def list_events(

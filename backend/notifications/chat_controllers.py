@@ -12,7 +12,7 @@ from backend.accounts.service import Principal
 from backend.deps import token_attempt
 from backend.hub import Hub
 from backend.notifications import chat, chat_links
-from backend.notifications.schemas import Comment, NewComment
+from backend.notifications.schemas import Comment, MattermostActionAnswer, MattermostDialogAnswer, NewComment
 from backend.request_checks import BODY_LIMIT_SMALL
 
 
@@ -93,8 +93,8 @@ class MattermostController(Controller):
         request_max_body_size=BODY_LIMIT_SMALL,
         summary="Mattermost interactive message actions: Approve/Decline clicks (token-bound)",
     )
-    async def actions(self, data: dict[str, Any], hub: Hub) -> dict[str, Any]:
-        return await chat.handle_mattermost_action(hub, data)
+    async def actions(self, data: dict[str, Any], hub: Hub) -> MattermostActionAnswer:
+        return msgspec.convert(await chat.handle_mattermost_action(hub, data), MattermostActionAnswer)
 
     @post(
         "/dialogs",
@@ -103,8 +103,8 @@ class MattermostController(Controller):
         request_max_body_size=BODY_LIMIT_SMALL,
         summary="Mattermost interactive dialog submissions: the decline reason (token-bound)",
     )
-    async def dialogs(self, data: dict[str, Any], hub: Hub) -> dict[str, Any]:
-        return await chat.handle_mattermost_dialog(hub, data)
+    async def dialogs(self, data: dict[str, Any], hub: Hub) -> MattermostDialogAnswer:
+        return msgspec.convert(await chat.handle_mattermost_dialog(hub, data), MattermostDialogAnswer)
 
 
 CONTROLLERS.append(MattermostController)

@@ -172,3 +172,29 @@ class ChannelDeliveries(msgspec.Struct):
     counts: dict[str, int]
     """Deliveries created in the window, by their current status (queued, sending, sent, failed, skipped)."""
     attempts: list[RecentAttempt]
+
+
+class MattermostPost(msgspec.Struct):
+    """The clicked post as it should now read: the outcome, or the request with fresh buttons."""
+
+    message: str
+    props: dict[str, Any]
+    """Mattermost's post props: the message attachment (and its buttons, while the request is pending)."""
+
+
+class MattermostActionAnswer(msgspec.Struct):
+    """Mattermost's integration response to a button click; `{}` when a decline-reason dialog opened."""
+
+    update: MattermostPost | msgspec.UnsetType = msgspec.UNSET
+    """Replaces the clicked post, after a recorded vote."""
+    ephemeral_text: str | msgspec.UnsetType = msgspec.UNSET
+    """Shown only to the person who clicked: the vote's progress, or why it was not recorded."""
+
+
+class MattermostDialogAnswer(msgspec.Struct):
+    """Mattermost's dialog submission response; `{}` closes the dialog."""
+
+    errors: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    """Per-field errors: the dialog stays open (a missing reason)."""
+    error: str | msgspec.UnsetType = msgspec.UNSET
+    """Why the vote was not recorded, shown in the dialog."""

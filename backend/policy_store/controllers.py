@@ -19,6 +19,7 @@ from backend.openapi import error_response, media_types
 from backend.policy_store import service
 from backend.policy_store.schemas import (
     EvaluateBody,
+    Evaluation,
     PolicyDiff,
     PolicyValidation,
     PolicyVersionView,
@@ -119,12 +120,12 @@ class PolicyController(Controller):
 
     @post("/evaluate", operation_id="evaluate_call", status_code=200, request_max_body_size=BODY_LIMIT_APPROVAL,
           summary="What the active policy decides for a call, and why")
-    async def evaluate(self, data: EvaluateBody, principal: Principal) -> dict[str, Any]:
-        return await service.evaluate(
+    async def evaluate(self, data: EvaluateBody, principal: Principal) -> Evaluation:
+        return msgspec.convert(await service.evaluate(
             principal, tool=data.tool, server=data.server, args=data.args,
             agent=msgspec.to_builtins(data.agent) if data.agent else None,
             justification=data.justification, at=data.at,
-        )
+        ), Evaluation)
 
 
 class SeedShapesController(Controller):

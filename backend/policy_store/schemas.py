@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -33,6 +33,22 @@ class EvaluateBody(msgspec.Struct, forbid_unknown_fields=True):
     agent: AgentBody | None = None
     justification: Annotated[str, msgspec.Meta(max_length=4000)] | None = None
     at: datetime | None = None
+
+
+class Evaluation(msgspec.Struct):
+    """What the active policy decides for a call, the rule and approval policy behind it, and why."""
+
+    decision: Literal["allow", "deny", "require_approval"]
+    rule: dict[str, Any] | None
+    """The matched rule (tool, server, index, action, when, ...); null when no rule matched."""
+    approval_policy: dict[str, Any] | None
+    """The approval policy's snapshot, as stored on requests, when the decision is require_approval."""
+    reason: str
+    risk: Literal["low", "medium", "high", "critical"] | None
+    message: str | None
+    error: str | None
+    """Why the rule's condition could not be evaluated; the decision then fails closed."""
+    policy_version: int
 
 
 class SeedCondition(msgspec.Struct):

@@ -18,6 +18,20 @@ async def test_health_reports_database_and_redis(client: Any) -> None:
     assert body["redis"] == {"ok": True, "embedded": False}
 
 
+async def test_health_is_503_and_names_the_error_when_redis_is_down(client: Any, monkeypatch: Any) -> None:
+    async def refuse() -> None:
+        raise ConnectionError("Redis refused the connection\nsecond line")
+
+    monkeypatch.setattr(client.hub.redis.client, "ping", refuse)
+    response = await client.get("/health")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["database"]["ok"] is True
+    assert body["redis"] == {"ok": False, "error": "Redis refused the connection"}
+    assert "worker" not in body  # only reported when Redis answers
+
+
 async def test_openapi_schema_lists_operations(client: Any) -> None:
     spec = (await client.get("/schema/openapi.json")).json()
     operation_ids = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
