@@ -301,7 +301,16 @@ def worker(
     async def main() -> None:
         handle = await connect_redis(settings.redis.url)
         await handle.close()
-        await build_worker(handle.arq_settings()).async_run()
+        worker = build_worker(handle.arq_settings())
+        try:
+            await worker.async_run()
+        except asyncio.CancelledError:
+            # arq answers SIGTERM and SIGINT by cancelling its own main task: a requested stop, not an
+            # error (systemd, Fly and Ctrl-C all stop the worker this way).
+            pass
+        finally:
+            await worker.close()  # running jobs' connections and the hub close; the next start re-queues
+        logging.getLogger("preloop.worker").info("worker stopped")
 
     try:
         asyncio.run(main())

@@ -203,6 +203,47 @@ def test_scaled_mode_stops_cleanly(tmp_path: Path, settings: Settings, signum: i
             process.communicate()
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_separate_worker_stops_cleanly(tmp_path: Path, _postgres_migrated: str, redis_url: str,
+                                         signum: int) -> None:
+    """`preloop worker` (scaled mode, as systemd or Fly stop it): exit 0, a log line, no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRELOOP_")}
+    env.update({
+        "PRELOOP_DATA_DIR": str(tmp_path / "data"), "PRELOOP_LOG_FORMAT": "text", "PRELOOP_LOG_LEVEL": "info",
+        "PRELOOP_DATABASE_URL": _postgres_migrated, "PRELOOP_REDIS_URL": redis_url,
+        "PRELOOP_SECRET_KEY": "test-secret",
+    })
+    process = subprocess.Popen([PRELOOP, "worker"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    started = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if "Starting worker" in line or "hub started" in line:
+                started.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(60), "the worker did not start:\n" + "".join(lines)
+        time.sleep(1)  # past arq's start-up, into its job loop
+        process.send_signal(signum)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(timeout=5)
+    printed = "".join(lines)
+    assert process.returncode == 0, printed
+    assert "Traceback" not in printed and "CancelledError" not in printed, printed
+    assert "worker stopped" in printed, printed
+
+
 def test_a_second_hub_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRELOOP_")}
