@@ -203,15 +203,19 @@ def test_scaled_mode_stops_cleanly(tmp_path: Path, settings: Settings, signum: i
             process.communicate()
 
 
+@pytest.fixture
+def postgres_url(_postgres_migrated: str) -> str:
+    return _postgres_migrated
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_separate_worker_stops_cleanly(tmp_path: Path, _postgres_migrated: str, redis_url: str,
-                                         signum: int) -> None:
+def test_a_separate_worker_stops_cleanly(tmp_path: Path, postgres_url: str, redis_url: str, signum: int) -> None:
     """`preloop worker` (scaled mode, as systemd or Fly stop it): exit 0, a log line, no traceback."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PRELOOP_")}
     env.update({
         "PRELOOP_DATA_DIR": str(tmp_path / "data"), "PRELOOP_LOG_FORMAT": "text", "PRELOOP_LOG_LEVEL": "info",
-        "PRELOOP_DATABASE_URL": _postgres_migrated, "PRELOOP_REDIS_URL": redis_url,
+        "PRELOOP_DATABASE_URL": postgres_url, "PRELOOP_REDIS_URL": redis_url,
         "PRELOOP_SECRET_KEY": "test-secret",
     })
     process = subprocess.Popen([PRELOOP, "worker"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
