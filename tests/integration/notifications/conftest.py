@@ -18,7 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from backend.settings import Settings, load_settings
-from tests.helpers import free_port
+from tests.helpers import free_port, serving_handler
 from workers.settings import build_worker
 
 
@@ -129,7 +129,7 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     state = Receiver()
 
@@ -144,15 +144,9 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_handler(Handler) as port:
+        state.url = f"http://127.0.0.1:{port}/hook"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass
@@ -205,7 +199,7 @@ def new_browser(push_origin: str, path: str = "push") -> Browser:
 
 @pytest.fixture
 def push_service() -> Iterator[PushService]:
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     state = PushService()
 
@@ -220,15 +214,9 @@ def push_service() -> Iterator[PushService]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.origin = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_handler(Handler) as port:
+        state.origin = f"http://127.0.0.1:{port}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def check_vapid(authorization: str, public_key: str, audience: str) -> dict[str, Any]:
