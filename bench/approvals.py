@@ -78,8 +78,9 @@ async def admin_sql(sql: str) -> None:
         await conn.close()
 
 
-async def prepare(database_url: str) -> dict[str, str]:
-    """Migrate the scratch database and create an org, an agent key, an approver key, a policy."""
+async def prepare(database_url: str, policy: str = POLICY, name: str = "bench") -> dict[str, str]:
+    """Migrate the scratch database and create an org, an agent key (dev@NAME.test, a viewer's), alice@NAME.test's
+    approver key, and `policy`."""
     from backend import db
     from backend.accounts import service as accounts
     from backend.audit.service import Actor
@@ -89,12 +90,12 @@ async def prepare(database_url: str) -> dict[str, str]:
     engine = await db.connect(database_url)
     try:
         await db.migrate()
-        org = await accounts.create_org("Bench", "bench")
-        dev = await accounts.add_user(org["id"], "dev@bench.test", role="viewer")
-        alice = await accounts.add_user(org["id"], "alice@bench.test", role="approver")
-        agent, _ = await accounts.create_key(org["id"], dev["id"], "bench-agent", scope="agent")
+        org = await accounts.create_org(name.capitalize(), name)
+        dev = await accounts.add_user(org["id"], f"dev@{name}.test", role="viewer")
+        alice = await accounts.add_user(org["id"], f"alice@{name}.test", role="approver")
+        agent, _ = await accounts.create_key(org["id"], dev["id"], f"{name}-agent", scope="agent")
         approver, _ = await accounts.create_key(org["id"], alice["id"], "alice-approver", scope="approver")
-        await policies.apply(org["id"], POLICY, Actor.system("bench"), Bus(None))
+        await policies.apply(org["id"], policy, Actor.system("bench"), Bus(None))
     finally:
         await db.disconnect(engine)
     return {"agent": agent, "approver": approver}
@@ -115,17 +116,24 @@ async def start_api(database_url: str, data_dir: Path) -> tuple[subprocess.Popen
     }
     process = _spawn(env)
     url = f"http://127.0.0.1:{port}"
+    await wait_healthy(process, f"{url}/health", "the API process")
+    return process, url
+
+
+async def wait_healthy(process: subprocess.Popen[bytes], url: str, what: str, ready: str | None = None) -> None:
+    """Poll `url` until it answers 200 (with `status == ready` when given); kill `process` if it never does."""
     deadline = time.monotonic() + 60
-    async with httpx.AsyncClient(base_url=url, timeout=2) as probe:
+    async with httpx.AsyncClient(timeout=2) as probe:
         while True:
             try:
-                if (await probe.get("/health")).status_code == 200:
-                    return process, url
+                answer = await probe.get(url)
+                if answer.status_code == 200 and (ready is None or answer.json().get("status") == ready):
+                    return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
                 process.kill()
-                raise RuntimeError("the API process did not start")
+                raise RuntimeError(f"{what} did not start")
             await asyncio.sleep(0.1)
 
 

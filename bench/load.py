@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from approvals import PG_ADMIN_URL, REDIS_URL, _free_port, admin_sql, pct  # noqa: E402
+from approvals import PG_ADMIN_URL, REDIS_URL, _free_port, admin_sql, pct, prepare, wait_healthy  # noqa: E402
 from mcp import Client  # noqa: E402
 
 NEW_PRELOOP = str(Path(sys.executable).parent / "preloop")
@@ -88,28 +88,6 @@ EXPECTED = {"deploy": "require_approval", "drop_table": "require_approval", "rea
 """What the policy decides for each tool the evaluations ask about."""
 
 
-async def prepare(database_url: str) -> dict[str, str]:
-    """Migrate the scratch database; one org with an agent key (a viewer's) and alice's approver key."""
-    from backend import db
-    from backend.accounts import service as accounts
-    from backend.audit.service import Actor
-    from backend.bus import Bus
-    from backend.policy_store import service as policies
-
-    engine = await db.connect(database_url)
-    try:
-        await db.migrate()
-        org = await accounts.create_org("Load", "load")
-        dev = await accounts.add_user(org["id"], "dev@load.test", role="viewer")
-        alice = await accounts.add_user(org["id"], "alice@load.test", role="approver")
-        agent, _ = await accounts.create_key(org["id"], dev["id"], "load-agent", scope="agent")
-        approver, _ = await accounts.create_key(org["id"], alice["id"], "alice", scope="approver")
-        await policies.apply(org["id"], POLICY, Actor.system("bench"), Bus(None))
-    finally:
-        await db.disconnect(engine)
-    return {"agent": agent, "approver": approver}
-
-
 class Cluster:
     """API processes, a worker and a gateway of one `preloop` executable; logs in `data_dir`."""
 
@@ -135,18 +113,7 @@ class Cluster:
         return process
 
     async def _healthy(self, process: subprocess.Popen[bytes], url: str, what: str, ready: str | None = None) -> None:
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient(timeout=2) as probe:
-            while True:
-                try:
-                    answer = await probe.get(url)
-                    if answer.status_code == 200 and (ready is None or answer.json().get("status") == ready):
-                        return
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"{what} ({self.preloop}) did not start; see {self.data_dir}")
-                await asyncio.sleep(0.1)
+        await wait_healthy(process, url, f"{what} ({self.preloop}); see {self.data_dir}", ready)
 
     async def start(self, apis: int = 2) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -439,7 +406,8 @@ class Phase:
     async def start(self) -> None:
         await admin_sql(f'CREATE DATABASE "{self.name}"')
         database_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.name}"
-        self.cluster = Cluster(self.preloop, database_url, Path(f"/tmp/{self.name}"), await prepare(database_url))
+        tokens = await prepare(database_url, POLICY, "load")
+        self.cluster = Cluster(self.preloop, database_url, Path(f"/tmp/{self.name}"), tokens)
         await self.cluster.start()
         self.load = Load(self.cluster, self.clients)
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from approvals import PG_ADMIN_URL, REDIS_URL, _free_port, admin_sql, pct, prepare  # noqa: E402
+from approvals import PG_ADMIN_URL, REDIS_URL, _free_port, admin_sql, pct, prepare, wait_healthy  # noqa: E402
 
 NEW_PRELOOP = str(Path(sys.executable).parent / "preloop")
 
@@ -131,18 +131,8 @@ async def start_api(preloop: str, database_url: str, data_dir: Path) -> tuple[su
             [preloop, "serve", "--no-worker"], env=env, stdout=log, stderr=log
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    async with httpx.AsyncClient(base_url=url, timeout=2) as probe:
-        while True:
-            try:
-                if (await probe.get("/health")).status_code == 200:
-                    return process, url
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError(f"the API process ({preloop}) did not start")
-            await asyncio.sleep(0.1)
+    await wait_healthy(process, f"{url}/health", f"the API process ({preloop})")
+    return process, url
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
