@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import pytest
 
 from backend.accounts import service as accounts
 from tests.helpers import Org, auth, make_org
@@ -153,3 +156,17 @@ async def asgi_status(app: Any, path: str, headers: dict[str, str]) -> int:
         task.cancel()
         with contextlib.suppress(BaseException):  # the dropped stream may end any way it likes
             await task
+
+
+@pytest.fixture(autouse=True)
+async def clean_counters(hub: Any) -> AsyncIterator[None]:
+    """Sign-in and token failure counters live in Redis; each test of a module that imports this starts and
+    ends with none (those modules set low limits)."""
+    async def clear() -> None:
+        keys = [key async for key in hub.redis.client.scan_iter("preloop:auth:*")]
+        if keys:
+            await hub.redis.client.delete(*keys)
+
+    await clear()
+    yield
+    await clear()

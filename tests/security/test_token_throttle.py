@@ -5,7 +5,6 @@ and then even a good token from that address waits. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pyotp
@@ -15,6 +14,7 @@ from backend.accounts import service as accounts
 from backend.accounts import totp
 from backend.settings import Settings
 from tests.helpers import auth
+from tests.security.support import clean_counters  # noqa: F401 - autouse: failure counters cleared per test
 
 LIMIT = 6  # failures per address in these tests
 
@@ -23,18 +23,6 @@ LIMIT = 6  # failures per address in these tests
 def settings(settings: Settings) -> Settings:
     security = dataclasses.replace(settings.security, login_max_failures=3, address_max_failures=LIMIT)
     return dataclasses.replace(settings, security=security)
-
-
-@pytest.fixture(autouse=True)
-async def clean_counters(hub: Any) -> AsyncIterator[None]:
-    async def clear() -> None:
-        keys = [key async for key in hub.redis.client.scan_iter("preloop:auth:*")]
-        if keys:
-            await hub.redis.client.delete(*keys)
-
-    await clear()
-    yield
-    await clear()
 
 
 def assert_throttled(response: Any) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import stat
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from backend.accounts import service as accounts
 from backend.settings import Settings, load_settings
 from tests.helpers import auth
+from tests.security.support import clean_counters  # noqa: F401 - autouse: failure counters cleared per test
 
 ORIGIN = "http://hub.test"
 
@@ -24,19 +24,6 @@ def settings(settings: Settings) -> Settings:
     """Low limits so the tests reach them: 3 wrong passwords per account, 6 failures per address."""
     security = dataclasses.replace(settings.security, login_max_failures=3, address_max_failures=6)
     return dataclasses.replace(settings, security=security)
-
-
-@pytest.fixture(autouse=True)
-async def clean_counters(hub: Any) -> AsyncIterator[None]:
-    """Failure counters live in Redis; each test starts and ends with none (the limits here are low)."""
-    async def clear() -> None:
-        keys = [key async for key in hub.redis.client.scan_iter("preloop:auth:*")]
-        if keys:
-            await hub.redis.client.delete(*keys)
-
-    await clear()
-    yield
-    await clear()
 
 
 async def _session(client: Any, email: str, password: str) -> str:
@@ -115,7 +102,7 @@ async def test_a_body_less_cross_site_vote_is_refused(client: Any, org: Any) -> 
     assert (await client.get(f"/api/v1/approvals/{request['id']}", headers=auth(org.admin_token))).json()["votes"] == []
 
 
-async def test_logins_lock_out_per_account_and_per_address(client: Any, org: Any, clean_counters: None) -> None:
+async def test_logins_lock_out_per_account_and_per_address(client: Any, org: Any) -> None:
     for _ in range(3):
         wrong = await client.post("/api/v1/auth/login", json={"email": "alice@acme.test", "password": "nope"})
         assert wrong.status_code == 401
@@ -139,7 +126,7 @@ async def test_logins_lock_out_per_account_and_per_address(client: Any, org: Any
 
 
 async def test_passwords_are_checked_in_a_thread_and_for_unknown_emails_too(
-    client: Any, org: Any, clean_counters: None, monkeypatch: pytest.MonkeyPatch
+    client: Any, org: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[str, bool]] = []
     original = accounts.check_password
