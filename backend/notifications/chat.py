@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from backend.accounts.service import Principal
+from backend.accounts.service import Principal, sha256_hex
 from backend.accounts.tables import User
 from backend.approvals import flows
 from backend.approvals.tables import ApprovalRequest, Vote
@@ -629,9 +629,6 @@ async def comments_of_request(principal: Principal, request_id: str) -> list[dic
 TOKEN_LIFETIME_FALLBACK_DAYS = 7
 
 
-def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
 
 async def issue_tokens(request_id: Any, post_id: str | None = None) -> dict[str, str]:
     """A fresh token per decision for the request's post; decision → token (only hashes are stored)."""
@@ -647,7 +644,7 @@ async def issue_tokens(request_id: Any, post_id: str | None = None) -> dict[str,
         *[
             ChatActionToken(
                 id=uuid.uuid4(),
-                token_hash=_token_hash(token),
+                token_hash=sha256_hex(token),
                 request=request_id,
                 decision=decision,
                 post_id=post_id,
@@ -663,7 +660,7 @@ async def issue_tokens(request_id: Any, post_id: str | None = None) -> dict[str,
 async def bind_tokens(tokens: dict[str, str], post_id: str) -> None:
     """Bind freshly issued tokens to the post that carries them (known only once it is created)."""
     if tokens:
-        hashes = [_token_hash(t) for t in tokens.values()]
+        hashes = [sha256_hex(t) for t in tokens.values()]
         await ChatActionToken.update({ChatActionToken.post_id: post_id}).where(
             ChatActionToken.token_hash.is_in(hashes) & ChatActionToken.post_id.is_null()
         )
@@ -723,7 +720,7 @@ async def handle_mattermost_action(hub: Hub, body: dict[str, Any]) -> dict[str, 
     token = str((context or {}).get("token") or "")
     post_id = str(body.get("post_id") or "")
     user_id = str(body.get("user_id") or "")
-    found = await ChatActionToken.select().where(ChatActionToken.token_hash == _token_hash(token)).first()
+    found = await ChatActionToken.select().where(ChatActionToken.token_hash == sha256_hex(token)).first()
     if found is None:
         await _refuse_unknown_token(post_id, user_id)
         raise CallbackRefused("this button's token is not valid", code="bad_token")
@@ -826,7 +823,7 @@ async def _open_decline_dialog(
     await ChatActionToken.insert(
         ChatActionToken(
             id=uuid.uuid4(),
-            token_hash=_token_hash(token),
+            token_hash=sha256_hex(token),
             request=row["id"],
             decision=DIALOG_DECISION,
             post_id=post_id,
@@ -865,7 +862,7 @@ async def handle_mattermost_dialog(hub: Hub, body: dict[str, Any]) -> dict[str, 
     token = str(body.get("state") or "")
     user_id = str(body.get("user_id") or "")
     found = await ChatActionToken.select().where(
-        (ChatActionToken.token_hash == _token_hash(token)) & (ChatActionToken.decision == DIALOG_DECISION)
+        (ChatActionToken.token_hash == sha256_hex(token)) & (ChatActionToken.decision == DIALOG_DECISION)
     ).first() if token else None
     if found is None or body.get("callback_id") != DECLINE_MODAL:
         logger.warning("mattermost dialog with an unknown state", extra={"user": user_id[:100]})

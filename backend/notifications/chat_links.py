@@ -10,13 +10,12 @@ through the same eligibility checks as every other vote.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from backend.accounts.service import Principal
+from backend.accounts.service import Principal, sha256_hex
 from backend.accounts.tables import User
 from backend.audit.service import record
 from backend.errors import Conflict, Forbidden, NotFound, PreloopError, ValidationFailed
@@ -39,9 +38,6 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
 
 def account_of(org_id: Any, kind: str, team: str, chat_user: str) -> str:
     return f"{org_id}:{kind}:{team}:{chat_user}"[:320]
@@ -56,7 +52,7 @@ async def offer(hub: Hub, org_id: Any, kind: str, team: str, chat_user: str, cha
     await ChatLinkToken.insert(
         ChatLinkToken(
             id=uuid.uuid4(),
-            token_hash=_hash(token),
+            token_hash=sha256_hex(token),
             org=org_id,
             kind=kind,
             team=team[:100],
@@ -106,7 +102,7 @@ async def _refuse(principal: Principal, why: str, found: dict[str, Any] | None, 
 async def _usable(principal: Principal, token: str) -> dict[str, Any]:
     """The token's row, if this signed-in person may link with it now; refusals are audited."""
     require_session(principal)
-    found = await ChatLinkToken.select().where(ChatLinkToken.token_hash == _hash(token)).first() if token else None
+    found = await ChatLinkToken.select().where(ChatLinkToken.token_hash == sha256_hex(token)).first() if token else None
     unknown = NotFound("this link is not valid: click the request's button in chat again for a new one",
                        code="link_unknown")
     if found is None:

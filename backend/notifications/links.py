@@ -6,13 +6,12 @@ scanner that fetches every link decides nothing.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from backend.accounts.service import Principal
+from backend.accounts.service import Principal, sha256_hex
 from backend.accounts.tables import User
 from backend.approvals import flows
 from backend.errors import Conflict, NotFound
@@ -26,9 +25,6 @@ DECISIONS = ("approve", "decline")
 FALLBACK_LIFETIME = timedelta(days=7)
 """Links of a request without a deadline stop working after this long."""
 
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def link_url(base_url: str, token: str) -> str:
@@ -47,7 +43,7 @@ async def issue(row: dict[str, Any], user_id: Any, base_url: str) -> dict[str, s
         rows.append(
             EmailActionToken(
                 id=uuid.uuid4(),
-                token_hash=_hash(token),
+                token_hash=sha256_hex(token),
                 request=row["id"],
                 user=user_id,
                 decision=decision,
@@ -70,7 +66,7 @@ _STORE: Batch[list[EmailActionToken], None] = Batch(_store_many)
 
 
 async def _lookup(token: str) -> dict[str, Any]:
-    found = await EmailActionToken.select().where(EmailActionToken.token_hash == _hash(token)).first()
+    found = await EmailActionToken.select().where(EmailActionToken.token_hash == sha256_hex(token)).first()
     if found is None:
         raise NotFound("this approval link is not valid; open the request in the approver app instead")
     return found
