@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
@@ -72,15 +68,3 @@ def structured(result: Any) -> dict[str, Any]:
     """A `CallToolResult`'s structured content (asserting it has some)."""
     assert result.structured_content is not None, result
     return dict(result.structured_content)
-
-
-@contextmanager
-def serving_handler(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
-    """A loopback HTTP server for `handler` on a free port, in a thread; yields the port, stops on exit."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -17,7 +17,6 @@ import anyio
 import pytest
 
 from backend.settings import Settings, load_settings
-from tests.helpers import serving_handler
 
 BOT_TOKEN = "xoxb-test-bot-token"
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -59,7 +58,7 @@ class SlackApi:
 
 @pytest.fixture
 def slack_api() -> Iterator[SlackApi]:
-    from http.server import BaseHTTPRequestHandler
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     state = SlackApi()
     lock = threading.Lock()
@@ -125,9 +124,15 @@ def slack_api() -> Iterator[SlackApi]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    with serving_handler(Handler) as port:
-        state.url = f"http://127.0.0.1:{port}/api/"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/api/"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
         yield state
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -157,7 +162,7 @@ MM_USERS = {
 
 @pytest.fixture
 def mattermost_api() -> Iterator[MattermostApi]:
-    from http.server import BaseHTTPRequestHandler
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     state = MattermostApi()
     lock = threading.Lock()
@@ -208,9 +213,15 @@ def mattermost_api() -> Iterator[MattermostApi]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    with serving_handler(Handler) as port:
-        state.url = f"http://127.0.0.1:{port}"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
         yield state
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture

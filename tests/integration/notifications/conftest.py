@@ -18,7 +18,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from backend.settings import Settings, load_settings
-from tests.helpers import free_port, serving_handler
+from tests.helpers import free_port
 from workers.settings import build_worker
 
 
@@ -129,7 +129,7 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    from http.server import BaseHTTPRequestHandler
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     state = Receiver()
 
@@ -144,9 +144,15 @@ def receiver() -> Iterator[Receiver]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    with serving_handler(Handler) as port:
-        state.url = f"http://127.0.0.1:{port}/hook"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
         yield state
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @dataclass
@@ -199,7 +205,7 @@ def new_browser(push_origin: str, path: str = "push") -> Browser:
 
 @pytest.fixture
 def push_service() -> Iterator[PushService]:
-    from http.server import BaseHTTPRequestHandler
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     state = PushService()
 
@@ -214,9 +220,15 @@ def push_service() -> Iterator[PushService]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    with serving_handler(Handler) as port:
-        state.origin = f"http://127.0.0.1:{port}"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.origin = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
         yield state
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def check_vapid(authorization: str, public_key: str, audience: str) -> dict[str, Any]:
