@@ -108,9 +108,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def redis_url() -> str:
+    """The worker's Redis db. Failed-credential counters per client address live there and every test
+    comes from 127.0.0.1: each test starts with none, so earlier tests' wrong passwords, keys and
+    schemathesis' made-up tokens never turn a later sign-in into a 429 (hub or live hub alike)."""
     client = redis_sync.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
         client.ping()
+        stale = list(client.scan_iter("preloop:auth:address:*"))
+        if stale:
+            client.delete(*stale)
     except redis_sync.RedisError as exc:
         _unavailable(f"Redis at {REDIS_URL}", exc)
     finally:
@@ -139,11 +145,6 @@ async def hub(settings: Settings) -> AsyncIterator[Any]:
 
     running = Hub(settings)
     await running.start(with_worker=False)
-    # Failed-credential counters per client address live in the shared Redis; every test starts
-    # with none, so earlier tests' wrong passwords never turn into a 429 here.
-    stale = [key async for key in running.redis.client.scan_iter("preloop:auth:address:*")]
-    if stale:
-        await running.redis.client.delete(*stale)
     try:
         yield running
     finally:
