@@ -37,6 +37,7 @@ from backend.policy_store.controllers import PolicyController, SeedShapesControl
 from backend.request_checks import BODY_LIMIT_DEFAULT, add_security_headers, check_request
 from backend.settings import Settings, load_settings
 from backend.system import SystemController
+from workers.embedded import EmbeddedWorker
 
 logger = logging.getLogger("preloop.api")
 # The approver app is package data of `pwa`, so it is found the same way from a checkout or a wheel.
@@ -158,7 +159,8 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         if not owns_hub:
             yield
             return
-        await running.start(with_worker=with_worker)
+        await running.start()
+        worker = await EmbeddedWorker(running).start() if with_worker else None
         if settings.demo.enabled:
             from backend.demo import box, ensure_demo, login_lines
 
@@ -169,6 +171,8 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
         try:
             yield
         finally:
+            if worker is not None:
+                await worker.stop()
             await running.stop()
 
     app = Litestar(

@@ -128,6 +128,7 @@ def serve(
     from backend.demo import ensure_demo
     from backend.hub import Hub
     from backend.logs import configure_logging
+    from workers.embedded import EmbeddedWorker
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     configure_logging(settings.log.level, settings.log.format)
@@ -165,9 +166,14 @@ def serve(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
         # Connect before serving, so an unreachable database or Redis is one line, not a traceback.
+        worker: EmbeddedWorker | None = None
         try:
-            await hub.start(with_worker=not no_worker)
+            await hub.start()
+            if not no_worker:
+                worker = await EmbeddedWorker(hub).start()
         except (PreloopError, asyncio.CancelledError):
+            if worker is not None:
+                await worker.stop()
             await hub.stop()
             raise
         try:
@@ -211,6 +217,8 @@ def serve(
             await serving
             return True
         finally:
+            if worker is not None:
+                await worker.stop()
             await hub.stop()
 
     try:

@@ -1,9 +1,9 @@
-"""The running hub: database, Redis, the wake-up bus, the job queue and (optionally) a worker."""
+"""The running hub: database, Redis, the wake-up bus and the job queue (connections only: an in-process
+worker is started beside it by `workers.embedded`)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,8 +29,6 @@ class Hub:
     redis: RedisHandle | None = None
     bus: Bus = field(default_factory=lambda: Bus(None))
     jobs: ArqRedis | None = None
-    worker: Any = None
-    _worker_task: asyncio.Task[Any] | None = None
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the hub begins shutting down: long-polls answer now and event streams end."""
     _shutdown_callbacks: set[Callable[[], None]] = field(default_factory=set)
@@ -54,7 +52,7 @@ class Hub:
         self._shutdown_callbacks.add(callback)
         return lambda: self._shutdown_callbacks.discard(callback)
 
-    async def start(self, *, with_worker: bool, migrate: bool = True) -> None:
+    async def start(self, *, migrate: bool = True) -> None:
         self.settings.secret_key()  # generated and stored (0600) on first start when not configured
         self.engine = await db.connect(self.settings.database_url)
         if self.settings.database.embedded:
@@ -68,28 +66,16 @@ class Hub:
         self.bus = Bus(self.redis.client)
         await self.bus.start()
         self.jobs = await create_pool(self.redis.arq_settings())
-        if with_worker:
-            from workers.settings import build_worker
-
-            self.worker = build_worker(self.redis.arq_settings(), hub=self)
-            self._worker_task = asyncio.create_task(self.worker.async_run(), name="preloop-worker")
         logger.info(
             "hub started",
             extra={
                 "database": "postgresql" if db.is_postgres(self.engine) else "sqlite",
                 "redis": "embedded" if self.redis.embedded is not None else "external",
-                "worker": with_worker,
             },
         )
 
     async def stop(self) -> None:
         self.begin_shutdown()
-        if self.worker is not None:
-            await self.worker.close()
-        if self._worker_task is not None:
-            self._worker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._worker_task
         await self.bus.stop()
         if self.jobs is not None:
             await self.jobs.aclose()

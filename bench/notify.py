@@ -116,7 +116,7 @@ async def main() -> None:
         "PRELOOP_LOG_LEVEL": "warning",
     }
     hub = Hub(load_settings(env))
-    await hub.start(with_worker=False)
+    await hub.start()
     worker: subprocess.Popen[bytes] | None = None
     try:
         await hub.redis.client.delete("arq:queue")  # type: ignore[union-attr]

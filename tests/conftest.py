@@ -144,7 +144,7 @@ async def hub(settings: Settings) -> AsyncIterator[Any]:
     from backend.hub import Hub
 
     running = Hub(settings)
-    await running.start(with_worker=False)
+    await running.start()
     try:
         yield running
     finally:

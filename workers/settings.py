@@ -29,7 +29,7 @@ async def _startup(ctx: dict[str, Any]) -> None:
         from backend.settings import load_settings
 
         hub = Hub(load_settings())
-        await hub.start(with_worker=False, migrate=False)
+        await hub.start(migrate=False)
         ctx["hub"] = hub
         ctx["own_hub"] = True
     from backend.notifications.channels import get_channel, known_kinds

@@ -37,7 +37,7 @@ from backend.approvals.schemas import (
     WaitBody,
 )
 from backend.deps import agent_guard, people_guard
-from backend.events import EventsController
+from backend.event_stream import EventsController
 from backend.hub import Hub
 from backend.openapi import media_types
 from backend.request_checks import BODY_LIMIT_APPROVAL

@@ -153,14 +153,14 @@ async def test_the_secret_key_is_generated_and_stored_0600_on_first_start(
     env = {"PRELOOP_DATABASE_URL": database_url, "PRELOOP_REDIS_URL": redis_url,
            "PRELOOP_DATA_DIR": str(tmp_path / "data"), "PRELOOP_DEMO": "false"}
     hub = Hub(load_settings(env))
-    await hub.start(with_worker=False)
+    await hub.start()
     await hub.stop()
     key_file = tmp_path / "data" / "secret_key"
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     first = key_file.read_text()
     assert len(first) >= 48
     again = Hub(load_settings(env))
-    await again.start(with_worker=False)
+    await again.start()
     await again.stop()
     assert key_file.read_text() == first  # kept, not regenerated
 

@@ -55,8 +55,9 @@ def test_first_start_creates_the_demo_and_serves_the_whole_loop(tmp_path: Path) 
         assert logs.count("checkout-api") == 3
     finally:
         hub.terminate()
-        out, _ = hub.communicate(timeout=30)
+        out, err = hub.communicate(timeout=30)
     assert hub.returncode == 0  # SIGTERM runs the same cleanup as Ctrl-C
+    assert '"msg": "in-process worker started"' in err, err[-2000:]  # one process: API and worker
     password = re.search(r"password: (\S+)", out)
     assert password, out
     assert "login:    admin@demo.preloop.dev" in out

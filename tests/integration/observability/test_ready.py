@@ -46,7 +46,7 @@ async def test_not_ready_when_the_sqlite_file_is_unreachable(tmp_path: Path, red
     settings = load_settings({"PRELOOP_DATA_DIR": str(data), "PRELOOP_REDIS_URL": redis_url, "PRELOOP_DEMO": "false",
                               "PRELOOP_SECRET_KEY": "test-secret"})
     hub = Hub(settings)
-    await hub.start(with_worker=False)
+    await hub.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(hub=hub)),
                                      base_url="http://hub.test") as http:
@@ -141,7 +141,7 @@ async def test_not_ready_when_postgres_is_cut_off(redis_url: str, tmp_path: Path
 async def _ready_until_cut(proxy: TcpProxy, via_proxy: str, redis_url: str, tmp_path: Path) -> None:
     hub = Hub(load_settings({"PRELOOP_DATABASE_URL": via_proxy, "PRELOOP_REDIS_URL": redis_url, "PRELOOP_DEMO": "false",
                              "PRELOOP_DATA_DIR": str(tmp_path / "data"), "PRELOOP_SECRET_KEY": "test-secret"}))
-    await hub.start(with_worker=False)
+    await hub.start()
     try:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(hub=hub)),
                                      base_url="http://hub.test") as http:
