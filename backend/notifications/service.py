@@ -30,7 +30,7 @@ from backend.notifications.channels import CHAT_KINDS, ChannelError, Recipient, 
 from backend.notifications.compose import compose, request_facts
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
 from backend.observability import metrics
-from backend.transactions import lock, write_transaction
+from backend.transactions import is_sqlite, lock, write_transaction
 
 if TYPE_CHECKING:
     from backend.hub import Hub
@@ -87,15 +87,7 @@ async def queue_deliveries(
     event = event or event_name(level)
     channel_list = list(dict.fromkeys(channels))
     approvers_list = list(approvers)
-    payload = {
-        "request_id": str(request["id"]),
-        "tool": request["tool"],
-        "server": request.get("server", ""),
-        "agent": request.get("agent_name", ""),
-        "risk": request.get("risk"),
-        "justification": request.get("justification"),
-        "escalation_level": level,
-    }
+    payload = _payload_of(request, level)
     stamp = now()
 
     def row(user_id: Any, email: str, channel: str, recipient: Any) -> NotificationDelivery:
@@ -134,6 +126,19 @@ async def queue_deliveries(
     return [{"id": str(row["id"]), "user_id": str(row["user"]), "channel": row["channel"]} for row in inserted]
 
 
+def _payload_of(request: dict[str, Any], level: int) -> dict[str, Any]:
+    """What every delivery row about `request` carries, before its recipient's email."""
+    return {
+        "request_id": str(request["id"]),
+        "tool": request["tool"],
+        "server": request.get("server", ""),
+        "agent": request.get("agent_name", ""),
+        "risk": request.get("risk"),
+        "justification": request.get("justification"),
+        "escalation_level": level,
+    }
+
+
 async def notified_so_far(request_id: Any) -> dict[tuple[str, str], str]:
     """(user id, channel) → email of everyone a message about this request went (or is going) to."""
     rows = await NotificationDelivery.select(
@@ -148,6 +153,8 @@ async def notified_so_far(request_id: Any) -> dict[tuple[str, str], str]:
 
 async def queue_outcome(org_id: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
     """The outcome, on each channel, to everyone who was told about the request on it."""
+    if not is_sqlite():
+        return await _queue_outcome_in_sql(org_id, request)
     by_channel: dict[str, list[tuple[str, str]]] = {}
     for (user_id, channel), email in (await notified_so_far(request["id"])).items():
         by_channel.setdefault(channel, []).append((user_id, email))
@@ -158,6 +165,47 @@ async def queue_outcome(org_id: Any, request: dict[str, Any]) -> list[dict[str, 
             org_id, request, people, [channel], level=level, event=f"outcome:{request['status']}"
         )
     return created
+
+
+_OUTCOME_SQL = """
+WITH told AS (
+    SELECT d."user", d.channel FROM notification_delivery d
+    WHERE d.request = {} AND d.status IN ('sent', 'sending', 'queued') AND d.event NOT LIKE 'outcome%'
+    GROUP BY d."user", d.channel
+), picked AS (
+    SELECT "user", channel, false AS chat FROM told WHERE NOT (channel = ANY({}::text[]))
+    UNION ALL
+    SELECT (array_agg("user" ORDER BY "user"))[1], channel, true FROM told
+    WHERE channel = ANY({}::text[]) GROUP BY channel
+)
+INSERT INTO notification_delivery (id, org, request, "user", channel, dedupe_key, escalation_level, status,
+                                   attempts, last_error, payload, created_at, sent_at, event, next_attempt_at,
+                                   claimed_until)
+SELECT gen_random_uuid(), {}, {}, p."user", p.channel,
+       {} || ':' || CASE WHEN p.chat THEN 'channel' ELSE p."user"::text END || ':' || p.channel || ':' || {},
+       {}, 'queued', 0, NULL,
+       {}::jsonb || jsonb_build_object('email', u.email)
+           || CASE WHEN p.chat THEN jsonb_build_object('recipient', 'channel') ELSE jsonb_build_object() END,
+       {}, NULL, {}, NULL, NULL
+FROM picked p LEFT JOIN app_user u ON u.id = p."user"
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id, "user", channel
+"""
+
+
+async def _queue_outcome_in_sql(org_id: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """PostgreSQL: `queue_outcome` as one statement (who was told, on which channel, and their rows);
+    the same rows, dedupe keys and payloads as `queue_deliveries` makes, a chat channel one row for its
+    lowest user id."""
+    level = int(request.get("escalation_level") or 0)
+    event = f"outcome:{request['status']}"
+    chat = sorted(CHAT_KINDS)
+    payload = json.dumps(_payload_of(request, level), default=str)
+    inserted = await NotificationDelivery.raw(
+        _OUTCOME_SQL, request["id"], chat, chat, org_id, request["id"], str(request["id"]), event, level,
+        payload, now(), event,
+    )
+    return [{"id": str(row["id"]), "user_id": str(row["user"]), "channel": row["channel"]} for row in inserted]
 
 
 _ENQUEUE_SCRIPT = """
