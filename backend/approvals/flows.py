@@ -453,15 +453,19 @@ def _schedule(hub: Hub, row: dict[str, Any]) -> None:
 
     remind = reminder_due(row) if row["escalation_level"] == 0 and row["status"] == "pending" else None
 
-    async def enqueue() -> None:
-        if expires is not None and row["escalation_level"] == 0:
-            await hub.enqueue("expire_request", rid, job_id=f"expire:{rid}", defer_until=expires)
-        if remind is not None:
-            await hub.enqueue("remind_request", rid, job_id=f"remind:{rid}", defer_until=remind)
-        if escalates is not None:
-            await hub.enqueue("escalate_request", rid, level, job_id=f"escalate:{rid}:{level}", defer_until=escalates)
+    jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]] = []
+    if expires is not None and row["escalation_level"] == 0:
+        jobs.append(("expire_request", (rid,), f"expire:{rid}", expires))
+    if remind is not None:
+        jobs.append(("remind_request", (rid,), f"remind:{rid}", remind))
+    if escalates is not None:
+        jobs.append(("escalate_request", (rid, level), f"escalate:{rid}:{level}", escalates))
 
-    after_commit(enqueue)
+    async def enqueue() -> None:
+        await notifications.enqueue_many(hub, jobs)  # one Redis round trip for all of them
+
+    if jobs:
+        after_commit(enqueue)
 
 
 def _observe_decision(row: dict[str, Any]) -> None:

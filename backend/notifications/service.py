@@ -225,35 +225,45 @@ async def enqueue_jobs(hub: Hub, jobs: list[tuple[str, str]]) -> int:
     is left alone, so a repeat is harmless. A failure is logged, never raised: the sweep re-queues.
     Returns how many were new.
     """
+    return await enqueue_many(hub, [(JOB, (delivery_id,), jid, None) for delivery_id, jid in jobs])
+
+
+async def enqueue_many(hub: Hub, jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]]) -> int:
+    """Queue `(function, args, job id, defer until)` arq jobs in one pipeline per 500, each atomic by
+    script, with `ArqRedis.enqueue_job`'s keys, scores and expiries (it costs three round trips a job).
+
+    A job id that already has a job or a result is left alone. A failure is logged, never raised: the
+    sweeps are the backstop. Returns how many were new.
+    """
     pool = hub.jobs
     if pool is None or not jobs:
         return 0
     from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
     from arq.jobs import serialize_job
-    from arq.utils import timestamp_ms
+    from arq.utils import timestamp_ms, to_unix_ms
 
     queue = pool.default_queue_name or default_queue_name
     added = 0
     try:
         for start in range(0, len(jobs), ENQUEUE_BATCH):
             stamp = timestamp_ms()
-            expires = pool.expires_extra_ms
             async with pool.pipeline(transaction=False) as pipe:
-                for delivery_id, jid in jobs[start : start + ENQUEUE_BATCH]:
-                    body = serialize_job(JOB, (delivery_id,), {}, None, stamp, serializer=pool.job_serializer)
+                for function, args, jid, defer_until in jobs[start : start + ENQUEUE_BATCH]:
+                    score = to_unix_ms(defer_until) if defer_until is not None else stamp
+                    body = serialize_job(function, args, {}, None, stamp, serializer=pool.job_serializer)
                     keys_and_args: list[Any] = [
                         job_key_prefix + jid,
                         result_key_prefix + jid,
                         queue,
-                        expires,
+                        score - stamp + pool.expires_extra_ms,
                         body,
-                        stamp,
+                        score,
                         jid,
                     ]
                     pipe.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)
                 added += sum(int(r) for r in await pipe.execute())
     except Exception:
-        logger.exception("could not queue notification jobs; the sweep will catch them")
+        logger.exception("could not queue jobs; the sweeps will catch them", extra={"jobs": len(jobs)})
     return added
 
 
