@@ -167,17 +167,9 @@ async def queue_outcome(org_id: Any, request: dict[str, Any]) -> list[dict[str, 
     return created
 
 
-_OUTCOME_SQL = """
-WITH told AS (
-    SELECT d."user", d.channel FROM notification_delivery d
-    WHERE d.request = {} AND d.status IN ('sent', 'sending', 'queued') AND d.event NOT LIKE 'outcome%'
-    GROUP BY d."user", d.channel
-), picked AS (
-    SELECT "user", channel, false AS chat FROM told WHERE NOT (channel = ANY({}::text[]))
-    UNION ALL
-    SELECT (array_agg("user" ORDER BY "user"))[1], channel, true FROM told
-    WHERE channel = ANY({}::text[]) GROUP BY channel
-)
+# Both fan-outs below choose `picked("user", channel, chat)` and end in this insert: the rows, dedupe keys
+# and payloads `queue_deliveries` makes (a chat channel: one row, for its lowest user id).
+_INSERT_PICKED = """
 INSERT INTO notification_delivery (id, org, request, "user", channel, dedupe_key, escalation_level, status,
                                    attempts, last_error, payload, created_at, sent_at, event, next_attempt_at,
                                    claimed_until)
@@ -192,20 +184,67 @@ ON CONFLICT (dedupe_key) DO NOTHING
 RETURNING id, "user", channel
 """
 
+_OUTCOME_SQL = """
+WITH told AS (
+    SELECT d."user", d.channel FROM notification_delivery d
+    WHERE d.request = {} AND d.status IN ('sent', 'sending', 'queued') AND d.event NOT LIKE 'outcome%'
+    GROUP BY d."user", d.channel
+), picked AS (
+    SELECT "user", channel, false AS chat FROM told WHERE NOT (channel = ANY({}::text[]))
+    UNION ALL
+    SELECT (array_agg("user" ORDER BY "user"))[1], channel, true FROM told
+    WHERE channel = ANY({}::text[]) GROUP BY channel
+)""" + _INSERT_PICKED
+
+_REQUESTED_SQL = """
+WITH people AS (
+    SELECT u.id AS "user" FROM app_user u
+    WHERE u.org = {} AND u.email = ANY({}::text[]) AND u.is_active
+    UNION
+    SELECT u.id FROM team_membership m JOIN team t ON t.id = m.team JOIN app_user u ON u.id = m."user"
+    WHERE t.org = {} AND t.name = ANY({}::text[]) AND u.is_active
+), eligible AS (
+    SELECT "user" FROM people WHERE "user"::text <> {}
+), picked AS (
+    SELECT e."user", c.channel, false AS chat FROM eligible e CROSS JOIN unnest({}::text[]) AS c(channel)
+    UNION ALL
+    SELECT f."user", c.channel, true FROM (SELECT "user" FROM eligible ORDER BY "user" LIMIT 1) f
+    CROSS JOIN unnest({}::text[]) AS c(channel)
+)""" + _INSERT_PICKED
+
+
+def _tail_args(org_id: Any, request: dict[str, Any], event: str, level: int) -> list[Any]:
+    payload = json.dumps(_payload_of(request, level), default=str)
+    return [org_id, request["id"], str(request["id"]), event, level, payload, now(), event]
+
+
+def _created(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": str(row["id"]), "user_id": str(row["user"]), "channel": row["channel"]} for row in inserted]
+
 
 async def _queue_outcome_in_sql(org_id: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
-    """PostgreSQL: `queue_outcome` as one statement (who was told, on which channel, and their rows);
-    the same rows, dedupe keys and payloads as `queue_deliveries` makes, a chat channel one row for its
-    lowest user id."""
+    """PostgreSQL: `queue_outcome` as one statement (who was told, on which channel, and their rows)."""
     level = int(request.get("escalation_level") or 0)
-    event = f"outcome:{request['status']}"
     chat = sorted(CHAT_KINDS)
-    payload = json.dumps(_payload_of(request, level), default=str)
-    inserted = await NotificationDelivery.raw(
-        _OUTCOME_SQL, request["id"], chat, chat, org_id, request["id"], str(request["id"]), event, level,
-        payload, now(), event,
+    tail = _tail_args(org_id, request, f"outcome:{request['status']}", level)
+    return _created(await NotificationDelivery.raw(_OUTCOME_SQL, request["id"], chat, chat, *tail))
+
+
+async def queue_to_eligible_in_sql(
+    org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *, level: int
+) -> list[dict[str, Any]]:
+    """PostgreSQL: `queue_deliveries` to the active users named by `emails` or members of `teams`, the
+    requester excepted (who `approvals.flows.eligible_users` finds), in one statement."""
+    channel_list = list(dict.fromkeys(channels))
+    plain = [c for c in channel_list if c not in CHAT_KINDS]
+    chat = [c for c in channel_list if c in CHAT_KINDS]
+    requester = str(request.get("requester") or "")
+    tail = _tail_args(org_id, request, event_name(level), level)
+    return _created(
+        await NotificationDelivery.raw(
+            _REQUESTED_SQL, org_id, emails, org_id, teams, requester, plain, chat, *tail
+        )
     )
-    return [{"id": str(row["id"]), "user_id": str(row["user"]), "channel": row["channel"]} for row in inserted]
 
 
 _ENQUEUE_SCRIPT = """
