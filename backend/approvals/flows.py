@@ -146,9 +146,8 @@ def user_ref(user_id: Any, email: str) -> dict[str, Any]:
 # --- who may vote -------------------------------------------------------------------------------
 
 
-async def eligible_users(row: dict[str, Any], *, include_future_levels: bool = False) -> dict[str, str]:
-    """User id -> email of everyone who may vote now: named approvers, team members and the
-    targets of escalation levels that have fired. The requesting key's owner is never eligible."""
+def _named_voters(row: dict[str, Any], *, include_future_levels: bool = False) -> tuple[set[str], set[str]]:
+    """(emails, team names) the request's policy lets vote now (`eligible_users` finds who they are)."""
     policy = policy_of(row)
     emails: set[str] = {e.lower() for e in policy.get("approvers", [])}
     teams: set[str] = set(policy.get("teams", []))
@@ -156,6 +155,13 @@ async def eligible_users(row: dict[str, Any], *, include_future_levels: bool = F
         if include_future_levels or index < int(row.get("escalation_level") or 0):
             emails.update(e.lower() for e in level.get("users", []))
             teams.update(level.get("teams", []))
+    return emails, teams
+
+
+async def eligible_users(row: dict[str, Any], *, include_future_levels: bool = False) -> dict[str, str]:
+    """User id -> email of everyone who may vote now: named approvers, team members and the
+    targets of escalation levels that have fired. The requesting key's owner is never eligible."""
+    emails, teams = _named_voters(row, include_future_levels=include_future_levels)
     found: dict[str, str] = {}
     if teams:  # one join for every member of the named teams
         members = await TeamMembership.select(TeamMembership.user.id, TeamMembership.user.email).where(
@@ -229,7 +235,7 @@ async def transition(
                     **({"require_passkey": True} if policy_of(updated).get("require_passkey") else {}),
                 },
             )
-            await _notify(hub, updated, level=0, users=await eligible_users(updated))
+            await _notify(hub, updated, level=0, users=None)
             _schedule(hub, updated)
             _announce(hub, updated, "approval.requested")
             return updated
@@ -369,9 +375,17 @@ async def _audit(row: dict[str, Any], kind: str, actor: Actor, change: Change, d
     )
 
 
-async def _notify(hub: Hub, row: dict[str, Any], *, level: int, users: dict[str, str]) -> None:
+async def _notify(hub: Hub, row: dict[str, Any], *, level: int, users: dict[str, str] | None) -> None:
+    """Queue the ask to `users`; None: to everyone eligible now (found in the same statement on PostgreSQL)."""
     channels = policy_of(row).get("channels") or ["web"]
-    created = await notifications.queue_deliveries(row["org"], row, users.items(), channels, level=level)
+    if users is None and not is_sqlite():
+        emails, teams = _named_voters(row)
+        created = await notifications.queue_to_eligible_in_sql(
+            row["org"], row, sorted(emails), sorted(teams), channels, level=level
+        )
+    else:
+        users = await eligible_users(row) if users is None else users
+        created = await notifications.queue_deliveries(row["org"], row, users.items(), channels, level=level)
     _send_after_commit(hub, row, created, level=level)
 
 
@@ -453,15 +467,19 @@ def _schedule(hub: Hub, row: dict[str, Any]) -> None:
 
     remind = reminder_due(row) if row["escalation_level"] == 0 and row["status"] == "pending" else None
 
-    async def enqueue() -> None:
-        if expires is not None and row["escalation_level"] == 0:
-            await hub.enqueue("expire_request", rid, job_id=f"expire:{rid}", defer_until=expires)
-        if remind is not None:
-            await hub.enqueue("remind_request", rid, job_id=f"remind:{rid}", defer_until=remind)
-        if escalates is not None:
-            await hub.enqueue("escalate_request", rid, level, job_id=f"escalate:{rid}:{level}", defer_until=escalates)
+    jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]] = []
+    if expires is not None and row["escalation_level"] == 0:
+        jobs.append(("expire_request", (rid,), f"expire:{rid}", expires))
+    if remind is not None:
+        jobs.append(("remind_request", (rid,), f"remind:{rid}", remind))
+    if escalates is not None:
+        jobs.append(("escalate_request", (rid, level), f"escalate:{rid}:{level}", escalates))
 
-    after_commit(enqueue)
+    async def enqueue() -> None:
+        await notifications.enqueue_many(hub, jobs)  # one Redis round trip for all of them
+
+    if jobs:
+        after_commit(enqueue)
 
 
 def _observe_decision(row: dict[str, Any]) -> None:

@@ -157,6 +157,8 @@ async def _append(
         row["_external_id"] = key
         by_org.setdefault(row["org_id"], []).append(row)
     for org in sorted(by_org):  # a fixed order: two transactions never wait on each other's orgs
+        if not is_sqlite() and await _chain_in_sql(org, by_org[org]):
+            continue
         head = await _locked_head(org)
         seq = head["seq"] if head else 0
         prev = head["hash"] if head else GENESIS
@@ -197,6 +199,72 @@ async def _append_and_move(org: str, events: list[AuditEvent], seq: int, last_ha
         f"INSERT INTO audit_event ({', '.join(_EVENT_COLUMNS)}) VALUES {', '.join(values)}",
         *args,
     )
+
+
+def _hash_parts(row: dict[str, Any]) -> tuple[str, str]:
+    """`event_hash`'s canonical text around the two values only the chain head knows.
+
+    The text is `p1 + str(seq) + p2 + '"' + prev_hash + '"]'` (a decimal and a hex digest need no
+    escaping), so PostgreSQL can finish the hash under the head's lock; `event_hash` checks it.
+    """
+    created = row["created_at"].astimezone(UTC).isoformat()
+    middle = [row["kind"], row["actor_type"], row["actor_id"], row["actor_label"], row["subject_type"],
+              row["subject_id"], row["data"], created]
+    return "[" + _canonical(str(row["org_id"])) + ",", "," + _canonical(middle)[1:-1] + ","
+
+
+_CHAIN_SQL = """
+WITH RECURSIVE head AS (
+    SELECT seq, hash FROM audit_head WHERE org_id = {} FOR UPDATE
+), ev AS (
+    SELECT * FROM unnest({}::text[], {}::text[], {}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[],
+                         {}::text[], {}::text[], {}::text[], {}::timestamptz[], {}::text[])
+        WITH ORDINALITY AS e(p1, p2, id, kind, actor_type, actor_id, actor_label, subject_type, subject_id,
+                             data, created_at, external_id, n)
+), chain AS (
+    SELECT e.n, h.seq + 1 AS seq, h.hash::text AS prev_hash,
+           encode(sha256(convert_to(e.p1 || (h.seq + 1)::text || e.p2 || '"' || h.hash || '"]', 'UTF8')), 'hex') AS hash
+    FROM head h JOIN ev e ON e.n = 1
+    UNION ALL
+    SELECT e.n, c.seq + 1, c.hash::text,
+           encode(sha256(convert_to(e.p1 || (c.seq + 1)::text || e.p2 || '"' || c.hash || '"]', 'UTF8')), 'hex')
+    FROM chain c JOIN ev e ON e.n = c.n + 1
+), moved AS (
+    UPDATE audit_head SET seq = last.seq, hash = last.hash, updated_at = {}
+    FROM (SELECT seq, hash FROM chain ORDER BY n DESC LIMIT 1) AS last
+    WHERE audit_head.org_id = {}
+    RETURNING 1
+)
+INSERT INTO audit_event (id, org_id, seq, chain_pos, kind, actor_type, actor_id, actor_label, subject_type,
+                         subject_id, data, created_at, prev_hash, hash, external_id, note)
+SELECT e.id, {}, c.seq, {} || ':' || c.seq, e.kind, e.actor_type, e.actor_id, e.actor_label, e.subject_type,
+       e.subject_id, e.data::jsonb, e.created_at, c.prev_hash, c.hash, e.external_id, ''
+FROM ev e JOIN chain c ON c.n = e.n
+RETURNING seq, prev_hash, hash
+"""
+
+
+async def _chain_in_sql(org: str, rows: list[dict[str, Any]]) -> bool:
+    """PostgreSQL: lock the org's head, chain and insert `rows` and move the head, in one statement.
+
+    The head row's `FOR UPDATE` is the chain lock, held from this statement to the commit (one round
+    trip instead of a locked read, hashing in Python, then the append). False, with nothing written,
+    when the org has no head yet (its first event): the caller takes the advisory-lock path.
+    """
+    parts = [_hash_parts(row) for row in rows]
+    columns: list[list[Any]] = [[p[0] for p in parts], [p[1] for p in parts], [uuid.uuid4() for _ in rows]]
+    for name in ("kind", "actor_type", "actor_id", "actor_label", "subject_type", "subject_id"):
+        columns.append([row[name] for row in rows])
+    columns.append([json.dumps(row["data"]) for row in rows])
+    columns.append([row["created_at"] for row in rows])
+    columns.append([row["_external_id"] for row in rows])
+    done = await AuditEvent.raw(_CHAIN_SQL, org, *columns, datetime.now(UTC), org, org, org)
+    if not done:
+        return False
+    for row, chained in zip(rows, sorted(done, key=lambda r: r["seq"]), strict=True):
+        del row["_external_id"]
+        row["seq"], row["prev_hash"], row["hash"] = chained["seq"], chained["prev_hash"], chained["hash"]
+    return True
 
 
 async def _locked_head(org: str) -> dict[str, Any] | None:

@@ -30,7 +30,7 @@ from backend.notifications.channels import CHAT_KINDS, ChannelError, Recipient, 
 from backend.notifications.compose import compose, request_facts
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
 from backend.observability import metrics
-from backend.transactions import lock, write_transaction
+from backend.transactions import is_sqlite, lock, write_transaction
 
 if TYPE_CHECKING:
     from backend.hub import Hub
@@ -87,15 +87,7 @@ async def queue_deliveries(
     event = event or event_name(level)
     channel_list = list(dict.fromkeys(channels))
     approvers_list = list(approvers)
-    payload = {
-        "request_id": str(request["id"]),
-        "tool": request["tool"],
-        "server": request.get("server", ""),
-        "agent": request.get("agent_name", ""),
-        "risk": request.get("risk"),
-        "justification": request.get("justification"),
-        "escalation_level": level,
-    }
+    payload = _payload_of(request, level)
     stamp = now()
 
     def row(user_id: Any, email: str, channel: str, recipient: Any) -> NotificationDelivery:
@@ -134,6 +126,19 @@ async def queue_deliveries(
     return [{"id": str(row["id"]), "user_id": str(row["user"]), "channel": row["channel"]} for row in inserted]
 
 
+def _payload_of(request: dict[str, Any], level: int) -> dict[str, Any]:
+    """What every delivery row about `request` carries, before its recipient's email."""
+    return {
+        "request_id": str(request["id"]),
+        "tool": request["tool"],
+        "server": request.get("server", ""),
+        "agent": request.get("agent_name", ""),
+        "risk": request.get("risk"),
+        "justification": request.get("justification"),
+        "escalation_level": level,
+    }
+
+
 async def notified_so_far(request_id: Any) -> dict[tuple[str, str], str]:
     """(user id, channel) → email of everyone a message about this request went (or is going) to."""
     rows = await NotificationDelivery.select(
@@ -148,6 +153,8 @@ async def notified_so_far(request_id: Any) -> dict[tuple[str, str], str]:
 
 async def queue_outcome(org_id: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
     """The outcome, on each channel, to everyone who was told about the request on it."""
+    if not is_sqlite():
+        return await _queue_outcome_in_sql(org_id, request)
     by_channel: dict[str, list[tuple[str, str]]] = {}
     for (user_id, channel), email in (await notified_so_far(request["id"])).items():
         by_channel.setdefault(channel, []).append((user_id, email))
@@ -158,6 +165,86 @@ async def queue_outcome(org_id: Any, request: dict[str, Any]) -> list[dict[str, 
             org_id, request, people, [channel], level=level, event=f"outcome:{request['status']}"
         )
     return created
+
+
+# Both fan-outs below choose `picked("user", channel, chat)` and end in this insert: the rows, dedupe keys
+# and payloads `queue_deliveries` makes (a chat channel: one row, for its lowest user id).
+_INSERT_PICKED = """
+INSERT INTO notification_delivery (id, org, request, "user", channel, dedupe_key, escalation_level, status,
+                                   attempts, last_error, payload, created_at, sent_at, event, next_attempt_at,
+                                   claimed_until)
+SELECT gen_random_uuid(), {}, {}, p."user", p.channel,
+       {} || ':' || CASE WHEN p.chat THEN 'channel' ELSE p."user"::text END || ':' || p.channel || ':' || {},
+       {}, 'queued', 0, NULL,
+       {}::jsonb || jsonb_build_object('email', u.email)
+           || CASE WHEN p.chat THEN jsonb_build_object('recipient', 'channel') ELSE jsonb_build_object() END,
+       {}, NULL, {}, NULL, NULL
+FROM picked p LEFT JOIN app_user u ON u.id = p."user"
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id, "user", channel
+"""
+
+_OUTCOME_SQL = """
+WITH told AS (
+    SELECT d."user", d.channel FROM notification_delivery d
+    WHERE d.request = {} AND d.status IN ('sent', 'sending', 'queued') AND d.event NOT LIKE 'outcome%'
+    GROUP BY d."user", d.channel
+), picked AS (
+    SELECT "user", channel, false AS chat FROM told WHERE NOT (channel = ANY({}::text[]))
+    UNION ALL
+    SELECT (array_agg("user" ORDER BY "user"))[1], channel, true FROM told
+    WHERE channel = ANY({}::text[]) GROUP BY channel
+)""" + _INSERT_PICKED
+
+_REQUESTED_SQL = """
+WITH people AS (
+    SELECT u.id AS "user" FROM app_user u
+    WHERE u.org = {} AND u.email = ANY({}::text[]) AND u.is_active
+    UNION
+    SELECT u.id FROM team_membership m JOIN team t ON t.id = m.team JOIN app_user u ON u.id = m."user"
+    WHERE t.org = {} AND t.name = ANY({}::text[]) AND u.is_active
+), eligible AS (
+    SELECT "user" FROM people WHERE "user"::text <> {}
+), picked AS (
+    SELECT e."user", c.channel, false AS chat FROM eligible e CROSS JOIN unnest({}::text[]) AS c(channel)
+    UNION ALL
+    SELECT f."user", c.channel, true FROM (SELECT "user" FROM eligible ORDER BY "user" LIMIT 1) f
+    CROSS JOIN unnest({}::text[]) AS c(channel)
+)""" + _INSERT_PICKED
+
+
+def _tail_args(org_id: Any, request: dict[str, Any], event: str, level: int) -> list[Any]:
+    payload = json.dumps(_payload_of(request, level), default=str)
+    return [org_id, request["id"], str(request["id"]), event, level, payload, now(), event]
+
+
+def _created(inserted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"id": str(row["id"]), "user_id": str(row["user"]), "channel": row["channel"]} for row in inserted]
+
+
+async def _queue_outcome_in_sql(org_id: Any, request: dict[str, Any]) -> list[dict[str, Any]]:
+    """PostgreSQL: `queue_outcome` as one statement (who was told, on which channel, and their rows)."""
+    level = int(request.get("escalation_level") or 0)
+    chat = sorted(CHAT_KINDS)
+    tail = _tail_args(org_id, request, f"outcome:{request['status']}", level)
+    return _created(await NotificationDelivery.raw(_OUTCOME_SQL, request["id"], chat, chat, *tail))
+
+
+async def queue_to_eligible_in_sql(
+    org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *, level: int
+) -> list[dict[str, Any]]:
+    """PostgreSQL: `queue_deliveries` to the active users named by `emails` or members of `teams`, the
+    requester excepted (who `approvals.flows.eligible_users` finds), in one statement."""
+    channel_list = list(dict.fromkeys(channels))
+    plain = [c for c in channel_list if c not in CHAT_KINDS]
+    chat = [c for c in channel_list if c in CHAT_KINDS]
+    requester = str(request.get("requester") or "")
+    tail = _tail_args(org_id, request, event_name(level), level)
+    return _created(
+        await NotificationDelivery.raw(
+            _REQUESTED_SQL, org_id, emails, org_id, teams, requester, plain, chat, *tail
+        )
+    )
 
 
 _ENQUEUE_SCRIPT = """
@@ -177,35 +264,45 @@ async def enqueue_jobs(hub: Hub, jobs: list[tuple[str, str]]) -> int:
     is left alone, so a repeat is harmless. A failure is logged, never raised: the sweep re-queues.
     Returns how many were new.
     """
+    return await enqueue_many(hub, [(JOB, (delivery_id,), jid, None) for delivery_id, jid in jobs])
+
+
+async def enqueue_many(hub: Hub, jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]]) -> int:
+    """Queue `(function, args, job id, defer until)` arq jobs in one pipeline per 500, each atomic by
+    script, with `ArqRedis.enqueue_job`'s keys, scores and expiries (it costs three round trips a job).
+
+    A job id that already has a job or a result is left alone. A failure is logged, never raised: the
+    sweeps are the backstop. Returns how many were new.
+    """
     pool = hub.jobs
     if pool is None or not jobs:
         return 0
     from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
     from arq.jobs import serialize_job
-    from arq.utils import timestamp_ms
+    from arq.utils import timestamp_ms, to_unix_ms
 
     queue = pool.default_queue_name or default_queue_name
     added = 0
     try:
         for start in range(0, len(jobs), ENQUEUE_BATCH):
             stamp = timestamp_ms()
-            expires = pool.expires_extra_ms
             async with pool.pipeline(transaction=False) as pipe:
-                for delivery_id, jid in jobs[start : start + ENQUEUE_BATCH]:
-                    body = serialize_job(JOB, (delivery_id,), {}, None, stamp, serializer=pool.job_serializer)
+                for function, args, jid, defer_until in jobs[start : start + ENQUEUE_BATCH]:
+                    score = to_unix_ms(defer_until) if defer_until is not None else stamp
+                    body = serialize_job(function, args, {}, None, stamp, serializer=pool.job_serializer)
                     keys_and_args: list[Any] = [
                         job_key_prefix + jid,
                         result_key_prefix + jid,
                         queue,
-                        expires,
+                        score - stamp + pool.expires_extra_ms,
                         body,
-                        stamp,
+                        score,
                         jid,
                     ]
                     pipe.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)
                 added += sum(int(r) for r in await pipe.execute())
     except Exception:
-        logger.exception("could not queue notification jobs; the sweep will catch them")
+        logger.exception("could not queue jobs; the sweeps will catch them", extra={"jobs": len(jobs)})
     return added
 
 

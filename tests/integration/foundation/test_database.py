@@ -108,3 +108,31 @@ async def test_events_of_a_transaction_land_with_it_or_not_at_all(hub: Any) -> N
         await failing_unit_of_work()
     assert await AuditEvent.count().where(AuditEvent.org_id == org) == 2
     assert (await verify(org)).ok
+
+
+async def test_concurrent_multi_event_transactions_chain_in_order_with_any_text(hub: Any) -> None:
+    """Appends after an org's first event chain in one statement on PostgreSQL (the hash finished in SQL):
+    the hashes must still be `event_hash`'s, for non-ASCII text, nested data and several events at once."""
+    from backend.transactions import write_transaction
+
+    org = "00000000-0000-0000-0000-00000000a0d6"
+    await record(org, "first", Actor.system())
+
+    async def unit(n: int) -> None:
+        async with write_transaction():
+            for k in range(3):
+                data = {"n": n, "k": k, "text": "é ü 漢字 \"quoted\" \\ \n", "nested": {"b": [1, 2.5, None], "a": True}}
+                await record(org, f"multi.{k}", Actor("user", f"u{n}", "Zoë <z@example.com>"), data=data,
+                             subject_type="request", subject_id=f"r-{n}")
+
+    await asyncio.gather(*(unit(n) for n in range(12)))
+    rows = await AuditEvent.select(AuditEvent.seq, AuditEvent.kind, AuditEvent.subject_id).where(
+        AuditEvent.org_id == org
+    ).order_by(AuditEvent.seq)
+    assert [row["seq"] for row in rows] == list(range(1, 38))
+    # A transaction's events are consecutive and in the order they were recorded.
+    for start in range(1, 37, 3):
+        group = rows[start : start + 3]
+        assert [r["kind"] for r in group] == ["multi.0", "multi.1", "multi.2"]
+        assert len({r["subject_id"] for r in group}) == 1
+    assert (await verify(org)).ok
