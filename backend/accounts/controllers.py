@@ -32,9 +32,8 @@ from backend.accounts.schemas import (
     UserView,
 )
 from backend.accounts.service import Principal
-from backend.accounts.tables import ApiKey, User
 from backend.deps import SESSION_COOKIE, admin_guard, client_address, people_guard, session_cookie, token_attempt
-from backend.errors import Forbidden, NotAuthenticated
+from backend.errors import NotAuthenticated
 from backend.hub import Hub
 from backend.request_checks import BODY_LIMIT_SMALL
 
@@ -97,10 +96,7 @@ class UserController(Controller):
 
     @get(operation_id="list_users")
     async def list_users(self, principal: Principal) -> list[UserView]:
-        rows = await User.select(User.id, User.email, User.name, User.role, User.is_active).where(
-            User.org == principal.org_id
-        ).order_by(User.email)
-        return [UserView(**{**row, "id": str(row["id"])}) for row in rows]
+        return msgspec.convert(await lifecycle.list_users(principal.org_id), list[UserView])
 
     @post(operation_id="create_user", guards=[admin_guard])
     async def create_user(self, data: UserBody, principal: Principal) -> CreatedUser:
@@ -174,32 +170,14 @@ class KeyController(Controller):
 
     @get(operation_id="list_keys")
     async def list_keys(self, principal: Principal) -> list[KeyView]:
-        query = ApiKey.select(
-            ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scope, ApiKey.created_at, ApiKey.revoked_at,
-            ApiKey.last_used_at, ApiKey.user.email,
-        ).where(ApiKey.org == principal.org_id)
-        if not principal.is_admin:
-            query = query.where(ApiKey.user == principal.user_id)
-        return [msgspec.convert({**row, "id": str(row["id"])}, KeyView) for row in await query]
+        return msgspec.convert(await service.list_keys(principal), list[KeyView])
 
     @post(operation_id="create_key", summary="Create an API key; the token is in this response only")
     async def create_key(self, data: KeyBody, principal: Principal) -> CreatedKey:
-        user_id = principal.user_id
-        if data.user and data.user.lower() != principal.email:
-            if not principal.is_admin:
-                raise Forbidden("only admins create keys for other users")
-            user_id = (await service.get_user(principal.org_id, data.user))["id"]
-        if principal.via == "key" and not principal.is_admin:
-            raise Forbidden("an agent key cannot mint keys; log in or use an admin key")
-        token, meta = await service.create_key(
-            principal.org_id, user_id, data.name, scope=data.scope, labels=data.labels, actor=principal.actor
-        )
+        token, meta = await service.mint_key(principal, data.name, user=data.user, scope=data.scope, labels=data.labels)
         return msgspec.convert({**meta, "id": str(meta["id"]), "token": token}, CreatedKey)
 
     @post("/{key_ref:str}/revoke", operation_id="revoke_key", status_code=200,
           summary="Revoke a key (by id or prefix) at once; admins any key of the org, others their own")
     async def revoke(self, key_ref: str, principal: Principal) -> KeyRevoked:
-        if principal.via == "key" and not principal.is_admin:
-            raise Forbidden("an agent or approver key cannot revoke keys; log in or use an admin key")
-        owner = None if principal.is_admin else principal.user_id
-        return KeyRevoked(**await lifecycle.revoke_key(principal.org_id, key_ref, actor=principal.actor, owner=owner))
+        return KeyRevoked(**await lifecycle.revoke_key_for(principal, key_ref))

@@ -325,6 +325,21 @@ _KEYS_GENERATION = 0
 _KEYS_MAX = 10_000
 
 
+async def mint_key(
+    principal: Principal, name: str, *, user: str | None = None, scope: str = "agent",
+    labels: dict[str, Any] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """A key for the caller or (admins only) another user of the org; a non-admin key mints none."""
+    user_id = principal.user_id
+    if user and user.lower() != principal.email:
+        if not principal.is_admin:
+            raise Forbidden("only admins create keys for other users")
+        user_id = (await get_user(principal.org_id, user))["id"]
+    if principal.via == "key" and not principal.is_admin:
+        raise Forbidden("an agent key cannot mint keys; log in or use an admin key")
+    return await create_key(principal.org_id, user_id, name, scope=scope, labels=labels, actor=principal.actor)
+
+
 def _forget_keys(_topic: str = "", _message: dict[str, Any] | None = None) -> None:
     global _KEYS_GENERATION
     _KEYS_GENERATION += 1  # a lookup that started before this does not store what it read
