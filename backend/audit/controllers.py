@@ -13,8 +13,7 @@ from backend.accounts.service import Principal
 from backend.audit import calls
 from backend.audit.calls import BatchAnswer, CallBatch
 from backend.audit.export import export_org
-from backend.audit.service import verify
-from backend.audit.tables import AuditEvent
+from backend.audit.service import list_events, verify
 from backend.deps import admin_guard, people_guard
 from backend.request_checks import BODY_LIMIT_CALLS
 
@@ -108,15 +107,10 @@ class AuditController(Controller):
         after_seq: int = Parameter(default=0, ge=0, le=2**53),  # a BigInt column; 2**53 stays exact in JSON
         limit: int = Parameter(default=100, ge=1, le=1000),
     ) -> list[AuditEventView]:
-        query = AuditEvent.select().where(
-            (AuditEvent.org_id == str(principal.org_id)) & (AuditEvent.seq > after_seq)
+        rows = await list_events(
+            principal.org_id, kind=kind, subject_id=subject_id, after_seq=after_seq, limit=limit, families=False
         )
-        if kind:
-            query = query.where(AuditEvent.kind == kind)
-        if subject_id:
-            query = query.where(AuditEvent.subject_id == subject_id)
-        rows = await query.order_by(AuditEvent.seq).limit(limit).output(load_json=True)
-        return [msgspec.convert({**row, "id": str(row["id"])}, AuditEventView) for row in rows]
+        return msgspec.convert(rows, list[AuditEventView])
 
     @post("/calls", operation_id="ingest_call_records", status_code=200, request_max_body_size=BODY_LIMIT_CALLS,
           opt={"nul_per_item": True},  # calls.ingest refuses a NUL per record
