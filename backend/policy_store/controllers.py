@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 import msgspec
@@ -77,24 +75,10 @@ class PolicyController(Controller):
         after: int | None = Parameter(default=None, ge=0),
         wait: float = Parameter(default=0, ge=0, le=3600, description="seconds; capped by PRELOOP_MAX_WAIT_SECONDS"),
     ) -> Response[PolicyVersionView]:
-        wait = min(wait, float(hub.settings.approvals.max_wait_seconds))
-        if after is None or wait <= 0:
-            return Response(_active(await service.get_active(principal.org_id)))
-        changed = asyncio.Event()
-        unsubscribe = hub.bus.subscribe(service.policy_topic(principal.org_id), lambda *_: changed.set())
-        stop_waiting = hub.at_shutdown(changed.set)  # a stopping hub answers (304 when unchanged)
-        try:
-            row = await service.active_row(principal.org_id)
-            if row is None or row["version"] <= after:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=wait)
-                row = await service.active_row(principal.org_id)
-        finally:
-            unsubscribe()
-            stop_waiting()
-        if row is None or row["version"] <= after:
+        version = await service.active_after(hub, principal.org_id, after, wait)
+        if version is None:
             return Response(content=None, status_code=304)  # type: ignore[arg-type]  # a 304 has no body
-        return Response(_active(await service.get_active(principal.org_id)))
+        return Response(_active(version))
 
     @post("/policies/diff", operation_id="diff_policy", guards=[admin_guard], status_code=200,
           request_max_body_size=BODY_LIMIT_POLICY)
