@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
+from uuid import UUID
 
 from litestar import Request
 from litestar.datastructures import ResponseHeader
@@ -48,6 +50,32 @@ def decode(cursor: str, count: int) -> list[str]:
             detail={"field": "cursor", "hint": f"pass the {NEXT_CURSOR} header of the previous page as is"},
         )
     return parts
+
+
+def position(cursor: str) -> tuple[datetime, UUID]:
+    """A (created_at, id) cursor: the last item of a list ordered by time, ties broken by id."""
+    at, item_id = decode(cursor, 2)
+    try:
+        return datetime.fromisoformat(at), UUID(item_id)
+    except ValueError:
+        decode("", 2)  # raises the cursor's 422
+        raise
+
+
+def number(cursor: str) -> int:
+    """A cursor naming one non-negative integer (a sequence or version number)."""
+    (text,) = decode(cursor, 1)
+    if not text.isdigit() or len(text) > 16:
+        decode("", 1)  # raises the cursor's 422
+    return int(text)
+
+
+def after_last(items: list[dict[str, Any]], limit: int, *fields: str) -> str | None:
+    """The cursor after a full page's last item, made of its `fields`; None on a short page (the last)."""
+    if not items or len(items) < limit:
+        return None
+    last = items[-1]
+    return encode(*(last[f].isoformat() if isinstance(last[f], datetime) else str(last[f]) for f in fields))
 
 
 def next_page_headers(request: Request[Any, Any, Any], cursor: str | None) -> dict[str, str]:
