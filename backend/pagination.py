@@ -15,8 +15,10 @@ from typing import Any
 from urllib.parse import urlencode
 from uuid import UUID
 
-from litestar import Request
+import msgspec
+from litestar import Request, Response
 from litestar.datastructures import ResponseHeader
+from litestar.params import Parameter
 
 from backend.errors import ValidationFailed
 
@@ -31,6 +33,10 @@ HEADERS = [
         description='The next page\'s URL as `<…>; rel="next"`; absent on the last page.',
     ),
 ]
+
+
+LIMIT: Any = Parameter(default=100, ge=1, le=1000, description="Items per page")
+CURSOR: Any = Parameter(default=None, max_length=200, description=f"The {NEXT_CURSOR} of the previous page")
 
 
 def encode(*parts: str) -> str:
@@ -84,3 +90,9 @@ def next_page_headers(request: Request[Any, Any, Any], cursor: str | None) -> di
     query = {k: v for k, v in request.query_params.items() if k not in ("cursor", "offset")}
     url = f"{request.url.path}?{urlencode({**query, 'cursor': cursor})}"
     return {NEXT_CURSOR: cursor, "Link": f'<{url}>; rel="next"'}
+
+
+def page(request: Request[Any, Any, Any], items: list[dict[str, Any]], limit: int, view: Any, *fields: str) -> Any:
+    """One page as `view` (a list type), with the next page's headers when it is full; `fields` make the cursor."""
+    following = after_last(items, limit, *fields)
+    return Response(msgspec.convert(items, view), headers=next_page_headers(request, following))

@@ -6,6 +6,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie
 
+from backend import pagination
 from backend.accounts import lifecycle, service, throttle
 from backend.accounts.schemas import (
     CreatedKey,
@@ -94,9 +95,15 @@ class UserController(Controller):
     path = "/api/v1/users"
     tags = ["accounts"]
 
-    @get(operation_id="list_users")
-    async def list_users(self, principal: Principal) -> list[UserView]:
-        return msgspec.convert(await lifecycle.list_users(principal.org_id), list[UserView])
+    @get(operation_id="list_users", summary="The org's users by email; pages by cursor",
+         response_headers=pagination.HEADERS)
+    async def list_users(
+        self, request: Request, principal: Principal,  # type: ignore[type-arg]
+        limit: int = pagination.LIMIT, cursor: str | None = pagination.CURSOR,
+    ) -> Response[list[UserView]]:
+        after = pagination.decode(cursor, 1)[0] if cursor else None
+        users = await lifecycle.list_users(principal.org_id, limit=limit, after=after)
+        return pagination.page(request, users, limit, list[UserView], "email")  # type: ignore[no-any-return]
 
     @post(operation_id="create_user", guards=[admin_guard])
     async def create_user(self, data: UserBody, principal: Principal) -> CreatedUser:
@@ -168,9 +175,15 @@ class KeyController(Controller):
     path = "/api/v1/keys"
     tags = ["accounts"]
 
-    @get(operation_id="list_keys")
-    async def list_keys(self, principal: Principal) -> list[KeyView]:
-        return msgspec.convert(await service.list_keys(principal), list[KeyView])
+    @get(operation_id="list_keys", summary="Admins: the org's keys; others: their own; newest first, pages by cursor",
+         response_headers=pagination.HEADERS)
+    async def list_keys(
+        self, request: Request, principal: Principal,  # type: ignore[type-arg]
+        limit: int = pagination.LIMIT, cursor: str | None = pagination.CURSOR,
+    ) -> Response[list[KeyView]]:
+        before = pagination.position(cursor) if cursor else None
+        keys = await service.list_keys(principal, limit=limit, before=before)
+        return pagination.page(request, keys, limit, list[KeyView], "created_at", "id")  # type: ignore[no-any-return]
 
     @post(operation_id="create_key", summary="Create an API key; the token is in this response only")
     async def create_key(self, data: KeyBody, principal: Principal) -> CreatedKey:

@@ -164,11 +164,15 @@ async def set_role(org_id: uuid.UUID, email: str, role: str, *, actor: Actor) ->
     return {"email": user["email"], "role": role, "changed": True}
 
 
-async def list_users(org_id: uuid.UUID) -> list[dict[str, Any]]:
-    """Everyone in the organization (active or not) with role, by email."""
-    users = await User.select(User.id, User.email, User.name, User.role, User.is_active, User.created_at).where(
+async def list_users(org_id: uuid.UUID, *, limit: int | None = None, after: str | None = None) -> list[dict[str, Any]]:
+    """Everyone in the organization (active or not) with role, by email; a page of `limit` after email `after`."""
+    query = User.select(User.id, User.email, User.name, User.role, User.is_active, User.created_at).where(
         User.org == org_id
-    ).order_by(User.email)
+    )
+    if after is not None:
+        query = query.where(User.email > after)
+    query = query.order_by(User.email)
+    users = await (query.limit(limit) if limit is not None else query)
     return [{**user, "id": str(user["id"])} for user in users]
 
 

@@ -128,11 +128,9 @@ class ApprovalController(Controller):
             name="scope", default="mine",
             description="With status=pending: mine (what you can vote on) or all (every pending)",
         ),
-        limit: int = Parameter(default=100, ge=1, le=1000),
+        limit: int = pagination.LIMIT,
         offset: int = Parameter(default=0, ge=0),
-        cursor: str | None = Parameter(
-            default=None, max_length=200, description="The X-Next-Cursor of the previous page"
-        ),
+        cursor: str | None = pagination.CURSOR,
     ) -> Response[list[Approval]]:
         items = await service.list_requests(
             principal,

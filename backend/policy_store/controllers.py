@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from litestar import Controller, MediaType, Response, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Schema
 from litestar.params import Parameter
 
+from backend import pagination
 from backend.accounts.service import Principal
 from backend.deps import admin_guard, people_guard
 from backend.hub import Hub
@@ -56,9 +57,15 @@ class PolicyController(Controller):
         )
         return msgspec.convert(applied, PolicyVersionView)
 
-    @get("/policies/versions", operation_id="list_policy_versions", guards=[people_guard])
-    async def versions(self, principal: Principal) -> list[PolicyVersionView]:
-        return msgspec.convert(await service.list_versions(principal.org_id), list[PolicyVersionView])
+    @get("/policies/versions", operation_id="list_policy_versions", guards=[people_guard],
+         summary="Every applied version, newest first; pages by cursor", response_headers=pagination.HEADERS)
+    async def versions(
+        self, request: Request, principal: Principal,  # type: ignore[type-arg]
+        limit: int = pagination.LIMIT, cursor: str | None = pagination.CURSOR,
+    ) -> Response[list[PolicyVersionView]]:
+        before = pagination.number(cursor) if cursor else None
+        versions = await service.list_versions(principal.org_id, limit=limit, before=before)
+        return pagination.page(request, versions, limit, list[PolicyVersionView], "version")  # type: ignore[no-any-return]
 
     @get("/policies/versions/{version:int}", operation_id="get_policy_version", guards=[people_guard])
     async def version(self, version: int, principal: Principal) -> PolicyVersionView:

@@ -333,10 +333,15 @@ async def apply(
     return {**_version_dict(saved, with_source=False), "warnings": await directory_warnings(org_id, policy)}
 
 
-async def list_versions(org_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows = (
-        await PolicyVersion.select().where(PolicyVersion.org == org_id).order_by(PolicyVersion.version, ascending=False)
-    )
+async def list_versions(
+    org_id: uuid.UUID, *, limit: int | None = None, before: int | None = None
+) -> list[dict[str, Any]]:
+    """Every version, newest first, without sources; a page of `limit` older than version `before`."""
+    query = PolicyVersion.select().where(PolicyVersion.org == org_id)
+    if before is not None:
+        query = query.where(PolicyVersion.version < before)
+    query = query.order_by(PolicyVersion.version, ascending=False)
+    rows = await (query.limit(limit) if limit is not None else query)
     return [_version_dict(row, with_source=False) for row in rows]
 
 
