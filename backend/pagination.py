@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
+from uuid import UUID
 
-from litestar import Request
+import msgspec
+from litestar import Request, Response
 from litestar.datastructures import ResponseHeader
+from litestar.params import Parameter
 
 from backend.errors import ValidationFailed
 
@@ -29,6 +33,10 @@ HEADERS = [
         description='The next page\'s URL as `<…>; rel="next"`; absent on the last page.',
     ),
 ]
+
+
+LIMIT: Any = Parameter(default=100, ge=1, le=1000, description="Items per page")
+CURSOR: Any = Parameter(default=None, max_length=200, description=f"The {NEXT_CURSOR} of the previous page")
 
 
 def encode(*parts: str) -> str:
@@ -50,9 +58,41 @@ def decode(cursor: str, count: int) -> list[str]:
     return parts
 
 
+def position(cursor: str) -> tuple[datetime, UUID]:
+    """A (created_at, id) cursor: the last item of a list ordered by time, ties broken by id."""
+    at, item_id = decode(cursor, 2)
+    try:
+        return datetime.fromisoformat(at), UUID(item_id)
+    except ValueError:
+        decode("", 2)  # raises the cursor's 422
+        raise
+
+
+def number(cursor: str) -> int:
+    """A cursor naming one non-negative integer (a sequence or version number)."""
+    (text,) = decode(cursor, 1)
+    if not text.isdigit() or len(text) > 16:
+        decode("", 1)  # raises the cursor's 422
+    return int(text)
+
+
+def after_last(items: list[dict[str, Any]], limit: int, *fields: str) -> str | None:
+    """The cursor after a full page's last item, made of its `fields`; None on a short page (the last)."""
+    if not items or len(items) < limit:
+        return None
+    last = items[-1]
+    return encode(*(last[f].isoformat() if isinstance(last[f], datetime) else str(last[f]) for f in fields))
+
+
 def next_page_headers(request: Request[Any, Any, Any], cursor: str | None) -> dict[str, str]:
     if cursor is None:
         return {}
     query = {k: v for k, v in request.query_params.items() if k not in ("cursor", "offset")}
     url = f"{request.url.path}?{urlencode({**query, 'cursor': cursor})}"
     return {NEXT_CURSOR: cursor, "Link": f'<{url}>; rel="next"'}
+
+
+def page(request: Request[Any, Any, Any], items: list[dict[str, Any]], limit: int, view: Any, *fields: str) -> Any:
+    """One page as `view` (a list type), with the next page's headers when it is full; `fields` make the cursor."""
+    following = after_last(items, limit, *fields)
+    return Response(msgspec.convert(items, view), headers=next_page_headers(request, following))

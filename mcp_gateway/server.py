@@ -25,10 +25,10 @@ from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types.methods import CACHEABLE_METHODS
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
+from mcp_gateway._inbound_lane import FastPathApp
 from mcp_gateway.agents import CURRENT_CALLER, AgentDirectory
 from mcp_gateway.checkpoint import Checkpoint
 from mcp_gateway.errors import GatewayError, ResourceRefusedError
-from mcp_gateway.fastlane import FastPathApp
 from mcp_gateway.results import DETAIL_KEY, STATUS_KEY, error_result
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,7 @@
 """YAML policy loader: strict schema checks with file, line, column, value and hint for each issue.
 
-The typed node readers live in `policies._nodes`, the readers of each section in `policies._sections`.
+The typed node readers live in `policies._nodes`; `policies._sections` reads the document, with one module per
+concern for its sections (`_approval_sections`, `_tool_sections`, `_test_sections`).
 """
 
 from __future__ import annotations
@@ -8,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from policies._sections import ParsedPolicy, PolicyReader
+from policies._sections import PolicyReader
 from policies.errors import PolicyError, PolicyIssue
+from policies.model import ParsedPolicy
 
 if TYPE_CHECKING:
     from policies.engine import Policy

@@ -265,3 +265,20 @@ class Decision:
             "message": self.message,
             "error": self.error,
         }
+
+
+@dataclass
+class ParsedPolicy:
+    """The checked document before compilation into a :class:`~policies.engine.Policy`."""
+
+    version: str = "1"
+    name: str | None = None
+    description: str | None = None
+    timezone: str = "UTC"
+    servers: list[ServerConfig] = field(default_factory=list)
+    approval_policies: list[ApprovalPolicy] = field(default_factory=list)
+    tools: list[ToolEntry] = field(default_factory=list)
+    resources: list[ResourceRule] = field(default_factory=list)
+    defaults: Defaults = field(default_factory=Defaults)
+    tests: list[PolicyTestCase] = field(default_factory=list)
+    programs: dict[tuple[int, int], Any] = field(default_factory=dict)

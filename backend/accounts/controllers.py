@@ -6,6 +6,7 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import Cookie
 
+from backend import pagination
 from backend.accounts import lifecycle, service, throttle
 from backend.accounts.schemas import (
     CreatedKey,
@@ -32,9 +33,8 @@ from backend.accounts.schemas import (
     UserView,
 )
 from backend.accounts.service import Principal
-from backend.accounts.tables import ApiKey, User
 from backend.deps import SESSION_COOKIE, admin_guard, client_address, people_guard, session_cookie, token_attempt
-from backend.errors import Forbidden, NotAuthenticated
+from backend.errors import NotAuthenticated
 from backend.hub import Hub
 from backend.request_checks import BODY_LIMIT_SMALL
 
@@ -95,12 +95,15 @@ class UserController(Controller):
     path = "/api/v1/users"
     tags = ["accounts"]
 
-    @get(operation_id="list_users")
-    async def list_users(self, principal: Principal) -> list[UserView]:
-        rows = await User.select(User.id, User.email, User.name, User.role, User.is_active).where(
-            User.org == principal.org_id
-        ).order_by(User.email)
-        return [UserView(**{**row, "id": str(row["id"])}) for row in rows]
+    @get(operation_id="list_users", summary="The org's users by email; pages by cursor",
+         response_headers=pagination.HEADERS)
+    async def list_users(
+        self, request: Request, principal: Principal,  # type: ignore[type-arg]
+        limit: int = pagination.LIMIT, cursor: str | None = pagination.CURSOR,
+    ) -> Response[list[UserView]]:
+        after = pagination.decode(cursor, 1)[0] if cursor else None
+        users = await lifecycle.list_users(principal.org_id, limit=limit, after=after)
+        return pagination.page(request, users, limit, list[UserView], "email")  # type: ignore[no-any-return]
 
     @post(operation_id="create_user", guards=[admin_guard])
     async def create_user(self, data: UserBody, principal: Principal) -> CreatedUser:
@@ -172,34 +175,22 @@ class KeyController(Controller):
     path = "/api/v1/keys"
     tags = ["accounts"]
 
-    @get(operation_id="list_keys")
-    async def list_keys(self, principal: Principal) -> list[KeyView]:
-        query = ApiKey.select(
-            ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scope, ApiKey.created_at, ApiKey.revoked_at,
-            ApiKey.last_used_at, ApiKey.user.email,
-        ).where(ApiKey.org == principal.org_id)
-        if not principal.is_admin:
-            query = query.where(ApiKey.user == principal.user_id)
-        return [msgspec.convert({**row, "id": str(row["id"])}, KeyView) for row in await query]
+    @get(operation_id="list_keys", summary="Admins: the org's keys; others: their own; newest first, pages by cursor",
+         response_headers=pagination.HEADERS)
+    async def list_keys(
+        self, request: Request, principal: Principal,  # type: ignore[type-arg]
+        limit: int = pagination.LIMIT, cursor: str | None = pagination.CURSOR,
+    ) -> Response[list[KeyView]]:
+        before = pagination.position(cursor) if cursor else None
+        keys = await service.list_keys(principal, limit=limit, before=before)
+        return pagination.page(request, keys, limit, list[KeyView], "created_at", "id")  # type: ignore[no-any-return]
 
     @post(operation_id="create_key", summary="Create an API key; the token is in this response only")
     async def create_key(self, data: KeyBody, principal: Principal) -> CreatedKey:
-        user_id = principal.user_id
-        if data.user and data.user.lower() != principal.email:
-            if not principal.is_admin:
-                raise Forbidden("only admins create keys for other users")
-            user_id = (await service.get_user(principal.org_id, data.user))["id"]
-        if principal.via == "key" and not principal.is_admin:
-            raise Forbidden("an agent key cannot mint keys; log in or use an admin key")
-        token, meta = await service.create_key(
-            principal.org_id, user_id, data.name, scope=data.scope, labels=data.labels, actor=principal.actor
-        )
+        token, meta = await service.mint_key(principal, data.name, user=data.user, scope=data.scope, labels=data.labels)
         return msgspec.convert({**meta, "id": str(meta["id"]), "token": token}, CreatedKey)
 
     @post("/{key_ref:str}/revoke", operation_id="revoke_key", status_code=200,
           summary="Revoke a key (by id or prefix) at once; admins any key of the org, others their own")
     async def revoke(self, key_ref: str, principal: Principal) -> KeyRevoked:
-        if principal.via == "key" and not principal.is_admin:
-            raise Forbidden("an agent or approver key cannot revoke keys; log in or use an admin key")
-        owner = None if principal.is_admin else principal.user_id
-        return KeyRevoked(**await lifecycle.revoke_key(principal.org_id, key_ref, actor=principal.actor, owner=owner))
+        return KeyRevoked(**await lifecycle.revoke_key_for(principal, key_ref))

@@ -164,18 +164,28 @@ async def set_role(org_id: uuid.UUID, email: str, role: str, *, actor: Actor) ->
     return {"email": user["email"], "role": role, "changed": True}
 
 
+async def list_users(org_id: uuid.UUID, *, limit: int | None = None, after: str | None = None) -> list[dict[str, Any]]:
+    """Everyone in the organization (active or not) with role, by email; a page of `limit` after email `after`."""
+    query = User.select(User.id, User.email, User.name, User.role, User.is_active, User.created_at).where(
+        User.org == org_id
+    )
+    if after is not None:
+        query = query.where(User.email > after)
+    query = query.order_by(User.email)
+    users = await (query.limit(limit) if limit is not None else query)
+    return [{**user, "id": str(user["id"])} for user in users]
+
+
 async def list_people(org_id: uuid.UUID) -> list[dict[str, Any]]:
     """Everyone in the organization (active or not) with role and teams, by email."""
-    users = await User.select(User.id, User.email, User.name, User.role, User.is_active, User.created_at).where(
-        User.org == org_id
-    ).order_by(User.email)
+    users = await list_users(org_id)
     memberships = await TeamMembership.select(TeamMembership.user, TeamMembership.team.name).where(
         TeamMembership.team.org == org_id
     )
     teams: dict[str, list[str]] = {}
     for row in memberships:
         teams.setdefault(str(row["user"]), []).append(row["team.name"])
-    return [{**user, "id": str(user["id"]), "teams": sorted(teams.get(str(user["id"]), []))} for user in users]
+    return [{**user, "teams": sorted(teams.get(user["id"], []))} for user in users]
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -206,6 +216,14 @@ async def revoke_key(principal_org: uuid.UUID, key_ref: str, *, actor: Actor,
                          data={"name": key["name"], "prefix": key["prefix"]})
         await credentials_changed("key.revoked")
     return {"id": str(key["id"]), "name": key["name"], "prefix": key["prefix"], "revoked": True}
+
+
+async def revoke_key_for(principal: Principal, key_ref: str) -> dict[str, Any]:
+    """Revoke a key as `principal`: admins any key of the org, others their own; never with an agent's key."""
+    if principal.via == "key" and not principal.is_admin:
+        raise Forbidden("an agent or approver key cannot revoke keys; log in or use an admin key")
+    owner = None if principal.is_admin else principal.user_id
+    return await revoke_key(principal.org_id, key_ref, actor=principal.actor, owner=owner)
 
 
 # --- teams --------------------------------------------------------------------------------

@@ -325,6 +325,21 @@ _KEYS_GENERATION = 0
 _KEYS_MAX = 10_000
 
 
+async def mint_key(
+    principal: Principal, name: str, *, user: str | None = None, scope: str = "agent",
+    labels: dict[str, Any] | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """A key for the caller or (admins only) another user of the org; a non-admin key mints none."""
+    user_id = principal.user_id
+    if user and user.lower() != principal.email:
+        if not principal.is_admin:
+            raise Forbidden("only admins create keys for other users")
+        user_id = (await get_user(principal.org_id, user))["id"]
+    if principal.via == "key" and not principal.is_admin:
+        raise Forbidden("an agent key cannot mint keys; log in or use an admin key")
+    return await create_key(principal.org_id, user_id, name, scope=scope, labels=labels, actor=principal.actor)
+
+
 def _forget_keys(_topic: str = "", _message: dict[str, Any] | None = None) -> None:
     global _KEYS_GENERATION
     _KEYS_GENERATION += 1  # a lookup that started before this does not store what it read
@@ -449,15 +464,22 @@ async def logout(token: str) -> None:
     await UserSession.delete().where(UserSession.token_hash == sha256_hex(token))
 
 
-async def list_keys(principal: Principal) -> list[dict[str, Any]]:
-    """The org's keys for an admin, the caller's own keys otherwise; never the token."""
+async def list_keys(
+    principal: Principal, *, limit: int | None = None, before: tuple[datetime, uuid.UUID] | None = None
+) -> list[dict[str, Any]]:
+    """The org's keys for an admin, the caller's own keys otherwise, newest first; never the token.
+    A page of `limit` starts after the key `before` names (created_at, id)."""
     query = ApiKey.select(
         ApiKey.id, ApiKey.name, ApiKey.prefix, ApiKey.scope, ApiKey.labels, ApiKey.created_at,
         ApiKey.last_used_at, ApiKey.revoked_at, ApiKey.user.email,
     ).where(ApiKey.org == principal.org_id)
     if not principal.is_admin:
         query = query.where(ApiKey.user == principal.user_id)
-    rows = await query.order_by(ApiKey.created_at, ascending=False).output(load_json=True)
+    if before is not None:
+        at, key_id = before
+        query = query.where((ApiKey.created_at < at) | ((ApiKey.created_at == at) & (ApiKey.id < key_id)))
+    query = query.order_by(ApiKey.created_at, ApiKey.id, ascending=False)
+    rows = await (query.limit(limit) if limit is not None else query).output(load_json=True)
     return [{**row, "id": str(row["id"])} for row in rows]
 
 

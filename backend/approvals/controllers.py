@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -64,15 +63,6 @@ async def _vote_once(
     request = {"approval_id": str(approval_id), "body": body}
     _, answer = await idempotency.once(principal, f"{decision}_approval", key, request, run)
     return answer
-
-
-def _position(cursor: str) -> tuple[datetime, UUID]:
-    at, request_id = pagination.decode(cursor, 2)
-    try:
-        return datetime.fromisoformat(at), UUID(request_id)
-    except ValueError:
-        pagination.decode("", 2)  # raises the cursor's 422
-        raise
 
 
 def _approval(item: dict[str, Any]) -> Approval:
@@ -138,11 +128,9 @@ class ApprovalController(Controller):
             name="scope", default="mine",
             description="With status=pending: mine (what you can vote on) or all (every pending)",
         ),
-        limit: int = Parameter(default=100, ge=1, le=1000),
+        limit: int = pagination.LIMIT,
         offset: int = Parameter(default=0, ge=0),
-        cursor: str | None = Parameter(
-            default=None, max_length=200, description="The X-Next-Cursor of the previous page"
-        ),
+        cursor: str | None = pagination.CURSOR,
     ) -> Response[list[Approval]]:
         items = await service.list_requests(
             principal,
@@ -154,10 +142,9 @@ class ApprovalController(Controller):
             scope=inbox_scope,
             limit=limit,
             offset=offset,
-            before=_position(cursor) if cursor else None,
+            before=pagination.position(cursor) if cursor else None,
         )
-        last = items[-1] if len(items) == limit else None
-        following = pagination.encode(last["created_at"], last["id"]) if last else None
+        following = pagination.after_last(items, limit, "created_at", "id")
         return Response(_approvals(items), headers=pagination.next_page_headers(request, following))
 
     @get(

@@ -6,15 +6,15 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from litestar import Controller, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
+from backend import pagination
 from backend.accounts.service import Principal
 from backend.audit import calls
 from backend.audit.calls import BatchAnswer, CallBatch
 from backend.audit.export import export_org
-from backend.audit.service import verify
-from backend.audit.tables import AuditEvent
+from backend.audit.service import list_events, verify
 from backend.deps import admin_guard, people_guard
 from backend.request_checks import BODY_LIMIT_CALLS
 
@@ -99,24 +99,23 @@ class AuditController(Controller):
     async def export(self, principal: Principal) -> AuditExport:
         return msgspec.convert(await export_org(principal.org_id), AuditExport)
 
-    @get("/events", operation_id="list_audit_events", guards=[people_guard])
+    @get("/events", operation_id="list_audit_events", guards=[people_guard],
+         summary="The org's audit events, oldest first (by seq); pages by cursor", response_headers=pagination.HEADERS)
     async def list_events(
         self,
+        request: Request,  # type: ignore[type-arg]
         principal: Principal,
         kind: str | None = None,
         subject_id: str | None = None,
         after_seq: int = Parameter(default=0, ge=0, le=2**53),  # a BigInt column; 2**53 stays exact in JSON
-        limit: int = Parameter(default=100, ge=1, le=1000),
-    ) -> list[AuditEventView]:
-        query = AuditEvent.select().where(
-            (AuditEvent.org_id == str(principal.org_id)) & (AuditEvent.seq > after_seq)
+        limit: int = pagination.LIMIT,
+        cursor: str | None = pagination.CURSOR,
+    ) -> Response[list[AuditEventView]]:
+        rows = await list_events(
+            principal.org_id, kind=kind, subject_id=subject_id, limit=limit, families=False,
+            after_seq=pagination.number(cursor) if cursor else after_seq,
         )
-        if kind:
-            query = query.where(AuditEvent.kind == kind)
-        if subject_id:
-            query = query.where(AuditEvent.subject_id == subject_id)
-        rows = await query.order_by(AuditEvent.seq).limit(limit).output(load_json=True)
-        return [msgspec.convert({**row, "id": str(row["id"])}, AuditEventView) for row in rows]
+        return pagination.page(request, rows, limit, list[AuditEventView], "seq")  # type: ignore[no-any-return]
 
     @post("/calls", operation_id="ingest_call_records", status_code=200, request_max_body_size=BODY_LIMIT_CALLS,
           opt={"nul_per_item": True},  # calls.ingest refuses a NUL per record

@@ -343,13 +343,15 @@ async def list_events(
     after_seq: int = 0,
     newest_first: bool = False,
     limit: int = 100,
+    families: bool = True,
 ) -> list[dict[str, Any]]:
-    """One page of the org's audit events; `kind` ending in '.' or '*' matches a family (e.g. 'policy.')."""
+    """One page of the org's audit events; with `families`, a `kind` ending in '.' or '*' matches a family
+    (e.g. 'policy.'); without, `kind` matches exactly."""
     query = AuditEvent.select().where((AuditEvent.org_id == str(org_id)) & (AuditEvent.seq > after_seq))
     if kind:
         family = kind.rstrip("*")
         query = query.where(
-            AuditEvent.kind.like(family + "%") if kind.endswith(("*", ".")) else AuditEvent.kind == kind
+            AuditEvent.kind.like(family + "%") if families and kind.endswith(("*", ".")) else AuditEvent.kind == kind
         )
     if subject_id:
         query = query.where(AuditEvent.subject_id == subject_id)

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 import msgspec
-from litestar import Controller, MediaType, Response, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Schema
 from litestar.params import Parameter
 
+from backend import pagination
 from backend.accounts.service import Principal
 from backend.deps import admin_guard, people_guard
 from backend.hub import Hub
@@ -58,9 +57,15 @@ class PolicyController(Controller):
         )
         return msgspec.convert(applied, PolicyVersionView)
 
-    @get("/policies/versions", operation_id="list_policy_versions", guards=[people_guard])
-    async def versions(self, principal: Principal) -> list[PolicyVersionView]:
-        return msgspec.convert(await service.list_versions(principal.org_id), list[PolicyVersionView])
+    @get("/policies/versions", operation_id="list_policy_versions", guards=[people_guard],
+         summary="Every applied version, newest first; pages by cursor", response_headers=pagination.HEADERS)
+    async def versions(
+        self, request: Request, principal: Principal,  # type: ignore[type-arg]
+        limit: int = pagination.LIMIT, cursor: str | None = pagination.CURSOR,
+    ) -> Response[list[PolicyVersionView]]:
+        before = pagination.number(cursor) if cursor else None
+        versions = await service.list_versions(principal.org_id, limit=limit, before=before)
+        return pagination.page(request, versions, limit, list[PolicyVersionView], "version")  # type: ignore[no-any-return]
 
     @get("/policies/versions/{version:int}", operation_id="get_policy_version", guards=[people_guard])
     async def version(self, version: int, principal: Principal) -> PolicyVersionView:
@@ -77,24 +82,10 @@ class PolicyController(Controller):
         after: int | None = Parameter(default=None, ge=0),
         wait: float = Parameter(default=0, ge=0, le=3600, description="seconds; capped by PRELOOP_MAX_WAIT_SECONDS"),
     ) -> Response[PolicyVersionView]:
-        wait = min(wait, float(hub.settings.approvals.max_wait_seconds))
-        if after is None or wait <= 0:
-            return Response(_active(await service.get_active(principal.org_id)))
-        changed = asyncio.Event()
-        unsubscribe = hub.bus.subscribe(service.policy_topic(principal.org_id), lambda *_: changed.set())
-        stop_waiting = hub.at_shutdown(changed.set)  # a stopping hub answers (304 when unchanged)
-        try:
-            row = await service.active_row(principal.org_id)
-            if row is None or row["version"] <= after:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout=wait)
-                row = await service.active_row(principal.org_id)
-        finally:
-            unsubscribe()
-            stop_waiting()
-        if row is None or row["version"] <= after:
+        version = await service.active_after(hub, principal.org_id, after, wait)
+        if version is None:
             return Response(content=None, status_code=304)  # type: ignore[arg-type]  # a 304 has no body
-        return Response(_active(await service.get_active(principal.org_id)))
+        return Response(_active(version))
 
     @post("/policies/diff", operation_id="diff_policy", guards=[admin_guard], status_code=200,
           request_max_body_size=BODY_LIMIT_POLICY)

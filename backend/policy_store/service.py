@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import asdict, is_dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -22,6 +23,9 @@ from backend.policy_store.tables import PolicyVersion
 from backend.transactions import after_commit, lock, write_transaction
 from policies import AgentInfo, CallContext, Policy, PolicyError, load_policy
 from policies.diff import diff_policies
+
+if TYPE_CHECKING:
+    from backend.hub import Hub
 
 _CACHE: OrderedDict[tuple[str, str], Policy] = OrderedDict()
 _CACHE_SIZE = 64
@@ -208,6 +212,29 @@ async def get_active(org_id: uuid.UUID) -> dict[str, Any]:
     return _version_dict(row)
 
 
+async def active_after(hub: Hub, org_id: uuid.UUID, after: int | None, wait: float) -> dict[str, Any] | None:
+    """The active version; with `after` and `wait`, a long-poll for one newer than `after` (None when none
+    came within `wait` seconds, capped by PRELOOP_MAX_WAIT_SECONDS, or the hub began stopping)."""
+    wait = min(wait, float(hub.settings.approvals.max_wait_seconds))
+    if after is None or wait <= 0:
+        return await get_active(org_id)
+    changed = asyncio.Event()
+    unsubscribe = hub.bus.subscribe(policy_topic(org_id), lambda *_: changed.set())
+    stop_waiting = hub.at_shutdown(changed.set)  # a stopping hub answers (no newer version when unchanged)
+    try:
+        row = await active_row(org_id)
+        if row is None or row["version"] <= after:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=wait)
+            row = await active_row(org_id)
+    finally:
+        unsubscribe()
+        stop_waiting()
+    if row is None or row["version"] <= after:
+        return None
+    return await get_active(org_id)
+
+
 # The active version's row, per org, for a moment: every held call reads it. Applying or rolling back
 # publishes on the org's policy topic after its commit, which clears this in every process; the short
 # lifetime bounds what a lost bus message can leave behind.
@@ -306,10 +333,15 @@ async def apply(
     return {**_version_dict(saved, with_source=False), "warnings": await directory_warnings(org_id, policy)}
 
 
-async def list_versions(org_id: uuid.UUID) -> list[dict[str, Any]]:
-    rows = (
-        await PolicyVersion.select().where(PolicyVersion.org == org_id).order_by(PolicyVersion.version, ascending=False)
-    )
+async def list_versions(
+    org_id: uuid.UUID, *, limit: int | None = None, before: int | None = None
+) -> list[dict[str, Any]]:
+    """Every version, newest first, without sources; a page of `limit` older than version `before`."""
+    query = PolicyVersion.select().where(PolicyVersion.org == org_id)
+    if before is not None:
+        query = query.where(PolicyVersion.version < before)
+    query = query.order_by(PolicyVersion.version, ascending=False)
+    rows = await (query.limit(limit) if limit is not None else query)
     return [_version_dict(row, with_source=False) for row in rows]
 
 
