@@ -123,7 +123,7 @@ async def queue_deliveries(
         .on_conflict(target=NotificationDelivery.dedupe_key, action="DO NOTHING")
         .returning(NotificationDelivery.id, NotificationDelivery.user, NotificationDelivery.channel)
     )
-    return [{"id": str(row["id"]), "user_id": str(row["user"]), "channel": row["channel"]} for row in inserted]
+    return _created(inserted)
 
 
 def _payload_of(request: dict[str, Any], level: int) -> dict[str, Any]:
