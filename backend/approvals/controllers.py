@@ -16,7 +16,7 @@ from litestar.response import Stream
 from backend import pagination
 from backend.accounts.passkey_schemas import BatchStepUpBody, StepUpBody, StepUpOptions
 from backend.accounts.service import Principal
-from backend.approvals import idempotency, service
+from backend.approvals import grants, history, idempotency, presentation, service, waiting
 from backend.approvals.schemas import (
     Approval,
     ApproveBody,
@@ -132,7 +132,7 @@ class ApprovalController(Controller):
         offset: int = Parameter(default=0, ge=0),
         cursor: str | None = pagination.CURSOR,
     ) -> Response[list[Approval]]:
-        items = await service.list_requests(
+        items = await history.list_requests(
             principal,
             start_date=start_date,
             end_date=end_date,
@@ -162,7 +162,7 @@ class ApprovalController(Controller):
         approver: str | None = None,
         status: str | None = None,
     ) -> Stream:
-        chunks = await service.export(
+        chunks = await history.export(
             principal,
             format,
             start_date=start_date,
@@ -186,7 +186,7 @@ class ApprovalController(Controller):
         ids: str,
         seconds: float = QueryParameter(name="timeout", default=25.0, ge=0, le=3600),  # type: ignore[assignment]
     ) -> Decisions:
-        return _decisions(await service.wait_for_decisions(hub, principal, service.parse_ids(ids), seconds))
+        return _decisions(await waiting.wait_for_decisions(hub, principal, waiting.parse_ids(ids), seconds))
 
     @post(
         "/wait",
@@ -196,7 +196,7 @@ class ApprovalController(Controller):
         summary="The same long-poll with the ids in the body (for long id lists)",
     )
     async def wait_post(self, data: WaitBody, principal: Principal, hub: Hub) -> Decisions:
-        return _decisions(await service.wait_for_decisions(hub, principal, service.parse_ids(data.ids), data.timeout))
+        return _decisions(await waiting.wait_for_decisions(hub, principal, waiting.parse_ids(data.ids), data.timeout))
 
     @post(
         "/batch",
@@ -251,7 +251,7 @@ class ApprovalController(Controller):
 
     @get("/{approval_id:uuid}", operation_id="get_approval")
     async def get_request(self, approval_id: UUID, principal: Principal) -> Approval:
-        return msgspec.convert(await service.get_request(principal, approval_id), Approval)
+        return msgspec.convert(await presentation.get_request(principal, approval_id), Approval)
 
     @get(
         "/{approval_id:uuid}/outcome",
@@ -259,7 +259,7 @@ class ApprovalController(Controller):
         summary="Machine-readable verdict: kind approved/declined/expired/cancelled, by, reason",
     )
     async def outcome(self, approval_id: UUID, principal: Principal) -> Outcome:
-        item = await service.get_request(principal, approval_id, with_flags=False)
+        item = await presentation.get_request(principal, approval_id, with_flags=False)
         return Outcome(id=item["id"], status=item["status"], outcome=item["outcome"], execution=item["execution"])
 
     @post("/{approval_id:uuid}/approve", operation_id="approve_approval", status_code=200)
@@ -336,13 +336,13 @@ class GrantController(Controller):
 
     @get("", operation_id="list_grants", summary="Time-boxed grants, newest first")
     async def list_grants(self, principal: Principal, active: bool | None = None) -> list[GrantView]:
-        return msgspec.convert(await service.list_grants(principal, active=active), list[GrantView])
+        return msgspec.convert(await grants.list_grants(principal, active=active), list[GrantView])
 
     @post("/{grant_id:uuid}/revoke", operation_id="revoke_grant", status_code=200)
     async def revoke(
         self, grant_id: UUID, principal: Principal, hub: Hub, data: RevokeBody | None = None
     ) -> GrantView:
-        revoked = await service.revoke_grant(hub, principal, grant_id, (data or RevokeBody()).reason)
+        revoked = await grants.revoke_grant(hub, principal, grant_id, (data or RevokeBody()).reason)
         return msgspec.convert(revoked, GrantView)
 
 

@@ -16,7 +16,7 @@ from litestar.response import Redirect, Template
 
 from backend.accounts import service as accounts
 from backend.accounts.service import Principal
-from backend.approvals import autonomy, flows, inbox
+from backend.approvals import autonomy, flows, history, inbox, presentation
 from backend.approvals import service as approvals
 from backend.audit import calls
 from backend.audit import service as audit
@@ -191,18 +191,18 @@ class ConsoleController(Controller):
 
     @get("/approvals", operation_id="console_approvals")
     async def approvals_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await approvals.list_requests(principal, status="pending", scope="all", limit=200)
+        pending = await history.list_requests(principal, status="pending", scope="all", limit=200)
         return _page(request, "approvals.html", pending=pending)
 
     @get("/approvals/pending", operation_id="console_pending_fragment")
     async def pending_fragment(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await approvals.list_requests(principal, status="pending", scope="all", limit=200)
+        pending = await history.list_requests(principal, status="pending", scope="all", limit=200)
         return _page(request, "_pending.html", pending=pending)
 
     @get("/approvals/bell", operation_id="console_bell_fragment")
     async def bell(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await approvals.list_requests(principal, status="pending", limit=10)
-        count = len(await approvals.list_requests(principal, status="pending", limit=1000))
+        pending = await history.list_requests(principal, status="pending", limit=10)
+        count = len(await history.list_requests(principal, status="pending", limit=1000))
         return _page(request, "_bell.html", pending=pending, count=count)
 
     @get("/approvals/{approval_id:str}", operation_id="console_approval_detail")
@@ -232,7 +232,7 @@ class ConsoleController(Controller):
         return page
 
     async def _detail(self, principal: Principal, approval_id: str) -> dict[str, Any]:
-        item = await approvals.get_request(principal, approval_id)
+        item = await presentation.get_request(principal, approval_id)
         row = await flows.load_row(item["id"])
         can_vote = row is not None and (await inbox.voting_state(principal, row, item))["can_vote"]
         deliveries = await notifications.deliveries_of_request(principal, item["id"])
@@ -242,7 +242,7 @@ class ConsoleController(Controller):
     @get("/approvals/{approval_id:str}/comments", operation_id="console_comments_fragment")
     async def comments_fragment(self, request: Request, principal: Principal, approval_id: str) -> Template:  # type: ignore[type-arg]
         """The discussion alone: fetched again when the event stream says someone commented."""
-        item = await approvals.get_request(principal, approval_id, with_flags=False)
+        item = await presentation.get_request(principal, approval_id, with_flags=False)
         comments = await chat.comments_of_request(principal, item["id"])
         return _page(request, "_comments.html", item=item, comments=comments)
 
@@ -267,7 +267,7 @@ class ConsoleController(Controller):
         filters = {key: request.query_params.get(key) or "" for key in HISTORY_FILTERS}
         error, rows = None, []
         try:
-            rows = await approvals.list_requests(
+            rows = await history.list_requests(
                 principal, start_date=filters["start_date"] or None, end_date=filters["end_date"] or None,
                 tool=filters["tool"] or None, approver=filters["approver"] or None,
                 status=filters["status"] or None, scope="all", limit=HISTORY_PAGE + 1, offset=offset,
