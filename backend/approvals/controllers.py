@@ -8,6 +8,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import HeaderParameter, Parameter, QueryParameter
@@ -30,6 +31,7 @@ from backend.approvals.schemas import (
     DeclineBody,
     Granted,
     GrantView,
+    HistoryFilter,
     Outcome,
     OutcomeBody,
     RevokeBody,
@@ -63,6 +65,10 @@ async def _vote_once(
     request = {"approval_id": str(approval_id), "body": body}
     _, answer = await idempotency.once(principal, f"{decision}_approval", key, request, run)
     return answer
+
+
+# The history's filters, read from the query string once (each field a query parameter) and passed through.
+HISTORY_FILTER = {"filters": Provide(HistoryFilter, sync_to_thread=False)}
 
 
 def _approval(item: dict[str, Any]) -> Approval:
@@ -114,16 +120,12 @@ class ApprovalController(Controller):
         return Response(answer, status_code=status)  # type: ignore[arg-type]
 
     @get("", operation_id="list_approvals", summary="History, newest first, filtered; pages by cursor",
-         response_headers=pagination.HEADERS)
+         response_headers=pagination.HEADERS, dependencies=HISTORY_FILTER)
     async def list_requests(
         self,
         request: Request,  # type: ignore[type-arg]
         principal: Principal,
-        start_date: str | None = None,
-        end_date: str | None = None,
-        tool: str | None = None,
-        approver: str | None = None,
-        status: str | None = None,
+        filters: HistoryFilter,
         inbox_scope: str = QueryParameter(  # type: ignore[assignment]
             name="scope", default="mine",
             description="With status=pending: mine (what you can vote on) or all (every pending)",
@@ -134,11 +136,7 @@ class ApprovalController(Controller):
     ) -> Response[list[Approval]]:
         items = await history.list_requests(
             principal,
-            start_date=start_date,
-            end_date=end_date,
-            tool=tool,
-            approver=approver,
-            status=status,
+            filters,
             scope=inbox_scope,
             limit=limit,
             offset=offset,
@@ -150,27 +148,15 @@ class ApprovalController(Controller):
     @get(
         "/export", operation_id="export_approvals", guards=[people_guard],
         operation_class=media_types(MediaType.JSON, "text/csv", schema=EXPORT_SCHEMA),
-        summary="Stream the filtered history as CSV or JSON",
+        summary="Stream the filtered history as CSV or JSON", dependencies=HISTORY_FILTER,
     )
     async def export(
         self,
         principal: Principal,
+        filters: HistoryFilter,
         format: str = Parameter(default="json", description="json or csv; anything else is a 422"),
-        start_date: str | None = None,
-        end_date: str | None = None,
-        tool: str | None = None,
-        approver: str | None = None,
-        status: str | None = None,
     ) -> Stream:
-        chunks = await history.export(
-            principal,
-            format,
-            start_date=start_date,
-            end_date=end_date,
-            tool=tool,
-            approver=approver,
-            status=status,
-        )
+        chunks = await history.export(principal, format, filters)
         media = "text/csv; charset=utf-8" if format == "csv" else MediaType.JSON
         return Stream(
             chunks,

@@ -7,6 +7,7 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from backend.accounts.service import Principal
 from backend.approvals import flows, inbox, redflags
 from backend.approvals.flows import now
 from backend.approvals.presentation import present
+from backend.approvals.schemas import HistoryFilter
 from backend.approvals.tables import ApprovalRequest, Vote
 from backend.audit.service import record
 from backend.errors import ValidationFailed
@@ -63,25 +65,17 @@ def _date(value: str | None, field: str, *, end: bool = False) -> datetime | Non
     return parsed
 
 
-def _query(
-    org_id: uuid.UUID,
-    *,
-    start_date: str | None,
-    end_date: str | None,
-    tool: str | None,
-    status: str | None,
-    request_ids: list[Any] | None,
-) -> Any:
+def _query(org_id: uuid.UUID, filters: HistoryFilter, request_ids: list[Any] | None) -> Any:
     condition: Any = ApprovalRequest.org == org_id
-    if (start := _date(start_date, "start_date")) is not None:
+    if (start := _date(filters.start_date, "start_date")) is not None:
         condition &= ApprovalRequest.created_at >= start
-    if (end := _date(end_date, "end_date", end=True)) is not None:
+    if (end := _date(filters.end_date, "end_date", end=True)) is not None:
         condition &= ApprovalRequest.created_at < end
-    if tool:
+    if tool := filters.tool:
         condition &= (
             ApprovalRequest.tool.like(tool.replace("*", "%")) if "*" in tool else ApprovalRequest.tool == tool
         )
-    if status:
+    if status := filters.status:
         wanted = [s.strip() for s in status.split(",") if s.strip()]
         unknown = [s for s in wanted if s not in ("pending", *flows.DECIDED)]
         if unknown:
@@ -101,14 +95,18 @@ async def _voted_by(org_id: uuid.UUID, approver: str | None) -> list[Any] | None
     return [r["request"] for r in rows] or [uuid.UUID(int=0)]
 
 
+async def _visible_history(principal: Principal, filters: HistoryFilter) -> Any:
+    """The filters as a condition, narrowed to what the caller sees (an agent key: its own requests)."""
+    condition = _query(principal.org_id, filters, await _voted_by(principal.org_id, filters.approver))
+    if principal.is_agent:
+        condition &= ApprovalRequest.agent_key == principal.key_id
+    return condition
+
+
 async def list_requests(
     principal: Principal,
+    filters: HistoryFilter,
     *,
-    start_date: str | None = None,
-    end_date: str | None = None,
-    tool: str | None = None,
-    approver: str | None = None,
-    status: str | None = None,
     scope: str = "mine",
     limit: int = 100,
     offset: int = 0,
@@ -119,18 +117,13 @@ async def list_requests(
     `before` (created_at, id) starts after that item: a cursor, stable however many requests arrive."""
     if scope not in inbox.SCOPES:
         raise ValidationFailed(f"unknown scope {scope!r}", detail={"field": "scope", "hint": "mine or all"})
-    ids = await _voted_by(principal.org_id, approver)
-    condition = _query(
-        principal.org_id, start_date=start_date, end_date=end_date, tool=tool, status=status, request_ids=ids
-    )
-    if principal.is_agent:
-        condition &= ApprovalRequest.agent_key == principal.key_id
+    condition = await _visible_history(principal, filters)
     if before is not None:
         at, after_id = before
         condition &= (ApprovalRequest.created_at < at) | (
             (ApprovalRequest.created_at == at) & (ApprovalRequest.id < after_id)
         )
-    inbox_view = status == "pending"
+    inbox_view = filters.status == "pending"
     rows = (
         await ApprovalRequest.select()
         .where(condition)
@@ -183,12 +176,8 @@ def _export_record(item: dict[str, Any]) -> dict[str, Any]:
 async def export(
     principal: Principal,
     fmt: str,
+    filters: HistoryFilter,
     *,
-    start_date: str | None = None,
-    end_date: str | None = None,
-    tool: str | None = None,
-    approver: str | None = None,
-    status: str | None = None,
     batch: int = 500,
 ) -> AsyncIterator[str]:
     """The history, oldest first, a page at a time so memory stays flat however long it is."""
@@ -196,25 +185,13 @@ async def export(
         raise ValidationFailed(
             f"unknown export format {fmt!r}", detail={"field": "format", "hint": "csv or json"}
         )
-    ids = await _voted_by(principal.org_id, approver)
-    condition = _query(
-        principal.org_id, start_date=start_date, end_date=end_date, tool=tool, status=status, request_ids=ids
-    )
-    if principal.is_agent:
-        condition &= ApprovalRequest.agent_key == principal.key_id
+    condition = await _visible_history(principal, filters)
     await record(
         principal.org_id,
         "approval.exported",
         principal.actor,
         subject_type="approval",
-        data={
-            "format": fmt,
-            "start_date": start_date,
-            "end_date": end_date,
-            "tool": tool,
-            "approver": approver,
-            "status": status,
-        },
+        data={"format": fmt, **asdict(filters)},
     )
 
     async def pages() -> AsyncIterator[list[dict[str, Any]]]:

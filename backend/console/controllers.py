@@ -18,6 +18,7 @@ from backend.accounts import service as accounts
 from backend.accounts.service import Principal
 from backend.approvals import autonomy, flows, history, inbox, presentation
 from backend.approvals import service as approvals
+from backend.approvals.schemas import HistoryFilter
 from backend.audit import calls
 from backend.audit import service as audit
 from backend.console import session
@@ -41,8 +42,8 @@ NAV: list[tuple[str, str]] = [
     ("/console/teams", "Teams"),
     ("/console/channels", "Channels"),
 ]
-HISTORY_FILTERS = ("start_date", "end_date", "tool", "approver", "status")
 HISTORY_PAGE = 100
+PENDING = HistoryFilter(status="pending")  # the inbox
 
 
 def _page(request: Request, name: str, **context: Any) -> Template:  # type: ignore[type-arg]
@@ -191,18 +192,18 @@ class ConsoleController(Controller):
 
     @get("/approvals", operation_id="console_approvals")
     async def approvals_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await history.list_requests(principal, status="pending", scope="all", limit=200)
+        pending = await history.list_requests(principal, PENDING, scope="all", limit=200)
         return _page(request, "approvals.html", pending=pending)
 
     @get("/approvals/pending", operation_id="console_pending_fragment")
     async def pending_fragment(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await history.list_requests(principal, status="pending", scope="all", limit=200)
+        pending = await history.list_requests(principal, PENDING, scope="all", limit=200)
         return _page(request, "_pending.html", pending=pending)
 
     @get("/approvals/bell", operation_id="console_bell_fragment")
     async def bell(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await history.list_requests(principal, status="pending", limit=10)
-        count = len(await history.list_requests(principal, status="pending", limit=1000))
+        pending = await history.list_requests(principal, PENDING, limit=10)
+        count = len(await history.list_requests(principal, PENDING, limit=1000))
         return _page(request, "_bell.html", pending=pending, count=count)
 
     @get("/approvals/{approval_id:str}", operation_id="console_approval_detail")
@@ -264,17 +265,13 @@ class ConsoleController(Controller):
     async def history(
         self, request: Request, principal: Principal, offset: int = Parameter(default=0, ge=0)  # type: ignore[type-arg]
     ) -> Template:
-        filters = {key: request.query_params.get(key) or "" for key in HISTORY_FILTERS}
+        filters = HistoryFilter.from_query(request.query_params)
         error, rows = None, []
         try:
-            rows = await history.list_requests(
-                principal, start_date=filters["start_date"] or None, end_date=filters["end_date"] or None,
-                tool=filters["tool"] or None, approver=filters["approver"] or None,
-                status=filters["status"] or None, scope="all", limit=HISTORY_PAGE + 1, offset=offset,
-            )
+            rows = await history.list_requests(principal, filters, scope="all", limit=HISTORY_PAGE + 1, offset=offset)
         except ValidationFailed as exc:
             error = exc.message
-        query = urlencode({k: v for k, v in filters.items() if v})
+        query = urlencode(filters.as_query())
         older = offset + HISTORY_PAGE if len(rows) > HISTORY_PAGE else None
         newer = max(0, offset - HISTORY_PAGE) if offset else None
         return _page(request, "history.html", rows=rows[:HISTORY_PAGE], filters=filters, error=error, query=query,
