@@ -320,9 +320,15 @@ class GrantController(Controller):
     tags = ["approvals"]
     guards = [people_guard]
 
-    @get("", operation_id="list_grants", summary="Time-boxed grants, newest first")
-    async def list_grants(self, principal: Principal, active: bool | None = None) -> list[GrantView]:
-        return msgspec.convert(await grants.list_grants(principal, active=active), list[GrantView])
+    @get("", operation_id="list_grants", summary="Time-boxed grants, newest first; pages by cursor",
+         response_headers=pagination.HEADERS)
+    async def list_grants(
+        self, request: Request, principal: Principal, active: bool | None = None,  # type: ignore[type-arg]
+        limit: int = pagination.LIMIT, cursor: str | None = pagination.CURSOR,
+    ) -> Response[list[GrantView]]:
+        before = pagination.position(cursor) if cursor else None
+        items = await grants.list_grants(principal, active=active, limit=limit, before=before)
+        return pagination.page(request, items, limit, list[GrantView], "created_at", "id")  # type: ignore[no-any-return]
 
     @post("/{grant_id:uuid}/revoke", operation_id="revoke_grant", status_code=200)
     async def revoke(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from backend.accounts.service import Principal
@@ -34,11 +36,24 @@ def _grant_dict(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def list_grants(principal: Principal, *, active: bool | None = None) -> list[dict[str, Any]]:
+async def list_grants(
+    principal: Principal,
+    *,
+    active: bool | None = None,
+    limit: int = 100,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[dict[str, Any]]:
+    """The org's grants, newest first (ties broken by id); a page of `limit` starts after the grant
+    `before` names (created_at, id). `active=true`: only those not revoked and not expired."""
     condition: Any = Grant.org == principal.org_id
     if active is True:
         condition &= Grant.revoked_at.is_null() & (Grant.expires_at > now())
-    rows = await Grant.select().where(condition).order_by(Grant.created_at, ascending=False).limit(1000)
+    if before is not None:
+        at, grant_id = before
+        condition &= (Grant.created_at < at) | ((Grant.created_at == at) & (Grant.id < grant_id))
+    rows = (
+        await Grant.select().where(condition).order_by(Grant.created_at, Grant.id, ascending=False).limit(limit)
+    )
     return [_grant_dict(r) for r in rows]
 
 
