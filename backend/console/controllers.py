@@ -14,6 +14,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 from litestar.response import Redirect, Template
 
+from backend.accounts import lifecycle
 from backend.accounts import service as accounts
 from backend.accounts.service import Principal
 from backend.approvals import autonomy, flows, history, inbox, presentation
@@ -122,7 +123,8 @@ async def _keys_page(request: Request[Any, Any, Any], principal: Principal, *, c
     for key in keys:
         mine = per_day.get(key["id"], {})
         key["calls"] = [mine.get(day, 0) for day in days]
-    page = _page(request, "keys.html", keys=keys, created=created, error=error, days=days)
+    page = _page(request, "keys.html", keys=keys, created=created, error=error, days=days,
+                 scopes=accounts.mintable_scopes(principal))
     page.status_code = 200 if error is None else 422
     return page
 
@@ -440,13 +442,9 @@ class ConsoleController(Controller):
     async def create_key(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
         form = await _form(request)
         created, error = None, None
-        scope = form.get("scope", "agent")
         try:
-            if scope != "agent" and not principal.is_admin:
-                raise ValidationFailed("only admins create approver or admin keys", detail={"field": "scope"})
-            token, meta = await accounts.create_key(principal.org_id, principal.user_id, form.get("name", ""),
-                                                    scope=scope, labels=_labels(form.get("labels", "")),
-                                                    actor=principal.actor)
+            token, meta = await accounts.mint_key(principal, form.get("name", ""), scope=form.get("scope", "agent"),
+                                                  labels=_labels(form.get("labels", "")))
             created = {**meta, "token": token}
         except PreloopError as exc:
             error = exc.message
@@ -456,7 +454,7 @@ class ConsoleController(Controller):
 
     @post("/keys/{key_id:str}/revoke", operation_id="console_key_revoke", guards=[writer_guard])
     async def revoke_key(self, principal: Principal, key_id: str) -> Redirect:
-        await accounts.revoke_key(principal, key_id)
+        await lifecycle.revoke_key_for(principal, key_id)
         return Redirect("/console/keys")
 
 
