@@ -340,6 +340,11 @@ async def mint_key(
     return await create_key(principal.org_id, user_id, name, scope=scope, labels=labels, actor=principal.actor)
 
 
+def mintable_scopes(principal: Principal) -> list[str]:
+    """The scopes of the keys the caller may mint for themselves: none above their role (what mint_key allows)."""
+    return [scope for scope in KEY_SCOPES if SCOPE_RANK[scope] <= ROLE_RANK.get(principal.role, 0)]
+
+
 def _forget_keys(_topic: str = "", _message: dict[str, Any] | None = None) -> None:
     global _KEYS_GENERATION
     _KEYS_GENERATION += 1  # a lookup that started before this does not store what it read
@@ -481,22 +486,3 @@ async def list_keys(
     query = query.order_by(ApiKey.created_at, ApiKey.id, ascending=False)
     rows = await (query.limit(limit) if limit is not None else query).output(load_json=True)
     return [{**row, "id": str(row["id"])} for row in rows]
-
-
-async def revoke_key(principal: Principal, key_id: str) -> dict[str, Any]:
-    """Revoke a key of the caller's org (admins any key, others their own); idempotent, audited once."""
-    try:
-        wanted = uuid.UUID(str(key_id))
-    except ValueError as exc:
-        raise NotFound(f"no API key {key_id}") from exc
-    row = await ApiKey.select().where((ApiKey.id == wanted) & (ApiKey.org == principal.org_id)).first()
-    if row is None or (not principal.is_admin and row["user"] != principal.user_id):
-        raise NotFound(f"no API key {key_id}", detail={"hint": "the keys page lists them"})
-    if row["revoked_at"] is None:
-        await ApiKey.update({ApiKey.revoked_at: now()}).where(ApiKey.id == wanted)
-        await record(
-            principal.org_id, "key.revoked", principal.actor, subject_type="key", subject_id=wanted,
-            data={"name": row["name"], "prefix": row["prefix"]},
-        )
-        await credentials_changed("key.revoked")
-    return {"id": str(wanted), "name": row["name"], "revoked": True}

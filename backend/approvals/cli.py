@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 
+from backend.approvals.schemas import HistoryFilter
 from backend.client import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
@@ -87,9 +88,8 @@ def list_approvals(
     as_json: bool = typer.Option(False, "--json", help="Print the hub's JSON instead of a table."),
 ) -> None:
     """List approval requests, newest first."""
-    items: list[dict[str, Any]] = _call(
-        lambda c: c.request("GET", "/api/v1/approvals", params={"status": status, "limit": limit})
-    )
+    params = {**HistoryFilter(status=status).as_query(), "limit": limit}
+    items: list[dict[str, Any]] = _call(lambda c: c.request("GET", "/api/v1/approvals", params=params))
     if as_json:
         _print_json(items)
         return
@@ -313,8 +313,8 @@ def export(
     """Export the decision history between two dates, oldest first, as CSV or JSON (for a SIEM or an audit)."""
     if fmt not in {"csv", "json"}:
         _exit(f"--format {fmt!r} is not supported; use csv or json", EXIT_USAGE)
-    params = {"format": fmt, "start_date": _check_date(start, "--from"), "end_date": _check_date(end, "--to"),
-              "status": status}
+    filters = HistoryFilter(start_date=_check_date(start, "--from"), end_date=_check_date(end, "--to"), status=status)
+    params = {"format": fmt, **filters.as_query()}
     partial = output.with_name(output.name + ".part") if output else None
 
     def work(client: HubClient) -> None:

@@ -8,6 +8,7 @@ from uuid import UUID
 
 import msgspec
 from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.di import Provide
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import HeaderParameter, Parameter, QueryParameter
@@ -16,7 +17,7 @@ from litestar.response import Stream
 from backend import pagination
 from backend.accounts.passkey_schemas import BatchStepUpBody, StepUpBody, StepUpOptions
 from backend.accounts.service import Principal
-from backend.approvals import idempotency, service
+from backend.approvals import grants, history, idempotency, presentation, service, waiting
 from backend.approvals.schemas import (
     Approval,
     ApproveBody,
@@ -30,6 +31,7 @@ from backend.approvals.schemas import (
     DeclineBody,
     Granted,
     GrantView,
+    HistoryFilter,
     Outcome,
     OutcomeBody,
     RevokeBody,
@@ -63,6 +65,10 @@ async def _vote_once(
     request = {"approval_id": str(approval_id), "body": body}
     _, answer = await idempotency.once(principal, f"{decision}_approval", key, request, run)
     return answer
+
+
+# The history's filters, read from the query string once (each field a query parameter) and passed through.
+HISTORY_FILTER = {"filters": Provide(HistoryFilter, sync_to_thread=False)}
 
 
 def _approval(item: dict[str, Any]) -> Approval:
@@ -114,16 +120,12 @@ class ApprovalController(Controller):
         return Response(answer, status_code=status)  # type: ignore[arg-type]
 
     @get("", operation_id="list_approvals", summary="History, newest first, filtered; pages by cursor",
-         response_headers=pagination.HEADERS)
+         response_headers=pagination.HEADERS, dependencies=HISTORY_FILTER)
     async def list_requests(
         self,
         request: Request,  # type: ignore[type-arg]
         principal: Principal,
-        start_date: str | None = None,
-        end_date: str | None = None,
-        tool: str | None = None,
-        approver: str | None = None,
-        status: str | None = None,
+        filters: HistoryFilter,
         inbox_scope: str = QueryParameter(  # type: ignore[assignment]
             name="scope", default="mine",
             description="With status=pending: mine (what you can vote on) or all (every pending)",
@@ -132,13 +134,9 @@ class ApprovalController(Controller):
         offset: int = Parameter(default=0, ge=0),
         cursor: str | None = pagination.CURSOR,
     ) -> Response[list[Approval]]:
-        items = await service.list_requests(
+        items = await history.list_requests(
             principal,
-            start_date=start_date,
-            end_date=end_date,
-            tool=tool,
-            approver=approver,
-            status=status,
+            filters,
             scope=inbox_scope,
             limit=limit,
             offset=offset,
@@ -150,27 +148,15 @@ class ApprovalController(Controller):
     @get(
         "/export", operation_id="export_approvals", guards=[people_guard],
         operation_class=media_types(MediaType.JSON, "text/csv", schema=EXPORT_SCHEMA),
-        summary="Stream the filtered history as CSV or JSON",
+        summary="Stream the filtered history as CSV or JSON", dependencies=HISTORY_FILTER,
     )
     async def export(
         self,
         principal: Principal,
+        filters: HistoryFilter,
         format: str = Parameter(default="json", description="json or csv; anything else is a 422"),
-        start_date: str | None = None,
-        end_date: str | None = None,
-        tool: str | None = None,
-        approver: str | None = None,
-        status: str | None = None,
     ) -> Stream:
-        chunks = await service.export(
-            principal,
-            format,
-            start_date=start_date,
-            end_date=end_date,
-            tool=tool,
-            approver=approver,
-            status=status,
-        )
+        chunks = await history.export(principal, format, filters)
         media = "text/csv; charset=utf-8" if format == "csv" else MediaType.JSON
         return Stream(
             chunks,
@@ -186,7 +172,7 @@ class ApprovalController(Controller):
         ids: str,
         seconds: float = QueryParameter(name="timeout", default=25.0, ge=0, le=3600),  # type: ignore[assignment]
     ) -> Decisions:
-        return _decisions(await service.wait_for_decisions(hub, principal, service.parse_ids(ids), seconds))
+        return _decisions(await waiting.wait_for_decisions(hub, principal, waiting.parse_ids(ids), seconds))
 
     @post(
         "/wait",
@@ -196,7 +182,7 @@ class ApprovalController(Controller):
         summary="The same long-poll with the ids in the body (for long id lists)",
     )
     async def wait_post(self, data: WaitBody, principal: Principal, hub: Hub) -> Decisions:
-        return _decisions(await service.wait_for_decisions(hub, principal, service.parse_ids(data.ids), data.timeout))
+        return _decisions(await waiting.wait_for_decisions(hub, principal, waiting.parse_ids(data.ids), data.timeout))
 
     @post(
         "/batch",
@@ -251,7 +237,7 @@ class ApprovalController(Controller):
 
     @get("/{approval_id:uuid}", operation_id="get_approval")
     async def get_request(self, approval_id: UUID, principal: Principal) -> Approval:
-        return msgspec.convert(await service.get_request(principal, approval_id), Approval)
+        return msgspec.convert(await presentation.get_request(principal, approval_id), Approval)
 
     @get(
         "/{approval_id:uuid}/outcome",
@@ -259,7 +245,7 @@ class ApprovalController(Controller):
         summary="Machine-readable verdict: kind approved/declined/expired/cancelled, by, reason",
     )
     async def outcome(self, approval_id: UUID, principal: Principal) -> Outcome:
-        item = await service.get_request(principal, approval_id, with_flags=False)
+        item = await presentation.get_request(principal, approval_id, with_flags=False)
         return Outcome(id=item["id"], status=item["status"], outcome=item["outcome"], execution=item["execution"])
 
     @post("/{approval_id:uuid}/approve", operation_id="approve_approval", status_code=200)
@@ -334,15 +320,21 @@ class GrantController(Controller):
     tags = ["approvals"]
     guards = [people_guard]
 
-    @get("", operation_id="list_grants", summary="Time-boxed grants, newest first")
-    async def list_grants(self, principal: Principal, active: bool | None = None) -> list[GrantView]:
-        return msgspec.convert(await service.list_grants(principal, active=active), list[GrantView])
+    @get("", operation_id="list_grants", summary="Time-boxed grants, newest first; pages by cursor",
+         response_headers=pagination.HEADERS)
+    async def list_grants(
+        self, request: Request, principal: Principal, active: bool | None = None,  # type: ignore[type-arg]
+        limit: int = pagination.LIMIT, cursor: str | None = pagination.CURSOR,
+    ) -> Response[list[GrantView]]:
+        before = pagination.position(cursor) if cursor else None
+        items = await grants.list_grants(principal, active=active, limit=limit, before=before)
+        return pagination.page(request, items, limit, list[GrantView], "created_at", "id")  # type: ignore[no-any-return]
 
     @post("/{grant_id:uuid}/revoke", operation_id="revoke_grant", status_code=200)
     async def revoke(
         self, grant_id: UUID, principal: Principal, hub: Hub, data: RevokeBody | None = None
     ) -> GrantView:
-        revoked = await service.revoke_grant(hub, principal, grant_id, (data or RevokeBody()).reason)
+        revoked = await grants.revoke_grant(hub, principal, grant_id, (data or RevokeBody()).reason)
         return msgspec.convert(revoked, GrantView)
 
 

@@ -26,7 +26,7 @@ from backend.transactions import after_commit as after_commit
 from backend.transactions import current_transaction, is_sqlite, write_transaction
 
 if TYPE_CHECKING:
-    from backend.hub import Hub
+    from backend.effects import Effects
 
 logger = logging.getLogger("preloop.approvals")
 
@@ -200,7 +200,7 @@ class Change:
 
 
 async def transition(
-    hub: Hub, row: dict[str, Any] | None, new: str, actor: Actor, change: Change | None = None
+    hub: Effects, row: dict[str, Any] | None, new: str, actor: Actor, change: Change | None = None
 ) -> dict[str, Any] | None:
     """Move a request from its current state to `new`; None when someone else moved it first.
 
@@ -270,7 +270,7 @@ async def transition(
 
 
 async def _after_update(
-    hub: Hub, old: str | None, new: str, updated: dict[str, Any], actor: Actor, change: Change
+    hub: Effects, old: str | None, new: str, updated: dict[str, Any], actor: Actor, change: Change
 ) -> None:
     """What follows a won conditional update: the audit event, notifications, jobs and wake-ups."""
     if old == "pending" and new != "escalated":
@@ -309,7 +309,7 @@ _RUN_FROM = {"executing": "approved", "executed": "executing", "failed": "execut
 
 
 async def run_step(
-    hub: Hub,
+    hub: Effects,
     principal: Principal,
     request_id: uuid.UUID,
     new: str,
@@ -375,7 +375,7 @@ async def _audit(row: dict[str, Any], kind: str, actor: Actor, change: Change, d
     )
 
 
-async def _notify(hub: Hub, row: dict[str, Any], *, level: int, users: dict[str, str] | None) -> None:
+async def _notify(hub: Effects, row: dict[str, Any], *, level: int, users: dict[str, str] | None) -> None:
     """Queue the ask to `users`; None: to everyone eligible now (found in the same statement on PostgreSQL)."""
     channels = policy_of(row).get("channels") or ["web"]
     if users is None and not is_sqlite():
@@ -389,7 +389,7 @@ async def _notify(hub: Hub, row: dict[str, Any], *, level: int, users: dict[str,
     _send_after_commit(hub, row, created, level=level)
 
 
-async def _notify_outcome(hub: Hub, row: dict[str, Any]) -> None:
+async def _notify_outcome(hub: Effects, row: dict[str, Any]) -> None:
     """The outcome to everyone who was notified, on the channels they were notified on."""
     created = await notifications.queue_outcome(row["org"], row)
     # Only enqueued: the decision's own event already tells consoles; "notifications.queued" is for asks.
@@ -397,7 +397,7 @@ async def _notify_outcome(hub: Hub, row: dict[str, Any]) -> None:
 
 
 def _send_after_commit(
-    hub: Hub, row: dict[str, Any], created: list[dict[str, Any]], *, level: int, announce: bool = True
+    hub: Effects, row: dict[str, Any], created: list[dict[str, Any]], *, level: int, announce: bool = True
 ) -> None:
     if not created:
         return
@@ -418,7 +418,7 @@ def reminder_due(row: dict[str, Any]) -> datetime | None:
     return created + (expires - created) / 2
 
 
-async def fire_reminder(hub: Hub, request_id: uuid.UUID | str) -> int:
+async def fire_reminder(hub: Effects, request_id: uuid.UUID | str) -> int:
     """Remind everyone who may vote and has not, once per request; returns the deliveries queued."""
     row = await load_row(request_id)
     if row is None or row["status"] != "pending":
@@ -438,7 +438,7 @@ async def fire_reminder(hub: Hub, request_id: uuid.UUID | str) -> int:
     return len(created)
 
 
-async def sweep_reminders(hub: Hub, batch: int = 500) -> int:
+async def sweep_reminders(hub: Effects, batch: int = 500) -> int:
     """Reminders whose job was lost: pending requests past half-time (the dedupe keys make it once)."""
     rows = (
         await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.created_at, ApprovalRequest.expires_at)
@@ -458,7 +458,7 @@ async def sweep_reminders(hub: Hub, batch: int = 500) -> int:
     return fired
 
 
-def _schedule(hub: Hub, row: dict[str, Any]) -> None:
+def _schedule(hub: Effects, row: dict[str, Any]) -> None:
     """Queue the deadline jobs for what the row says is due; the ids make repeats harmless."""
     rid = str(row["id"])
     expires = _ts(row.get("expires_at"))
@@ -502,7 +502,7 @@ def _observe_deadline(kind: str, due: Any, fired: dict[str, Any] | None) -> bool
     return True
 
 
-def _announce(hub: Hub, row: dict[str, Any], kind: str) -> None:
+def _announce(hub: Effects, row: dict[str, Any], kind: str) -> None:
     message = {"id": str(row["id"]), "status": row["status"], "escalation_level": row["escalation_level"]}
 
     async def publish() -> None:
@@ -652,7 +652,7 @@ async def reject_vote(row: dict[str, Any], principal: Principal, why: str, messa
 
 
 async def record_vote(
-    hub: Hub,
+    hub: Effects,
     principal: Principal,
     row: dict[str, Any],
     decision: str,
@@ -781,7 +781,7 @@ async def record_vote(
 
 
 async def _step_up(
-    hub: Hub,
+    hub: Effects,
     principal: Principal,
     row: dict[str, Any],
     decision: str,
@@ -821,7 +821,7 @@ async def _step_up(
 
 
 async def confirm_step_up(
-    hub: Hub, principal: Principal, rows: list[dict[str, Any]], decision: str, assertion: dict[str, Any]
+    hub: Effects, principal: Principal, rows: list[dict[str, Any]], decision: str, assertion: dict[str, Any]
 ) -> list[StepUpProof]:
     """Verify one step-up assertion for these requests; a refusal is audited on each of them.
 
@@ -845,7 +845,7 @@ async def confirm_step_up(
     return [proof] * len(rows)
 
 
-async def _decide(hub: Hub, row: dict[str, Any], new: str, actor: Actor, outcome: dict[str, Any]) -> dict[str, Any]:
+async def _decide(hub: Effects, row: dict[str, Any], new: str, actor: Actor, outcome: dict[str, Any]) -> dict[str, Any]:
     updated = await transition(hub, row, new, actor, Change(outcome=outcome))
     if updated is None:  # lost to a deadline or another decision: roll the vote back
         latest = await load_row(row["id"])
@@ -879,7 +879,7 @@ def _sqlite_integrity() -> type[Exception]:
 # --- deadlines ----------------------------------------------------------------------------------
 
 
-async def fire_expiry(hub: Hub, request_id: uuid.UUID | str) -> bool:
+async def fire_expiry(hub: Effects, request_id: uuid.UUID | str) -> bool:
     """Time the request out if its deadline has passed; True if this call did it."""
     row = await load_row(request_id)
     if row is None or row["status"] != "pending" or (_ts(row["expires_at"]) or now()) > now():
@@ -904,7 +904,7 @@ async def fire_expiry(hub: Hub, request_id: uuid.UUID | str) -> bool:
         return _observe_deadline("expiry", row["expires_at"], fired)
 
 
-async def fire_escalation(hub: Hub, request_id: uuid.UUID | str, level: int | None = None) -> bool:
+async def fire_escalation(hub: Effects, request_id: uuid.UUID | str, level: int | None = None) -> bool:
     """Fire the next escalation level if it is due (and is `level`, when given)."""
     row = await load_row(request_id)
     if row is None or row["status"] != "pending" or row["next_escalation_at"] is None:

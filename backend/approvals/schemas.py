@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -13,6 +15,32 @@ Hash = Annotated[str, msgspec.Meta(max_length=128)]
 Reason = Annotated[str, msgspec.Meta(max_length=2000)]
 Justification = Annotated[str, msgspec.Meta(max_length=4000)]
 RequestId = Annotated[str, msgspec.Meta(max_length=64)]
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    """What the history (its list and its export) is narrowed to. Each field is a query parameter of
+    both REST operations; the console reads it from its filter form and the CLI sends it as is."""
+
+    start_date: str | None = None
+    """First day (YYYY-MM-DD) or instant (ISO datetime), inclusive."""
+    end_date: str | None = None
+    """Last day, inclusive (a bare date includes the whole day), or an instant, exclusive."""
+    tool: str | None = None
+    """A tool name; `*` is a wildcard."""
+    approver: str | None = None
+    """Only requests this person (by email) voted on."""
+    status: str | None = None
+    """Statuses, comma-separated; `pending` alone is the caller's inbox."""
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> HistoryFilter:
+        """Empty fields (a form sent with blanks) narrow nothing."""
+        return cls(**{f.name: query.get(f.name) or None for f in fields(cls)})
+
+    def as_query(self) -> dict[str, str]:
+        """The fields that narrow something, as query parameters."""
+        return {name: value for name, value in asdict(self).items() if value}
 
 
 class CreateBody(msgspec.Struct, forbid_unknown_fields=True):

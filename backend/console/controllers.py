@@ -14,10 +14,12 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.params import Parameter
 from litestar.response import Redirect, Template
 
+from backend.accounts import lifecycle
 from backend.accounts import service as accounts
 from backend.accounts.service import Principal
-from backend.approvals import autonomy, flows, inbox
+from backend.approvals import autonomy, flows, history, inbox, presentation
 from backend.approvals import service as approvals
+from backend.approvals.schemas import HistoryFilter
 from backend.audit import calls
 from backend.audit import service as audit
 from backend.console import session
@@ -41,8 +43,8 @@ NAV: list[tuple[str, str]] = [
     ("/console/teams", "Teams"),
     ("/console/channels", "Channels"),
 ]
-HISTORY_FILTERS = ("start_date", "end_date", "tool", "approver", "status")
 HISTORY_PAGE = 100
+PENDING = HistoryFilter(status="pending")  # the inbox
 
 
 def _page(request: Request, name: str, **context: Any) -> Template:  # type: ignore[type-arg]
@@ -121,7 +123,8 @@ async def _keys_page(request: Request[Any, Any, Any], principal: Principal, *, c
     for key in keys:
         mine = per_day.get(key["id"], {})
         key["calls"] = [mine.get(day, 0) for day in days]
-    page = _page(request, "keys.html", keys=keys, created=created, error=error, days=days)
+    page = _page(request, "keys.html", keys=keys, created=created, error=error, days=days,
+                 scopes=accounts.mintable_scopes(principal))
     page.status_code = 200 if error is None else 422
     return page
 
@@ -191,18 +194,18 @@ class ConsoleController(Controller):
 
     @get("/approvals", operation_id="console_approvals")
     async def approvals_page(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await approvals.list_requests(principal, status="pending", scope="all", limit=200)
+        pending = await history.list_requests(principal, PENDING, scope="all", limit=200)
         return _page(request, "approvals.html", pending=pending)
 
     @get("/approvals/pending", operation_id="console_pending_fragment")
     async def pending_fragment(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await approvals.list_requests(principal, status="pending", scope="all", limit=200)
+        pending = await history.list_requests(principal, PENDING, scope="all", limit=200)
         return _page(request, "_pending.html", pending=pending)
 
     @get("/approvals/bell", operation_id="console_bell_fragment")
     async def bell(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
-        pending = await approvals.list_requests(principal, status="pending", limit=10)
-        count = len(await approvals.list_requests(principal, status="pending", limit=1000))
+        pending = await history.list_requests(principal, PENDING, limit=10)
+        count = len(await history.list_requests(principal, PENDING, limit=1000))
         return _page(request, "_bell.html", pending=pending, count=count)
 
     @get("/approvals/{approval_id:str}", operation_id="console_approval_detail")
@@ -232,7 +235,7 @@ class ConsoleController(Controller):
         return page
 
     async def _detail(self, principal: Principal, approval_id: str) -> dict[str, Any]:
-        item = await approvals.get_request(principal, approval_id)
+        item = await presentation.get_request(principal, approval_id)
         row = await flows.load_row(item["id"])
         can_vote = row is not None and (await inbox.voting_state(principal, row, item))["can_vote"]
         deliveries = await notifications.deliveries_of_request(principal, item["id"])
@@ -242,7 +245,7 @@ class ConsoleController(Controller):
     @get("/approvals/{approval_id:str}/comments", operation_id="console_comments_fragment")
     async def comments_fragment(self, request: Request, principal: Principal, approval_id: str) -> Template:  # type: ignore[type-arg]
         """The discussion alone: fetched again when the event stream says someone commented."""
-        item = await approvals.get_request(principal, approval_id, with_flags=False)
+        item = await presentation.get_request(principal, approval_id, with_flags=False)
         comments = await chat.comments_of_request(principal, item["id"])
         return _page(request, "_comments.html", item=item, comments=comments)
 
@@ -264,17 +267,13 @@ class ConsoleController(Controller):
     async def history(
         self, request: Request, principal: Principal, offset: int = Parameter(default=0, ge=0)  # type: ignore[type-arg]
     ) -> Template:
-        filters = {key: request.query_params.get(key) or "" for key in HISTORY_FILTERS}
+        filters = HistoryFilter.from_query(request.query_params)
         error, rows = None, []
         try:
-            rows = await approvals.list_requests(
-                principal, start_date=filters["start_date"] or None, end_date=filters["end_date"] or None,
-                tool=filters["tool"] or None, approver=filters["approver"] or None,
-                status=filters["status"] or None, scope="all", limit=HISTORY_PAGE + 1, offset=offset,
-            )
+            rows = await history.list_requests(principal, filters, scope="all", limit=HISTORY_PAGE + 1, offset=offset)
         except ValidationFailed as exc:
             error = exc.message
-        query = urlencode({k: v for k, v in filters.items() if v})
+        query = urlencode(filters.as_query())
         older = offset + HISTORY_PAGE if len(rows) > HISTORY_PAGE else None
         newer = max(0, offset - HISTORY_PAGE) if offset else None
         return _page(request, "history.html", rows=rows[:HISTORY_PAGE], filters=filters, error=error, query=query,
@@ -443,13 +442,9 @@ class ConsoleController(Controller):
     async def create_key(self, request: Request, principal: Principal) -> Template:  # type: ignore[type-arg]
         form = await _form(request)
         created, error = None, None
-        scope = form.get("scope", "agent")
         try:
-            if scope != "agent" and not principal.is_admin:
-                raise ValidationFailed("only admins create approver or admin keys", detail={"field": "scope"})
-            token, meta = await accounts.create_key(principal.org_id, principal.user_id, form.get("name", ""),
-                                                    scope=scope, labels=_labels(form.get("labels", "")),
-                                                    actor=principal.actor)
+            token, meta = await accounts.mint_key(principal, form.get("name", ""), scope=form.get("scope", "agent"),
+                                                  labels=_labels(form.get("labels", "")))
             created = {**meta, "token": token}
         except PreloopError as exc:
             error = exc.message
@@ -459,7 +454,7 @@ class ConsoleController(Controller):
 
     @post("/keys/{key_id:str}/revoke", operation_id="console_key_revoke", guards=[writer_guard])
     async def revoke_key(self, principal: Principal, key_id: str) -> Redirect:
-        await accounts.revoke_key(principal, key_id)
+        await lifecycle.revoke_key_for(principal, key_id)
         return Redirect("/console/keys")
 
 

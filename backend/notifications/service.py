@@ -23,6 +23,7 @@ from backend.accounts.tables import User
 from backend.approvals.tables import ApprovalRequest
 from backend.audit.service import Actor, record
 from backend.bus import Bus
+from backend.effects import Effects
 from backend.events import publish_event
 from backend.notifications import channel_settings, preferences
 from backend.notifications.batching import Batch, keyed
@@ -257,7 +258,7 @@ return 1
 ENQUEUE_BATCH = 500
 
 
-async def enqueue_jobs(hub: Hub, jobs: list[tuple[str, str]]) -> int:
+async def enqueue_jobs(hub: Effects, jobs: list[tuple[str, str]]) -> int:
     """Queue `(delivery id, job id)` pairs as arq jobs in one Redis round trip per 500.
 
     Same keys and semantics as `ArqRedis.enqueue_job`: a job id that already has a job or a result
@@ -267,7 +268,7 @@ async def enqueue_jobs(hub: Hub, jobs: list[tuple[str, str]]) -> int:
     return await enqueue_many(hub, [(JOB, (delivery_id,), jid, None) for delivery_id, jid in jobs])
 
 
-async def enqueue_many(hub: Hub, jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]]) -> int:
+async def enqueue_many(hub: Effects, jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]]) -> int:
     """Queue `(function, args, job id, defer until)` arq jobs in one pipeline per 500, each atomic by
     script, with `ArqRedis.enqueue_job`'s keys, scores and expiries (it costs three round trips a job).
 
@@ -306,7 +307,7 @@ async def enqueue_many(hub: Hub, jobs: list[tuple[str, tuple[Any, ...], str, dat
     return added
 
 
-async def enqueue(hub: Hub, deliveries: list[dict[str, Any]]) -> None:
+async def enqueue(hub: Effects, deliveries: list[dict[str, Any]]) -> None:
     """Give each row its job (after commit) in one pipeline; the fixed ids make a repeat harmless."""
     await enqueue_jobs(hub, [(d["id"], job_id(d["id"])) for d in deliveries])
 

@@ -1,4 +1,4 @@
-"""Cursor pagination of the other lists that grow: users, keys, policy versions, audit events."""
+"""Cursor pagination of the other lists that grow: users, keys, policy versions, audit events, grants."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.contract.support import POLICY
-from tests.helpers import auth, make_org
+from tests.helpers import Org, auth, make_org
 
 # each list and the field that names one of its items
 LISTS = [
@@ -15,18 +15,27 @@ LISTS = [
     ("/api/v1/keys", "id"),
     ("/api/v1/policies/versions", "version"),
     ("/api/v1/audit/events", "seq"),
+    ("/api/v1/grants", "id"),
 ]
+GRANTING = POLICY.replace("timeout: 1h}", "timeout: 1h, max_grant: 600}")
 
 
-async def _grow(client: Any, token: str) -> None:
-    """Three more users, keys and policy versions than make_org leaves (and their audit events)."""
+async def _grow(client: Any, org: Org) -> None:
+    """Three more users, keys, policy versions and grants than make_org leaves (and their audit events)."""
     for n in range(3):
         user = {"email": f"extra{n}@acme.test", "role": "viewer"}
-        assert (await client.post("/api/v1/users", json=user, headers=auth(token))).status_code == 201
+        assert (await client.post("/api/v1/users", json=user, headers=auth(org.admin_token))).status_code == 201
         key = {"name": f"extra-{n}", "scope": "agent"}
-        assert (await client.post("/api/v1/keys", json=key, headers=auth(token))).status_code == 201
-        source = {"source": POLICY + f"# revision {n}\n"}
-        assert (await client.post("/api/v1/policies", json=source, headers=auth(token))).status_code == 201
+        assert (await client.post("/api/v1/keys", json=key, headers=auth(org.admin_token))).status_code == 201
+        source = {"source": GRANTING + f"# revision {n}\n"}
+        assert (await client.post("/api/v1/policies", json=source, headers=auth(org.admin_token))).status_code == 201
+    for n in range(3):  # each approval with a grant_seconds leaves one grant
+        call = {"tool": "deploy", "arguments": {"n": n}}
+        held = await client.post("/api/v1/approvals", json=call, headers=auth(org.agent_token))
+        assert held.status_code == 201, held.text
+        approved = await client.post(f"/api/v1/approvals/{held.json()['id']}/approve", json={"grant_seconds": 600},
+                                     headers=auth(org.approver_tokens["alice"]))
+        assert approved.status_code == 200, approved.text
 
 
 async def _walk(client: Any, path: str, headers: dict[str, str], limit: int, field: str) -> tuple[list[Any], int]:
@@ -52,7 +61,7 @@ async def _walk(client: Any, path: str, headers: dict[str, str], limit: int, fie
 @pytest.mark.parametrize(("path", "field"), LISTS)
 async def test_pages_walk_each_list_once_in_its_stable_order(client: Any, path: str, field: str) -> None:
     org = await make_org()
-    await _grow(client, org.admin_token)
+    await _grow(client, org)
     admin = auth(org.admin_token)
     everything = [item[field] for item in (await client.get(path, params={"limit": 1000}, headers=admin)).json()]
     assert len(everything) >= 3
@@ -66,9 +75,9 @@ async def test_pages_walk_each_list_once_in_its_stable_order(client: Any, path: 
 
 
 async def test_each_list_is_ordered_as_documented(client: Any) -> None:
-    """Users by email, keys and versions newest first, audit events by seq: the orders a cursor relies on."""
+    """Users by email, keys, versions and grants newest first, audit events by seq: the orders a cursor relies on."""
     org = await make_org()
-    await _grow(client, org.admin_token)
+    await _grow(client, org)
     admin = auth(org.admin_token)
 
     async def everything(path: str) -> list[dict[str, Any]]:
@@ -83,11 +92,13 @@ async def test_each_list_is_ordered_as_documented(client: Any) -> None:
     assert versions == [3, 2, 1]
     seqs = [e["seq"] for e in await everything("/api/v1/audit/events")]
     assert seqs == sorted(seqs) and len(seqs) > 9
+    grants = [(g["created_at"], g["id"]) for g in await everything("/api/v1/grants")]
+    assert grants == sorted(grants, reverse=True) and len(grants) == 3
 
 
 async def test_a_new_key_between_pages_is_neither_repeated_nor_shifts_the_rest(client: Any) -> None:
     org = await make_org()
-    await _grow(client, org.admin_token)
+    await _grow(client, org)
     admin = auth(org.admin_token)
     before = [k["id"] for k in (await client.get("/api/v1/keys", headers=admin)).json()]
     first = await client.get("/api/v1/keys", params={"limit": 3}, headers=admin)
@@ -123,3 +134,17 @@ async def test_a_cursor_the_api_did_not_hand_out_is_refused_with_the_error_envel
         assert response.status_code == 422, (cursor, response.text)
         error = response.json()["error"]
         assert error["code"] == "validation_failed" and error["detail"]["field"] == "cursor"
+
+
+async def test_grant_pages_keep_the_active_filter(client: Any) -> None:
+    org = await make_org()
+    await _grow(client, org)
+    admin = auth(org.admin_token)
+    newest = (await client.get("/api/v1/grants", headers=admin)).json()[0]
+    revoked = await client.post(f"/api/v1/grants/{newest['id']}/revoke", headers=admin)
+    assert revoked.status_code == 200
+    first = await client.get("/api/v1/grants", params={"active": "true", "limit": 1}, headers=admin)
+    assert "active=true" in first.headers["link"]
+    rest, _ = await _walk_from(client, "/api/v1/grants?active=true", admin, first.headers["x-next-cursor"])
+    active = [g["id"] for g in (await client.get("/api/v1/grants?active=true", headers=admin)).json()]
+    assert [g["id"] for g in first.json()] + rest == active and newest["id"] not in active and len(active) == 2

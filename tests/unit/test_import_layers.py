@@ -28,6 +28,7 @@ def _loaded_after_import(module: str) -> set[str]:
         ("backend.events", {"backend.hub", "backend.event_stream", "litestar"}),
         ("backend.approvals.flows", {"backend.hub", "backend.event_stream", "workers.registry", "workers.settings"}),
         ("workers.settings", {"backend.app", "backend.event_stream"}),
+        ("backend.effects", {"backend.hub", "backend.bus", "backend.redis_conn"}),
     ],
 )
 def test_a_lower_layer_never_imports_a_higher_one(module: str, never: set[str]) -> None:

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from backend.accounts import lifecycle
 from backend.accounts import service as accounts
 from backend.audit import service as audit
-from backend.errors import NotFound
+from backend.errors import Forbidden, NotFound
 from backend.policy_store import service as policies
 from tests.helpers import auth, make_org
 
@@ -40,15 +41,28 @@ async def test_keys_are_listed_by_owner_and_revoked_once(client: Any) -> None:
     bot = next(k for k in await accounts.list_keys(admin) if k["name"] == "ci-bot")
 
     with pytest.raises(NotFound):  # someone else's key does not exist for a non-admin
-        await accounts.revoke_key(alice, bot["id"])
+        await lifecycle.revoke_key_for(alice, bot["id"])
     with pytest.raises(NotFound):
-        await accounts.revoke_key(admin, "not-a-uuid")
+        await lifecycle.revoke_key_for(admin, "not-a-uuid")
     assert (await client.get("/api/v1/agents/me", headers=auth(org.agent_token))).status_code == 200
-    await accounts.revoke_key(admin, bot["id"])
-    await accounts.revoke_key(admin, bot["id"])  # idempotent
+    await lifecycle.revoke_key_for(admin, bot["id"])
+    await lifecycle.revoke_key_for(admin, bot["id"])  # idempotent
     assert (await client.get("/api/v1/agents/me", headers=auth(org.agent_token))).status_code == 401
     revoked = await audit.list_events(org.id, kind="key.revoked")
     assert len(revoked) == 1 and revoked[0]["actor_label"] == "admin@acme.test"
+
+
+async def test_the_console_mints_keys_by_the_rule_the_api_uses(client: Any) -> None:
+    """One rule for the console's form and POST /keys (mint_key): no key above the owner's role."""
+    org = await make_org()
+    admin, alice = await _principal(org.id, "admin@acme.test"), await _principal(org.id, "alice@acme.test")
+    assert accounts.mintable_scopes(alice) == ["agent", "approver"]
+    assert accounts.mintable_scopes(admin) == ["agent", "approver", "admin"]
+    _, meta = await accounts.mint_key(alice, "alice-cli", scope="approver")
+    assert meta["scope"] == "approver"
+    with pytest.raises(Forbidden) as refused:
+        await accounts.mint_key(alice, "too-much", scope="admin")
+    assert refused.value.code == "scope_above_role"
 
 
 async def test_audit_events_by_family_actor_and_order(client: Any) -> None:
