@@ -300,28 +300,24 @@ class VerifyResult:
 
 
 async def verify(org_id: str | uuid.UUID, *, batch: int = 2000) -> VerifyResult:
-    """Walk the chain in order; report the first event whose hash or link does not hold."""
+    """Walk the chain in order; report the first event whose hash or link does not hold.
+
+    The chain head is read first and the walk stops at it: an append commits its event and the head
+    together, so everything up to the head is settled, and events appended while the walk runs are
+    left for the next verification instead of looking like a broken end."""
     org = str(org_id)
+    head = await AuditHead.select(AuditHead.seq, AuditHead.hash).where(AuditHead.org_id == org).first()
+    last_seq = None if head is None else int(head["seq"])
     expected_prev = GENESIS
     expected_seq = 1
     count = 0
-    while True:
-        rows = (
-            await AuditEvent.select()
-            .where((AuditEvent.org_id == org) & (AuditEvent.seq >= expected_seq))
-            .order_by(AuditEvent.seq)
-            .limit(batch)
-            .output(load_json=True)
-        )
+    while last_seq is None or expected_seq <= last_seq:
+        query = AuditEvent.select().where((AuditEvent.org_id == org) & (AuditEvent.seq >= expected_seq))
+        if last_seq is not None:
+            query = query.where(AuditEvent.seq <= last_seq)
+        rows = await query.order_by(AuditEvent.seq).limit(batch).output(load_json=True)
         if not rows:
-            head = await AuditHead.select(AuditHead.seq, AuditHead.hash).where(AuditHead.org_id == org).first()
-            if head is not None and (head["seq"], head["hash"]) != (expected_seq - 1, expected_prev):
-                if head["seq"] >= expected_seq:
-                    problem = f"events {expected_seq}..{head['seq']} are missing from the end of the chain"
-                else:
-                    problem = "the newest event does not match the chain head"
-                return VerifyResult(False, count, expected_seq if head["seq"] >= expected_seq else count, problem)
-            return VerifyResult(ok=True, events=count)
+            break
         for row in rows:
             if row["seq"] != expected_seq:
                 return VerifyResult(False, count, expected_seq, f"event {expected_seq} is missing")
@@ -332,6 +328,13 @@ async def verify(org_id: str | uuid.UUID, *, batch: int = 2000) -> VerifyResult:
             expected_prev = row["hash"]
             expected_seq += 1
             count += 1
+    if head is not None and last_seq is not None:
+        if last_seq >= expected_seq:
+            problem = f"events {expected_seq}..{last_seq} are missing from the end of the chain"
+            return VerifyResult(False, count, expected_seq, problem)
+        if head["hash"] != expected_prev:
+            return VerifyResult(False, count, count, "the newest event does not match the chain head")
+    return VerifyResult(ok=True, events=count)
 
 
 async def list_events(

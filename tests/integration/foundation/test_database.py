@@ -64,6 +64,29 @@ async def test_concurrent_appends_never_fork_the_chain(hub: Any) -> None:
     assert (await verify(org)).ok
 
 
+async def test_verify_during_appends_sees_a_whole_chain(hub: Any) -> None:
+    """Events appended while a verification walks the chain are not mistaken for a broken end."""
+    org = "00000000-0000-0000-0000-00000000a0d7"
+    for n in range(3):
+        await record(org, "test.event", Actor.system(), data={"n": n})
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await record(org, "race", Actor.system(), data={"n": n})
+
+    task = asyncio.create_task(writer())
+    try:
+        results = [await verify(org, batch=1) for _ in range(15)]
+    finally:
+        stop.set()
+        await task
+    assert all(r.ok for r in results), [r for r in results if not r.ok]
+    assert (await verify(org)).ok
+
+
 async def test_external_ids_make_ingestion_idempotent(hub: Any) -> None:
     org = "00000000-0000-0000-0000-00000000a0d4"
     first = await record(org, "call.allow", Actor("key", "k"), external_id="spool-1")
