@@ -17,13 +17,14 @@ from backend.accounts.passkeys import StepUpProof
 from backend.accounts.service import Principal
 from backend.accounts.tables import TeamMembership, User
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
+from backend.audit import service as audit
 from backend.audit.service import Actor, record
 from backend.errors import Conflict, Forbidden, ValidationFailed
 from backend.events import publish_event
 from backend.notifications import service as notifications
 from backend.observability import metrics
 from backend.transactions import after_commit as after_commit
-from backend.transactions import current_transaction, is_sqlite, write_transaction
+from backend.transactions import current_transaction, is_sqlite, one_statement, write_transaction
 
 if TYPE_CHECKING:
     from backend.hub import Hub
@@ -317,37 +318,71 @@ async def run_step(
     *,
     arguments_hash: str | None = None,
 ) -> dict[str, Any] | None:
-    """PostgreSQL: claim (`executing`) or report (`executed`/`failed`) a request in one conditional
-    UPDATE that also checks what the caller must be (the request's agent key or an admin, and for a
-    claim the approved arguments hash) and returns the row as `load_presented` reads it.
+    """PostgreSQL: claim (`executing`) or report (`executed`/`failed`) a request in one statement, its own
+    transaction: a conditional UPDATE that also checks what the caller must be (the request's agent key or
+    an admin, and for a claim the approved arguments hash), the audit event chained in the same statement
+    (the request row locks before the chain head), a report's outcome notifications, and the row as
+    `load_presented` reads it. Wake-ups and jobs follow once it has run.
 
-    None when any condition fails; the caller then reads the row to say which (and, if nothing was
-    wrong after all, e.g. on SQLite, takes the ordinary path). Must run inside `unit_of_work()`."""
-    if is_sqlite():
-        return None
+    None when any condition fails, with nothing written; the caller then reads the row to say which (and,
+    if nothing was wrong after all, e.g. on SQLite, takes the ordinary path through `transition`).
+    """
+    if is_sqlite() or not all(v is None or isinstance(v, str | bool) for v in values.values()):
+        return None  # the audit's canonical JSON is built in SQL for flat strings, booleans and nulls only
     stamp = now()
     if new == "executing":
         execution: dict[str, Any] = {"claimed_at": stamp.isoformat(), **values}
         args: list[Any] = [json.dumps(execution)]
     else:
         args = [stamp, json.dumps(values)]
-    sql = (
+    update = (
         f"UPDATE approval_request r SET {_RUN_SQL[new]} "
         "WHERE r.id = {} AND r.org = {} AND r.status = {}"
     )
     args += [request_id, principal.org_id, _RUN_FROM[new]]
     if not principal.is_admin:
-        sql += " AND r.agent_key = {}"
+        update += " AND r.agent_key = {}"
         args.append(principal.key_id)
     if arguments_hash is not None:
-        sql += " AND r.arguments_hash = {}"
+        update += " AND r.arguments_hash = {}"
         args.append(arguments_hash)
-    sql += f" RETURNING r.*, (SELECT email FROM app_user u WHERE u.id = r.requester) AS _requester_email, {_VOTES_JSON}"
-    rows = await ApprovalRequest.raw(sql, *args)
-    if not rows:
-        return None
-    updated = _presented(rows[0])
-    await _after_update(hub, _RUN_FROM[new], new, updated, principal.actor, Change(values=values))
+    # The chain head exists (the request's creation was audited); the merged execution stays flat.
+    update += (
+        " AND EXISTS (SELECT 1 FROM audit_head h WHERE h.org_id = {})"
+        " AND NOT EXISTS (SELECT 1 FROM jsonb_each(coalesce(r.execution, jsonb_build_object())) e"
+        " WHERE jsonb_typeof(e.value) NOT IN ('string', 'boolean', 'null'))"
+        " RETURNING r.*, (SELECT email FROM app_user u WHERE u.id = r.requester) AS _requester_email, "
+        + _VOTES_JSON
+    )
+    args.append(str(principal.org_id))
+    event = audit.event_row(
+        principal.org_id, f"approval.{new}", principal.actor, "approval", request_id, {"execution": audit.HOLE}, stamp
+    )
+    audit_sql, audit_args = audit.chained_event_sql(event, hole=audit.canonical_object_sql("s.execution"), after="upd")
+    sql = f"WITH upd AS ({update}), {audit_sql}"
+    args += audit_args
+    delivered = "NULL"
+    if new != "executing":
+        outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
+        sql += f", {outcome_sql}"
+        args += outcome_args
+        delivered = (
+            """(SELECT json_agg(json_build_object('id', d.id, 'user', d."user", 'channel', d.channel)) """
+            "FROM delivered d)"
+        )
+    sql += f" SELECT u.*, (SELECT count(*) FROM logged) AS _logged, {delivered} AS _delivered FROM upd u"
+    async with one_statement():
+        rows = await ApprovalRequest.raw(sql, *args)
+        if not rows:
+            return None
+        found = dict(rows[0])
+        if found.pop("_logged") != 1:  # cannot happen: the UPDATE ran only where the chain head exists
+            logger.error("run_step: %s of request %s was not audited", new, request_id)
+        created = notifications.created_from_json(found.pop("_delivered"))
+        updated = _presented(found)
+        if new != "executing":
+            _send_after_commit(hub, updated, created, level=int(updated.get("escalation_level") or 0), announce=False)
+        _announce(hub, updated, f"approval.{new}")
     return updated
 
 

@@ -806,13 +806,13 @@ async def report_outcome(
 async def _run_step(
     hub: Hub, principal: Principal, request_id: Any, new: str, values: dict[str, Any], **checks: Any
 ) -> dict[str, Any] | None:
-    """The one-statement claim/report (PostgreSQL); None sends the caller down the checked path, which
-    reads the row and says what is wrong (or, on SQLite, does the step itself)."""
+    """The one-statement claim/report (PostgreSQL, no BEGIN/COMMIT: the statement is its transaction);
+    None sends the caller down the checked path, which reads the row and says what is wrong (or, on
+    SQLite, does the step itself)."""
     rid = parse_id(request_id)
     if rid is None or is_sqlite():
         return None
-    async with unit_of_work():
-        return await flows.run_step(hub, principal, rid, new, values, **checks)
+    return await flows.run_step(hub, principal, rid, new, values, **checks)
 
 
 def _require_runner(principal: Principal, row: dict[str, Any]) -> None:

@@ -230,6 +230,48 @@ async def _queue_outcome_in_sql(org_id: Any, request: dict[str, Any]) -> list[di
     return _created(await NotificationDelivery.raw(_OUTCOME_SQL, request["id"], chat, chat, *tail))
 
 
+def outcome_after_sql(after: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: CTEs (`told`, `picked`, `delivered`) that queue `queue_outcome`'s rows inside the statement
+    they join, for the request `after` returns (already in its new status; nothing when it returns no row).
+    The payload is `_payload_of` built from the row (a test proves the two agree); `delivered` returns
+    `id, "user", channel` as `_created` reads them. Placeholders are Piccolo `raw()`'s `{}`, in order."""
+    chat = sorted(CHAT_KINDS)
+    sql = f"""told AS (
+    SELECT d."user", d.channel FROM notification_delivery d JOIN {after} s ON d.request = s.id
+    WHERE d.status IN ('sent', 'sending', 'queued') AND d.event NOT LIKE 'outcome%'
+    GROUP BY d."user", d.channel
+), picked AS (
+    SELECT "user", channel, false AS chat FROM told WHERE NOT (channel = ANY({{}}::text[]))
+    UNION ALL
+    SELECT (array_agg("user" ORDER BY "user"))[1], channel, true FROM told
+    WHERE channel = ANY({{}}::text[]) GROUP BY channel
+), delivered AS (
+    INSERT INTO notification_delivery (id, org, request, "user", channel, dedupe_key, escalation_level, status,
+                                       attempts, last_error, payload, created_at, sent_at, event, next_attempt_at,
+                                       claimed_until)
+    SELECT gen_random_uuid(), s.org, s.id, p."user", p.channel,
+           s.id::text || ':' || CASE WHEN p.chat THEN 'channel' ELSE p."user"::text END || ':' || p.channel
+               || ':outcome:' || s.status,
+           s.escalation_level, 'queued', 0, NULL,
+           jsonb_build_object('request_id', s.id::text, 'tool', s.tool, 'server', s.server, 'agent', s.agent_name,
+                              'risk', s.risk, 'justification', s.justification,
+                              'escalation_level', s.escalation_level)
+               || jsonb_build_object('email', u.email)
+               || CASE WHEN p.chat THEN jsonb_build_object('recipient', 'channel') ELSE jsonb_build_object() END,
+           {{}}::timestamptz, NULL, 'outcome:' || s.status, NULL, NULL
+    FROM picked p CROSS JOIN {after} s LEFT JOIN app_user u ON u.id = p."user"
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id, "user", channel
+)"""
+    return sql, [chat, chat, now()]
+
+
+def created_from_json(value: Any) -> list[dict[str, Any]]:
+    """`_created` of rows a statement returned as a JSON array (`outcome_after_sql`'s `delivered`)."""
+    rows = json.loads(value) if isinstance(value, str) else (value or [])
+    return _created(rows)
+
+
 async def queue_to_eligible_in_sql(
     org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *, level: int
 ) -> list[dict[str, Any]]:
