@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -52,8 +53,8 @@ async def write_transaction() -> AsyncIterator[None]:
     PostgreSQL: a normal transaction; callers add `lock()` or conditional UPDATEs for ordering.
     Nested use joins the outer transaction. Hooks registered with `before_commit` run, in order,
     as the outermost transaction's last statements (so locks they take are held only briefly).
-    Hooks registered with `after_commit` run, in order, once the outermost transaction has committed,
-    outside it; when it rolls back they are dropped.
+    Hooks registered with `after_commit` start, in order, once the outermost transaction has committed,
+    and run together, outside it; when it rolls back they are dropped.
     """
     if current_transaction() is not None:
         yield  # nested: the outer transaction is already open (Piccolo treats nesting as a no-op)
@@ -76,8 +77,7 @@ async def write_transaction() -> AsyncIterator[None]:
         for hook in state.after_end:
             await hook()
     # Only reached after a commit: an exception (the block's or the commit's) skips this.
-    for hook in state.after_commit:
-        await hook()
+    await _run_after_commit(state)
 
 
 @asynccontextmanager
@@ -100,8 +100,7 @@ async def one_statement() -> AsyncIterator[None]:
         _STATE.reset(token)
     if state.before_commit or state.after_end:
         raise RuntimeError("one_statement() has no commit to run before_commit / after_end work at")
-    for hook in state.after_commit:
-        await hook()
+    await _run_after_commit(state)
 
 
 def after_commit(hook: Hook) -> None:
@@ -114,6 +113,18 @@ def after_commit(hook: Hook) -> None:
     if state is None:
         raise RuntimeError("after_commit() needs an enclosing write_transaction()")
     state.after_commit.append(hook)
+
+
+async def _run_after_commit(state: TransactionState) -> None:
+    """Start the after-commit hooks in order and let them run together: wake-ups and jobs of one unit of
+    work then share Redis round trips (`redis_conn.Pipelined`). All finish; the first failure is raised."""
+    if len(state.after_commit) == 1:
+        await state.after_commit[0]()
+        return
+    results = await asyncio.gather(*(hook() for hook in state.after_commit), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
 
 
 async def _run_hooks(state: TransactionState) -> None:

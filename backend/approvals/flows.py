@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -541,19 +542,22 @@ def _announce(hub: Hub, row: dict[str, Any], kind: str) -> None:
     message = {"id": str(row["id"]), "status": row["status"], "escalation_level": row["escalation_level"]}
 
     async def publish() -> None:
+        sends = [
+            publish_event(
+                hub.bus,
+                row["org"],
+                kind,
+                {
+                    "request_id": str(row["id"]),
+                    "tool": row["tool"],
+                    "status": row["status"],
+                    "outcome": row.get("outcome"),
+                },
+            )
+        ]
         if row["status"] != "pending":
-            await hub.bus.publish(approval_topic(row["id"]), message)
-        await publish_event(
-            hub.bus,
-            row["org"],
-            kind,
-            {
-                "request_id": str(row["id"]),
-                "tool": row["tool"],
-                "status": row["status"],
-                "outcome": row.get("outcome"),
-            },
-        )
+            sends.insert(0, hub.bus.publish(approval_topic(row["id"]), message))
+        await asyncio.gather(*sends)  # both messages in one Redis round trip
 
     after_commit(publish)
 

@@ -30,9 +30,13 @@ from backend.notifications.channels import CHAT_KINDS, ChannelError, Recipient, 
 from backend.notifications.compose import compose, request_facts
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
 from backend.observability import metrics
+from backend.redis_conn import pipelined
 from backend.transactions import is_sqlite, lock, write_transaction
 
 if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+    from redis.asyncio.client import Pipeline
+
     from backend.hub import Hub
 
 logger = logging.getLogger("preloop.notifications")
@@ -309,9 +313,39 @@ async def enqueue_jobs(hub: Hub, jobs: list[tuple[str, str]]) -> int:
     return await enqueue_many(hub, [(JOB, (delivery_id,), jid, None) for delivery_id, jid in jobs])
 
 
+def _job_commands(
+    pool: ArqRedis, jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]], stamp: int
+) -> Callable[[Pipeline], int]:
+    """What `enqueue_many` puts on a pipeline for `jobs`: `ArqRedis.enqueue_job`'s keys, scores and expiries."""
+    from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
+    from arq.jobs import serialize_job
+    from arq.utils import to_unix_ms
+
+    queue = pool.default_queue_name or default_queue_name
+
+    def add(pipe: Pipeline) -> int:
+        for function, args, jid, defer_until in jobs:
+            score = to_unix_ms(defer_until) if defer_until is not None else stamp
+            body = serialize_job(function, args, {}, None, stamp, serializer=pool.job_serializer)
+            keys_and_args: list[Any] = [
+                job_key_prefix + jid,
+                result_key_prefix + jid,
+                queue,
+                score - stamp + pool.expires_extra_ms,
+                body,
+                score,
+                jid,
+            ]
+            pipe.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)
+        return len(jobs)
+
+    return add
+
+
 async def enqueue_many(hub: Hub, jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]]) -> int:
     """Queue `(function, args, job id, defer until)` arq jobs in one pipeline per 500, each atomic by
-    script, with `ArqRedis.enqueue_job`'s keys, scores and expiries (it costs three round trips a job).
+    script, with `ArqRedis.enqueue_job`'s keys, scores and expiries (it costs three round trips a job), sent with
+    the jobs and bus messages other requests queue meanwhile (`redis_conn.Pipelined`).
 
     A job id that already has a job or a result is left alone. A failure is logged, never raised: the
     sweeps are the backstop. Returns how many were new.
@@ -319,30 +353,13 @@ async def enqueue_many(hub: Hub, jobs: list[tuple[str, tuple[Any, ...], str, dat
     pool = hub.jobs
     if pool is None or not jobs:
         return 0
-    from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
-    from arq.jobs import serialize_job
-    from arq.utils import timestamp_ms, to_unix_ms
+    from arq.utils import timestamp_ms
 
-    queue = pool.default_queue_name or default_queue_name
     added = 0
     try:
         for start in range(0, len(jobs), ENQUEUE_BATCH):
-            stamp = timestamp_ms()
-            async with pool.pipeline(transaction=False) as pipe:
-                for function, args, jid, defer_until in jobs[start : start + ENQUEUE_BATCH]:
-                    score = to_unix_ms(defer_until) if defer_until is not None else stamp
-                    body = serialize_job(function, args, {}, None, stamp, serializer=pool.job_serializer)
-                    keys_and_args: list[Any] = [
-                        job_key_prefix + jid,
-                        result_key_prefix + jid,
-                        queue,
-                        score - stamp + pool.expires_extra_ms,
-                        body,
-                        score,
-                        jid,
-                    ]
-                    pipe.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)
-                added += sum(int(r) for r in await pipe.execute())
+            add = _job_commands(pool, jobs[start : start + ENQUEUE_BATCH], timestamp_ms())
+            added += sum(int(r) for r in await pipelined(pool).run(add))
     except Exception:
         logger.exception("could not queue jobs; the sweeps will catch them", extra={"jobs": len(jobs)})
     return added
@@ -365,18 +382,20 @@ async def announce(
         "escalation_level": level,
         "delivery_ids": [d["id"] for d in deliveries],
     }
-    await bus.publish(QUEUED_TOPIC, message)
-    await publish_event(
-        bus,
-        org_id,
-        "notifications.queued",
-        {
-            "request_id": str(request_id),
-            "escalation_level": level,
-            "deliveries": len(deliveries),
-            "channels": sorted({d["channel"] for d in deliveries}),
-            "user_ids": sorted({d["user_id"] for d in deliveries}),
-        },
+    await asyncio.gather(  # both messages in one Redis round trip
+        bus.publish(QUEUED_TOPIC, message),
+        publish_event(
+            bus,
+            org_id,
+            "notifications.queued",
+            {
+                "request_id": str(request_id),
+                "escalation_level": level,
+                "deliveries": len(deliveries),
+                "channels": sorted({d["channel"] for d in deliveries}),
+                "user_ids": sorted({d["user_id"] for d in deliveries}),
+            },
+        ),
     )
 
 
