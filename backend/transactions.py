@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -53,8 +52,8 @@ async def write_transaction() -> AsyncIterator[None]:
     PostgreSQL: a normal transaction; callers add `lock()` or conditional UPDATEs for ordering.
     Nested use joins the outer transaction. Hooks registered with `before_commit` run, in order,
     as the outermost transaction's last statements (so locks they take are held only briefly).
-    Hooks registered with `after_commit` start, in order, once the outermost transaction has committed,
-    and run together, outside it; when it rolls back they are dropped.
+    Hooks registered with `after_commit` run, in order, once the outermost transaction has committed,
+    outside it; when it rolls back they are dropped.
     """
     if current_transaction() is not None:
         yield  # nested: the outer transaction is already open (Piccolo treats nesting as a no-op)
@@ -116,15 +115,8 @@ def after_commit(hook: Hook) -> None:
 
 
 async def _run_after_commit(state: TransactionState) -> None:
-    """Start the after-commit hooks in order and let them run together: wake-ups and jobs of one unit of
-    work then share Redis round trips (`redis_conn.Pipelined`). All finish; the first failure is raised."""
-    if len(state.after_commit) == 1:
-        await state.after_commit[0]()
-        return
-    results = await asyncio.gather(*(hook() for hook in state.after_commit), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    for hook in state.after_commit:
+        await hook()
 
 
 async def _run_hooks(state: TransactionState) -> None:

@@ -218,26 +218,24 @@ async def transition(
     match (old, new):
         case (None, "pending"):
             assert change.values is not None
-            await ApprovalRequest.insert(ApprovalRequest(**change.values))
             updated = {**NEW_ROW, **change.values}
-            await _audit(
-                updated,
-                "approval.requested",
-                actor,
-                change,
-                {
-                    "tool": updated["tool"],
-                    "server": updated["server"],
-                    "arguments_hash": updated["arguments_hash"],
-                    "agent": updated["agent_name"],
-                    "rule": updated["rule"],
-                    "policy_version": updated["policy_version"],
-                    "approval_policy": policy_of(updated).get("name"),
-                    "expires_at": str(updated["expires_at"]),
-                    **({"require_passkey": True} if policy_of(updated).get("require_passkey") else {}),
-                },
-            )
-            await _notify(hub, updated, level=0, users=None)
+            facts = {
+                "tool": updated["tool"],
+                "server": updated["server"],
+                "arguments_hash": updated["arguments_hash"],
+                "agent": updated["agent_name"],
+                "rule": updated["rule"],
+                "policy_version": updated["policy_version"],
+                "approval_policy": policy_of(updated).get("name"),
+                "expires_at": str(updated["expires_at"]),
+                **({"require_passkey": True} if policy_of(updated).get("require_passkey") else {}),
+            }
+            if is_sqlite():
+                await ApprovalRequest.insert(ApprovalRequest(**change.values))
+                await _audit(updated, "approval.requested", actor, change, facts)
+                await _notify(hub, updated, level=0, users=None)
+            else:
+                await _insert_asked_and_audited(hub, updated, actor, change, facts)
             _schedule(hub, updated)
             _announce(hub, updated, "approval.requested")
             return updated
@@ -411,14 +409,56 @@ async def _audit(row: dict[str, Any], kind: str, actor: Actor, change: Change, d
     )
 
 
+def _asked(row: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(emails, teams, channels) of the ask to everyone eligible now, as the SQL fan-outs take them."""
+    emails, teams = _named_voters(row)
+    return sorted(emails), sorted(teams), policy_of(row).get("channels") or ["web"]
+
+
+_INSERT_REQUEST_SQL = (
+    "INSERT INTO approval_request ("
+    + ", ".join(c._meta.db_column_name for c in ApprovalRequest._meta.columns)
+    + ") VALUES ("
+    + ", ".join("{}::jsonb" if c._meta.name in _JSON_COLUMNS else "{}" for c in ApprovalRequest._meta.columns)
+    + ") RETURNING id"
+)
+
+
+async def _insert_asked_and_audited(
+    hub: Hub, row: dict[str, Any], actor: Actor, change: Change, facts: dict[str, Any]
+) -> None:
+    """PostgreSQL: a new request, the ask to everyone eligible (`_notify`'s rows) and its
+    `approval.requested` event in one statement. Runs inside the create's unit of work; the org's very
+    first event (no chain head yet) is appended the usual way, before the commit."""
+    insert_args = [
+        _json_arg(row[c._meta.name]) if c._meta.name in _JSON_COLUMNS else row[c._meta.name]
+        for c in ApprovalRequest._meta.columns
+    ]
+    emails, teams, channels = _asked(row)
+    ask_sql, ask_args = notifications.eligible_cte_sql(row["org"], row, emails, teams, channels, level=0)
+    event = audit.event_row(
+        row["org"], "approval.requested", actor, "approval", row["id"], {**facts, **(change.audit or {})}, now()
+    )
+    audit_sql, audit_args = audit.chained_event_sql(event, after="ins")
+    [found] = await ApprovalRequest.raw(
+        f"WITH ins AS ({_INSERT_REQUEST_SQL}), {ask_sql}, {audit_sql} "
+        "SELECT (SELECT count(*) FROM logged) AS _logged, (SELECT json_agg(json_build_object("
+        """'id', d.id, 'user', d."user", 'channel', d.channel)) FROM delivered d) AS _delivered""",
+        *insert_args,
+        *ask_args,
+        *audit_args,
+    )
+    if found["_logged"] != 1:
+        await _audit(row, "approval.requested", actor, change, facts)
+    _send_after_commit(hub, row, notifications.created_from_json(found["_delivered"]), level=0)
+
+
 async def _notify(hub: Hub, row: dict[str, Any], *, level: int, users: dict[str, str] | None) -> None:
     """Queue the ask to `users`; None: to everyone eligible now (found in the same statement on PostgreSQL)."""
     channels = policy_of(row).get("channels") or ["web"]
     if users is None and not is_sqlite():
-        emails, teams = _named_voters(row)
-        created = await notifications.queue_to_eligible_in_sql(
-            row["org"], row, sorted(emails), sorted(teams), channels, level=level
-        )
+        emails, teams, channels = _asked(row)
+        created = await notifications.queue_to_eligible_in_sql(row["org"], row, emails, teams, channels, level=level)
     else:
         users = await eligible_users(row) if users is None else users
         created = await notifications.queue_deliveries(row["org"], row, users.items(), channels, level=level)

@@ -261,10 +261,11 @@ def canonical_object_sql(expr: str) -> str:
     )
 
 
-def chained_event_sql(row: dict[str, Any], *, hole: str, after: str) -> tuple[str, list[Any]]:
+def chained_event_sql(row: dict[str, Any], *, after: str, hole: str | None = None) -> tuple[str, list[Any]]:
     """PostgreSQL: CTEs (`head`, `ev`, `chain`, `moved`, `logged`) that append one event (`event_row`) to
     its org's chain inside the statement they join, as `_CHAIN_SQL` does, with the value of its `data`
-    that is `HOLE` given by the SQL expression `hole` over `s`, the row of the CTE `after`.
+    that is `HOLE` given by the SQL expression `hole` over `s`, the row of the CTE `after` (no `hole`:
+    `data` is complete).
 
     Nothing is appended unless `after` returns a row, and the chain head is locked only after `after`
     ran (its row locks first: the same order as a unit of work that updates a row and then appends).
@@ -274,8 +275,11 @@ def chained_event_sql(row: dict[str, Any], *, hole: str, after: str) -> tuple[st
     org = row["org_id"]
     p1, p2 = _hash_parts(row)
     mark = _canonical(HOLE)
-    p2a, p2b = p2.split(mark)
-    data_a, data_b = _canonical(row["data"]).split(mark)
+    if hole is None:
+        (p2a, p2b), (data_a, data_b), hole = (p2, ""), (_canonical(row["data"]), ""), "''"
+    else:
+        p2a, p2b = p2.split(mark)
+        data_a, data_b = _canonical(row["data"]).split(mark)
     sql = f"""head AS (
     SELECT seq, hash FROM audit_head WHERE org_id = {{}} AND EXISTS (SELECT 1 FROM {after}) FOR UPDATE
 ), ev AS (

@@ -200,8 +200,8 @@ WITH told AS (
     WHERE channel = ANY({}::text[]) GROUP BY channel
 )""" + _INSERT_PICKED
 
-_REQUESTED_SQL = """
-WITH people AS (
+_REQUESTED_CTES = """
+people AS (
     SELECT u.id AS "user" FROM app_user u
     WHERE u.org = {} AND u.email = ANY({}::text[]) AND u.is_active
     UNION
@@ -214,7 +214,8 @@ WITH people AS (
     UNION ALL
     SELECT f."user", c.channel, true FROM (SELECT "user" FROM eligible ORDER BY "user" LIMIT 1) f
     CROSS JOIN unnest({}::text[]) AS c(channel)
-)""" + _INSERT_PICKED
+)"""
+_REQUESTED_SQL = "WITH " + _REQUESTED_CTES + _INSERT_PICKED
 
 
 def _tail_args(org_id: Any, request: dict[str, Any], event: str, level: int) -> list[Any]:
@@ -281,16 +282,28 @@ async def queue_to_eligible_in_sql(
 ) -> list[dict[str, Any]]:
     """PostgreSQL: `queue_deliveries` to the active users named by `emails` or members of `teams`, the
     requester excepted (who `approvals.flows.eligible_users` finds), in one statement."""
+    args = _eligible_args(org_id, request, emails, teams, channels, level=level)
+    return _created(await NotificationDelivery.raw(_REQUESTED_SQL, *args))
+
+
+def _eligible_args(
+    org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *, level: int
+) -> list[Any]:
     channel_list = list(dict.fromkeys(channels))
     plain = [c for c in channel_list if c not in CHAT_KINDS]
     chat = [c for c in channel_list if c in CHAT_KINDS]
     requester = str(request.get("requester") or "")
     tail = _tail_args(org_id, request, event_name(level), level)
-    return _created(
-        await NotificationDelivery.raw(
-            _REQUESTED_SQL, org_id, emails, org_id, teams, requester, plain, chat, *tail
-        )
-    )
+    return [org_id, emails, org_id, teams, requester, plain, chat, *tail]
+
+
+def eligible_cte_sql(
+    org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *, level: int
+) -> tuple[str, list[Any]]:
+    """PostgreSQL: `queue_to_eligible_in_sql` as CTEs (`people`, `eligible`, `picked`, `delivered`) inside the
+    statement they join (the one that inserts the request); `delivered` returns `id, "user", channel`."""
+    sql = _REQUESTED_CTES + ", delivered AS (" + _INSERT_PICKED + ")"
+    return sql, _eligible_args(org_id, request, emails, teams, channels, level=level)
 
 
 _ENQUEUE_SCRIPT = """
