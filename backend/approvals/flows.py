@@ -262,6 +262,13 @@ async def transition(
                 code="invalid_transition",
             )
     assert row is not None
+    if new not in ("escalated", "executing") and not is_sqlite():  # a change whose outcome people are told
+        told = await _update_and_tell(row, values)
+        if told is None:
+            return None
+        updated, created = told
+        await _after_update(hub, old, new, updated, actor, change, told=created)
+        return updated
     updated = await _conditional_update(row, values, same_level=new == "escalated")
     if updated is None:
         return None
@@ -270,9 +277,17 @@ async def transition(
 
 
 async def _after_update(
-    hub: Hub, old: str | None, new: str, updated: dict[str, Any], actor: Actor, change: Change
+    hub: Hub,
+    old: str | None,
+    new: str,
+    updated: dict[str, Any],
+    actor: Actor,
+    change: Change,
+    *,
+    told: list[dict[str, Any]] | None = None,
 ) -> None:
-    """What follows a won conditional update: the audit event, notifications, jobs and wake-ups."""
+    """What follows a won conditional update: the audit event, notifications, jobs and wake-ups.
+    `told`: the outcome's delivery rows, when the update's own statement queued them."""
     if old == "pending" and new != "escalated":
         _observe_decision(updated)
     match (old, new):
@@ -286,16 +301,16 @@ async def _after_update(
             await _audit(updated, "approval.approved", actor, change, {"outcome": change.outcome})
             if int(updated.get("grant_seconds") or 0) > 0:
                 await _create_grant(updated, actor)
-            await _notify_outcome(hub, updated)
+            await _notify_outcome(hub, updated, told)
             _announce(hub, updated, "approval.approved")
         case (_, "executing" | "executed" | "failed"):
             await _audit(updated, f"approval.{new}", actor, change, {"execution": updated.get("execution")})
             if new != "executing":
-                await _notify_outcome(hub, updated)
+                await _notify_outcome(hub, updated, told)
             _announce(hub, updated, f"approval.{new}")
         case _:
             await _audit(updated, f"approval.{new}", actor, change, {"outcome": change.outcome, "from": old})
-            await _notify_outcome(hub, updated)
+            await _notify_outcome(hub, updated, told)
             _announce(hub, updated, f"approval.{new}")
 
 
@@ -385,6 +400,28 @@ async def run_step(
     return updated
 
 
+async def _update_and_tell(
+    row: dict[str, Any], values: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """PostgreSQL: `_conditional_update` and `notifications.queue_outcome` in one statement: (the row,
+    the outcome's delivery rows), or None when the row had already moved (nothing written)."""
+    names = list(values)
+    sets = ", ".join(f'"{n}" = {{}}::jsonb' if n in _JSON_COLUMNS else f'"{n}" = {{}}' for n in names)
+    outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
+    [found] = await ApprovalRequest.raw(
+        f"WITH upd AS (UPDATE approval_request SET {sets} WHERE id = {{}} AND status = {{}} RETURNING *), "
+        f"{outcome_sql} SELECT EXISTS (SELECT 1 FROM upd) AS _updated, (SELECT json_agg(json_build_object("
+        """'id', d.id, 'user', d."user", 'channel', d.channel)) FROM delivered d) AS _delivered""",
+        *[_json_arg(values[n]) if n in _JSON_COLUMNS else values[n] for n in names],
+        row["id"],
+        row["status"],
+        *outcome_args,
+    )
+    if not found["_updated"]:
+        return None
+    return {**row, **values}, notifications.created_from_json(found["_delivered"])
+
+
 async def _conditional_update(
     row: dict[str, Any], values: dict[str, Any], *, same_level: bool
 ) -> dict[str, Any] | None:
@@ -465,9 +502,10 @@ async def _notify(hub: Hub, row: dict[str, Any], *, level: int, users: dict[str,
     _send_after_commit(hub, row, created, level=level)
 
 
-async def _notify_outcome(hub: Hub, row: dict[str, Any]) -> None:
-    """The outcome to everyone who was notified, on the channels they were notified on."""
-    created = await notifications.queue_outcome(row["org"], row)
+async def _notify_outcome(hub: Hub, row: dict[str, Any], told: list[dict[str, Any]] | None = None) -> None:
+    """The outcome to everyone who was notified, on the channels they were notified on (`told`: already
+    queued by the statement that changed the row)."""
+    created = await notifications.queue_outcome(row["org"], row) if told is None else told
     # Only enqueued: the decision's own event already tells consoles; "notifications.queued" is for asks.
     _send_after_commit(hub, row, created, level=int(row.get("escalation_level") or 0), announce=False)
 

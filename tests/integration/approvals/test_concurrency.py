@@ -156,14 +156,15 @@ async def test_racing_claims_and_reports_run_once_and_the_chain_verifies(client:
         told = await NotificationDelivery.select(NotificationDelivery.user, NotificationDelivery.channel).where(
             (NotificationDelivery.request == rid) & (NotificationDelivery.event == "requested")
         )
-        outcome = await NotificationDelivery.select().where(
-            (NotificationDelivery.request == rid) & (NotificationDelivery.event == f"outcome:{row['status']}")
-        ).output(load_json=True)
-        assert told and len(outcome) == len(told)
-        for o in outcome:  # the payload the statement built is the one `_payload_of` builds
-            expected = {**notifications._payload_of(row, 0), "email": o["payload"]["email"]}
-            assert o["payload"] == expected
-            assert o["dedupe_key"] == notifications.dedupe_key(rid, o["user"], o["channel"], o["event"])
+        for event in ("outcome:approved", f"outcome:{row['status']}"):  # the vote's statement, the report's
+            outcome = await NotificationDelivery.select().where(
+                (NotificationDelivery.request == rid) & (NotificationDelivery.event == event)
+            ).output(load_json=True)
+            assert told and len(outcome) == len(told)
+            for o in outcome:  # the payload the statement built is the one `_payload_of` builds
+                expected = {**notifications._payload_of(row, 0), "email": o["payload"]["email"]}
+                assert o["payload"] == expected
+                assert o["dedupe_key"] == notifications.dedupe_key(rid, o["user"], o["channel"], o["event"])
     events = await AuditEvent.select().where(
         AuditEvent.subject_id.is_in([rid for rid, _ in ids])
     ).output(load_json=True)
