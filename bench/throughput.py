@@ -430,7 +430,7 @@ async def main() -> None:
                     stop(p)
             print(f"[new x2 API processes] {rate:.0f} cycles/s ({rate / one_rate:.2f}x one process), "
                   f"p99 {pct(lat, 99):.0f} ms; machine: {os.cpu_count()} cores shared with the database and clients; "
-                  f"{_cpu_line(cpu)} (API = both processes)")
+                  f"{_cpu_line(cpu)} (API = both processes' CPU together)")
         new_rate = sorted(rates["new"])[len(rates["new"]) // 2]
         print(f"RESULT cycles_per_s={new_rate:.0f} p99_ms={pct(latencies['new'], 99):.0f} "
               f"queries_per_cycle={queries['new'][0]:.0f}")
