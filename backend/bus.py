@@ -17,6 +17,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from backend.redis_conn import pipelined
 
 logger = logging.getLogger("preloop.bus")
 
@@ -84,8 +87,13 @@ class Bus:
         self._deliver(topic, message)
         if self._redis is not None:
             body = json.dumps({"o": self._origin, "m": message}, default=str)
-            try:
-                await self._redis.publish(PREFIX + topic, body)
+
+            def add(pipe: Pipeline) -> int:
+                pipe.publish(PREFIX + topic, body)
+                return 1
+
+            try:  # in the same round trip as every other publish (and job) queued meanwhile
+                await pipelined(self._redis).run(add)
             except Exception:  # Redis is an accelerator: waiters fall back on their timeouts
                 logger.exception("bus publish failed", extra={"topic": topic})
 

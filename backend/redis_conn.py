@@ -11,16 +11,76 @@ import os
 import shutil
 import signal
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from arq.connections import RedisSettings as ArqRedisSettings
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from backend.errors import StartupError
 
 logger = logging.getLogger("preloop.redis")
+
+
+class Pipelined:
+    """Commands of concurrent callers sent together: each caller adds its commands to the next pipeline
+    and waits for their replies; one round trip (and one socket write) carries every caller that arrived
+    while the previous pipeline was on the wire. A caller whose commands failed gets the first error."""
+
+    def __init__(self, client: Redis) -> None:
+        self._client = client
+        self._queue: list[tuple[Callable[[Pipeline], int], asyncio.Future[list[Any]]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def run(self, add: Callable[[Pipeline], int]) -> list[Any]:
+        """`add` puts commands on the pipeline and says how many; their replies, in order."""
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._task.get_loop() is not loop:  # a client outliving its loop
+            self._task, self._queue = None, []
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append((add, future))
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._flush(), name="preloop-redis-pipelined")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    counts = [add(pipe) for add, _ in batch]
+                    replies = await pipe.execute(raise_on_error=False)
+            except Exception as exc:  # the callers decide what a failure means (each logs its own)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            start = 0
+            for (_, future), count in zip(batch, counts, strict=True):
+                mine = list(replies[start : start + count])
+                start += count
+                if future.done():
+                    continue
+                failed = [r for r in mine if isinstance(r, Exception)]
+                if failed:
+                    future.set_exception(failed[0])
+                else:
+                    future.set_result(mine)
+
+
+_PIPELINED: weakref.WeakKeyDictionary[Redis, Pipelined] = weakref.WeakKeyDictionary()
+
+
+def pipelined(client: Redis) -> Pipelined:
+    """The one `Pipelined` of this client (bus publishes and job enqueues share its round trips)."""
+    found = _PIPELINED.get(client)
+    if found is None:
+        found = _PIPELINED[client] = Pipelined(client)
+    return found
 
 
 @dataclass

@@ -76,8 +76,30 @@ async def write_transaction() -> AsyncIterator[None]:
         for hook in state.after_end:
             await hook()
     # Only reached after a commit: an exception (the block's or the commit's) skips this.
-    for hook in state.after_commit:
-        await hook()
+    await _run_after_commit(state)
+
+
+@asynccontextmanager
+async def one_statement() -> AsyncIterator[None]:
+    """Work that writes in one PostgreSQL statement, which is its own transaction (no BEGIN/COMMIT):
+    `after_commit` hooks registered inside run once the block has ended without an exception.
+
+    Inside a write transaction it joins it (the hooks wait for that transaction's commit). The block
+    must not register `before_commit` work (e.g. `audit.record`): there is no commit to run it before.
+    """
+    if current_transaction() is not None:
+        yield
+        return
+    state = TransactionState()
+    token = _STATE.set(state)
+    try:
+        yield
+    finally:
+        state.closed = True
+        _STATE.reset(token)
+    if state.before_commit or state.after_end:
+        raise RuntimeError("one_statement() has no commit to run before_commit / after_end work at")
+    await _run_after_commit(state)
 
 
 def after_commit(hook: Hook) -> None:
@@ -90,6 +112,11 @@ def after_commit(hook: Hook) -> None:
     if state is None:
         raise RuntimeError("after_commit() needs an enclosing write_transaction()")
     state.after_commit.append(hook)
+
+
+async def _run_after_commit(state: TransactionState) -> None:
+    for hook in state.after_commit:
+        await hook()
 
 
 async def _run_hooks(state: TransactionState) -> None:

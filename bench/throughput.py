@@ -21,15 +21,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json as _json
 import os
+import resource
 import struct
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from approvals import PG_ADMIN_URL, REDIS_URL, _free_port, admin_sql, pct, prepare, wait_healthy  # noqa: E402
 
 NEW_PRELOOP = str(Path(sys.executable).parent / "preloop")
+CLIENT = "lean"  # or "httpx" (--client); both paths of a run use the same one
 
 
 class WireCounter:
@@ -135,6 +140,54 @@ async def start_api(preloop: str, database_url: str, data_dir: Path) -> tuple[su
     return process, url
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuSplit:
+    """CPU used during a phase by the API processes, the PostgreSQL backends serving the bench's
+    database, and this client process (/proc/<pid>/stat deltas)."""
+
+    def __init__(self, api_pids: list[int], database: str) -> None:
+        self.api_pids, self.database = api_pids, database
+        self.start: dict[str, float] = {}
+        self.pg_start: dict[int, float] = {}
+
+    async def _pg_pids(self) -> list[int]:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        try:
+            rows = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", self.database)
+        finally:
+            await conn.close()
+        return [r["pid"] for r in rows]
+
+    async def begin(self) -> None:
+        self.pg_start = {pid: _cpu_seconds(pid) for pid in await self._pg_pids()}
+        self.start = {"api": sum(_cpu_seconds(p) for p in self.api_pids), "client": _own_cpu_seconds()}
+
+    async def end(self, cycles: int) -> dict[str, float]:
+        """Milliseconds of CPU per cycle: api, postgres, client."""
+        pg = sum(_cpu_seconds(pid) - self.pg_start.get(pid, 0.0) for pid in await self._pg_pids())
+        api = sum(_cpu_seconds(p) for p in self.api_pids) - self.start["api"]
+        client = _own_cpu_seconds() - self.start["client"]
+        return {k: v * 1000 / cycles for k, v in (("api", api), ("postgres", pg), ("client", client))}
+
+
+def _cpu_line(cpu: dict[str, float]) -> str:
+    return (f"CPU ms/cycle: API {cpu['api']:.1f}, PostgreSQL {cpu['postgres']:.1f}, client {cpu['client']:.1f} "
+            f"-> API capacity {1000 / max(cpu['api'], 0.001):.0f} cycles/s per process")
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     process.terminate()
     try:
@@ -143,18 +196,82 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
+class LeanResponse:
+    def __init__(self, status_code: int, body: bytes) -> None:
+        self.status_code, self.content = status_code, body
+
+    @property
+    def text(self) -> str:
+        return self.content.decode(errors="replace")
+
+    def json(self) -> Any:
+        return _json.loads(self.content)
+
+
+class LeanClient:
+    """A minimal HTTP/1.1 keep-alive client (one connection per concurrent caller, JSON bodies only):
+    httpx costs the bench ~13 ms of CPU per cycle on this machine, CPU the API and PostgreSQL share."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.head = (f"Host: {self.host}:{self.port}\r\nAuthorization: Bearer {token}\r\n"
+                     "Content-Type: application/json\r\n")
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self.open: list[asyncio.StreamWriter] = []
+
+    async def post(self, path: str, json: Any) -> LeanResponse:  # httpx's parameter name
+        body = _json.dumps(json).encode()
+        request = f"POST {path} HTTP/1.1\r\n{self.head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        clock = time.monotonic()
+        # A connection idle for a while may be closing on the server's side (uvicorn's keep-alive is 5 s).
+        while self.idle and clock - self.idle[-1][2] > 2:
+            self.idle.pop()[1].close()
+        if self.idle:
+            reader, writer, _ = self.idle.pop()
+        else:
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError as exc:
+                raise httpx.ConnectError(str(exc)) from exc
+            self.open.append(writer)
+        writer.write(request)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise httpx.RemoteProtocolError(str(exc)) from exc
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if headers.get("transfer-encoding") == "chunked":
+            content = b""
+            while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                content += await reader.readexactly(size + 2)
+                content = content[:-2]
+            await reader.readuntil(b"\r\n")
+        else:
+            content = await reader.readexactly(int(headers.get("content-length", "0")))
+        if headers.get("connection") != "close":
+            self.idle.append((reader, writer, time.monotonic()))
+        return LeanResponse(status, content)
+
+    async def aclose(self) -> None:
+        for writer in self.open:
+            writer.close()
+
+
 class Cycles:
     """Clients running create -> approve -> claim -> report against one or more API processes."""
 
     def __init__(self, urls: list[str], tokens: dict[str, str], clients: int) -> None:
         limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        self.pairs = [
+        self.pairs: list[tuple[Any, Any]] = [
             (
                 httpx.AsyncClient(base_url=u, headers={"Authorization": f"Bearer {tokens['agent']}"},
                                   timeout=60, limits=limits),
                 httpx.AsyncClient(base_url=u, headers={"Authorization": f"Bearer {tokens['approver']}"},
                                   timeout=60, limits=limits),
-            )
+            ) if CLIENT == "httpx" else (LeanClient(u, tokens["agent"]), LeanClient(u, tokens["approver"]))
             for u in urls
         ]
         self.clients = clients
@@ -243,7 +360,11 @@ async def main() -> None:
     parser.add_argument("--show", action="store_true", help="print one cycle's statements")
     parser.add_argument("--count-only", action="store_true")
     parser.add_argument("--scale", action="store_true", help="also two API processes of the new path")
+    parser.add_argument("--client", choices=["lean", "httpx"], default="lean",
+                        help="HTTP client of the bench (lean: a minimal keep-alive HTTP/1.1 client)")
     args = parser.parse_args()
+    global CLIENT  # set once, before any client exists
+    CLIENT = args.client
 
     paths = {"new": NEW_PRELOOP}
     if args.baseline_preloop and Path(args.baseline_preloop).exists():  # noqa: ASYNC240
@@ -265,40 +386,51 @@ async def main() -> None:
             return
         rates: dict[str, list[float]] = {label: [] for label in paths}
         latencies: dict[str, list[float]] = {label: [] for label in paths}
+        cpus: dict[str, list[dict[str, float]]] = {label: [] for label in paths}
         for round_no in range(args.rounds):
             order = list(paths) if round_no % 2 == 0 else list(reversed(paths))
             for label in order:
                 process, url = await start_api(paths[label], database_url, data_dir)
                 runner = Cycles([url], tokens, args.clients)
+                split = CpuSplit([process.pid], name)
                 try:
                     await runner.run(64)  # warm-up
+                    await split.begin()
                     rate, lat = await runner.run(args.cycles)
+                    cpu = await split.end(args.cycles)
                 finally:
                     await runner.close()
                     stop(process)
                 rates[label].append(rate)
+                cpus[label].append(cpu)
                 if runner.errors:
                     print(f"  {len(runner.errors)} cycles failed on the transport: {runner.errors[0]}", flush=True)
                 latencies[label] += lat
                 print(f"round {round_no + 1} [{label}] {rate:.0f} cycles/s, p50 {pct(lat, 50):.0f} ms, "
-                      f"p99 {pct(lat, 99):.0f} ms", flush=True)
+                      f"p99 {pct(lat, 99):.0f} ms; {_cpu_line(cpu)}; load {os.getloadavg()[0]:.1f}", flush=True)
         for label in paths:
             best = sorted(rates[label])[len(rates[label]) // 2]
             print(f"[{label}] median {best:.0f} cycles/s over {args.rounds} rounds "
                   f"(all: {', '.join(f'{r:.0f}' for r in rates[label])}), p99 {pct(latencies[label], 99):.0f} ms")
+            mean = {k: sum(c[k] for c in cpus[label]) / len(cpus[label]) for k in ("api", "postgres", "client")}
+            print(f"[{label}] mean {_cpu_line(mean)}")
         if args.scale:
             one_rate = sorted(rates["new"])[len(rates["new"]) // 2]
             procs = [await start_api(NEW_PRELOOP, database_url, data_dir) for _ in range(2)]
             runner = Cycles([u for _, u in procs], tokens, args.clients)
+            split = CpuSplit([p.pid for p, _ in procs], name)
             try:
                 await runner.run(64)
+                await split.begin()
                 rate, lat = await runner.run(args.cycles)
+                cpu = await split.end(args.cycles)
             finally:
                 await runner.close()
                 for p, _ in procs:
                     stop(p)
             print(f"[new x2 API processes] {rate:.0f} cycles/s ({rate / one_rate:.2f}x one process), "
-                  f"p99 {pct(lat, 99):.0f} ms; machine: {os.cpu_count()} cores shared with the database and clients")
+                  f"p99 {pct(lat, 99):.0f} ms; machine: {os.cpu_count()} cores shared with the database and clients; "
+                  f"{_cpu_line(cpu)} (API = both processes' CPU together)")
         new_rate = sorted(rates["new"])[len(rates["new"]) // 2]
         print(f"RESULT cycles_per_s={new_rate:.0f} p99_ms={pct(latencies['new'], 99):.0f} "
               f"queries_per_cycle={queries['new'][0]:.0f}")

@@ -323,6 +323,7 @@ CREDENTIALS_TOPIC = "accounts:credentials"
 _KEYS: dict[str, tuple[float, Principal]] = {}
 _KEYS_GENERATION = 0
 _KEYS_MAX = 10_000
+_KEYS_INFLIGHT: dict[str, tuple[int, asyncio.Future[Principal]]] = {}
 
 
 async def mint_key(
@@ -369,6 +370,34 @@ async def principal_for_token(token: str) -> Principal:
     if cached is not None and cached[0] > clock:
         return cached[1]
     generation = _KEYS_GENERATION
+    # When the entry lapses under load, every request of that key in flight misses at once: they share
+    # one lookup (one that began before a credentials change is not shared after it).
+    loop = asyncio.get_running_loop()
+    inflight = _KEYS_INFLIGHT.get(digest)
+    if inflight is not None and inflight[0] == generation and inflight[1].get_loop() is loop:
+        await asyncio.wait({inflight[1]})  # raises only if this request is cancelled
+        if not inflight[1].cancelled():  # else the request that looked it up went away: look again
+            return inflight[1].result()
+    future: asyncio.Future[Principal] = loop.create_future()
+    _KEYS_INFLIGHT[digest] = (generation, future)
+    try:
+        principal = await _look_up_key(digest, clock, generation)
+    except Exception as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: a lookup nobody else joined must not warn
+        raise
+    except BaseException:
+        future.cancel()
+        raise
+    else:
+        future.set_result(principal)
+        return principal
+    finally:
+        if _KEYS_INFLIGHT.get(digest, (0, None))[1] is future:
+            del _KEYS_INFLIGHT[digest]
+
+
+async def _look_up_key(digest: str, clock: float, generation: int) -> Principal:
     row = (
         await ApiKey.select(
             ApiKey.id,

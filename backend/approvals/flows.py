@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -17,13 +18,14 @@ from backend.accounts.passkeys import StepUpProof
 from backend.accounts.service import Principal
 from backend.accounts.tables import TeamMembership, User
 from backend.approvals.tables import ApprovalRequest, Grant, Vote
+from backend.audit import service as audit
 from backend.audit.service import Actor, record
 from backend.errors import Conflict, Forbidden, ValidationFailed
 from backend.events import publish_event
 from backend.notifications import service as notifications
 from backend.observability import metrics
 from backend.transactions import after_commit as after_commit
-from backend.transactions import current_transaction, is_sqlite, write_transaction
+from backend.transactions import current_transaction, is_sqlite, one_statement, write_transaction
 
 if TYPE_CHECKING:
     from backend.effects import Effects
@@ -123,10 +125,10 @@ async def load_locked(request_id: uuid.UUID) -> dict[str, Any] | None:
     """The request, locked until the surrounding write transaction ends: what serializes votes,
     deadlines and cancels of one request. PostgreSQL: `SELECT ... FOR UPDATE` (the lock and the read in
     one round trip); SQLite: the immediate transaction already holds the only write lock."""
-    query = ApprovalRequest.select().where(ApprovalRequest.id == request_id).output(load_json=True)
-    if not is_sqlite():
-        query = query.lock_rows()
-    return await query.first()
+    if not is_sqlite():  # raw: the query builder costs more CPU than this statement's round trip
+        rows = await ApprovalRequest.raw("SELECT * FROM approval_request WHERE id = {} FOR UPDATE", request_id)
+        return decode_json_columns(dict(rows[0])) if rows else None
+    return await ApprovalRequest.select().where(ApprovalRequest.id == request_id).output(load_json=True).first()
 
 
 def policy_of(row: dict[str, Any]) -> dict[str, Any]:
@@ -216,26 +218,24 @@ async def transition(
     match (old, new):
         case (None, "pending"):
             assert change.values is not None
-            await ApprovalRequest.insert(ApprovalRequest(**change.values))
             updated = {**NEW_ROW, **change.values}
-            await _audit(
-                updated,
-                "approval.requested",
-                actor,
-                change,
-                {
-                    "tool": updated["tool"],
-                    "server": updated["server"],
-                    "arguments_hash": updated["arguments_hash"],
-                    "agent": updated["agent_name"],
-                    "rule": updated["rule"],
-                    "policy_version": updated["policy_version"],
-                    "approval_policy": policy_of(updated).get("name"),
-                    "expires_at": str(updated["expires_at"]),
-                    **({"require_passkey": True} if policy_of(updated).get("require_passkey") else {}),
-                },
-            )
-            await _notify(hub, updated, level=0, users=None)
+            facts = {
+                "tool": updated["tool"],
+                "server": updated["server"],
+                "arguments_hash": updated["arguments_hash"],
+                "agent": updated["agent_name"],
+                "rule": updated["rule"],
+                "policy_version": updated["policy_version"],
+                "approval_policy": policy_of(updated).get("name"),
+                "expires_at": str(updated["expires_at"]),
+                **({"require_passkey": True} if policy_of(updated).get("require_passkey") else {}),
+            }
+            if is_sqlite():
+                await ApprovalRequest.insert(ApprovalRequest(**change.values))
+                await _audit(updated, "approval.requested", actor, change, facts)
+                await _notify(hub, updated, level=0, users=None)
+            else:
+                await _insert_asked_and_audited(hub, updated, actor, change, facts)
             _schedule(hub, updated)
             _announce(hub, updated, "approval.requested")
             return updated
@@ -262,6 +262,13 @@ async def transition(
                 code="invalid_transition",
             )
     assert row is not None
+    if new not in ("escalated", "executing") and not is_sqlite():  # a change whose outcome people are told
+        told = await _update_and_tell(row, values)
+        if told is None:
+            return None
+        updated, created = told
+        await _after_update(hub, old, new, updated, actor, change, told=created)
+        return updated
     updated = await _conditional_update(row, values, same_level=new == "escalated")
     if updated is None:
         return None
@@ -270,9 +277,17 @@ async def transition(
 
 
 async def _after_update(
-    hub: Effects, old: str | None, new: str, updated: dict[str, Any], actor: Actor, change: Change
+    hub: Effects,
+    old: str | None,
+    new: str,
+    updated: dict[str, Any],
+    actor: Actor,
+    change: Change,
+    *,
+    told: list[dict[str, Any]] | None = None,
 ) -> None:
-    """What follows a won conditional update: the audit event, notifications, jobs and wake-ups."""
+    """What follows a won conditional update: the audit event, notifications, jobs and wake-ups.
+    `told`: the outcome's delivery rows, when the update's own statement queued them."""
     if old == "pending" and new != "escalated":
         _observe_decision(updated)
     match (old, new):
@@ -286,16 +301,16 @@ async def _after_update(
             await _audit(updated, "approval.approved", actor, change, {"outcome": change.outcome})
             if int(updated.get("grant_seconds") or 0) > 0:
                 await _create_grant(updated, actor)
-            await _notify_outcome(hub, updated)
+            await _notify_outcome(hub, updated, told)
             _announce(hub, updated, "approval.approved")
         case (_, "executing" | "executed" | "failed"):
             await _audit(updated, f"approval.{new}", actor, change, {"execution": updated.get("execution")})
             if new != "executing":
-                await _notify_outcome(hub, updated)
+                await _notify_outcome(hub, updated, told)
             _announce(hub, updated, f"approval.{new}")
         case _:
             await _audit(updated, f"approval.{new}", actor, change, {"outcome": change.outcome, "from": old})
-            await _notify_outcome(hub, updated)
+            await _notify_outcome(hub, updated, told)
             _announce(hub, updated, f"approval.{new}")
 
 
@@ -317,38 +332,94 @@ async def run_step(
     *,
     arguments_hash: str | None = None,
 ) -> dict[str, Any] | None:
-    """PostgreSQL: claim (`executing`) or report (`executed`/`failed`) a request in one conditional
-    UPDATE that also checks what the caller must be (the request's agent key or an admin, and for a
-    claim the approved arguments hash) and returns the row as `load_presented` reads it.
+    """PostgreSQL: claim (`executing`) or report (`executed`/`failed`) a request in one statement, its own
+    transaction: a conditional UPDATE that also checks what the caller must be (the request's agent key or
+    an admin, and for a claim the approved arguments hash), the audit event chained in the same statement
+    (the request row locks before the chain head), a report's outcome notifications, and the row as
+    `load_presented` reads it. Wake-ups and jobs follow once it has run.
 
-    None when any condition fails; the caller then reads the row to say which (and, if nothing was
-    wrong after all, e.g. on SQLite, takes the ordinary path). Must run inside `unit_of_work()`."""
-    if is_sqlite():
-        return None
+    None when any condition fails, with nothing written; the caller then reads the row to say which (and,
+    if nothing was wrong after all, e.g. on SQLite, takes the ordinary path through `transition`).
+    """
+    if is_sqlite() or not all(v is None or isinstance(v, str | bool) for v in values.values()):
+        return None  # the audit's canonical JSON is built in SQL for flat strings, booleans and nulls only
     stamp = now()
     if new == "executing":
         execution: dict[str, Any] = {"claimed_at": stamp.isoformat(), **values}
         args: list[Any] = [json.dumps(execution)]
     else:
         args = [stamp, json.dumps(values)]
-    sql = (
+    update = (
         f"UPDATE approval_request r SET {_RUN_SQL[new]} "
         "WHERE r.id = {} AND r.org = {} AND r.status = {}"
     )
     args += [request_id, principal.org_id, _RUN_FROM[new]]
     if not principal.is_admin:
-        sql += " AND r.agent_key = {}"
+        update += " AND r.agent_key = {}"
         args.append(principal.key_id)
     if arguments_hash is not None:
-        sql += " AND r.arguments_hash = {}"
+        update += " AND r.arguments_hash = {}"
         args.append(arguments_hash)
-    sql += f" RETURNING r.*, (SELECT email FROM app_user u WHERE u.id = r.requester) AS _requester_email, {_VOTES_JSON}"
-    rows = await ApprovalRequest.raw(sql, *args)
-    if not rows:
-        return None
-    updated = _presented(rows[0])
-    await _after_update(hub, _RUN_FROM[new], new, updated, principal.actor, Change(values=values))
+    # The chain head exists (the request's creation was audited); the merged execution stays flat.
+    update += (
+        " AND EXISTS (SELECT 1 FROM audit_head h WHERE h.org_id = {})"
+        " AND NOT EXISTS (SELECT 1 FROM jsonb_each(coalesce(r.execution, jsonb_build_object())) e"
+        " WHERE jsonb_typeof(e.value) NOT IN ('string', 'boolean', 'null'))"
+        " RETURNING r.*, (SELECT email FROM app_user u WHERE u.id = r.requester) AS _requester_email, "
+        + _VOTES_JSON
+    )
+    args.append(str(principal.org_id))
+    event = audit.event_row(
+        principal.org_id, f"approval.{new}", principal.actor, "approval", request_id, {"execution": audit.HOLE}, stamp
+    )
+    audit_sql, audit_args = audit.chained_event_sql(event, hole=audit.canonical_object_sql("s.execution"), after="upd")
+    sql = f"WITH upd AS ({update}), {audit_sql}"
+    args += audit_args
+    delivered = "NULL"
+    if new != "executing":
+        outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
+        sql += f", {outcome_sql}"
+        args += outcome_args
+        delivered = (
+            """(SELECT json_agg(json_build_object('id', d.id, 'user', d."user", 'channel', d.channel)) """
+            "FROM delivered d)"
+        )
+    sql += f" SELECT u.*, (SELECT count(*) FROM logged) AS _logged, {delivered} AS _delivered FROM upd u"
+    async with one_statement():
+        rows = await ApprovalRequest.raw(sql, *args)
+        if not rows:
+            return None
+        found = dict(rows[0])
+        if found.pop("_logged") != 1:  # cannot happen: the UPDATE ran only where the chain head exists
+            logger.error("run_step: %s of request %s was not audited", new, request_id)
+        created = notifications.created_from_json(found.pop("_delivered"))
+        updated = _presented(found)
+        if new != "executing":
+            _send_after_commit(hub, updated, created, level=int(updated.get("escalation_level") or 0), announce=False)
+        _announce(hub, updated, f"approval.{new}")
     return updated
+
+
+async def _update_and_tell(
+    row: dict[str, Any], values: dict[str, Any]
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """PostgreSQL: `_conditional_update` and `notifications.queue_outcome` in one statement: (the row,
+    the outcome's delivery rows), or None when the row had already moved (nothing written)."""
+    names = list(values)
+    sets = ", ".join(f'"{n}" = {{}}::jsonb' if n in _JSON_COLUMNS else f'"{n}" = {{}}' for n in names)
+    outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
+    [found] = await ApprovalRequest.raw(
+        f"WITH upd AS (UPDATE approval_request SET {sets} WHERE id = {{}} AND status = {{}} RETURNING *), "
+        f"{outcome_sql} SELECT EXISTS (SELECT 1 FROM upd) AS _updated, (SELECT json_agg(json_build_object("
+        """'id', d.id, 'user', d."user", 'channel', d.channel)) FROM delivered d) AS _delivered""",
+        *[_json_arg(values[n]) if n in _JSON_COLUMNS else values[n] for n in names],
+        row["id"],
+        row["status"],
+        *outcome_args,
+    )
+    if not found["_updated"]:
+        return None
+    return {**row, **values}, notifications.created_from_json(found["_delivered"])
 
 
 async def _conditional_update(
@@ -375,23 +446,66 @@ async def _audit(row: dict[str, Any], kind: str, actor: Actor, change: Change, d
     )
 
 
+def _asked(row: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    """(emails, teams, channels) of the ask to everyone eligible now, as the SQL fan-outs take them."""
+    emails, teams = _named_voters(row)
+    return sorted(emails), sorted(teams), policy_of(row).get("channels") or ["web"]
+
+
+_INSERT_REQUEST_SQL = (
+    "INSERT INTO approval_request ("
+    + ", ".join(c._meta.db_column_name for c in ApprovalRequest._meta.columns)
+    + ") VALUES ("
+    + ", ".join("{}::jsonb" if c._meta.name in _JSON_COLUMNS else "{}" for c in ApprovalRequest._meta.columns)
+    + ") RETURNING id"
+)
+
+
+async def _insert_asked_and_audited(
+    hub: Effects, row: dict[str, Any], actor: Actor, change: Change, facts: dict[str, Any]
+) -> None:
+    """PostgreSQL: a new request, the ask to everyone eligible (`_notify`'s rows) and its
+    `approval.requested` event in one statement. Runs inside the create's unit of work; the org's very
+    first event (no chain head yet) is appended the usual way, before the commit."""
+    insert_args = [
+        _json_arg(row[c._meta.name]) if c._meta.name in _JSON_COLUMNS else row[c._meta.name]
+        for c in ApprovalRequest._meta.columns
+    ]
+    emails, teams, channels = _asked(row)
+    ask_sql, ask_args = notifications.eligible_cte_sql(row["org"], row, emails, teams, channels, level=0)
+    event = audit.event_row(
+        row["org"], "approval.requested", actor, "approval", row["id"], {**facts, **(change.audit or {})}, now()
+    )
+    audit_sql, audit_args = audit.chained_event_sql(event, after="ins")
+    [found] = await ApprovalRequest.raw(
+        f"WITH ins AS ({_INSERT_REQUEST_SQL}), {ask_sql}, {audit_sql} "
+        "SELECT (SELECT count(*) FROM logged) AS _logged, (SELECT json_agg(json_build_object("
+        """'id', d.id, 'user', d."user", 'channel', d.channel)) FROM delivered d) AS _delivered""",
+        *insert_args,
+        *ask_args,
+        *audit_args,
+    )
+    if found["_logged"] != 1:
+        await _audit(row, "approval.requested", actor, change, facts)
+    _send_after_commit(hub, row, notifications.created_from_json(found["_delivered"]), level=0)
+
+
 async def _notify(hub: Effects, row: dict[str, Any], *, level: int, users: dict[str, str] | None) -> None:
     """Queue the ask to `users`; None: to everyone eligible now (found in the same statement on PostgreSQL)."""
     channels = policy_of(row).get("channels") or ["web"]
     if users is None and not is_sqlite():
-        emails, teams = _named_voters(row)
-        created = await notifications.queue_to_eligible_in_sql(
-            row["org"], row, sorted(emails), sorted(teams), channels, level=level
-        )
+        emails, teams, channels = _asked(row)
+        created = await notifications.queue_to_eligible_in_sql(row["org"], row, emails, teams, channels, level=level)
     else:
         users = await eligible_users(row) if users is None else users
         created = await notifications.queue_deliveries(row["org"], row, users.items(), channels, level=level)
     _send_after_commit(hub, row, created, level=level)
 
 
-async def _notify_outcome(hub: Effects, row: dict[str, Any]) -> None:
-    """The outcome to everyone who was notified, on the channels they were notified on."""
-    created = await notifications.queue_outcome(row["org"], row)
+async def _notify_outcome(hub: Effects, row: dict[str, Any], told: list[dict[str, Any]] | None = None) -> None:
+    """The outcome to everyone who was notified, on the channels they were notified on (`told`: already
+    queued by the statement that changed the row)."""
+    created = await notifications.queue_outcome(row["org"], row) if told is None else told
     # Only enqueued: the decision's own event already tells consoles; "notifications.queued" is for asks.
     _send_after_commit(hub, row, created, level=int(row.get("escalation_level") or 0), announce=False)
 
@@ -506,19 +620,22 @@ def _announce(hub: Effects, row: dict[str, Any], kind: str) -> None:
     message = {"id": str(row["id"]), "status": row["status"], "escalation_level": row["escalation_level"]}
 
     async def publish() -> None:
+        sends = [
+            publish_event(
+                hub.bus,
+                row["org"],
+                kind,
+                {
+                    "request_id": str(row["id"]),
+                    "tool": row["tool"],
+                    "status": row["status"],
+                    "outcome": row.get("outcome"),
+                },
+            )
+        ]
         if row["status"] != "pending":
-            await hub.bus.publish(approval_topic(row["id"]), message)
-        await publish_event(
-            hub.bus,
-            row["org"],
-            kind,
-            {
-                "request_id": str(row["id"]),
-                "tool": row["tool"],
-                "status": row["status"],
-                "outcome": row.get("outcome"),
-            },
-        )
+            sends.insert(0, hub.bus.publish(approval_topic(row["id"]), message))
+        await asyncio.gather(*sends)  # both messages in one Redis round trip
 
     after_commit(publish)
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from backend.hub import Hub
 
 
-def _grant_dict(row: dict[str, Any]) -> dict[str, Any]:
+def grant_dict(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
         "request_id": str(row["request"]),
@@ -54,7 +54,7 @@ async def list_grants(
     rows = (
         await Grant.select().where(condition).order_by(Grant.created_at, Grant.id, ascending=False).limit(limit)
     )
-    return [_grant_dict(r) for r in rows]
+    return [grant_dict(r) for r in rows]
 
 
 async def revoke_grant(hub: Hub, principal: Principal, grant_id: Any, reason: str | None) -> dict[str, Any]:
@@ -71,7 +71,7 @@ async def revoke_grant(hub: Hub, principal: Principal, grant_id: Any, reason: st
     ):
         raise Forbidden("only an admin or the approver who granted it can revoke a grant", code="not_granter")
     if row["revoked_at"] is not None:
-        return _grant_dict(row)
+        return grant_dict(row)
     async with unit_of_work():
         stamp = now()
         await Grant.update({Grant.revoked_at: stamp}).where(
@@ -91,4 +91,4 @@ async def revoke_grant(hub: Hub, principal: Principal, grant_id: Any, reason: st
             await publish_event(hub.bus, principal.org_id, "grant.revoked", {"grant_id": str(row["id"])})
 
         flows.after_commit(announce)
-    return _grant_dict(row)
+    return grant_dict(row)

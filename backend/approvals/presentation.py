@@ -100,7 +100,7 @@ async def present_one(
     return serialize(row, votes, emails)
 
 
-async def _row_in_org(org_id: uuid.UUID, request_id: Any) -> dict[str, Any]:
+async def row_in_org(org_id: uuid.UUID, request_id: Any) -> dict[str, Any]:
     row = await flows.load_presented(request_id)
     if row is None or str(row["org"]) != str(org_id):  # another org's ids do not exist for you
         raise NotFound(
@@ -109,9 +109,9 @@ async def _row_in_org(org_id: uuid.UUID, request_id: Any) -> dict[str, Any]:
     return row
 
 
-async def _visible_row(principal: Principal, request_id: Any) -> dict[str, Any]:
+async def visible_row(principal: Principal, request_id: Any) -> dict[str, Any]:
     """The request, if the caller may see it: an agent key sees only the requests it made."""
-    row = await _row_in_org(principal.org_id, request_id)
+    row = await row_in_org(principal.org_id, request_id)
     if principal.is_agent and str(row.get("agent_key") or "") != str(principal.key_id):
         raise NotFound(f"no approval request {request_id}", detail={"hint": "an agent key sees its own requests"})
     return row
@@ -119,6 +119,6 @@ async def _visible_row(principal: Principal, request_id: Any) -> dict[str, Any]:
 
 async def get_request(principal: Principal, request_id: Any, *, with_flags: bool = True) -> dict[str, Any]:
     """One request; with its red flags (computed from history) unless the caller needs only the state."""
-    row = await _visible_row(principal, request_id)
+    row = await visible_row(principal, request_id)
     item = (await present([row]))[0]
     return {**item, "red_flags": await redflags.red_flags(row)} if with_flags else item

@@ -12,8 +12,8 @@ from backend.accounts.passkeys import StepUpProof
 from backend.accounts.service import Principal
 from backend.approvals import flows
 from backend.approvals.flows import Change, load_row, now, parse_id, unit_of_work
-from backend.approvals.grants import _grant_dict
-from backend.approvals.presentation import _row_in_org, _visible_row, present, present_one
+from backend.approvals.grants import grant_dict
+from backend.approvals.presentation import present, present_one, row_in_org, visible_row
 from backend.approvals.tables import ApprovalRequest, Grant
 from backend.audit.service import record
 from backend.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -118,7 +118,7 @@ async def create_request(
                 subject_id=grant["id"],
                 data={"tool": tool, "server": server, "arguments_hash": digest},
             )
-            return 200, {"status": "granted", "grant": _grant_dict(grant), "id": str(grant["request"])}
+            return 200, {"status": "granted", "grant": grant_dict(grant), "id": str(grant["request"])}
         if existing is not None:
             await record(
                 principal.org_id,
@@ -241,7 +241,7 @@ async def vote(
     channel: str = "api",
     assertion: dict[str, Any] | StepUpProof | None = None,
 ) -> dict[str, Any]:
-    row = await _row_in_org(principal.org_id, request_id)
+    row = await row_in_org(principal.org_id, request_id)
     votes: list[dict[str, Any]] = []
     updated = await flows.record_vote(
         hub, principal, row, decision, reason=reason, grant_seconds=grant_seconds, channel=channel,
@@ -263,7 +263,7 @@ async def step_up_options(
         raise ValidationFailed("ids must hold 1 to 200 request ids", detail={"field": "ids", "got": len(ids)})
     items: list[tuple[str, str]] = []
     for request_id in dict.fromkeys(ids):
-        row = await _row_in_org(principal.org_id, request_id)
+        row = await row_in_org(principal.org_id, request_id)
         if row["status"] != "pending":
             raise Conflict(
                 f"request {row['id']} is already {row['status']}",
@@ -302,7 +302,7 @@ async def vote_many(
         raise ValidationFailed("ids must hold 1 to 200 request ids", detail={"field": "ids", "got": len(ids)})
     proof: StepUpProof | None = None
     if assertion is not None:
-        rows = [await _row_in_org(principal.org_id, rid) for rid in dict.fromkeys(ids)]
+        rows = [await row_in_org(principal.org_id, rid) for rid in dict.fromkeys(ids)]
         proof = (await flows.confirm_step_up(hub, principal, rows, decision, assertion))[0]
     results: list[dict[str, Any]] = []
     for request_id in dict.fromkeys(ids):
@@ -325,7 +325,7 @@ async def vote_many(
 
 
 async def cancel(hub: Hub, principal: Principal, request_id: Any, reason: str | None) -> dict[str, Any]:
-    row = await _visible_row(principal, request_id)
+    row = await visible_row(principal, request_id)
     if str(row.get("requester") or "") != str(principal.user_id) and not principal.is_admin:
         raise Forbidden("only the requester or an admin can cancel a request", code="not_requester")
     async with unit_of_work():
@@ -351,7 +351,7 @@ async def claim(hub: Hub, principal: Principal, request_id: Any, hash_hex: str) 
     fast = await _run_step(hub, principal, request_id, "executing", claimed_by, arguments_hash=hash_hex)
     if fast is not None:
         return await present_one(fast, principal)
-    row = await _visible_row(principal, request_id)
+    row = await visible_row(principal, request_id)
     _require_runner(principal, row)
     if hash_hex != row["arguments_hash"]:
         raise Conflict(
@@ -405,7 +405,7 @@ async def report_outcome(
     fast = await _run_step(hub, principal, request_id, "executed" if success else "failed", values)
     if fast is not None:
         return await present_one(fast, principal)
-    row = await _visible_row(principal, request_id)
+    row = await visible_row(principal, request_id)
     _require_runner(principal, row)
     if row["status"] != "executing":
         raise Conflict(
@@ -425,13 +425,13 @@ async def report_outcome(
 async def _run_step(
     hub: Hub, principal: Principal, request_id: Any, new: str, values: dict[str, Any], **checks: Any
 ) -> dict[str, Any] | None:
-    """The one-statement claim/report (PostgreSQL); None sends the caller down the checked path, which
-    reads the row and says what is wrong (or, on SQLite, does the step itself)."""
+    """The one-statement claim/report (PostgreSQL, no BEGIN/COMMIT: the statement is its transaction);
+    None sends the caller down the checked path, which reads the row and says what is wrong (or, on
+    SQLite, does the step itself)."""
     rid = parse_id(request_id)
     if rid is None or is_sqlite():
         return None
-    async with unit_of_work():
-        return await flows.run_step(hub, principal, rid, new, values, **checks)
+    return await flows.run_step(hub, principal, rid, new, values, **checks)
 
 
 def _require_runner(principal: Principal, row: dict[str, Any]) -> None:

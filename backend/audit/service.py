@@ -71,7 +71,7 @@ async def record(
     the org's chain lock is held for one read and one insert, not for the whole unit of work.
     The returned dict then has no `seq`/`hash` yet. Outside a transaction it is appended at once.
     """
-    row = _event_row(org_id, kind, actor, subject_type, subject_id, data or {}, datetime.now(UTC))
+    row = event_row(org_id, kind, actor, subject_type, subject_id, data or {}, datetime.now(UTC))
     state = current_transaction()
     if state is not None and external_id is None:
         pending: list[dict[str, Any]] | None = state.scratch.get("audit")
@@ -89,7 +89,7 @@ async def record(
     return row
 
 
-def _event_row(
+def event_row(
     org_id: str | uuid.UUID,
     kind: str,
     actor: Actor,
@@ -140,7 +140,7 @@ async def record_many_once(
                 continue
             seen.add(external_id)
             stored.append(True)
-            fresh.append(_event_row(org_id, kind, actor, subject_type, subject_id, data, stamp))
+            fresh.append(event_row(org_id, kind, actor, subject_type, subject_id, data, stamp))
             ids.append(external_id)
         if fresh:
             await _append(fresh, external_ids=ids)
@@ -242,6 +242,67 @@ SELECT e.id, {}, c.seq, {} || ':' || c.seq, e.kind, e.actor_type, e.actor_id, e.
 FROM ev e JOIN chain c ON c.n = e.n
 RETURNING seq, prev_hash, hash
 """
+
+
+# A `data` value that PostgreSQL fills in while appending (`chained_event_sql`): its canonical JSON is
+# what the statement splices in, so Python never needs to read the value first.
+HOLE = "\x00preloop-audit-hole\x00"
+
+
+def canonical_object_sql(expr: str) -> str:
+    """PostgreSQL: `_canonical` of the flat JSON object `expr`, for objects whose values are strings,
+    booleans or null (the caller guarantees it; `tests/integration/audit` proves the texts agree).
+    Keys sort by code point (`COLLATE "C"` on UTF-8) as `sort_keys` does; `to_json(text)` escapes exactly
+    what `json.dumps(..., ensure_ascii=False)` escapes. No literal braces: Piccolo's `raw()` reads them."""
+    return (
+        "(SELECT chr(123) || coalesce(string_agg(to_json(k)::text || ':' || CASE jsonb_typeof(v) "
+        "WHEN 'string' THEN to_json(v #>> ARRAY[]::text[])::text ELSE v::text END, ',' ORDER BY k COLLATE \"C\"), '') "
+        f"|| chr(125) FROM jsonb_each({expr}) AS e(k, v))"
+    )
+
+
+def chained_event_sql(row: dict[str, Any], *, after: str, hole: str | None = None) -> tuple[str, list[Any]]:
+    """PostgreSQL: CTEs (`head`, `ev`, `chain`, `moved`, `logged`) that append one event (`event_row`) to
+    its org's chain inside the statement they join, as `_CHAIN_SQL` does, with the value of its `data`
+    that is `HOLE` given by the SQL expression `hole` over `s`, the row of the CTE `after` (no `hole`:
+    `data` is complete).
+
+    Nothing is appended unless `after` returns a row, and the chain head is locked only after `after`
+    ran (its row locks first: the same order as a unit of work that updates a row and then appends).
+    `logged` returns the appended event's `seq`. Placeholders are Piccolo `raw()`'s `{}`; the
+    arguments come in order.
+    """
+    org = row["org_id"]
+    p1, p2 = _hash_parts(row)
+    mark = _canonical(HOLE)
+    if hole is None:
+        (p2a, p2b), (data_a, data_b), hole = (p2, ""), (_canonical(row["data"]), ""), "''"
+    else:
+        p2a, p2b = p2.split(mark)
+        data_a, data_b = _canonical(row["data"]).split(mark)
+    sql = f"""head AS (
+    SELECT seq, hash FROM audit_head WHERE org_id = {{}} AND EXISTS (SELECT 1 FROM {after}) FOR UPDATE
+), ev AS (
+    SELECT {{}}::text || {hole} || {{}}::text AS p2, {{}}::text || {hole} || {{}}::text AS data FROM {after} s
+), chain AS (
+    SELECT h.seq + 1 AS seq, h.hash::text AS prev_hash, e.data,
+           encode(sha256(convert_to({{}}::text || (h.seq + 1)::text || e.p2 || '"' || h.hash || '"]', 'UTF8')),
+                  'hex') AS hash
+    FROM head h CROSS JOIN ev e
+), moved AS (
+    UPDATE audit_head SET seq = c.seq, hash = c.hash, updated_at = {{}}::timestamptz FROM chain c
+    WHERE audit_head.org_id = {{}} RETURNING 1
+), logged AS (
+    INSERT INTO audit_event (id, org_id, seq, chain_pos, kind, actor_type, actor_id, actor_label, subject_type,
+                             subject_id, data, created_at, prev_hash, hash, external_id, note)
+    SELECT {{}}::uuid, {{}}, c.seq, {{}}::text || ':' || c.seq, {{}}, {{}}, {{}}, {{}}, {{}}, {{}}, c.data::jsonb,
+           {{}}::timestamptz, c.prev_hash, c.hash, NULL, ''
+    FROM chain c RETURNING seq
+)"""
+    args: list[Any] = [org, p2a, p2b, data_a, data_b, p1, datetime.now(UTC), org, uuid.uuid4(), org, org]
+    args += [row[c] for c in ("kind", "actor_type", "actor_id", "actor_label", "subject_type", "subject_id")]
+    args.append(row["created_at"])
+    return sql, args
 
 
 async def _chain_in_sql(org: str, rows: list[dict[str, Any]]) -> bool:

@@ -31,9 +31,13 @@ from backend.notifications.channels import CHAT_KINDS, ChannelError, Recipient, 
 from backend.notifications.compose import compose, request_facts
 from backend.notifications.tables import NotificationAttempt, NotificationDelivery
 from backend.observability import metrics
+from backend.redis_conn import pipelined
 from backend.transactions import is_sqlite, lock, write_transaction
 
 if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+    from redis.asyncio.client import Pipeline
+
     from backend.hub import Hub
 
 logger = logging.getLogger("preloop.notifications")
@@ -197,8 +201,8 @@ WITH told AS (
     WHERE channel = ANY({}::text[]) GROUP BY channel
 )""" + _INSERT_PICKED
 
-_REQUESTED_SQL = """
-WITH people AS (
+_REQUESTED_CTES = """
+people AS (
     SELECT u.id AS "user" FROM app_user u
     WHERE u.org = {} AND u.email = ANY({}::text[]) AND u.is_active
     UNION
@@ -211,7 +215,8 @@ WITH people AS (
     UNION ALL
     SELECT f."user", c.channel, true FROM (SELECT "user" FROM eligible ORDER BY "user" LIMIT 1) f
     CROSS JOIN unnest({}::text[]) AS c(channel)
-)""" + _INSERT_PICKED
+)"""
+_REQUESTED_SQL = "WITH " + _REQUESTED_CTES + _INSERT_PICKED
 
 
 def _tail_args(org_id: Any, request: dict[str, Any], event: str, level: int) -> list[Any]:
@@ -231,21 +236,75 @@ async def _queue_outcome_in_sql(org_id: Any, request: dict[str, Any]) -> list[di
     return _created(await NotificationDelivery.raw(_OUTCOME_SQL, request["id"], chat, chat, *tail))
 
 
+def outcome_after_sql(after: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: CTEs (`told`, `picked`, `delivered`) that queue `queue_outcome`'s rows inside the statement
+    they join, for the request `after` returns (already in its new status; nothing when it returns no row).
+    The payload is `_payload_of` built from the row (a test proves the two agree); `delivered` returns
+    `id, "user", channel` as `_created` reads them. Placeholders are Piccolo `raw()`'s `{}`, in order."""
+    chat = sorted(CHAT_KINDS)
+    sql = f"""told AS (
+    SELECT d."user", d.channel FROM notification_delivery d JOIN {after} s ON d.request = s.id
+    WHERE d.status IN ('sent', 'sending', 'queued') AND d.event NOT LIKE 'outcome%'
+    GROUP BY d."user", d.channel
+), picked AS (
+    SELECT "user", channel, false AS chat FROM told WHERE NOT (channel = ANY({{}}::text[]))
+    UNION ALL
+    SELECT (array_agg("user" ORDER BY "user"))[1], channel, true FROM told
+    WHERE channel = ANY({{}}::text[]) GROUP BY channel
+), delivered AS (
+    INSERT INTO notification_delivery (id, org, request, "user", channel, dedupe_key, escalation_level, status,
+                                       attempts, last_error, payload, created_at, sent_at, event, next_attempt_at,
+                                       claimed_until)
+    SELECT gen_random_uuid(), s.org, s.id, p."user", p.channel,
+           s.id::text || ':' || CASE WHEN p.chat THEN 'channel' ELSE p."user"::text END || ':' || p.channel
+               || ':outcome:' || s.status,
+           s.escalation_level, 'queued', 0, NULL,
+           jsonb_build_object('request_id', s.id::text, 'tool', s.tool, 'server', s.server, 'agent', s.agent_name,
+                              'risk', s.risk, 'justification', s.justification,
+                              'escalation_level', s.escalation_level)
+               || jsonb_build_object('email', u.email)
+               || CASE WHEN p.chat THEN jsonb_build_object('recipient', 'channel') ELSE jsonb_build_object() END,
+           {{}}::timestamptz, NULL, 'outcome:' || s.status, NULL, NULL
+    FROM picked p CROSS JOIN {after} s LEFT JOIN app_user u ON u.id = p."user"
+    ON CONFLICT (dedupe_key) DO NOTHING
+    RETURNING id, "user", channel
+)"""
+    return sql, [chat, chat, now()]
+
+
+def created_from_json(value: Any) -> list[dict[str, Any]]:
+    """`_created` of rows a statement returned as a JSON array (`outcome_after_sql`'s `delivered`)."""
+    rows = json.loads(value) if isinstance(value, str) else (value or [])
+    return _created(rows)
+
+
 async def queue_to_eligible_in_sql(
     org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *, level: int
 ) -> list[dict[str, Any]]:
     """PostgreSQL: `queue_deliveries` to the active users named by `emails` or members of `teams`, the
     requester excepted (who `approvals.flows.eligible_users` finds), in one statement."""
+    args = _eligible_args(org_id, request, emails, teams, channels, level=level)
+    return _created(await NotificationDelivery.raw(_REQUESTED_SQL, *args))
+
+
+def _eligible_args(
+    org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *, level: int
+) -> list[Any]:
     channel_list = list(dict.fromkeys(channels))
     plain = [c for c in channel_list if c not in CHAT_KINDS]
     chat = [c for c in channel_list if c in CHAT_KINDS]
     requester = str(request.get("requester") or "")
     tail = _tail_args(org_id, request, event_name(level), level)
-    return _created(
-        await NotificationDelivery.raw(
-            _REQUESTED_SQL, org_id, emails, org_id, teams, requester, plain, chat, *tail
-        )
-    )
+    return [org_id, emails, org_id, teams, requester, plain, chat, *tail]
+
+
+def eligible_cte_sql(
+    org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *, level: int
+) -> tuple[str, list[Any]]:
+    """PostgreSQL: `queue_to_eligible_in_sql` as CTEs (`people`, `eligible`, `picked`, `delivered`) inside the
+    statement they join (the one that inserts the request); `delivered` returns `id, "user", channel`."""
+    sql = _REQUESTED_CTES + ", delivered AS (" + _INSERT_PICKED + ")"
+    return sql, _eligible_args(org_id, request, emails, teams, channels, level=level)
 
 
 _ENQUEUE_SCRIPT = """
@@ -268,9 +327,39 @@ async def enqueue_jobs(hub: Effects, jobs: list[tuple[str, str]]) -> int:
     return await enqueue_many(hub, [(JOB, (delivery_id,), jid, None) for delivery_id, jid in jobs])
 
 
+def _job_commands(
+    pool: ArqRedis, jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]], stamp: int
+) -> Callable[[Pipeline], int]:
+    """What `enqueue_many` puts on a pipeline for `jobs`: `ArqRedis.enqueue_job`'s keys, scores and expiries."""
+    from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
+    from arq.jobs import serialize_job
+    from arq.utils import to_unix_ms
+
+    queue = pool.default_queue_name or default_queue_name
+
+    def add(pipe: Pipeline) -> int:
+        for function, args, jid, defer_until in jobs:
+            score = to_unix_ms(defer_until) if defer_until is not None else stamp
+            body = serialize_job(function, args, {}, None, stamp, serializer=pool.job_serializer)
+            keys_and_args: list[Any] = [
+                job_key_prefix + jid,
+                result_key_prefix + jid,
+                queue,
+                score - stamp + pool.expires_extra_ms,
+                body,
+                score,
+                jid,
+            ]
+            pipe.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)
+        return len(jobs)
+
+    return add
+
+
 async def enqueue_many(hub: Effects, jobs: list[tuple[str, tuple[Any, ...], str, datetime | None]]) -> int:
     """Queue `(function, args, job id, defer until)` arq jobs in one pipeline per 500, each atomic by
-    script, with `ArqRedis.enqueue_job`'s keys, scores and expiries (it costs three round trips a job).
+    script, with `ArqRedis.enqueue_job`'s keys, scores and expiries (it costs three round trips a job), sent with
+    the jobs and bus messages other requests queue meanwhile (`redis_conn.Pipelined`).
 
     A job id that already has a job or a result is left alone. A failure is logged, never raised: the
     sweeps are the backstop. Returns how many were new.
@@ -278,30 +367,13 @@ async def enqueue_many(hub: Effects, jobs: list[tuple[str, tuple[Any, ...], str,
     pool = hub.jobs
     if pool is None or not jobs:
         return 0
-    from arq.constants import default_queue_name, job_key_prefix, result_key_prefix
-    from arq.jobs import serialize_job
-    from arq.utils import timestamp_ms, to_unix_ms
+    from arq.utils import timestamp_ms
 
-    queue = pool.default_queue_name or default_queue_name
     added = 0
     try:
         for start in range(0, len(jobs), ENQUEUE_BATCH):
-            stamp = timestamp_ms()
-            async with pool.pipeline(transaction=False) as pipe:
-                for function, args, jid, defer_until in jobs[start : start + ENQUEUE_BATCH]:
-                    score = to_unix_ms(defer_until) if defer_until is not None else stamp
-                    body = serialize_job(function, args, {}, None, stamp, serializer=pool.job_serializer)
-                    keys_and_args: list[Any] = [
-                        job_key_prefix + jid,
-                        result_key_prefix + jid,
-                        queue,
-                        score - stamp + pool.expires_extra_ms,
-                        body,
-                        score,
-                        jid,
-                    ]
-                    pipe.eval(_ENQUEUE_SCRIPT, 3, *keys_and_args)
-                added += sum(int(r) for r in await pipe.execute())
+            add = _job_commands(pool, jobs[start : start + ENQUEUE_BATCH], timestamp_ms())
+            added += sum(int(r) for r in await pipelined(pool).run(add))
     except Exception:
         logger.exception("could not queue jobs; the sweeps will catch them", extra={"jobs": len(jobs)})
     return added
@@ -324,18 +396,20 @@ async def announce(
         "escalation_level": level,
         "delivery_ids": [d["id"] for d in deliveries],
     }
-    await bus.publish(QUEUED_TOPIC, message)
-    await publish_event(
-        bus,
-        org_id,
-        "notifications.queued",
-        {
-            "request_id": str(request_id),
-            "escalation_level": level,
-            "deliveries": len(deliveries),
-            "channels": sorted({d["channel"] for d in deliveries}),
-            "user_ids": sorted({d["user_id"] for d in deliveries}),
-        },
+    await asyncio.gather(  # both messages in one Redis round trip
+        bus.publish(QUEUED_TOPIC, message),
+        publish_event(
+            bus,
+            org_id,
+            "notifications.queued",
+            {
+                "request_id": str(request_id),
+                "escalation_level": level,
+                "deliveries": len(deliveries),
+                "channels": sorted({d["channel"] for d in deliveries}),
+                "user_ids": sorted({d["user_id"] for d in deliveries}),
+            },
+        ),
     )
 
 

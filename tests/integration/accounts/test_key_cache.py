@@ -81,3 +81,33 @@ async def test_another_processs_announcement_clears_the_cache(
         assert await _status(client, bob) == 401
     finally:
         await redis.aclose()
+
+
+async def test_concurrent_misses_of_one_key_share_one_lookup_and_a_change_is_not_shared(
+    client: Any, org: Org, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the entry lapses under load, the requests of that key in flight wait for one lookup; a
+    lookup that began before a credentials change is not handed to requests that come after it."""
+    carol = org.approver_tokens["carol"]
+    lookups: list[int] = []
+    real = service._look_up_key
+
+    async def counted(digest: str, clock: float, generation: int) -> Any:
+        lookups.append(generation)
+        await asyncio.sleep(0.05)  # a slow database: the others arrive meanwhile
+        return await real(digest, clock, generation)
+
+    monkeypatch.setattr(service, "_look_up_key", counted)
+    service._forget_keys()
+    principals = await asyncio.gather(*(service.principal_for_token(carol) for _ in range(20)))
+    assert len(lookups) == 1
+    assert {p.email for p in principals} == {"carol@acme.test"}
+
+    lookups.clear()
+    service._forget_keys()
+    first = asyncio.ensure_future(service.principal_for_token(carol))
+    await asyncio.sleep(0.01)  # the first lookup is in flight
+    service._forget_keys()  # e.g. a revocation committed meanwhile
+    second = await service.principal_for_token(carol)
+    assert (await first).email == second.email == "carol@acme.test"
+    assert len(lookups) == 2  # the second request did not take the first one's answer

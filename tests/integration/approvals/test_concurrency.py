@@ -12,6 +12,9 @@ import pytest
 from backend.approvals import flows, jobs
 from backend.approvals.tables import ApprovalRequest, Vote
 from backend.audit.service import verify
+from backend.audit.tables import AuditEvent
+from backend.notifications import service as notifications
+from backend.notifications.tables import NotificationDelivery
 from tests.conftest import _truncate_postgres
 from tests.helpers import auth
 from tests.integration.approvals.support import apply_policy, audit_kinds, create
@@ -111,3 +114,61 @@ async def test_concurrent_identical_creates_make_one_request(client: Any, org: A
     ])
     assert Counter(r.status_code for r in responses) == Counter({201: 1, 200: 19})
     assert len({r.json()["id"] for r in responses}) == 1
+
+
+TRICKY = 'naïve "quoted" \\ back\nnew\ttab \x01 \x7f ✓ \u2028 {braces} $1 %s'
+
+
+async def test_racing_claims_and_reports_run_once_and_the_chain_verifies(client: Any, org: Any, hub: Any) -> None:
+    """Claim and report are one statement each on PostgreSQL (the audit append and a report's outcome
+    notifications inside it): of racing claims and racing reports exactly one wins each, every winner is
+    audited once, and the chain, whose hashes PostgreSQL computed over JSON it built, verifies."""
+    await apply_policy(client, org)
+    headers = auth(org.agent_token)
+    ids: list[tuple[str, str]] = []
+    for n in range(6):
+        made = await create(client, org, "deploy", {"n": n, "note": TRICKY}, server="infra")
+        await client.post(f"/api/v1/approvals/{made['id']}/approve", json={},
+                          headers=auth(org.approver_tokens["carol"]))
+        ids.append((made["id"], made["arguments_hash"]))
+    claims = await asyncio.gather(*[
+        client.post(f"/api/v1/approvals/{rid}/claim", json={"arguments_hash": digest}, headers=headers)
+        for rid, digest in ids for _ in range(4)
+    ])
+    assert Counter(r.status_code for r in claims) == Counter({200: 6, 409: 18})
+    assert {r.json()["error"]["code"] for r in claims if r.status_code == 409} == {"already_claimed"}
+    reports = await asyncio.gather(*[
+        client.post(f"/api/v1/approvals/{rid}/outcome",
+                    json={"success": n % 2 == 0, "result_summary": TRICKY, "error": None if n % 2 == 0 else TRICKY},
+                    headers=headers)
+        for n, (rid, _) in enumerate(ids) for _ in range(3)
+    ])
+    assert Counter(r.status_code for r in reports) == Counter({200: 6, 409: 12})
+    for n, (rid, _) in enumerate(ids):
+        row = await flows.load_row(rid)
+        assert row is not None
+        assert row["status"] == ("executed" if n % 2 == 0 else "failed")
+        assert row["execution"]["result_summary"] == TRICKY
+        kinds = await audit_kinds(org, rid)
+        assert kinds.count("approval.executing") == 1
+        assert kinds.count("approval.executed") + kinds.count("approval.failed") == 1
+        # Everyone told about the request on a channel hears the outcome on it, once.
+        told = await NotificationDelivery.select(NotificationDelivery.user, NotificationDelivery.channel).where(
+            (NotificationDelivery.request == rid) & (NotificationDelivery.event == "requested")
+        )
+        for event in ("outcome:approved", f"outcome:{row['status']}"):  # the vote's statement, the report's
+            outcome = await NotificationDelivery.select().where(
+                (NotificationDelivery.request == rid) & (NotificationDelivery.event == event)
+            ).output(load_json=True)
+            assert told and len(outcome) == len(told)
+            for o in outcome:  # the payload the statement built is the one `_payload_of` builds
+                expected = {**notifications._payload_of(row, 0), "email": o["payload"]["email"]}
+                assert o["payload"] == expected
+                assert o["dedupe_key"] == notifications.dedupe_key(rid, o["user"], o["channel"], o["event"])
+    events = await AuditEvent.select().where(
+        AuditEvent.subject_id.is_in([rid for rid, _ in ids])
+    ).output(load_json=True)
+    executions = [e for e in events if e["kind"] in ("approval.executing", "approval.executed", "approval.failed")]
+    assert len(executions) == 12
+    assert all(e["data"]["execution"]["claimed_by"] for e in executions)
+    assert (await verify(org.id)).ok
