@@ -830,10 +830,20 @@ async def record_vote(
         grant_seconds = min(grant_seconds, cap)
     proof = await _step_up(hub, principal, row, decision, channel, assertion)
     async with unit_of_work():
-        current = await load_locked(row["id"])
+        state = current_transaction()
+        in_sql = not is_sqlite() and state is not None and not state.scratch.get("audit")
+        if in_sql:  # the row and its votes under the lock; the vote and what it settles in one statement
+            current, before = await _locked_with_votes(row["id"])
+        else:
+            current, before = await load_locked(row["id"]), []
         assert current is not None
         if current["status"] != "pending":
             raise _already_decided(current)
+        if in_sql and not (decision == "approve" and (grant_seconds or int(current["grant_seconds"]))):
+            return await _vote_in_sql(
+                hub, principal, current, before, decision, reason=reason, grant_seconds=grant_seconds,
+                channel=channel, proof=proof, seen_votes=seen_votes,
+            )
         key = f"{current['id']}:{principal.user_id}"
         # The unique `request_user` column refuses a second vote; the transaction then rolls back.
         ballot = Vote(
@@ -895,6 +905,169 @@ async def record_vote(
             }
             result = await _decide(hub, current, "declined", voter(principal), outcome)
     return result
+
+
+_LOCKED_VOTES_SQL = f"SELECT r.*, {_VOTES_JSON} FROM approval_request r WHERE r.id = {{}} FOR UPDATE OF r"
+
+
+async def _locked_with_votes(request_id: uuid.UUID) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """PostgreSQL: `load_locked` and the request's votes (as `votes_of` gives them, `created_at` as text) in
+    one statement. The row is the newest version (`FOR UPDATE` re-reads it after waiting); the votes are
+    of the statement's snapshot, taken before any wait for the lock, so a vote committed meanwhile may be
+    missing: `_vote_in_sql`'s statement checks them and writes nothing when they changed."""
+    rows = await ApprovalRequest.raw(_LOCKED_VOTES_SQL, request_id)
+    if not rows:
+        return None, []
+    row = decode_json_columns(dict(rows[0]))
+    votes = row.pop("_votes")
+    votes = json.loads(votes) if isinstance(votes, str) else votes
+    return row, [{**v, "assertion": True if v["assertion"] else None} for v in votes]
+
+
+_VOTE_TYPES = ("uuid", "uuid", "uuid", "varchar", "varchar", "text", "varchar", "timestamptz", "jsonb")
+_VOTE_IN_SQL = f"""same AS (
+    SELECT 1 WHERE ARRAY(SELECT v."user"::text COLLATE "C" FROM vote v WHERE v.request = {{}} ORDER BY 1)
+                   = {{}}::text[]
+), ins AS (
+    INSERT INTO vote ({", ".join(f'"{c}"' for c in _VOTE_COLUMNS)})
+    SELECT {", ".join("{}::" + t for t in _VOTE_TYPES)} FROM same
+    RETURNING request
+)"""
+
+
+async def _vote_in_sql(
+    hub: Effects,
+    principal: Principal,
+    current: dict[str, Any],
+    before: list[dict[str, Any]],
+    decision: str,
+    *,
+    reason: str | None,
+    grant_seconds: int,
+    channel: str,
+    proof: StepUpProof | None,
+    seen_votes: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """PostgreSQL, inside `record_vote`'s unit of work with the request locked (`_locked_with_votes`): the
+    vote, its audit event and, when Python finds it settles the request, the conditional UPDATE, the
+    outcome deliveries and the decision's event (chained after the vote's) in one statement.
+
+    The statement writes only if the request's voters are still those `before` lists (a vote committed
+    while this one waited for the lock is missing from them): otherwise nothing is written, the row
+    and votes are read again under the lock already held, and the vote is decided on those."""
+    actor = voter(principal)
+    policy = policy_of(current)
+    quorum = max(1, int(policy.get("quorum") or 1))
+    for _ in range(3):
+        if any(str(v["user"]) == str(principal.user_id) for v in before):
+            raise Conflict(
+                "you have already voted on this request; a second vote is not counted",
+                code="already_voted",
+                detail={"request_id": str(current["id"])},
+            )
+        stamp = now()
+        ballot = Vote(
+            request=current["id"],
+            user=principal.user_id,
+            request_user=f"{current['id']}:{principal.user_id}",
+            decision=decision,
+            reason=reason,
+            channel=channel[:20],
+            created_at=stamp,
+            assertion=proof.evidence if proof else None,
+        )
+        mine = {
+            "request": current["id"], "user": principal.user_id, "email": principal.email, "decision": decision,
+            "reason": reason, "channel": ballot.channel, "created_at": stamp, "assertion": ballot.assertion,
+        }
+        votes = [*before, mine]
+        approvals = [v for v in votes if v["decision"] == "approve"]
+        declines = [v for v in votes if v["decision"] == "decline"]
+        new: str | None = None
+        outcome: dict[str, Any] = {}
+        if len(approvals) >= quorum:
+            new = "approved"
+            outcome = {"kind": "approved", "by": [user_ref(v["user"], v["email"]) for v in approvals], "reason": None}
+        elif decision == "decline" and await _decline_settles(current, quorum, declines):
+            new = "declined"
+            outcome = {"kind": "declined", "by": [user_ref(v["user"], v["email"]) for v in declines], "reason": reason}
+        events = [
+            audit.event_row(
+                current["org"], f"approval.vote_{decision}", actor, "approval", current["id"],
+                {
+                    "reason": reason,
+                    "channel": channel,
+                    "grant_seconds": grant_seconds or None,
+                    **({"arguments_hash": current["arguments_hash"], "step_up": proof.evidence} if proof else {}),
+                },
+                datetime.now(UTC),
+            )
+        ]
+        args: list[Any] = [current["id"], sorted(str(v["user"]) for v in before)]
+        args += [_json_arg(getattr(ballot, c)) if c == "assertion" else getattr(ballot, c) for c in _VOTE_COLUMNS]
+        sql = "WITH " + _VOTE_IN_SQL
+        values: dict[str, Any] = {}
+        after, delivered = "ins", "NULL"
+        if new is not None:
+            values = {"status": new, "decided_at": stamp, "outcome": outcome, "next_escalation_at": None}
+            sql += (
+                ", upd AS (UPDATE approval_request SET status = {}, decided_at = {}, outcome = {}::jsonb, "
+                "next_escalation_at = NULL WHERE id = {} AND status = 'pending' AND EXISTS (SELECT 1 FROM ins) "
+                "RETURNING *)"
+            )
+            args += [new, stamp, json.dumps(outcome), current["id"]]
+            outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
+            sql += f", {outcome_sql}"
+            args += outcome_args
+            delivered = (
+                """(SELECT json_agg(json_build_object('id', d.id, 'user', d."user", 'channel', d.channel)) """
+                "FROM delivered d)"
+            )
+            data = {"outcome": outcome} if new == "approved" else {"outcome": outcome, "from": "pending"}
+            events.append(
+                audit.event_row(current["org"], f"approval.{new}", actor, "approval", current["id"], data, now())
+            )
+            after = "upd"
+        audit_sql, audit_args = audit.chained_events_sql(events, after=after)
+        sql += f", {audit_sql} SELECT (SELECT count(*) FROM ins) AS _voted, (SELECT count(*) FROM logged) AS _logged, "
+        sql += f"{'EXISTS (SELECT 1 FROM upd)' if new else 'false'} AS _updated, {delivered} AS _delivered"
+        args += audit_args
+        try:
+            [found] = await Vote.raw(sql, *args)
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict(
+                "you have already voted on this request; a second vote is not counted",
+                code="already_voted",
+                detail={"request_id": str(current["id"])},
+            ) from exc
+        if found["_voted"]:
+            break
+        # The voters changed while this vote waited for the lock: read them again (the lock is held now).
+        fresh, before = await _locked_with_votes(current["id"])
+        assert fresh is not None
+        if fresh["status"] != "pending":
+            raise _already_decided(fresh)
+        current = fresh
+    else:  # cannot happen: nobody else votes while the lock is held
+        raise Conflict("the request's votes kept changing; vote again", code="vote_conflict")
+    if found["_logged"] != len(events):  # the org has no chain head (cannot happen: creation was audited)
+        for event in events:
+            await record(
+                current["org"], event["kind"], actor, subject_type="approval", subject_id=current["id"],
+                data=event["data"],
+            )
+    if seen_votes is not None:
+        seen_votes[:] = [vote_view(v) for v in votes]
+    if new is None:
+        return current
+    if not found["_updated"]:  # cannot happen: the row is locked and pending
+        raise _already_decided(current)
+    updated = {**current, **values}
+    _observe_decision(updated)
+    created = notifications.created_from_json(found["_delivered"])
+    _send_after_commit(hub, updated, created, level=int(updated.get("escalation_level") or 0), announce=False)
+    _announce(hub, updated, f"approval.{new}")
+    return updated
 
 
 async def _step_up(

@@ -305,6 +305,56 @@ def chained_event_sql(row: dict[str, Any], *, after: str, hole: str | None = Non
     return sql, args
 
 
+def chained_events_sql(rows: list[dict[str, Any]], *, after: str) -> tuple[str, list[Any]]:
+    """PostgreSQL: CTEs (`head`, `chain1` … `chainN`, `moved`, `logged`) that append the events `rows`
+    (`event_row`s of one org, `data` complete), in order, to the org's chain inside the statement they
+    join: `chained_event_sql` for several events, each hash finished in SQL from the one before it.
+
+    Nothing is appended unless `after` returns a row, and the chain head is locked only after `after`
+    ran (its rows lock first). `logged` returns one `seq` per appended event. Placeholders are Piccolo
+    `raw()`'s `{}`; the arguments come in order.
+    """
+    assert rows
+    assert len({str(r["org_id"]) for r in rows}) == 1
+    org = str(rows[0]["org_id"])
+    args: list[Any] = [org]
+    parts = [
+        "head AS (\n    SELECT seq, hash FROM audit_head WHERE org_id = {} "
+        f"AND EXISTS (SELECT 1 FROM {after}) FOR UPDATE\n)"
+    ]
+    inserts: list[str] = []
+    prev = "head"
+    for n, row in enumerate(rows, start=1):
+        p1, p2 = _hash_parts(row)
+        parts.append(
+            f"chain{n} AS (\n    SELECT p.seq + 1 AS seq, p.hash::text AS prev_hash, "
+            "encode(sha256(convert_to({}::text || (p.seq + 1)::text || {}::text || '\"' || p.hash || '\"]', 'UTF8')), "
+            f"'hex') AS hash\n    FROM {prev} p\n)"
+        )
+        args += [p1, p2]
+        prev = f"chain{n}"
+    parts.append(
+        "moved AS (\n    UPDATE audit_head SET seq = c.seq, hash = c.hash, updated_at = {}::timestamptz "
+        f"FROM {prev} c\n    WHERE audit_head.org_id = {{}} RETURNING 1\n)"
+    )
+    args += [datetime.now(UTC), org]
+    for n, row in enumerate(rows, start=1):
+        inserts.append(
+            "SELECT {}::uuid, {}, c.seq, {}::text || ':' || c.seq, {}, {}, {}, {}, {}, {}, {}::jsonb, "
+            f"{{}}::timestamptz, c.prev_hash, c.hash, NULL, '' FROM chain{n} c"
+        )
+        args += [uuid.uuid4(), org, org]
+        args += [row[c] for c in ("kind", "actor_type", "actor_id", "actor_label", "subject_type", "subject_id")]
+        args += [_canonical(row["data"]), row["created_at"]]
+    parts.append(
+        "logged AS (\n    INSERT INTO audit_event (id, org_id, seq, chain_pos, kind, actor_type, actor_id, "
+        "actor_label, subject_type, subject_id, data, created_at, prev_hash, hash, external_id, note)\n    "
+        + "\n    UNION ALL ".join(inserts)
+        + "\n    RETURNING seq\n)"
+    )
+    return ", ".join(parts), args
+
+
 async def _chain_in_sql(org: str, rows: list[dict[str, Any]]) -> bool:
     """PostgreSQL: lock the org's head, chain and insert `rows` and move the head, in one statement.
 

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from backend.accounts.service import principal_for_token
 from backend.approvals import flows, jobs
 from backend.approvals.tables import ApprovalRequest, Vote
 from backend.audit.service import verify
 from backend.audit.tables import AuditEvent
 from backend.notifications import service as notifications
 from backend.notifications.tables import NotificationDelivery
+from backend.observability import metrics
 from tests.conftest import _truncate_postgres
 from tests.helpers import auth
 from tests.integration.approvals.support import apply_policy, audit_kinds, create
@@ -171,4 +173,76 @@ async def test_racing_claims_and_reports_run_once_and_the_chain_verifies(client:
     executions = [e for e in events if e["kind"] in ("approval.executing", "approval.executed", "approval.failed")]
     assert len(executions) == 12
     assert all(e["data"]["execution"]["claimed_by"] for e in executions)
+    assert (await verify(org.id)).ok
+
+
+async def test_racing_voters_reach_quorum_once_in_one_statement_each(client: Any, org: Any, hub: Any) -> None:
+    """On PostgreSQL a vote is one statement under the request's lock (the vote, its audit event and, when
+    it settles the request, the decision, its outcome rows and its event). Three approvers racing on a
+    quorum-2 request: a vote whose lock waited on another's sees the other's vote by checking again,
+    so exactly two count, the second decides, the third is refused; the outcome names both, its rows
+    are `_payload_of`'s, each decision event directly follows its vote in the chain, and it verifies.
+    Racing declines on a `when_quorum_unreachable` policy settle once the same way."""
+    await apply_policy(client, org)
+    names = ["alice", "bob", "carol"]
+    for tool, path, settled in (("drop_table", "approve", "approved"), ("grant_access", "decline", "declined")):
+        for n in range(5):
+            rid = (await create(client, org, tool, {"n": n, "note": TRICKY}))["id"]
+            seen = _bus_counter(hub, rid)
+            responses = await asyncio.gather(*[
+                client.post(f"/api/v1/approvals/{rid}/{path}", json={"reason": TRICKY} if path == "decline" else {},
+                            headers=auth(org.approver_tokens[name]))
+                for name in names
+            ])
+            assert Counter(r.status_code for r in responses) == Counter({200: 2, 409: 1}), [r.json() for r in responses]
+            assert [r.json()["error"]["code"] for r in responses if r.status_code == 409] == ["already_decided"]
+            row = await flows.load_row(rid)
+            assert row is not None and row["status"] == settled
+            votes = await Vote.select(Vote.user.email.as_alias("email")).where(Vote.request == rid)
+            assert sorted(v["email"] for v in votes) == sorted(b["email"] for b in row["outcome"]["by"])
+            assert len(votes) == 2
+            decided = [r.json() for r in responses if r.status_code == 200 and r.json()["status"] == settled]
+            assert len(decided) == 1 and len(decided[0]["votes"]) == 2
+            assert seen == Counter({settled: 1})
+            events = await AuditEvent.select().where(AuditEvent.subject_id == rid).order_by(AuditEvent.seq).output(
+                load_json=True
+            )
+            kinds = [e["kind"] for e in events]
+            assert kinds.count(f"approval.vote_{path}") == 2 and kinds.count(f"approval.{settled}") == 1
+            at = kinds.index(f"approval.{settled}")
+            assert kinds[at - 1] == f"approval.vote_{path}"
+            assert events[at]["seq"] == events[at - 1]["seq"] + 1
+            assert events[at]["actor_label"] == events[at - 1]["actor_label"]
+            if path == "decline":
+                assert all(e["data"]["reason"] == TRICKY for e in events if e["kind"] == "approval.vote_decline")
+            told = await NotificationDelivery.select(NotificationDelivery.user, NotificationDelivery.channel).where(
+                (NotificationDelivery.request == rid) & (NotificationDelivery.event == "requested")
+            )
+            outcome = await NotificationDelivery.select().where(
+                (NotificationDelivery.request == rid) & (NotificationDelivery.event == f"outcome:{settled}")
+            ).output(load_json=True)
+            assert told and len(outcome) == len(told)
+            for o in outcome:
+                assert o["payload"] == {**notifications._payload_of(row, 0), "email": o["payload"]["email"]}
+                assert o["dedupe_key"] == notifications.dedupe_key(rid, o["user"], o["channel"], o["event"])
+    assert (await verify(org.id)).ok
+
+
+async def test_a_vote_is_its_lock_and_one_statement(client: Any, org: Any, hub: Any) -> None:
+    """Statements a vote sends on PostgreSQL (asyncpg's query log, as `preloop_db_queries_total` counts
+    them): the eligibility read (teams, then named approvers), BEGIN, the row lock with the votes, the
+    vote with everything it settles, COMMIT; for a vote that decides as for one that does not."""
+    await apply_policy(client, org)
+    carol = await principal_for_token(org.approver_tokens["carol"])
+    alice = await principal_for_token(org.approver_tokens["alice"])
+    for tool, voters in (("deploy", [carol]), ("drop_table", [alice, carol])):
+        rid = (await create(client, org, tool, {"count": True}))["id"]
+        for who in voters:
+            row = await flows.load_presented(rid)
+            assert row is not None
+            before = metrics.DB_QUERIES._value.get()
+            updated = await flows.record_vote(hub, who, row, "approve")
+            assert metrics.DB_QUERIES._value.get() - before == 6
+        assert updated["status"] == "approved"
+        assert (await flows.load_row(rid))["status"] == "approved"  # type: ignore[index]
     assert (await verify(org.id)).ok
