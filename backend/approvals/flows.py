@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import operator
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -164,19 +166,20 @@ async def eligible_users(row: dict[str, Any], *, include_future_levels: bool = F
     """User id -> email of everyone who may vote now: named approvers, team members and the
     targets of escalation levels that have fired. The requesting key's owner is never eligible."""
     emails, teams = _named_voters(row, include_future_levels=include_future_levels)
-    found: dict[str, str] = {}
-    if teams:  # one join for every member of the named teams
-        members = await TeamMembership.select(TeamMembership.user.id, TeamMembership.user.email).where(
-            (TeamMembership.team.org == row["org"])
-            & (TeamMembership.team.name.is_in(sorted(teams)))
-            & (TeamMembership.user.is_active == True)  # noqa: E712
+    named: list[Any] = []
+    if teams:  # members of the named teams, as a sub-select: one statement for teams and people alike
+        members = TeamMembership.select(TeamMembership.user).where(
+            (TeamMembership.team.org == row["org"]) & (TeamMembership.team.name.is_in(sorted(teams)))
         )
-        found.update({str(m["user.id"]): m["user.email"] for m in members})
+        named.append(User.id.is_in(members))
     if emails:
-        users = await User.select(User.id, User.email).where(
-            (User.org == row["org"]) & (User.email.is_in(sorted(emails))) & (User.is_active == True)  # noqa: E712
-        )
-        found.update({str(u["id"]): u["email"] for u in users})
+        named.append(User.email.is_in(sorted(emails)))
+    if not named:
+        return {}
+    users = await User.select(User.id, User.email).where(
+        (User.org == row["org"]) & (User.is_active == True) & functools.reduce(operator.or_, named)  # noqa: E712
+    )
+    found = {str(u["id"]): u["email"] for u in users}
     requester = str(row.get("requester") or "")
     found.pop(requester, None)
     return found

@@ -18,7 +18,7 @@ from tests.conftest import LiveHub
 from tests.e2e.test_approver_app import sign_in
 from tests.e2e.test_console import serious_violations
 from tests.e2e.test_passkeys import virtual_authenticator
-from tests.e2e.test_push_notifications import _wait
+from tests.e2e.test_push_notifications import _wait, deliver_push
 from tests.helpers import auth, make_org
 from tests.integration.notifications.conftest import new_browser, push_service  # noqa: F401 - fixture
 
@@ -208,10 +208,9 @@ def test_push_to_recorded_decision_in_two_interactions(
     _wait(page, lambda: push_service.calls)
     payload = device.decrypt(push_service.calls[0][2])
     assert [a["action"] for a in payload["notification"]["actions"]] == ["approve", "decline"]
-    sw.send("ServiceWorker.deliverPushMessage",
-            {"origin": base, "registrationId": registration["registrationId"], "data": json.dumps(payload)})
     worker = _wait(page, lambda: next((w for w in context.service_workers if w.url.endswith("/app/sw.js")), None))
-    _wait(page, lambda: worker.evaluate("self.registration.getNotifications().then((ns) => ns.length)"))
+    deliver_push(page, sw, base, registration, payload,
+                 lambda: worker.evaluate("self.registration.getNotifications().then((ns) => ns.length)"))
 
     interactions = 0
     signed_before = sign_count(cdp, authenticator)

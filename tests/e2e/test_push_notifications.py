@@ -39,6 +39,23 @@ def _wait(page: Any, predicate: Any, timeout: float = 40) -> Any:
         page.wait_for_timeout(100)
 
 
+def deliver_push(page: Any, cdp: Any, origin: str, registration: dict[str, Any], payload: Any,
+                 shown: Any) -> Any:
+    """Hand the hub's decrypted push to the app's service worker (CDP `deliverPushMessage`) and wait
+    until `shown()` is truthy. Chromium's DevTools push injection now and then drops a message (seen
+    about once in eight runs on earlier code too, the worker running and no error reported); a push
+    service redelivers what was not acknowledged, so this does the same, at most three times. The
+    notification's tag makes a repeat replace, not add, so callers still see exactly one."""
+    for _attempt in range(3):
+        cdp.send("ServiceWorker.deliverPushMessage",
+                 {"origin": origin, "registrationId": registration["registrationId"], "data": json.dumps(payload)})
+        try:
+            return _wait(page, shown, timeout=15)
+        except AssertionError:
+            continue
+    raise AssertionError("the service worker showed no notification for three deliveries of the hub's push")
+
+
 def test_a_push_shows_a_notification_whose_click_opens_the_request(
     live_hub: LiveHub,
     browser: Any,
@@ -77,18 +94,11 @@ def test_a_push_shows_a_notification_whose_click_opens_the_request(
     rid = created.json()["id"]
     _wait(page, lambda: push_service.calls)
     payload = device.decrypt(push_service.calls[0][2])
-    cdp.send(
-        "ServiceWorker.deliverPushMessage",
-        {
-            "origin": live_hub.url,
-            "registrationId": registration["registrationId"],
-            "data": json.dumps(payload),
-        },
-    )
     list_notifications = """navigator.serviceWorker.ready.then((r) => r.getNotifications()).then((ns) =>
         ns.map((n) => ({title: n.title, body: n.body, tag: n.tag, data: n.data,
                         actions: n.actions.map((a) => a.action)})))"""
-    shown = _wait(page, lambda: page.evaluate(list_notifications))
+    shown = deliver_push(page, cdp, live_hub.url, registration, payload,
+                         lambda: page.evaluate(list_notifications))
     assert shown == [
         {
             "title": "Approve restart?",

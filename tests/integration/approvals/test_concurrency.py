@@ -230,8 +230,8 @@ async def test_racing_voters_reach_quorum_once_in_one_statement_each(client: Any
 
 async def test_a_vote_is_its_lock_and_one_statement(client: Any, org: Any, hub: Any) -> None:
     """Statements a vote sends on PostgreSQL (asyncpg's query log, as `preloop_db_queries_total` counts
-    them): the eligibility read (teams, then named approvers), BEGIN, the row lock with the votes, the
-    vote with everything it settles, COMMIT; for a vote that decides as for one that does not."""
+    them): the eligibility read (team members and named approvers in one), BEGIN, the row lock with the
+    votes, the vote with everything it settles, COMMIT; for a vote that decides as for one that does not."""
     await apply_policy(client, org)
     carol = await principal_for_token(org.approver_tokens["carol"])
     alice = await principal_for_token(org.approver_tokens["alice"])
@@ -242,7 +242,7 @@ async def test_a_vote_is_its_lock_and_one_statement(client: Any, org: Any, hub: 
             assert row is not None
             before = metrics.DB_QUERIES._value.get()
             updated = await flows.record_vote(hub, who, row, "approve")
-            assert metrics.DB_QUERIES._value.get() - before == 6
+            assert metrics.DB_QUERIES._value.get() - before == 5
         assert updated["status"] == "approved"
         assert (await flows.load_row(rid))["status"] == "approved"  # type: ignore[index]
     assert (await verify(org.id)).ok
