@@ -324,6 +324,10 @@ _RUN_SQL = {
     "failed": f"status = 'failed', {_MERGE_EXECUTION}",
 }
 _RUN_FROM = {"executing": "approved", "executed": "executing", "failed": "executing"}
+_DELIVERED_JSON = (
+    """(SELECT json_agg(json_build_object('id', d.id, 'user', d."user", 'channel', d.channel)) FROM delivered d)"""
+)
+"""The delivery rows a fan-out CTE named `delivered` inserted, as `notifications.created_from_json` reads them."""
 
 
 async def run_step(
@@ -383,10 +387,7 @@ async def run_step(
         outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
         sql += f", {outcome_sql}"
         args += outcome_args
-        delivered = (
-            """(SELECT json_agg(json_build_object('id', d.id, 'user', d."user", 'channel', d.channel)) """
-            "FROM delivered d)"
-        )
+        delivered = _DELIVERED_JSON
     sql += f" SELECT u.*, (SELECT count(*) FROM logged) AS _logged, {delivered} AS _delivered FROM upd u"
     async with one_statement():
         rows = await ApprovalRequest.raw(sql, *args)
@@ -413,8 +414,7 @@ async def _update_and_tell(
     outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
     [found] = await ApprovalRequest.raw(
         f"WITH upd AS (UPDATE approval_request SET {sets} WHERE id = {{}} AND status = {{}} RETURNING *), "
-        f"{outcome_sql} SELECT EXISTS (SELECT 1 FROM upd) AS _updated, (SELECT json_agg(json_build_object("
-        """'id', d.id, 'user', d."user", 'channel', d.channel)) FROM delivered d) AS _delivered""",
+        f"{outcome_sql} SELECT EXISTS (SELECT 1 FROM upd) AS _updated, {_DELIVERED_JSON} AS _delivered",
         *[_json_arg(values[n]) if n in _JSON_COLUMNS else values[n] for n in names],
         row["id"],
         row["status"],
@@ -482,8 +482,7 @@ async def _insert_asked_and_audited(
     audit_sql, audit_args = audit.chained_event_sql(event, after="ins")
     [found] = await ApprovalRequest.raw(
         f"WITH ins AS ({_INSERT_REQUEST_SQL}), {ask_sql}, {audit_sql} "
-        "SELECT (SELECT count(*) FROM logged) AS _logged, (SELECT json_agg(json_build_object("
-        """'id', d.id, 'user', d."user", 'channel', d.channel)) FROM delivered d) AS _delivered""",
+        f"SELECT (SELECT count(*) FROM logged) AS _logged, {_DELIVERED_JSON} AS _delivered",
         *insert_args,
         *ask_args,
         *audit_args,
@@ -847,43 +846,23 @@ async def record_vote(
                 hub, principal, current, before, decision, reason=reason, grant_seconds=grant_seconds,
                 channel=channel, proof=proof, seen_votes=seen_votes,
             )
-        key = f"{current['id']}:{principal.user_id}"
         # The unique `request_user` column refuses a second vote; the transaction then rolls back.
-        ballot = Vote(
-            request=current["id"],
-            user=principal.user_id,
-            request_user=key,
-            decision=decision,
-            reason=reason,
-            channel=channel[:20],
-            created_at=now(),
-            assertion=proof.evidence if proof else None,
-        )
+        ballot = _ballot(current, principal, decision, reason, channel, proof, now())
         try:
             votes = await _insert_vote(ballot)
         except (asyncpg.UniqueViolationError, _sqlite_integrity()) as exc:
-            raise Conflict(
-                "you have already voted on this request; a second vote is not counted",
-                code="already_voted",
-                detail={"request_id": str(current["id"])},
-            ) from exc
+            raise _already_voted(current) from exc
         await record(
             current["org"],
             f"approval.vote_{decision}",
             voter(principal),
             subject_type="approval",
             subject_id=current["id"],
-            data={
-                "reason": reason,
-                "channel": channel,
-                "grant_seconds": grant_seconds or None,
-                **({"arguments_hash": current["arguments_hash"], "step_up": proof.evidence} if proof else {}),
-            },
+            data=_vote_facts(current, reason, channel, grant_seconds, proof),
         )
         if seen_votes is not None:
             seen_votes[:] = [vote_view(v) for v in votes]
         approvals = [v for v in votes if v["decision"] == "approve"]
-        declines = [v for v in votes if v["decision"] == "decline"]
         if decision == "approve" and (grant_seconds or int(current["grant_seconds"])):
             # A grant widens an approval, so every approving voter must ask for it: keep the smallest.
             window = grant_seconds if len(approvals) == 1 else min(int(current["grant_seconds"]), grant_seconds)
@@ -891,23 +870,55 @@ async def record_vote(
                 ApprovalRequest.id == current["id"]
             )
             current["grant_seconds"] = window
-        quorum = max(1, int(policy.get("quorum") or 1))
+        new, outcome = await _settlement(current, votes, decision, reason)
         result = current
-        if len(approvals) >= quorum:
-            outcome = {
-                "kind": "approved",
-                "by": [user_ref(v["user"], v["email"]) for v in approvals],
-                "reason": None,
-            }
-            result = await _decide(hub, current, "approved", voter(principal), outcome)
-        elif decision == "decline" and await _decline_settles(current, quorum, declines):
-            outcome = {
-                "kind": "declined",
-                "by": [user_ref(v["user"], v["email"]) for v in declines],
-                "reason": reason,
-            }
-            result = await _decide(hub, current, "declined", voter(principal), outcome)
+        if new is not None:
+            result = await _decide(hub, current, new, voter(principal), outcome)
     return result
+
+
+def _ballot(
+    row: dict[str, Any], principal: Principal, decision: str, reason: str | None, channel: str,
+    proof: StepUpProof | None, stamp: datetime,
+) -> Vote:
+    return Vote(
+        request=row["id"],
+        user=principal.user_id,
+        request_user=f"{row['id']}:{principal.user_id}",
+        decision=decision,
+        reason=reason,
+        channel=channel[:20],
+        created_at=stamp,
+        assertion=proof.evidence if proof else None,
+    )
+
+
+def _vote_facts(
+    row: dict[str, Any], reason: str | None, channel: str, grant_seconds: int, proof: StepUpProof | None
+) -> dict[str, Any]:
+    """The data of a vote's audit event."""
+    return {
+        "reason": reason,
+        "channel": channel,
+        "grant_seconds": grant_seconds or None,
+        **({"arguments_hash": row["arguments_hash"], "step_up": proof.evidence} if proof else {}),
+    }
+
+
+async def _settlement(
+    row: dict[str, Any], votes: list[dict[str, Any]], decision: str, reason: str | None
+) -> tuple[str | None, dict[str, Any]]:
+    """(the status `votes` settle the request in, its outcome), or (None, {}) while it stays pending."""
+    quorum = max(1, int(policy_of(row).get("quorum") or 1))
+    approvals = [v for v in votes if v["decision"] == "approve"]
+    declines = [v for v in votes if v["decision"] == "decline"]
+    if len(approvals) >= quorum:
+        return "approved", {"kind": "approved", "by": [user_ref(v["user"], v["email"]) for v in approvals],
+                            "reason": None}
+    if decision == "decline" and await _decline_settles(row, quorum, declines):
+        return "declined", {"kind": "declined", "by": [user_ref(v["user"], v["email"]) for v in declines],
+                            "reason": reason}
+    return None, {}
 
 
 _LOCKED_VOTES_SQL = f"SELECT r.*, {_VOTES_JSON} FROM approval_request r WHERE r.id = {{}} FOR UPDATE OF r"
@@ -959,50 +970,21 @@ async def _vote_in_sql(
     while this one waited for the lock is missing from them): otherwise nothing is written, the row
     and votes are read again under the lock already held, and the vote is decided on those."""
     actor = voter(principal)
-    policy = policy_of(current)
-    quorum = max(1, int(policy.get("quorum") or 1))
     for _ in range(3):
         if any(str(v["user"]) == str(principal.user_id) for v in before):
-            raise Conflict(
-                "you have already voted on this request; a second vote is not counted",
-                code="already_voted",
-                detail={"request_id": str(current["id"])},
-            )
+            raise _already_voted(current)
         stamp = now()
-        ballot = Vote(
-            request=current["id"],
-            user=principal.user_id,
-            request_user=f"{current['id']}:{principal.user_id}",
-            decision=decision,
-            reason=reason,
-            channel=channel[:20],
-            created_at=stamp,
-            assertion=proof.evidence if proof else None,
-        )
+        ballot = _ballot(current, principal, decision, reason, channel, proof, stamp)
         mine = {
             "request": current["id"], "user": principal.user_id, "email": principal.email, "decision": decision,
             "reason": reason, "channel": ballot.channel, "created_at": stamp, "assertion": ballot.assertion,
         }
         votes = [*before, mine]
-        approvals = [v for v in votes if v["decision"] == "approve"]
-        declines = [v for v in votes if v["decision"] == "decline"]
-        new: str | None = None
-        outcome: dict[str, Any] = {}
-        if len(approvals) >= quorum:
-            new = "approved"
-            outcome = {"kind": "approved", "by": [user_ref(v["user"], v["email"]) for v in approvals], "reason": None}
-        elif decision == "decline" and await _decline_settles(current, quorum, declines):
-            new = "declined"
-            outcome = {"kind": "declined", "by": [user_ref(v["user"], v["email"]) for v in declines], "reason": reason}
+        new, outcome = await _settlement(current, votes, decision, reason)
         events = [
             audit.event_row(
                 current["org"], f"approval.vote_{decision}", actor, "approval", current["id"],
-                {
-                    "reason": reason,
-                    "channel": channel,
-                    "grant_seconds": grant_seconds or None,
-                    **({"arguments_hash": current["arguments_hash"], "step_up": proof.evidence} if proof else {}),
-                },
+                _vote_facts(current, reason, channel, grant_seconds, proof),
                 datetime.now(UTC),
             )
         ]
@@ -1022,10 +1004,7 @@ async def _vote_in_sql(
             outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
             sql += f", {outcome_sql}"
             args += outcome_args
-            delivered = (
-                """(SELECT json_agg(json_build_object('id', d.id, 'user', d."user", 'channel', d.channel)) """
-                "FROM delivered d)"
-            )
+            delivered = _DELIVERED_JSON
             data = {"outcome": outcome} if new == "approved" else {"outcome": outcome, "from": "pending"}
             events.append(
                 audit.event_row(current["org"], f"approval.{new}", actor, "approval", current["id"], data, now())
@@ -1038,11 +1017,7 @@ async def _vote_in_sql(
         try:
             [found] = await Vote.raw(sql, *args)
         except asyncpg.UniqueViolationError as exc:
-            raise Conflict(
-                "you have already voted on this request; a second vote is not counted",
-                code="already_voted",
-                detail={"request_id": str(current["id"])},
-            ) from exc
+            raise _already_voted(current) from exc
         if found["_voted"]:
             break
         # The voters changed while this vote waited for the lock: read them again (the lock is held now).
@@ -1153,6 +1128,14 @@ async def _decline_settles(row: dict[str, Any], quorum: int, declines: list[dict
     possible = await eligible_users(row, include_future_levels=True)
     declined = {str(v["user"]) for v in declines}
     return len(set(possible) - declined) < quorum
+
+
+def _already_voted(row: dict[str, Any]) -> Conflict:
+    return Conflict(
+        "you have already voted on this request; a second vote is not counted",
+        code="already_voted",
+        detail={"request_id": str(row["id"])},
+    )
 
 
 def _already_decided(row: dict[str, Any]) -> Conflict:
