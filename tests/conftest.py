@@ -23,6 +23,9 @@ import redis as redis_sync
 from backend.settings import Settings, load_settings
 from tests.helpers import Org, free_port, make_org
 
+# Reports leave xdist workers as valid UTF-8 (a surrogate in a captured log would end the run).
+pytest_plugins = ["tests.report_utf8"]
+
 PG_ADMIN_URL = os.environ.get("PRELOOP_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
 
 

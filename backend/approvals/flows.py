@@ -43,6 +43,7 @@ NEW_ROW: dict[str, Any] = {
     "grant_seconds": 0,
     "executed_at": None,
     "execution": None,
+    "vote_version": 0,
 }
 
 
@@ -205,13 +206,24 @@ class Change:
 
 
 async def transition(
-    hub: Effects, row: dict[str, Any] | None, new: str, actor: Actor, change: Change | None = None
+    hub: Effects,
+    row: dict[str, Any] | None,
+    new: str,
+    actor: Actor,
+    change: Change | None = None,
+    *,
+    alone: bool = False,
 ) -> dict[str, Any] | None:
     """Move a request from its current state to `new`; None when someone else moved it first.
 
     Must run inside `unit_of_work()`. The UPDATE is conditional on the old state, so of any
     number of racing callers exactly one wins and only the winner's audit event and
-    announcements happen.
+    announcements happen. A new request (`row` None) is None when the same call already has an open
+    request (PostgreSQL's `approval_request_open_call` index).
+
+    `alone` (PostgreSQL, a new request, inside `one_statement()`): the insert is its own transaction,
+    with no create lock before it, so it also inserts nothing (None) when a grant covers the call or
+    the org has no audit chain head yet; the caller then takes the locked path.
     """
     change = change or Change()
     old = row["status"] if row is not None else None
@@ -237,8 +249,8 @@ async def transition(
                 await ApprovalRequest.insert(ApprovalRequest(**change.values))
                 await _audit(updated, "approval.requested", actor, change, facts)
                 await _notify(hub, updated, level=0, users=None)
-            else:
-                await _insert_asked_and_audited(hub, updated, actor, change, facts)
+            elif not await _insert_asked_and_audited(hub, updated, actor, change, facts, alone=alone):
+                return None
             _schedule(hub, updated)
             _announce(hub, updated, "approval.requested")
             return updated
@@ -455,41 +467,70 @@ def _asked(row: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     return sorted(emails), sorted(teams), policy_of(row).get("channels") or ["web"]
 
 
+_OPEN_CALL = (
+    "(org, tool, server, arguments_hash, (coalesce(agent_key, '00000000-0000-0000-0000-000000000000'::uuid))) "
+    "WHERE status IN ('pending', 'approved')"
+)
+"""The conflict target of `approval_request_open_call`: one open request per call (see its migration)."""
 _INSERT_REQUEST_SQL = (
     "INSERT INTO approval_request ("
     + ", ".join(c._meta.db_column_name for c in ApprovalRequest._meta.columns)
-    + ") VALUES ("
-    + ", ".join("{}::jsonb" if c._meta.name in _JSON_COLUMNS else "{}" for c in ApprovalRequest._meta.columns)
-    + ") RETURNING id"
+    + ") SELECT "
+    + ", ".join(
+        "{}::" + ("jsonb" if c._meta.name in _JSON_COLUMNS else c.column_type) for c in ApprovalRequest._meta.columns
+    )
+    + " %(guard)s ON CONFLICT "
+    + _OPEN_CALL
+    + " DO NOTHING RETURNING id"
 )
+_ALONE_GUARD = """WHERE EXISTS (SELECT 1 FROM audit_head WHERE org_id = {}::text) AND NOT EXISTS (
+    SELECT 1 FROM approval_grant g WHERE g.org = {} AND g.tool = {} AND g.server = {} AND g.arguments_hash = {}
+       AND g.revoked_at IS NULL AND g.expires_at > {} AND g.agent_key IS NOT DISTINCT FROM {}::uuid)"""
+"""A create without the create lock inserts only when the org's chain head exists (its event is appended in
+the same statement) and no grant covers the call (the locked path uses the grant)."""
 
 
 async def _insert_asked_and_audited(
-    hub: Effects, row: dict[str, Any], actor: Actor, change: Change, facts: dict[str, Any]
-) -> None:
+    hub: Effects, row: dict[str, Any], actor: Actor, change: Change, facts: dict[str, Any], *, alone: bool
+) -> bool:
     """PostgreSQL: a new request, the ask to everyone eligible (`_notify`'s rows) and its
-    `approval.requested` event in one statement. Runs inside the create's unit of work; the org's very
-    first event (no chain head yet) is appended the usual way, before the commit."""
+    `approval.requested` event in one statement; False (nothing written) when the call already has an
+    open request, or, `alone`, when `transition` says so. Not `alone`, it runs inside the create's unit
+    of work, and the org's very first event (no chain head yet) is appended the usual way, before the
+    commit."""
     insert_args = [
         _json_arg(row[c._meta.name]) if c._meta.name in _JSON_COLUMNS else row[c._meta.name]
         for c in ApprovalRequest._meta.columns
     ]
+    if alone:
+        guard = _ALONE_GUARD
+        insert_args += [str(row["org"]), row["org"], row["tool"], row["server"], row["arguments_hash"], now(),
+                        row["agent_key"]]
+    else:
+        guard = ""
     emails, teams, channels = _asked(row)
-    ask_sql, ask_args = notifications.eligible_cte_sql(row["org"], row, emails, teams, channels, level=0)
+    ask_sql, ask_args = notifications.eligible_cte_sql(
+        row["org"], row, emails, teams, channels, level=0, after="ins"
+    )
     event = audit.event_row(
         row["org"], "approval.requested", actor, "approval", row["id"], {**facts, **(change.audit or {})}, now()
     )
     audit_sql, audit_args = audit.chained_event_sql(event, after="ins")
     [found] = await ApprovalRequest.raw(
-        f"WITH ins AS ({_INSERT_REQUEST_SQL}), {ask_sql}, {audit_sql} "
-        f"SELECT (SELECT count(*) FROM logged) AS _logged, {_DELIVERED_JSON} AS _delivered",
+        f"WITH ins AS ({_INSERT_REQUEST_SQL % {'guard': guard}}), {ask_sql}, {audit_sql} "
+        f"SELECT (SELECT count(*) FROM ins) AS _inserted, (SELECT count(*) FROM logged) AS _logged, "
+        f"{_DELIVERED_JSON} AS _delivered",
         *insert_args,
         *ask_args,
         *audit_args,
     )
+    if not found["_inserted"]:
+        return False
     if found["_logged"] != 1:
+        assert not alone, "the guard inserts only where the chain head exists"
         await _audit(row, "approval.requested", actor, change, facts)
     _send_after_commit(hub, row, notifications.created_from_json(found["_delivered"]), level=0)
+    return True
 
 
 async def _notify(hub: Effects, row: dict[str, Any], *, level: int, users: dict[str, str] | None) -> None:
@@ -701,6 +742,8 @@ WITH ins AS (
   INSERT INTO vote ({", ".join(f'"{c}"' for c in _VOTE_COLUMNS)})
   VALUES ({", ".join("{}::jsonb" if c == "assertion" else "{}" for c in _VOTE_COLUMNS)})
   RETURNING request, "user", decision, reason, channel, created_at, assertion
+), bump AS (
+  UPDATE approval_request SET vote_version = vote_version + 1 WHERE id = (SELECT request FROM ins)
 )
 SELECT v.request, v."user", v.decision, v.reason, v.channel, v.created_at, v.assertion, u.email
   FROM vote v JOIN app_user u ON u.id = v."user" WHERE v.request = {{}}
@@ -712,10 +755,13 @@ ORDER BY created_at
 
 
 async def _insert_vote(ballot: Vote) -> list[dict[str, Any]]:
-    """Store a vote; return the request's votes (this one included) as `votes_of` does. PostgreSQL:
-    one statement (the insert and the read of the others)."""
+    """Store a vote and move the request's `vote_version` on; return the request's votes (this one
+    included) as `votes_of` does. PostgreSQL: one statement (the insert, the version and the read)."""
     if is_sqlite():
         await ballot.save()
+        await ApprovalRequest.update({ApprovalRequest.vote_version: ApprovalRequest.vote_version + 1}).where(
+            ApprovalRequest.id == ballot.request
+        )
         return await votes_of(ballot.request)
     args = [
         _json_arg(getattr(ballot, c)) if c == "assertion" else getattr(ballot, c) for c in _VOTE_COLUMNS
@@ -831,21 +877,27 @@ async def record_vote(
             )
         grant_seconds = min(grant_seconds, cap)
     proof = await _step_up(hub, principal, row, decision, channel, assertion)
-    async with unit_of_work():
+    for _ in range(5):
         state = current_transaction()
-        in_sql = not is_sqlite() and state is not None and not state.scratch.get("audit")
-        if in_sql:  # the row and its votes under the lock; the vote and what it settles in one statement
-            current, before = await _locked_with_votes(row["id"])
-        else:
-            current, before = await load_locked(row["id"]), []
+        if is_sqlite() or (state is not None and state.scratch.get("audit")):
+            break  # SQLite, or events already waiting for the enclosing commit: the locked path keeps their order
+        if decision == "approve" and (grant_seconds or int(row["grant_seconds"])):
+            break  # a grant is made by the locked path
+        if "_votes" not in row:  # read with its votes and their version, in one statement
+            row = await _reread(row["id"])
+        async with one_statement():
+            result = await _vote_in_sql(
+                hub, principal, row, decision, reason=reason, grant_seconds=grant_seconds, channel=channel,
+                proof=proof, seen_votes=seen_votes,
+            )
+        if result is not None:
+            return result
+        row = await _reread(row["id"])  # someone voted (or a deadline fired) since `row` was read
+    async with unit_of_work():
+        current = await load_locked(row["id"])
         assert current is not None
         if current["status"] != "pending":
             raise _already_decided(current)
-        if in_sql and not (decision == "approve" and (grant_seconds or int(current["grant_seconds"]))):
-            return await _vote_in_sql(
-                hub, principal, current, before, decision, reason=reason, grant_seconds=grant_seconds,
-                channel=channel, proof=proof, seen_votes=seen_votes,
-            )
         # The unique `request_user` column refuses a second vote; the transaction then rolls back.
         ballot = _ballot(current, principal, decision, reason, channel, proof, now())
         try:
@@ -921,39 +973,40 @@ async def _settlement(
     return None, {}
 
 
-_LOCKED_VOTES_SQL = f"SELECT r.*, {_VOTES_JSON} FROM approval_request r WHERE r.id = {{}} FOR UPDATE OF r"
+async def _reread(request_id: uuid.UUID) -> dict[str, Any]:
+    row = await load_presented(request_id)
+    assert row is not None  # requests are never deleted
+    return row
 
 
-async def _locked_with_votes(request_id: uuid.UUID) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """PostgreSQL: `load_locked` and the request's votes (as `votes_of` gives them, `created_at` as text) in
-    one statement. The row is the newest version (`FOR UPDATE` re-reads it after waiting); the votes are
-    of the statement's snapshot, taken before any wait for the lock, so a vote committed meanwhile may be
-    missing: `_vote_in_sql`'s statement checks them and writes nothing when they changed."""
-    rows = await ApprovalRequest.raw(_LOCKED_VOTES_SQL, request_id)
-    if not rows:
-        return None, []
-    row = decode_json_columns(dict(rows[0]))
-    votes = row.pop("_votes")
-    votes = json.loads(votes) if isinstance(votes, str) else votes
-    return row, [{**v, "assertion": True if v["assertion"] else None} for v in votes]
+def _votes_read_with(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The votes `load_presented` read with `row` (`vote_view`s), as `votes_of` gives them."""
+    return [
+        {"request": row["id"], "user": v["user"]["id"], "email": v["user"]["email"], "decision": v["decision"],
+         "reason": v["reason"], "channel": v["channel"], "created_at": v["created_at"],
+         "assertion": True if v["passkey_confirmed"] else None}
+        for v in row["_votes"]
+    ]
 
 
 _VOTE_TYPES = ("uuid", "uuid", "uuid", "varchar", "varchar", "text", "varchar", "timestamptz", "jsonb")
-_VOTE_IN_SQL = f"""same AS (
-    SELECT 1 WHERE ARRAY(SELECT v."user"::text COLLATE "C" FROM vote v WHERE v.request = {{}} ORDER BY 1)
-                   = {{}}::text[]
+_VOTE_IN_SQL = f"""upd AS (
+    UPDATE approval_request SET vote_version = vote_version + 1%(decide)s
+     WHERE id = {{}} AND status = 'pending' AND vote_version = {{}}
+       AND EXISTS (SELECT 1 FROM audit_head WHERE org_id = approval_request.org::text)
+    RETURNING *
 ), ins AS (
     INSERT INTO vote ({", ".join(f'"{c}"' for c in _VOTE_COLUMNS)})
-    SELECT {", ".join("{}::" + t for t in _VOTE_TYPES)} FROM same
+    SELECT {", ".join("{}::" + t for t in _VOTE_TYPES)} FROM upd
     RETURNING request
 )"""
+_DECIDE_SQL = ", status = {}, decided_at = {}, outcome = {}::jsonb, next_escalation_at = NULL"
 
 
 async def _vote_in_sql(
     hub: Effects,
     principal: Principal,
     current: dict[str, Any],
-    before: list[dict[str, Any]],
     decision: str,
     *,
     reason: str | None,
@@ -961,86 +1014,71 @@ async def _vote_in_sql(
     channel: str,
     proof: StepUpProof | None,
     seen_votes: list[dict[str, Any]] | None,
-) -> dict[str, Any]:
-    """PostgreSQL, inside `record_vote`'s unit of work with the request locked (`_locked_with_votes`): the
-    vote, its audit event and, when Python finds it settles the request, the conditional UPDATE, the
-    outcome deliveries and the decision's event (chained after the vote's) in one statement.
+) -> dict[str, Any] | None:
+    """PostgreSQL, in `one_statement()`: the vote on `current` (read by `load_presented`, its votes with it),
+    its audit event and, when Python finds the votes settle the request, the decision, the outcome
+    deliveries and the decision's event (chained after the vote's), in one statement.
 
-    The statement writes only if the request's voters are still those `before` lists (a vote committed
-    while this one waited for the lock is missing from them): otherwise nothing is written, the row
-    and votes are read again under the lock already held, and the vote is decided on those."""
+    The statement's UPDATE moves `vote_version` on, and only from the version read with the votes: of
+    racing voters, the first to lock the row writes, and the others (their UPDATE re-checks the row once
+    the first has committed) write nothing and get None, to read the request again and decide on the new
+    votes. None also when the org has no audit chain head (cannot happen: creating the request made it);
+    `record_vote` then takes the locked path."""
+    if current["status"] != "pending":
+        raise _already_decided(current)
+    before = _votes_read_with(current)
+    if any(str(v["user"]) == str(principal.user_id) for v in before):
+        raise _already_voted(current)
     actor = voter(principal)
-    for _ in range(3):
-        if any(str(v["user"]) == str(principal.user_id) for v in before):
-            raise _already_voted(current)
-        stamp = now()
-        ballot = _ballot(current, principal, decision, reason, channel, proof, stamp)
-        mine = {
-            "request": current["id"], "user": principal.user_id, "email": principal.email, "decision": decision,
-            "reason": reason, "channel": ballot.channel, "created_at": stamp, "assertion": ballot.assertion,
-        }
-        votes = [*before, mine]
-        new, outcome = await _settlement(current, votes, decision, reason)
-        events = [
-            audit.event_row(
-                current["org"], f"approval.vote_{decision}", actor, "approval", current["id"],
-                _vote_facts(current, reason, channel, grant_seconds, proof),
-                datetime.now(UTC),
-            )
-        ]
-        args: list[Any] = [current["id"], sorted(str(v["user"]) for v in before)]
-        args += [_json_arg(getattr(ballot, c)) if c == "assertion" else getattr(ballot, c) for c in _VOTE_COLUMNS]
-        sql = "WITH " + _VOTE_IN_SQL
-        values: dict[str, Any] = {}
-        after, delivered = "ins", "NULL"
-        if new is not None:
-            values = {"status": new, "decided_at": stamp, "outcome": outcome, "next_escalation_at": None}
-            sql += (
-                ", upd AS (UPDATE approval_request SET status = {}, decided_at = {}, outcome = {}::jsonb, "
-                "next_escalation_at = NULL WHERE id = {} AND status = 'pending' AND EXISTS (SELECT 1 FROM ins) "
-                "RETURNING *)"
-            )
-            args += [new, stamp, json.dumps(outcome), current["id"]]
-            outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
-            sql += f", {outcome_sql}"
-            args += outcome_args
-            delivered = _DELIVERED_JSON
-            data = {"outcome": outcome} if new == "approved" else {"outcome": outcome, "from": "pending"}
-            events.append(
-                audit.event_row(current["org"], f"approval.{new}", actor, "approval", current["id"], data, now())
-            )
-            after = "upd"
-        audit_sql, audit_args = audit.chained_events_sql(events, after=after)
-        sql += f", {audit_sql} SELECT (SELECT count(*) FROM ins) AS _voted, (SELECT count(*) FROM logged) AS _logged, "
-        sql += f"{'EXISTS (SELECT 1 FROM upd)' if new else 'false'} AS _updated, {delivered} AS _delivered"
-        args += audit_args
-        try:
-            [found] = await Vote.raw(sql, *args)
-        except asyncpg.UniqueViolationError as exc:
-            raise _already_voted(current) from exc
-        if found["_voted"]:
-            break
-        # The voters changed while this vote waited for the lock: read them again (the lock is held now).
-        fresh, before = await _locked_with_votes(current["id"])
-        assert fresh is not None
-        if fresh["status"] != "pending":
-            raise _already_decided(fresh)
-        current = fresh
-    else:  # cannot happen: nobody else votes while the lock is held
-        raise Conflict("the request's votes kept changing; vote again", code="vote_conflict")
-    if found["_logged"] != len(events):  # the org has no chain head (cannot happen: creation was audited)
-        for event in events:
-            await record(
-                current["org"], event["kind"], actor, subject_type="approval", subject_id=current["id"],
-                data=event["data"],
-            )
+    stamp = now()
+    ballot = _ballot(current, principal, decision, reason, channel, proof, stamp)
+    mine = {
+        "request": current["id"], "user": principal.user_id, "email": principal.email, "decision": decision,
+        "reason": reason, "channel": ballot.channel, "created_at": stamp, "assertion": ballot.assertion,
+    }
+    votes = [*before, mine]
+    new, outcome = await _settlement(current, votes, decision, reason)
+    events = [
+        audit.event_row(
+            current["org"], f"approval.vote_{decision}", actor, "approval", current["id"],
+            _vote_facts(current, reason, channel, grant_seconds, proof),
+            datetime.now(UTC),
+        )
+    ]
+    args: list[Any] = []
+    if new is not None:
+        args += [new, stamp, json.dumps(outcome)]
+    args += [current["id"], int(current.get("vote_version") or 0)]
+    args += [_json_arg(getattr(ballot, c)) if c == "assertion" else getattr(ballot, c) for c in _VOTE_COLUMNS]
+    sql = "WITH " + _VOTE_IN_SQL % {"decide": _DECIDE_SQL if new is not None else ""}
+    delivered = "NULL"
+    if new is not None:
+        outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
+        sql += f", {outcome_sql}"
+        args += outcome_args
+        delivered = _DELIVERED_JSON
+        data = {"outcome": outcome} if new == "approved" else {"outcome": outcome, "from": "pending"}
+        events.append(
+            audit.event_row(current["org"], f"approval.{new}", actor, "approval", current["id"], data, now())
+        )
+    audit_sql, audit_args = audit.chained_events_sql(events, after="ins")
+    sql += f", {audit_sql} SELECT (SELECT count(*) FROM ins) AS _voted, (SELECT count(*) FROM logged) AS _logged, "
+    sql += f"{delivered} AS _delivered"
+    args += audit_args
+    try:
+        [found] = await Vote.raw(sql, *args)
+    except asyncpg.UniqueViolationError as exc:
+        raise _already_voted(current) from exc
+    if not found["_voted"]:
+        return None
+    assert found["_logged"] == len(events), "the UPDATE wrote only where the chain head exists"
     if seen_votes is not None:
         seen_votes[:] = [vote_view(v) for v in votes]
+    written = {**current, "vote_version": int(current.get("vote_version") or 0) + 1}
+    written.pop("_votes", None)
     if new is None:
-        return current
-    if not found["_updated"]:  # cannot happen: the row is locked and pending
-        raise _already_decided(current)
-    updated = {**current, **values}
+        return written
+    updated = {**written, "status": new, "decided_at": stamp, "outcome": outcome, "next_escalation_at": None}
     _observe_decision(updated)
     created = notifications.created_from_json(found["_delivered"])
     _send_after_commit(hub, updated, created, level=int(updated.get("escalation_level") or 0), announce=False)

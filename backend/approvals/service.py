@@ -19,7 +19,7 @@ from backend.audit.service import record
 from backend.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from backend.policy_store.service import active_policy
 from backend.request_checks import refuse_bidi
-from backend.transactions import is_sqlite, lock
+from backend.transactions import is_sqlite, lock, one_statement
 from policies import AgentInfo, CallContext, arguments_hash
 
 if TYPE_CHECKING:
@@ -97,6 +97,39 @@ async def create_request(
             },
         )
     key_id = principal.key_id
+    snapshot = decision.approval_policy.to_dict()
+    created = now()
+    levels = snapshot.get("escalation") or []
+    values = {
+        "id": uuid.uuid4(),
+        "org": principal.org_id,
+        "status": "pending",
+        "tool": tool,
+        "server": server,
+        "arguments": arguments,
+        "arguments_hash": digest,
+        "agent_key": key_id,
+        "agent_name": principal.key_name or principal.email,
+        "requester": principal.user_id,
+        "justification": justification,
+        "policy_version": version_row["version"],
+        "rule": decision.rule.to_dict() if decision.rule else {},
+        "approval_policy": snapshot,
+        "risk": decision.risk,
+        "reason": decision.reason,
+        "created_at": created,
+        "expires_at": created + timedelta(seconds=int(snapshot["timeout_seconds"])),
+        "escalation_level": 0,
+        "input_schema": input_schema if isinstance(input_schema, dict) else None,
+        "next_escalation_at": created + timedelta(seconds=int(levels[0]["after_seconds"])) if levels else None,
+    }
+    if not is_sqlite():
+        # The common case in one statement, without the create lock: the database's one-open-request-per-call
+        # index decides a race. A grant, an open request to attach to, or an org's first event take the lock.
+        async with one_statement():
+            row = await flows.transition(hub, None, "pending", principal.actor, Change(values=values), alone=True)
+        if row is not None:
+            return 201, {**(await present_one(row, principal, votes=[])), "attached": False}
     same_call = (
         (ApprovalRequest.org == principal.org_id)
         & (ApprovalRequest.tool == tool)
@@ -106,59 +139,36 @@ async def create_request(
     same_call &= ApprovalRequest.agent_key == key_id if key_id else ApprovalRequest.agent_key.is_null()
     async with unit_of_work():
         await lock(f"approval-create:{principal.org_id}:{key_id}:{tool}:{server}:{digest}")
-        grant, existing = await _grant_or_open(principal.org_id, key_id, tool, server, digest, same_call)
-        if grant is not None:
-            await Grant.update({Grant.uses: Grant.uses + 1}).where(Grant.id == grant["id"])
-            grant["uses"] += 1
-            await record(
-                principal.org_id,
-                "grant.used",
-                principal.actor,
-                subject_type="grant",
-                subject_id=grant["id"],
-                data={"tool": tool, "server": server, "arguments_hash": digest},
-            )
-            return 200, {"status": "granted", "grant": grant_dict(grant), "id": str(grant["request"])}
-        if existing is not None:
-            await record(
-                principal.org_id,
-                "approval.attached",
-                principal.actor,
-                subject_type="approval",
-                subject_id=existing["id"],
-                data={"tool": tool},
-            )
-            return 200, {**(await present([existing]))[0], "attached": True}
-        snapshot = decision.approval_policy.to_dict()
-        created = now()
-        levels = snapshot.get("escalation") or []
-        values = {
-            "id": uuid.uuid4(),
-            "org": principal.org_id,
-            "status": "pending",
-            "tool": tool,
-            "server": server,
-            "arguments": arguments,
-            "arguments_hash": digest,
-            "agent_key": key_id,
-            "agent_name": principal.key_name or principal.email,
-            "requester": principal.user_id,
-            "justification": justification,
-            "policy_version": version_row["version"],
-            "rule": decision.rule.to_dict() if decision.rule else {},
-            "approval_policy": snapshot,
-            "risk": decision.risk,
-            "reason": decision.reason,
-            "created_at": created,
-            "expires_at": created + timedelta(seconds=int(snapshot["timeout_seconds"])),
-            "escalation_level": 0,
-            "input_schema": input_schema if isinstance(input_schema, dict) else None,
-            "next_escalation_at": created + timedelta(seconds=int(levels[0]["after_seconds"]))
-            if levels
-            else None,
-        }
-        row = await flows.transition(hub, None, "pending", principal.actor, Change(values=values))
-        assert row is not None
+        for _ in range(5):
+            grant, existing = await _grant_or_open(principal.org_id, key_id, tool, server, digest, same_call)
+            if grant is not None:
+                await Grant.update({Grant.uses: Grant.uses + 1}).where(Grant.id == grant["id"])
+                grant["uses"] += 1
+                await record(
+                    principal.org_id,
+                    "grant.used",
+                    principal.actor,
+                    subject_type="grant",
+                    subject_id=grant["id"],
+                    data={"tool": tool, "server": server, "arguments_hash": digest},
+                )
+                return 200, {"status": "granted", "grant": grant_dict(grant), "id": str(grant["request"])}
+            if existing is not None:
+                await record(
+                    principal.org_id,
+                    "approval.attached",
+                    principal.actor,
+                    subject_type="approval",
+                    subject_id=existing["id"],
+                    data={"tool": tool},
+                )
+                return 200, {**(await present([existing]))[0], "attached": True}
+            row = await flows.transition(hub, None, "pending", principal.actor, Change(values=values))
+            if row is not None:
+                break
+            # A create without the lock opened the same call after the read above: attach to it.
+        else:  # cannot happen: each round either finds the open request or inserts
+            raise Conflict("this call's open request kept changing; send it again", code="create_conflict")
     # Created in this call: it has no votes yet.
     return 201, {**(await present_one(row, principal, votes=[])), "attached": False}
 

@@ -44,6 +44,9 @@ class ApprovalRequest(Table, tablename="approval_request"):
     execution = JSONB(null=True, default=None)
     # The upstream tool's input schema as the gateway saw it, so approvers see the defaults that will apply.
     input_schema = JSONB(null=True, default=None)
+    # One more with every vote: a vote written in one statement checks it is unchanged since it read the
+    # request and its votes (`flows._vote_in_sql`).
+    vote_version = Integer(default=0)
 
 
 class Vote(Table, tablename="vote"):

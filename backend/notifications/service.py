@@ -209,14 +209,14 @@ people AS (
     SELECT u.id FROM team_membership m JOIN team t ON t.id = m.team JOIN app_user u ON u.id = m."user"
     WHERE t.org = {} AND t.name = ANY({}::text[]) AND u.is_active
 ), eligible AS (
-    SELECT "user" FROM people WHERE "user"::text <> {}
+    SELECT "user" FROM people WHERE "user"::text <> {} /*after*/
 ), picked AS (
     SELECT e."user", c.channel, false AS chat FROM eligible e CROSS JOIN unnest({}::text[]) AS c(channel)
     UNION ALL
     SELECT f."user", c.channel, true FROM (SELECT "user" FROM eligible ORDER BY "user" LIMIT 1) f
     CROSS JOIN unnest({}::text[]) AS c(channel)
 )"""
-_REQUESTED_SQL = "WITH " + _REQUESTED_CTES + _INSERT_PICKED
+_REQUESTED_SQL = "WITH " + _REQUESTED_CTES.replace("/*after*/", "") + _INSERT_PICKED
 
 
 def _tail_args(org_id: Any, request: dict[str, Any], event: str, level: int) -> list[Any]:
@@ -299,11 +299,14 @@ def _eligible_args(
 
 
 def eligible_cte_sql(
-    org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *, level: int
+    org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str], channels: Iterable[str], *,
+    level: int, after: str,
 ) -> tuple[str, list[Any]]:
     """PostgreSQL: `queue_to_eligible_in_sql` as CTEs (`people`, `eligible`, `picked`, `delivered`) inside the
-    statement they join (the one that inserts the request); `delivered` returns `id, "user", channel`."""
-    sql = _REQUESTED_CTES + ", delivered AS (" + _INSERT_PICKED + ")"
+    statement they join (the one that inserts the request, the CTE `after`: nothing is queued when it
+    returns no row); `delivered` returns `id, "user", channel`."""
+    ctes = _REQUESTED_CTES.replace("/*after*/", f"AND EXISTS (SELECT 1 FROM {after})")
+    sql = ctes + ", delivered AS (" + _INSERT_PICKED + ")"
     return sql, _eligible_args(org_id, request, emails, teams, channels, level=level)
 
 

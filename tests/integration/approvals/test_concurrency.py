@@ -116,6 +116,55 @@ async def test_concurrent_identical_creates_make_one_request(client: Any, org: A
     ])
     assert Counter(r.status_code for r in responses) == Counter({201: 1, 200: 19})
     assert len({r.json()["id"] for r in responses}) == 1
+    rid = responses[0].json()["id"]
+    # The one insert that won the database's one-open-request-per-call index asked people once; every
+    # other create attached to it (by the locked path) and was audited as such.
+    kinds = await audit_kinds(org, rid)
+    assert Counter(kinds) == Counter({"approval.requested": 1, "approval.attached": 19})
+    asked = await NotificationDelivery.select(NotificationDelivery.dedupe_key).where(
+        NotificationDelivery.request == rid
+    )
+    assert asked and len({a["dedupe_key"] for a in asked}) == len(asked)
+    assert await ApprovalRequest.count().where(ApprovalRequest.tool == "deploy") == 1
+    assert (await verify(org.id)).ok
+
+
+async def test_a_create_is_one_statement_and_falls_back_to_the_lock(client: Any, org: Any, hub: Any) -> None:
+    """A new request on PostgreSQL is one statement: the insert (no grant covering the call, none open
+    for it), the ask to everyone eligible and its event. The same call again attaches through the locked
+    path; after the first is decided and claimed, the call opens a new request in one statement again."""
+    from backend.approvals import service
+
+    await apply_policy(client, org)
+    agent = await principal_for_token(org.agent_token)
+    await service.create_request(hub, agent, tool="deploy", server="infra", arguments={"warm": 1},
+                                 hash_hex=None, justification=None)  # the active policy is cached now
+
+    async def counted(**arguments: Any) -> tuple[int, int, dict[str, Any]]:
+        before = metrics.DB_QUERIES._value.get()
+        status, answer = await service.create_request(
+            hub, agent, tool="deploy", server="infra", arguments=arguments, hash_hex=None, justification=None
+        )
+        return int(metrics.DB_QUERIES._value.get() - before), status, answer
+
+    statements, status, first = await counted(n=1)
+    assert (statements, status, first["attached"]) == (1, 201, False)
+    statements, status, again = await counted(n=1)
+    assert (status, again["attached"], again["id"]) == (200, True, first["id"])
+    assert statements > 1  # the one statement inserted nothing; BEGIN, the lock, the read, the event, COMMIT
+    approved = await client.post(f"/api/v1/approvals/{first['id']}/approve", json={},
+                                 headers=auth(org.approver_tokens["carol"]))
+    assert approved.status_code == 200 and approved.json()["status"] == "approved"
+    statements, status, still = await counted(n=1)  # approved and not yet run: still open
+    assert (status, still["id"]) == (200, first["id"])
+    claimed = await client.post(f"/api/v1/approvals/{first['id']}/claim",
+                                json={"arguments_hash": first["arguments_hash"]}, headers=auth(org.agent_token))
+    assert claimed.status_code == 200, claimed.text
+    statements, status, fresh = await counted(n=1)
+    assert (statements, status) == (1, 201) and fresh["id"] != first["id"]
+    kinds = await audit_kinds(org, first["id"])
+    assert kinds.count("approval.requested") == 1 and kinds.count("approval.attached") == 2
+    assert (await verify(org.id)).ok
 
 
 TRICKY = 'naïve "quoted" \\ back\nnew\ttab \x01 \x7f ✓ \u2028 {braces} $1 %s'
@@ -228,10 +277,11 @@ async def test_racing_voters_reach_quorum_once_in_one_statement_each(client: Any
     assert (await verify(org.id)).ok
 
 
-async def test_a_vote_is_its_lock_and_one_statement(client: Any, org: Any, hub: Any) -> None:
+async def test_a_vote_is_one_statement(client: Any, org: Any, hub: Any) -> None:
     """Statements a vote sends on PostgreSQL (asyncpg's query log, as `preloop_db_queries_total` counts
-    them): the eligibility read (team members and named approvers in one), BEGIN, the row lock with the
-    votes, the vote with everything it settles, COMMIT; for a vote that decides as for one that does not."""
+    them), given the request as the API reads it (with its votes): the eligibility read (team members and
+    named approvers in one) and the vote with everything it settles, no BEGIN or COMMIT; for a vote that
+    decides as for one that does not. Given a row read without its votes, one more read."""
     await apply_policy(client, org)
     carol = await principal_for_token(org.approver_tokens["carol"])
     alice = await principal_for_token(org.approver_tokens["alice"])
@@ -242,7 +292,39 @@ async def test_a_vote_is_its_lock_and_one_statement(client: Any, org: Any, hub: 
             assert row is not None
             before = metrics.DB_QUERIES._value.get()
             updated = await flows.record_vote(hub, who, row, "approve")
-            assert metrics.DB_QUERIES._value.get() - before == 5
+            assert metrics.DB_QUERIES._value.get() - before == 2
         assert updated["status"] == "approved"
         assert (await flows.load_row(rid))["status"] == "approved"  # type: ignore[index]
+    rid = (await create(client, org, "deploy", {"count": "plain row"}))["id"]
+    plain = await flows.load_row(rid)
+    assert plain is not None
+    before = metrics.DB_QUERIES._value.get()
+    assert (await flows.record_vote(hub, carol, plain, "approve"))["status"] == "approved"
+    assert metrics.DB_QUERIES._value.get() - before == 3
+    assert (await verify(org.id)).ok
+
+
+async def test_a_vote_read_before_another_counts_it(client: Any, org: Any, hub: Any) -> None:
+    """Two approvers read a quorum-2 request before either votes (as two API requests do); the second
+    vote's statement finds the version moved by the first, writes nothing, reads again and decides on
+    both votes: approved once, by both, with one decision event right after the second vote's."""
+    await apply_policy(client, org)
+    carol = await principal_for_token(org.approver_tokens["carol"])
+    alice = await principal_for_token(org.approver_tokens["alice"])
+    rid = (await create(client, org, "drop_table", {"stale": True}))["id"]
+    read_by_alice = await flows.load_presented(rid)
+    read_by_carol = await flows.load_presented(rid)
+    assert read_by_alice is not None and read_by_carol is not None
+    first = await flows.record_vote(hub, alice, read_by_alice, "approve")
+    assert first["status"] == "pending" and first["vote_version"] == 1
+    before = metrics.DB_QUERIES._value.get()
+    seen: list[dict[str, Any]] = []
+    second = await flows.record_vote(hub, carol, read_by_carol, "approve", seen_votes=seen)
+    # eligibility, the statement that wrote nothing, the read again, the statement that wrote
+    assert metrics.DB_QUERIES._value.get() - before == 4
+    assert second["status"] == "approved"
+    assert sorted(v["user"]["email"] for v in seen) == ["alice@acme.test", "carol@acme.test"]
+    assert sorted(b["email"] for b in second["outcome"]["by"]) == ["alice@acme.test", "carol@acme.test"]
+    kinds = await audit_kinds(org, rid)
+    assert kinds[-3:] == ["approval.vote_approve", "approval.vote_approve", "approval.approved"]
     assert (await verify(org.id)).ok
