@@ -297,7 +297,7 @@ def worker(
     """Run the job worker alone (deadlines, sweeps, notifications) against the configured Redis."""
     from backend.logs import configure_logging
     from backend.redis_conn import connect_redis
-    from workers.settings import build_worker
+    from workers.settings import build_worker, close_worker
 
     settings = _settings()
     configure_logging(settings.log.level, settings.log.format)
@@ -317,7 +317,7 @@ def worker(
             # error (systemd, Fly and Ctrl-C all stop the worker this way).
             pass
         finally:
-            await worker.close()  # running jobs' connections and the hub close; the next start re-queues
+            await close_worker(worker)  # running jobs' connections and the hub close; the next start re-queues
         logging.getLogger("preloop.worker").info("worker stopped")
 
     try:

@@ -93,6 +93,18 @@ async def _truncate_postgres(url: str) -> None:
 
     conn = await asyncpg.connect(url)
     try:
+        # Between tests nothing else is connected to this worker's database: a connection still open belongs
+        # to an earlier test's hub that did not close its pool, and may hold row locks inside a transaction
+        # that the TRUNCATE would wait on for ever. End them, and say so (each is a leak to look for).
+        left = await conn.fetch(
+            "SELECT pid, state, now() - xact_start AS age, left(query, 200) AS query, pg_terminate_backend(pid) "
+            "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        for row in left:
+            if row["age"] is not None:  # inside a transaction: worth a line in the test's output
+                print(f"ended a connection an earlier test left in a transaction ({row['state']}, {row['age']}): "
+                      f"{row['query']}")
+        await conn.execute("SET lock_timeout = '60s'")
         names = ", ".join(f'"{t._meta.tablename}"' for t in ALL_TABLES)
         await conn.execute(f"TRUNCATE {names} CASCADE")
     finally:

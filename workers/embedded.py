@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from arq.worker import Worker
 
-from workers.settings import build_worker
+from workers.settings import build_worker, close_worker
 
 if TYPE_CHECKING:
     from backend.hub import Hub
@@ -35,10 +35,11 @@ class EmbeddedWorker:
         return self
 
     async def stop(self) -> None:
-        """Stop before the hub closes its connections (jobs in flight end on a live database)."""
-        if self.worker is not None:
-            await self.worker.close()
+        """Stop before the hub closes its connections (jobs in flight end on a live database): stop
+        taking jobs, give those in flight a few seconds, then close."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self.worker is not None:
+            await close_worker(self.worker, grace=1.0)  # `preloop serve` stops within two seconds

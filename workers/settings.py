@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -65,3 +66,21 @@ def build_worker(redis_settings: RedisSettings, *, hub: Any = None, burst: bool 
         keep_result=60,
         poll_delay=0.2,
     )
+
+
+async def close_worker(worker: Worker, *, grace: float = 3.0) -> None:
+    """`Worker.close()` for a worker that has stopped polling, after the jobs in flight had `grace` seconds
+    to finish: arq's close cancels them at once, so a notification being sent was cut off (its row stays
+    `sending` until its lease ends and the sweep sends it again) and a job waiting on a shared statement
+    (`notifications.batching`) left that statement running on its own while the hub closed. A job still
+    running after the grace is cancelled and awaited here."""
+    running = [task for task in worker.tasks.values() if not task.done()]
+    if running:
+        await asyncio.wait(running, timeout=grace)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+    for job_id, task in list(worker.tasks.items()):  # done: what arq's own poll loop drops
+        if task.done():
+            del worker.tasks[job_id]
+    await worker.close()
