@@ -167,6 +167,8 @@ async def eligible_users(row: dict[str, Any], *, include_future_levels: bool = F
     """User id -> email of everyone who may vote now: named approvers, team members and the
     targets of escalation levels that have fired. The requesting key's owner is never eligible."""
     emails, teams = _named_voters(row, include_future_levels=include_future_levels)
+    if not is_sqlite():  # the fan-out's own definition of who is asked, as one prepared statement
+        return await notifications.eligible_in_sql(row["org"], row, sorted(emails), sorted(teams))
     named: list[Any] = []
     if teams:  # members of the named teams, as a sub-select: one statement for teams and people alike
         members = TeamMembership.select(TeamMembership.user).where(

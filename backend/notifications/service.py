@@ -201,22 +201,40 @@ WITH told AS (
     WHERE channel = ANY({}::text[]) GROUP BY channel
 )""" + _INSERT_PICKED
 
-_REQUESTED_CTES = """
+_ELIGIBLE_CTES = """
 people AS (
     SELECT u.id AS "user" FROM app_user u
     WHERE u.org = {} AND u.email = ANY({}::text[]) AND u.is_active
     UNION
     SELECT u.id FROM team_membership m JOIN team t ON t.id = m.team JOIN app_user u ON u.id = m."user"
-    WHERE t.org = {} AND t.name = ANY({}::text[]) AND u.is_active
+    WHERE t.org = {} AND t.name = ANY({}::text[]) AND u.is_active AND u.org = {}
 ), eligible AS (
     SELECT "user" FROM people WHERE "user"::text <> {} /*after*/
-), picked AS (
+)"""
+"""Who may vote on a request now, and so who is asked: the active users of the org named by `emails` or
+members of `teams`, the requester excepted. The one definition on PostgreSQL, for the fan-out and for
+`approvals.flows.eligible_users` alike; the arguments are `_people_args`."""
+_REQUESTED_CTES = _ELIGIBLE_CTES + """, picked AS (
     SELECT e."user", c.channel, false AS chat FROM eligible e CROSS JOIN unnest({}::text[]) AS c(channel)
     UNION ALL
     SELECT f."user", c.channel, true FROM (SELECT "user" FROM eligible ORDER BY "user" LIMIT 1) f
     CROSS JOIN unnest({}::text[]) AS c(channel)
 )"""
 _REQUESTED_SQL = "WITH " + _REQUESTED_CTES.replace("/*after*/", "") + _INSERT_PICKED
+_ELIGIBLE_SQL = (
+    "WITH " + _ELIGIBLE_CTES.replace("/*after*/", "")
+    + ' SELECT e."user" AS id, u.email FROM eligible e JOIN app_user u ON u.id = e."user"'
+)
+
+
+def _people_args(org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str]) -> list[Any]:
+    return [org_id, emails, org_id, teams, org_id, str(request.get("requester") or "")]
+
+
+async def eligible_in_sql(org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str]) -> dict[str, str]:
+    """PostgreSQL: user id -> email of everyone `_ELIGIBLE_CTES` names, in one prepared statement."""
+    rows = await NotificationDelivery.raw(_ELIGIBLE_SQL, *_people_args(org_id, request, emails, teams))
+    return {str(row["id"]): row["email"] for row in rows}
 
 
 def _tail_args(org_id: Any, request: dict[str, Any], event: str, level: int) -> list[Any]:
@@ -293,9 +311,8 @@ def _eligible_args(
     channel_list = list(dict.fromkeys(channels))
     plain = [c for c in channel_list if c not in CHAT_KINDS]
     chat = [c for c in channel_list if c in CHAT_KINDS]
-    requester = str(request.get("requester") or "")
     tail = _tail_args(org_id, request, event_name(level), level)
-    return [org_id, emails, org_id, teams, requester, plain, chat, *tail]
+    return [*_people_args(org_id, request, emails, teams), plain, chat, *tail]
 
 
 def eligible_cte_sql(
