@@ -51,7 +51,7 @@ class ApprovalRequest(Table, tablename="approval_request"):
 
 class Vote(Table, tablename="vote"):
     id = UUID(primary_key=True)
-    request = ForeignKey(references=ApprovalRequest, null=False)
+    request = ForeignKey(references=ApprovalRequest, null=False, index=True)
     user = ForeignKey(references=User, null=False)
     # "<request id>:<user id>", unique: one vote per user per request, enforced by the database.
     request_user = Varchar(length=100, unique=True)

@@ -26,7 +26,7 @@ class ChatComment(Table, tablename="chat_comment"):
 
     id = UUID(primary_key=True)
     org = ForeignKey(references=Organization, null=False)
-    request = ForeignKey(references=ApprovalRequest, null=False)
+    request = ForeignKey(references=ApprovalRequest, null=False, index=True)
     kind = Varchar(length=20)
     # "<kind>:<channel>:<message ts or id>", unique: an event delivered twice is stored once.
     external_id = Varchar(length=200, unique=True)
@@ -41,7 +41,7 @@ class ChatActionToken(Table, tablename="chat_action_token"):
 
     id = UUID(primary_key=True)
     token_hash = Varchar(length=64, unique=True)
-    request = ForeignKey(references=ApprovalRequest, null=False)
+    request = ForeignKey(references=ApprovalRequest, null=False, index=True)
     decision = Varchar(length=10)
     post_id = Varchar(length=100, null=True, default=None)
     expires_at = Timestamptz()

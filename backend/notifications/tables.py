@@ -12,7 +12,7 @@ class NotificationDelivery(Table, tablename="notification_delivery"):
 
     id = UUID(primary_key=True)
     org = ForeignKey(references=Organization, null=False)
-    request = ForeignKey(references=ApprovalRequest, null=False)
+    request = ForeignKey(references=ApprovalRequest, null=False, index=True)
     user = ForeignKey(references=User, null=False)
     channel = Varchar(length=20)
     # "<request>:<user>:<channel>:<event>": queuing the same delivery twice is a no-op.
@@ -34,7 +34,7 @@ class NotificationAttempt(Table, tablename="notification_attempt"):
     """Each try of a delivery: what the channel answered."""
 
     id = UUID(primary_key=True)
-    delivery = ForeignKey(references=NotificationDelivery, null=False)
+    delivery = ForeignKey(references=NotificationDelivery, null=False, index=True)
     number = Integer(default=1)
     status = Varchar(length=20)
     error = Text(null=True, default=None)

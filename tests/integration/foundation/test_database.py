@@ -22,6 +22,42 @@ async def test_migrations_create_every_table_and_are_idempotent(database_url: st
         await db.disconnect(engine)
 
 
+async def _leading_index_columns(table: str) -> set[str]:
+    """The first column of every index of `table` in the connected database."""
+    if db.is_postgres():
+        rows = await AuditEvent.raw(
+            "SELECT a.attname AS name FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+            "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = i.indkey[0] WHERE c.relname = {}", table
+        )
+        return {row["name"] for row in rows}
+    found = set()
+    for index in await AuditEvent.raw(f"PRAGMA index_list('{table}')"):
+        columns = await AuditEvent.raw(f"PRAGMA index_info('{index['name']}')")
+        if columns and columns[0]["name"]:
+            found.add(columns[0]["name"])
+    return found
+
+
+async def test_every_column_the_tables_index_is_indexed_in_the_database(hub: Any) -> None:
+    """Each column a table declares `index=True` or `unique=True` leads an index after the migrations, on
+    both databases (the migrations and the table classes say the same), and the foreign keys requests
+    are read by are among them (PostgreSQL does not index a foreign key by itself)."""
+    declared: dict[str, set[str]] = {}
+    for table in ALL_TABLES:
+        for column in table._meta.columns:
+            if (column._meta.index or column._meta.unique) and not column._meta.primary_key:
+                declared.setdefault(table._meta.tablename, set()).add(column._meta.db_column_name)
+    for needed in (("vote", "request"), ("notification_delivery", "request"), ("notification_attempt", "delivery"),
+                   ("chat_comment", "request"), ("chat_action_token", "request")):
+        assert needed[1] in declared.get(needed[0], set()), needed
+    missing = {
+        (table, column)
+        for table, columns in declared.items()
+        for column in columns - await _leading_index_columns(table)
+    }
+    assert not missing, f"declared indexed, no index in the database: {sorted(missing)}"
+
+
 async def test_audit_chain_verifies_and_reports_the_first_altered_event(hub: Any) -> None:
     org = "00000000-0000-0000-0000-00000000a0d1"
     for n in range(5):
