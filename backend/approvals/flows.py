@@ -163,6 +163,13 @@ def _named_voters(row: dict[str, Any], *, include_future_levels: bool = False) -
     return emails, teams
 
 
+def eligibility_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What `eligible_users(row)` depends on besides the users and teams themselves: rows with the same key
+    have the same eligible voters."""
+    emails, teams = _named_voters(row)
+    return str(row["org"]), tuple(sorted(emails)), tuple(sorted(teams)), str(row.get("requester") or "")
+
+
 async def eligible_users(row: dict[str, Any], *, include_future_levels: bool = False) -> dict[str, str]:
     """User id -> email of everyone who may vote now: named approvers, team members and the
     targets of escalation levels that have fired. The requesting key's owner is never eligible."""

@@ -136,8 +136,9 @@ async def list_requests(
     if not inbox_view:
         return items
     out = []
+    eligible = inbox.shared_eligibility()
     for row, item in zip(rows, items, strict=True):
-        item.update(await inbox.voting_state(principal, row, item))
+        item.update(await inbox.voting_state(principal, row, item, eligible=eligible))
         if scope == "all" or item["can_vote"]:
             out.append((row, item))
     page = out[offset:offset + limit]

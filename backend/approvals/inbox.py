@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from backend.accounts.service import Principal
 from backend.approvals import flows
+
+Eligible = Callable[[dict[str, Any]], Awaitable[dict[str, str]]]
 
 SCOPES = ("mine", "all")
 
@@ -22,7 +25,23 @@ def arguments_to_run(arguments: dict[str, Any], input_schema: dict[str, Any] | N
     return filled
 
 
-async def voting_state(principal: Principal, row: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
+def shared_eligibility() -> Eligible:
+    """`flows.eligible_users` for the rows of one listing: rows that name the same voters (most rows of an
+    inbox come from a few approval policies) are looked up once, not once per row."""
+    found: dict[tuple[Any, ...], dict[str, str]] = {}
+
+    async def eligible(row: dict[str, Any]) -> dict[str, str]:
+        key = flows.eligibility_key(row)
+        if key not in found:
+            found[key] = await flows.eligible_users(row)
+        return found[key]
+
+    return eligible
+
+
+async def voting_state(
+    principal: Principal, row: dict[str, Any], item: dict[str, Any], *, eligible: Eligible | None = None
+) -> dict[str, Any]:
     """can_vote, why not, and the caller's own vote, for one presented request."""
     mine = next((v for v in item["votes"] if v["user"]["id"] == str(principal.user_id)), None)
     why_not: str | None = None
@@ -36,7 +55,7 @@ async def voting_state(principal: Principal, row: dict[str, Any], item: dict[str
         why_not = "viewers do not vote"
     elif str(principal.user_id) == str(row.get("requester") or ""):
         why_not = "your key made this request"
-    elif str(principal.user_id) not in await flows.eligible_users(row):
+    elif str(principal.user_id) not in await (eligible or flows.eligible_users)(row):
         why_not = "you are not an approver of this request"
     return {
         "can_vote": why_not is None,

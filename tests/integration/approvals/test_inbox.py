@@ -62,3 +62,30 @@ async def test_history_is_unchanged_by_the_inbox(client: Any, org: Org) -> None:
     drop = await create(client, org, "drop_table", {"table": "t"})
     history = (await client.get("/api/v1/approvals", headers=auth(org.admin_token))).json()
     assert [i["id"] for i in history] == [drop["id"]] and "can_vote" not in history[0]
+
+
+async def test_an_inbox_looks_up_who_may_vote_once_per_set_of_voters(client: Any, org: Org, monkeypatch: Any) -> None:
+    """Pending requests from one approval policy name the same voters: the inbox asks who they are once
+    for all of them, not once per request, and each item still says the right thing."""
+    from backend.approvals import flows
+
+    await apply_policy(client, org)
+    drops = [await create(client, org, "drop_table", {"table": f"t{n}"}) for n in range(6)]
+    restarts = [await create(client, org, "restart", {"service": f"s{n}"}) for n in range(3)]
+    lookups: list[str] = []
+    real = flows.eligible_users
+
+    async def counted(row: dict[str, Any], **kwargs: Any) -> dict[str, str]:
+        lookups.append(row["tool"])
+        return await real(row, **kwargs)
+
+    monkeypatch.setattr(flows, "eligible_users", counted)
+    items = {i["id"]: i for i in await _inbox(client, org.approver_tokens["carol"], "all")}
+    assert sorted(lookups) == ["drop_table", "restart"]
+    assert all(items[d["id"]]["can_vote"] for d in drops)  # carol is in the team drop_table asks
+    assert all(items[r["id"]]["why_not"] == "you are not an approver of this request" for r in restarts)
+    lookups.clear()
+    assert {i["id"] for i in await _inbox(client, org.approver_tokens["alice"])} == {
+        r["id"] for r in [*drops, *restarts]
+    }
+    assert len(lookups) == 2
