@@ -264,12 +264,7 @@ async def transition(
             _announce(hub, updated, "approval.requested")
             return updated
         case ("pending", "approved" | "declined" | "expired" | "cancelled"):
-            values = {
-                "status": new,
-                "decided_at": stamp,
-                "outcome": change.outcome,
-                "next_escalation_at": None,
-            }
+            values = _decision(new, stamp, change.outcome)
         case ("approved", "cancelled"):
             values = {"status": new, "outcome": change.outcome}
         case ("approved", "executing"):
@@ -425,18 +420,29 @@ async def run_step(
     return updated
 
 
+def _decision(new: str, stamp: datetime, outcome: dict[str, Any] | None) -> dict[str, Any]:
+    """The columns a pending request's decision (or deadline) writes."""
+    return {"status": new, "decided_at": stamp, "outcome": outcome, "next_escalation_at": None}
+
+
+def _set_sql(values: dict[str, Any]) -> tuple[str, list[Any]]:
+    """`"column" = {}` assignments for an UPDATE of approval_request (JSON columns cast), and their arguments."""
+    names = list(values)
+    sets = ", ".join(f'"{n}" = {{}}::jsonb' if n in _JSON_COLUMNS else f'"{n}" = {{}}' for n in names)
+    return sets, [_json_arg(values[n]) if n in _JSON_COLUMNS else values[n] for n in names]
+
+
 async def _update_and_tell(
     row: dict[str, Any], values: dict[str, Any]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
     """PostgreSQL: `_conditional_update` and `notifications.queue_outcome` in one statement: (the row,
     the outcome's delivery rows), or None when the row had already moved (nothing written)."""
-    names = list(values)
-    sets = ", ".join(f'"{n}" = {{}}::jsonb' if n in _JSON_COLUMNS else f'"{n}" = {{}}' for n in names)
+    sets, set_args = _set_sql(values)
     outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
     [found] = await ApprovalRequest.raw(
         f"WITH upd AS (UPDATE approval_request SET {sets} WHERE id = {{}} AND status = {{}} RETURNING *), "
         f"{outcome_sql} SELECT EXISTS (SELECT 1 FROM upd) AS _updated, {_DELIVERED_JSON} AS _delivered",
-        *[_json_arg(values[n]) if n in _JSON_COLUMNS else values[n] for n in names],
+        *set_args,
         row["id"],
         row["status"],
         *outcome_args,
@@ -886,10 +892,10 @@ async def record_vote(
             )
         grant_seconds = min(grant_seconds, cap)
     proof = await _step_up(hub, principal, row, decision, channel, assertion)
-    for _ in range(5):
-        state = current_transaction()
-        if is_sqlite() or (state is not None and state.scratch.get("audit")):
-            break  # SQLite, or events already waiting for the enclosing commit: the locked path keeps their order
+    state = current_transaction()
+    # SQLite, or events already waiting for the enclosing commit (the locked path keeps their order): no tries.
+    tries = 0 if is_sqlite() or (state is not None and state.scratch.get("audit")) else 5
+    for _ in range(tries):
         if decision == "approve" and (grant_seconds or int(row["grant_seconds"])):
             break  # a grant is made by the locked path
         if "_votes" not in row:  # read with its votes and their version, in one statement
@@ -1009,7 +1015,6 @@ _VOTE_IN_SQL = f"""upd AS (
     SELECT {", ".join("{}::" + t for t in _VOTE_TYPES)} FROM upd
     RETURNING request
 )"""
-_DECIDE_SQL = ", status = {}, decided_at = {}, outcome = {}::jsonb, next_escalation_at = NULL"
 
 
 async def _vote_in_sql(
@@ -1054,12 +1059,11 @@ async def _vote_in_sql(
             datetime.now(UTC),
         )
     ]
-    args: list[Any] = []
-    if new is not None:
-        args += [new, stamp, json.dumps(outcome)]
+    decided = _decision(new, stamp, outcome) if new is not None else {}
+    sets, args = _set_sql(decided)
     args += [current["id"], int(current.get("vote_version") or 0)]
     args += [_json_arg(getattr(ballot, c)) if c == "assertion" else getattr(ballot, c) for c in _VOTE_COLUMNS]
-    sql = "WITH " + _VOTE_IN_SQL % {"decide": _DECIDE_SQL if new is not None else ""}
+    sql = "WITH " + _VOTE_IN_SQL % {"decide": f", {sets}" if sets else ""}
     delivered = "NULL"
     if new is not None:
         outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
@@ -1087,7 +1091,7 @@ async def _vote_in_sql(
     written.pop("_votes", None)
     if new is None:
         return written
-    updated = {**written, "status": new, "decided_at": stamp, "outcome": outcome, "next_escalation_at": None}
+    updated = {**written, **decided}
     _observe_decision(updated)
     created = notifications.created_from_json(found["_delivered"])
     _send_after_commit(hub, updated, created, level=int(updated.get("escalation_level") or 0), announce=False)
