@@ -25,7 +25,7 @@ from backend.approvals.autonomy_controllers import AutonomyController
 from backend.approvals.controllers import CONTROLLERS as APPROVAL_CONTROLLERS
 from backend.audit.controllers import AuditController
 from backend.console import web as console
-from backend.deps import provide_hub, resolve_principal
+from backend.deps import provide_hub, provide_principal
 from backend.errors import PreloopError, RateLimited
 from backend.hub import Hub
 from backend.notifications.chat_controllers import CONTROLLERS as CHAT_CONTROLLERS
@@ -177,7 +177,7 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
 
     app = Litestar(
         route_handlers=route_handlers(),
-        dependencies={"principal": Provide(resolve_principal), "hub": Provide(provide_hub, sync_to_thread=False)},
+        dependencies={"principal": Provide(provide_principal), "hub": Provide(provide_hub, sync_to_thread=False)},
         exception_handlers={
             PreloopError: _preloop_error,
             ValidationException: _validation_error,

@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -54,6 +54,21 @@ def _settings(**overrides: Any) -> Settings:
         raise fail(exc.message) from None
 
 
+def run_loop(settings: Settings, main: Coroutine[Any, Any, T]) -> T:
+    """Run a process's main coroutine on PRELOOP_EVENT_LOOP's event loop: uvloop's (the default; the
+    standard library's when uvloop is not installed) or asyncio's."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if settings.server.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # an install without it (e.g. a platform uvloop has no wheel for)
+            pass
+        else:
+            factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 def _run_db(settings: Settings, work: Callable[[], Awaitable[T]], *, migrate: bool = True) -> T:
     """Connect, migrate (unless told not to), run `work`, disconnect; expected errors become one line."""
     from backend import db
@@ -68,7 +83,7 @@ def _run_db(settings: Settings, work: Callable[[], Awaitable[T]], *, migrate: bo
             await db.disconnect(engine)
 
     try:
-        return asyncio.run(main())
+        return run_loop(settings, main())
     except PreloopError as exc:
         raise fail(exc.message) from None
 
@@ -222,7 +237,7 @@ def serve(
             await hub.stop()
 
     try:
-        started = asyncio.run(main())
+        started = run_loop(settings, main())
     except PreloopError as exc:
         raise fail(exc.message) from None
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -321,7 +336,7 @@ def worker(
         logging.getLogger("preloop.worker").info("worker stopped")
 
     try:
-        asyncio.run(main())
+        run_loop(settings, main())
     except PreloopError as exc:
         raise fail(exc.message) from None
     except KeyboardInterrupt:

@@ -73,6 +73,13 @@ def provide_hub(request: Request) -> Hub:  # type: ignore[type-arg]
     return request.app.state.hub  # type: ignore[no-any-return]
 
 
+async def provide_principal(request: Request, hub: Hub) -> Principal:  # type: ignore[type-arg]
+    """The `principal` dependency. It names `hub` so that Litestar resolves the two one after the other:
+    dependencies of one level are resolved concurrently in an anyio task group, whose tasks cost more
+    than both lookups (~3 % of the API's CPU per approval call)."""
+    return await resolve_principal(request)
+
+
 async def _principal_of(connection: ASGIConnection) -> Principal:  # type: ignore[type-arg]
     return await resolve_principal(connection)  # type: ignore[arg-type]
 

@@ -90,6 +90,8 @@ class ServerSettings:
     """PRELOOP_PUBLIC_URL: URL people reach the hub at (links in notifications); default http://host:port."""
     data_dir: Path = Path(".preloop")
     """PRELOOP_DATA_DIR: embedded database, embedded Redis socket, secrets."""
+    event_loop: str = "uvloop"
+    """PRELOOP_EVENT_LOOP: uvloop (the default where it is installed) or asyncio (the standard library's)."""
 
     @property
     def base_url(self) -> str:
@@ -335,6 +337,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         port=int(str(overrides.get("port") or env_port)),
         public_url=public_url.rstrip("/"),
         data_dir=Path(str(overrides.get("data_dir") or _env(env, "PRELOOP_DATA_DIR", ".preloop"))),
+        event_loop=_choice(env, "PRELOOP_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
     )
     return Settings(
         server=server,

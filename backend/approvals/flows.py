@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from backend import db
 from backend.accounts import passkeys
 from backend.accounts.passkeys import StepUpProof
 from backend.accounts.service import Principal
@@ -110,7 +111,7 @@ async def load_presented(request_id: uuid.UUID | str) -> dict[str, Any] | None:
     rid = parse_id(request_id)
     if rid is None or is_sqlite():
         return await load_row(request_id) if rid is not None else None
-    rows = await ApprovalRequest.raw(_PRESENTED_SQL, rid)
+    rows = await db.fetch(_PRESENTED_SQL, rid)
     if not rows:
         return None
     return _presented(rows[0])
@@ -129,7 +130,7 @@ async def load_locked(request_id: uuid.UUID) -> dict[str, Any] | None:
     deadlines and cancels of one request. PostgreSQL: `SELECT ... FOR UPDATE` (the lock and the read in
     one round trip); SQLite: the immediate transaction already holds the only write lock."""
     if not is_sqlite():  # raw: the query builder costs more CPU than this statement's round trip
-        rows = await ApprovalRequest.raw("SELECT * FROM approval_request WHERE id = {} FOR UPDATE", request_id)
+        rows = await db.fetch("SELECT * FROM approval_request WHERE id = {} FOR UPDATE", request_id)
         return decode_json_columns(dict(rows[0])) if rows else None
     return await ApprovalRequest.select().where(ApprovalRequest.id == request_id).output(load_json=True).first()
 
@@ -406,7 +407,7 @@ async def run_step(
         delivered = _DELIVERED_JSON
     sql += f" SELECT u.*, (SELECT count(*) FROM logged) AS _logged, {delivered} AS _delivered FROM upd u"
     async with one_statement():
-        rows = await ApprovalRequest.raw(sql, *args)
+        rows = await db.fetch(sql, *args)
         if not rows:
             return None
         found = dict(rows[0])
@@ -439,7 +440,7 @@ async def _update_and_tell(
     the outcome's delivery rows), or None when the row had already moved (nothing written)."""
     sets, set_args = _set_sql(values)
     outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
-    [found] = await ApprovalRequest.raw(
+    [found] = await db.fetch(
         f"WITH upd AS (UPDATE approval_request SET {sets} WHERE id = {{}} AND status = {{}} RETURNING *), "
         f"{outcome_sql} SELECT EXISTS (SELECT 1 FROM upd) AS _updated, {_DELIVERED_JSON} AS _delivered",
         *set_args,
@@ -531,7 +532,7 @@ async def _insert_asked_and_audited(
         row["org"], "approval.requested", actor, "approval", row["id"], {**facts, **(change.audit or {})}, now()
     )
     audit_sql, audit_args = audit.chained_event_sql(event, after="ins")
-    [found] = await ApprovalRequest.raw(
+    [found] = await db.fetch(
         f"WITH ins AS ({_INSERT_REQUEST_SQL % {'guard': guard}}), {ask_sql}, {audit_sql} "
         f"SELECT (SELECT count(*) FROM ins) AS _inserted, (SELECT count(*) FROM logged) AS _logged, "
         f"{_DELIVERED_JSON} AS _delivered",
@@ -781,7 +782,7 @@ async def _insert_vote(ballot: Vote) -> list[dict[str, Any]]:
     args = [
         _json_arg(getattr(ballot, c)) if c == "assertion" else getattr(ballot, c) for c in _VOTE_COLUMNS
     ]
-    return [dict(r) for r in await Vote.raw(_INSERT_VOTE_SQL, *args, ballot.request)]
+    return [dict(r) for r in await db.fetch(_INSERT_VOTE_SQL, *args, ballot.request)]
 
 
 def _json_arg(value: Any) -> str | None:
@@ -1079,7 +1080,7 @@ async def _vote_in_sql(
     sql += f"{delivered} AS _delivered"
     args += audit_args
     try:
-        [found] = await Vote.raw(sql, *args)
+        [found] = await db.fetch(sql, *args)
     except asyncpg.UniqueViolationError as exc:
         raise _already_voted(current) from exc
     if not found["_voted"]:

@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from backend import db
 from backend.accounts import passkeys
 from backend.accounts.passkeys import StepUpProof
 from backend.accounts.service import Principal
@@ -212,7 +213,7 @@ async def _grant_or_open(
     # Piccolo's raw() takes positional {} placeholders: number the named ones in order of appearance.
     order = [n for n in re.findall(r"\{(\w+)\}", sql)]
     values = dict(zip(names, [org_id, tool, server, digest, now(), key_id], strict=False))
-    [found] = await ApprovalRequest.raw(re.sub(r"\{\w+\}", "{}", sql), *[values[n] for n in order])
+    [found] = await db.fetch(re.sub(r"\{\w+\}", "{}", sql), *[values[n] for n in order])
     if found["_grant_id"] is not None:
         return await _covering_grant(org_id, key_id, tool, server, digest), None
     if found["id"] is None:

@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from backend import db
 from backend.accounts.service import Principal
 from backend.approvals import flows
 from backend.approvals.flows import parse_id
@@ -49,7 +50,7 @@ async def _statuses(principal: Principal, ids: list[uuid.UUID]) -> dict[str, str
         if principal.is_agent:
             sql += " AND agent_key = {}"
             args.append(principal.key_id)
-        return {str(r["id"]): r["status"] for r in await ApprovalRequest.raw(sql, *args)}
+        return {str(r["id"]): r["status"] for r in await db.fetch(sql, *args)}
     condition = (ApprovalRequest.org == principal.org_id) & ApprovalRequest.id.is_in(ids)
     if principal.is_agent:
         condition &= ApprovalRequest.agent_key == principal.key_id

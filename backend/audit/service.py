@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from backend import db
 from backend.audit.tables import AuditEvent, AuditHead
 from backend.transactions import current_transaction, is_sqlite, lock, write_transaction
 
@@ -194,7 +195,7 @@ async def _append_and_move(org: str, events: list[AuditEvent], seq: int, last_ha
     for event in events:
         values.append("(" + ",".join("{}::jsonb" if c == "data" else "{}" for c in _EVENT_COLUMNS) + ")")
         args += [json.dumps(event.data) if c == "data" else getattr(event, c) for c in _EVENT_COLUMNS]
-    await AuditEvent.raw(
+    await db.fetch(
         "WITH moved AS (UPDATE audit_head SET seq = {}, hash = {}, updated_at = {} WHERE org_id = {} RETURNING 1) "
         f"INSERT INTO audit_event ({', '.join(_EVENT_COLUMNS)}) VALUES {', '.join(values)}",
         *args,
@@ -369,7 +370,7 @@ async def _chain_in_sql(org: str, rows: list[dict[str, Any]]) -> bool:
     columns.append([json.dumps(row["data"]) for row in rows])
     columns.append([row["created_at"] for row in rows])
     columns.append([row["_external_id"] for row in rows])
-    done = await AuditEvent.raw(_CHAIN_SQL, org, *columns, datetime.now(UTC), org, org, org)
+    done = await db.fetch(_CHAIN_SQL, org, *columns, datetime.now(UTC), org, org, org)
     if not done:
         return False
     for row, chained in zip(rows, sorted(done, key=lambda r: r["seq"]), strict=True):

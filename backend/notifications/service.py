@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from piccolo.query.functions.aggregate import Count
 
+from backend import db
 from backend.accounts.tables import User
 from backend.approvals.tables import ApprovalRequest
 from backend.audit.service import Actor, record
@@ -233,7 +234,7 @@ def _people_args(org_id: Any, request: dict[str, Any], emails: list[str], teams:
 
 async def eligible_in_sql(org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str]) -> dict[str, str]:
     """PostgreSQL: user id -> email of everyone `_ELIGIBLE_CTES` names, in one prepared statement."""
-    rows = await NotificationDelivery.raw(_ELIGIBLE_SQL, *_people_args(org_id, request, emails, teams))
+    rows = await db.fetch(_ELIGIBLE_SQL, *_people_args(org_id, request, emails, teams))
     return {str(row["id"]): row["email"] for row in rows}
 
 
@@ -251,7 +252,7 @@ async def _queue_outcome_in_sql(org_id: Any, request: dict[str, Any]) -> list[di
     level = int(request.get("escalation_level") or 0)
     chat = sorted(CHAT_KINDS)
     tail = _tail_args(org_id, request, f"outcome:{request['status']}", level)
-    return _created(await NotificationDelivery.raw(_OUTCOME_SQL, request["id"], chat, chat, *tail))
+    return _created(await db.fetch(_OUTCOME_SQL, request["id"], chat, chat, *tail))
 
 
 def outcome_after_sql(after: str) -> tuple[str, list[Any]]:
@@ -302,7 +303,7 @@ async def queue_to_eligible_in_sql(
     """PostgreSQL: `queue_deliveries` to the active users named by `emails` or members of `teams`, the
     requester excepted (who `approvals.flows.eligible_users` finds), in one statement."""
     args = _eligible_args(org_id, request, emails, teams, channels, level=level)
-    return _created(await NotificationDelivery.raw(_REQUESTED_SQL, *args))
+    return _created(await db.fetch(_REQUESTED_SQL, *args))
 
 
 def _eligible_args(

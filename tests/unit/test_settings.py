@@ -158,3 +158,23 @@ def test_every_variable_read_is_documented_in_settings_env_example_and_configura
     mentioned = {m for path in _source_files() for m in re.findall(r"PRELOOP_[A-Z0-9_]+", path.read_text())}
     listed = set(re.findall(r"PRELOOP_[A-Z0-9_]+", env_example + configuration))
     assert (mentioned | listed) - read == set()
+
+
+def test_event_loop_is_uvloop_unless_asked_for_asyncio() -> None:
+    """`preloop serve`, `preloop worker` and the CLI's database commands run on uvloop by default;
+    PRELOOP_EVENT_LOOP=asyncio gives the standard library's loop; anything else is refused by name."""
+    import asyncio
+
+    import uvloop
+
+    from backend.cli import run_loop
+
+    async def loop_type() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert load_settings({}).server.event_loop == "uvloop"
+    assert run_loop(load_settings({}), loop_type()) is uvloop.Loop
+    chosen = load_settings({"PRELOOP_EVENT_LOOP": "asyncio"})
+    assert not issubclass(run_loop(chosen, loop_type()), uvloop.Loop)
+    with pytest.raises(SettingsError, match=r"PRELOOP_EVENT_LOOP.*uvloop, asyncio"):
+        load_settings({"PRELOOP_EVENT_LOOP": "trio"})

@@ -195,3 +195,36 @@ async def test_concurrent_multi_event_transactions_chain_in_order_with_any_text(
         assert [r["kind"] for r in group] == ["multi.0", "multi.1", "multi.2"]
         assert len({r["subject_id"] for r in group}) == 1
     assert (await verify(org)).ok
+
+
+def test_fetch_numbers_placeholders_as_piccolo_does() -> None:
+    from piccolo.querystring import QueryString
+
+    sql = "SELECT {} AS a FROM t WHERE b = {} AND c IN ({}, {}) AND d = 'x'"
+    assert db.numbered(sql) == QueryString(sql, 1, 2, 3, 4).compile_string("postgres")[0]
+    assert db.numbered(sql) == "SELECT $1 AS a FROM t WHERE b = $2 AND c IN ($3, $4) AND d = 'x'"
+
+
+async def test_fetch_runs_in_the_tasks_transaction_and_on_the_pool_outside_it(hub: Any) -> None:
+    """`db.fetch` (the hot path's raw SQL, straight to asyncpg on PostgreSQL) sees what the running
+    transaction wrote and rolls back with it; outside a transaction it answers like `Table.raw`."""
+    import pytest
+
+    from backend.audit.tables import AuditHead
+    from backend.transactions import write_transaction
+
+    org = "00000000-0000-0000-0000-00000000a0d8"
+    count = "SELECT CAST(COUNT(*) AS INTEGER) AS n, MAX(hash) AS hash FROM audit_head WHERE org_id = {}"
+
+    async def unit_of_work() -> None:
+        async with write_transaction():
+            await AuditHead.insert(AuditHead(org_id=org, seq=0, hash="h" * 64))
+            assert await db.fetch(count, org) == [{"n": 1, "hash": "h" * 64}]  # the transaction's connection
+            raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError, match="roll back"):
+        await unit_of_work()
+    assert await db.fetch(count, org) == [{"n": 0, "hash": None}] == await AuditEvent.raw(count, org)
+    assert await db.fetch("SELECT CAST({} AS TEXT) AS a, CAST({} AS INTEGER) + 1 AS b", "x", 41) == [
+        {"a": "x", "b": 42}
+    ]
