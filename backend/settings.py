@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from backend.errors import SettingsError
 
@@ -53,8 +53,14 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
 def validate_database_url(url: str, name: str = "PRELOOP_DATABASE_URL") -> str:
     parts = urlsplit(url)
     if parts.scheme in {"postgres", "postgresql"}:
-        if not parts.hostname or not parts.path.strip("/"):
-            raise SettingsError(name, url, "a PostgreSQL URL needs a host and a database: postgres://user@host:5432/db")
+        # A server on this machine can be reached through its unix socket directory (libpq's `?host=`):
+        # postgres://user@/db?host=/var/run/postgresql (no TCP; see docs/deploy.md).
+        socket_dir = parse_qs(parts.query).get("host", [""])[0]
+        if (not parts.hostname and not socket_dir.startswith("/")) or not parts.path.strip("/"):
+            raise SettingsError(
+                name, url, "a PostgreSQL URL needs a host and a database: postgres://user@host:5432/db, or "
+                "postgres://user@/db?host=/var/run/postgresql for a local server's socket directory",
+            )
         try:
             _ = parts.port
         except ValueError:

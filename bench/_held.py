@@ -17,10 +17,12 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
 import httpx
+from approvals import url_for_database
 from gateway import free_port, percentile  # bench/ is on sys.path, run directly or from gateway.py
 from mcp import Client
 
@@ -54,13 +56,13 @@ async def _scratch_postgres() -> str | None:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return f"{PG_ADMIN.rsplit('/', 1)[0]}/{name}"
+    return url_for_database(name, PG_ADMIN)
 
 
 async def _drop_postgres(url: str) -> None:
     conn = await asyncpg.connect(PG_ADMIN)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{urlsplit(url).path.strip("/")}" WITH (FORCE)')
     finally:
         await conn.close()
 

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -33,6 +33,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PG_ADMIN_URL = os.environ.get("PRELOOP_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+
+
+def url_for_database(name: str, admin_url: str = PG_ADMIN_URL) -> str:
+    """`admin_url` naming database `name` instead (user, host, port and a `?host=` socket kept)."""
+    return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
 REDIS_URL = os.environ.get("PRELOOP_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 POLICY = """
 version: "1"
@@ -315,7 +320,7 @@ async def main() -> None:
 
     name = f"preloop_bench_{os.getpid()}"
     await admin_sql(f'CREATE DATABASE "{name}"')
-    database_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    database_url = url_for_database(name)
     data_dir = Path(f"/tmp/{name}")
     process = None
     try:

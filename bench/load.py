@@ -50,7 +50,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from approvals import PG_ADMIN_URL, REDIS_URL, _free_port, admin_sql, pct, prepare, wait_healthy  # noqa: E402
+from approvals import (  # noqa: E402
+    REDIS_URL,
+    _free_port,
+    admin_sql,
+    pct,
+    prepare,
+    url_for_database,
+    wait_healthy,
+)
 from mcp import Client  # noqa: E402
 
 NEW_PRELOOP = str(Path(sys.executable).parent / "preloop")
@@ -405,7 +413,7 @@ class Phase:
 
     async def start(self) -> None:
         await admin_sql(f'CREATE DATABASE "{self.name}"')
-        database_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{self.name}"
+        database_url = url_for_database(self.name)
         tokens = await prepare(database_url, POLICY, "load")
         self.cluster = Cluster(self.preloop, database_url, Path(f"/tmp/{self.name}"), tokens)
         await self.cluster.start()

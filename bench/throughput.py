@@ -40,7 +40,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from approvals import PG_ADMIN_URL, REDIS_URL, _free_port, admin_sql, pct, prepare, wait_healthy  # noqa: E402
+from approvals import (  # noqa: E402
+    PG_ADMIN_URL,
+    REDIS_URL,
+    _free_port,
+    admin_sql,
+    pct,
+    prepare,
+    url_for_database,
+    wait_healthy,
+)
 
 NEW_PRELOOP = str(Path(sys.executable).parent / "preloop")
 CLIENT = "lean"  # or "httpx" (--client); both paths of a run use the same one
@@ -360,6 +369,10 @@ async def main() -> None:
     parser.add_argument("--show", action="store_true", help="print one cycle's statements")
     parser.add_argument("--count-only", action="store_true")
     parser.add_argument("--scale", action="store_true", help="also two API processes of the new path")
+    parser.add_argument("--pg-socket", default="", metavar="DIR",
+                        help="the new path's API processes reach PostgreSQL through its unix socket in DIR, e.g. "
+                        "/var/run/postgresql (the baseline and the counting phase keep TCP); give --baseline-preloop "
+                        "this checkout's preloop to measure the socket alone")
     parser.add_argument("--client", choices=["lean", "httpx"], default="lean",
                         help="HTTP client of the bench (lean: a minimal keep-alive HTTP/1.1 client)")
     args = parser.parse_args()
@@ -371,7 +384,10 @@ async def main() -> None:
         paths["baseline"] = args.baseline_preloop
     name = f"preloop_tp_{os.getpid()}"
     await admin_sql(f'CREATE DATABASE "{name}"')
-    database_url = f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
+    database_url = url_for_database(name)
+    api_urls = dict.fromkeys(paths, database_url)
+    if args.pg_socket:
+        api_urls["new"] = url_for_database(name, f"postgres://{urlsplit(PG_ADMIN_URL).username}@/?host={args.pg_socket}")
     data_dir = Path(f"/tmp/{name}")
     try:
         tokens = await prepare(database_url)
@@ -390,7 +406,7 @@ async def main() -> None:
         for round_no in range(args.rounds):
             order = list(paths) if round_no % 2 == 0 else list(reversed(paths))
             for label in order:
-                process, url = await start_api(paths[label], database_url, data_dir)
+                process, url = await start_api(paths[label], api_urls[label], data_dir)
                 runner = Cycles([url], tokens, args.clients)
                 split = CpuSplit([process.pid], name)
                 try:
@@ -416,7 +432,7 @@ async def main() -> None:
             print(f"[{label}] mean {_cpu_line(mean)}")
         if args.scale:
             one_rate = sorted(rates["new"])[len(rates["new"]) // 2]
-            procs = [await start_api(NEW_PRELOOP, database_url, data_dir) for _ in range(2)]
+            procs = [await start_api(NEW_PRELOOP, api_urls["new"], data_dir) for _ in range(2)]
             runner = Cycles([u for _, u in procs], tokens, args.clients)
             split = CpuSplit([p.pid for p, _ in procs], name)
             try:

@@ -16,6 +16,11 @@ def test_defaults_are_embedded_mode() -> None:
     assert settings.database_url == f"sqlite:///{(Path('.preloop') / 'preloop.db').resolve()}"
 
 
+def test_a_local_postgresql_through_its_socket_directory() -> None:
+    url = "postgres://preloop@/preloop?host=/var/run/postgresql"
+    assert load_settings({"PRELOOP_DATABASE_URL": url}).database_url == url
+
+
 def test_scaled_mode_by_environment_only() -> None:
     settings = load_settings(
         {"PRELOOP_DATABASE_URL": "postgres://u@db:5432/preloop", "PRELOOP_REDIS_URL": "redis://cache:6379/0"}
@@ -29,6 +34,9 @@ def test_scaled_mode_by_environment_only() -> None:
     [
         ("PRELOOP_DATABASE_URL", "mysql://x/y", "postgres://"),
         ("PRELOOP_DATABASE_URL", "postgres://host-only", "needs a host and a database"),
+        ("PRELOOP_DATABASE_URL", "postgres://u@/db", "socket directory"),
+        ("PRELOOP_DATABASE_URL", "postgres://u@/db?host=relative/dir", "needs a host and a database"),
+        ("PRELOOP_DATABASE_URL", "postgres://u@/?host=/var/run/postgresql", "needs a host and a database"),
         ("PRELOOP_DATABASE_URL", "postgres://h:notaport/db", "port is not a number"),
         ("PRELOOP_DATABASE_URL", "sqlite://relative.db", "sqlite:///"),
         ("PRELOOP_REDIS_URL", "http://cache", "redis://"),
