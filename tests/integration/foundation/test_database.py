@@ -228,3 +228,31 @@ async def test_fetch_runs_in_the_tasks_transaction_and_on_the_pool_outside_it(hu
     assert await db.fetch("SELECT CAST({} AS TEXT) AS a, CAST({} AS INTEGER) + 1 AS b", "x", 41) == [
         {"a": "x", "b": 42}
     ]
+
+
+async def test_a_local_postgresql_is_reached_through_its_socket_directory(
+    _postgres_migrated: str,  # noqa: PT019 - its value, the database URL, is used
+) -> None:
+    """PRELOOP_DATABASE_URL=postgres://user@/db?host=/socket/dir: the hub talks to the server over its unix
+    socket (no TCP), reads and writes as over TCP."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    import asyncpg
+
+    from backend.settings import load_settings
+
+    conn = await asyncpg.connect(_postgres_migrated)
+    try:
+        socket_dir = str(await conn.fetchval("SHOW unix_socket_directories")).split(",")[0].strip()
+    finally:
+        await conn.close()
+    parts = urlsplit(_postgres_migrated)
+    url = urlunsplit(parts._replace(netloc=f"{parts.username}@", query=f"host={socket_dir}"))
+    assert load_settings({"PRELOOP_DATABASE_URL": url}).database_url == url
+    engine = await db.connect(url)
+    try:
+        rows = await db.fetch("SELECT inet_server_addr() IS NULL AS over_socket, current_database() AS name")
+        assert rows == [{"over_socket": True, "name": parts.path.strip("/")}]
+        assert await AuditEvent.count() >= 0  # the query builder's path too
+    finally:
+        await db.disconnect(engine)
