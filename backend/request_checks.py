@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request
-from litestar.datastructures import MutableScopeHeaders
 from litestar.types import Message, Scope
 
 from backend.deps import SESSION_COOKIE
@@ -131,17 +130,23 @@ def check_json_body(body: bytes, *, nul: bool = True) -> None:
             raise _refuse_nul(field, "field")
 
 
+_SECURITY_HEADER_ITEMS = tuple((name.encode(), value.encode()) for name, value in SECURITY_HEADERS.items())
+_CSP_VALUES = (CSP.encode(), SCHEMA_CSP.encode())
+
+
 async def add_security_headers(message: Message, scope: Scope) -> None:
-    """Litestar `before_send`: every response, errors and 404s included, gets the headers."""
+    """Litestar `before_send`: every response, errors and 404s included, gets the headers (those a
+    handler set itself are kept). Appended to the message's raw header list: one pass over it, every
+    response."""
     if message["type"] != "http.response.start":
         return
-    headers = MutableScopeHeaders.from_message(message)
-    path = str(scope.get("path", ""))
-    if "content-security-policy" not in headers:
-        headers["content-security-policy"] = SCHEMA_CSP if path.startswith("/schema") else CSP
-    for name, value in SECURITY_HEADERS.items():
-        if name not in headers:
-            headers[name] = value
+    headers = list(message.get("headers") or ())
+    present = {bytes(name).lower() for name, _ in headers}
+    if b"content-security-policy" not in present:
+        schema = str(scope.get("path", "")).startswith("/schema")
+        headers.append((b"content-security-policy", _CSP_VALUES[schema]))
+    headers.extend(item for item in _SECURITY_HEADER_ITEMS if item[0] not in present)
+    message["headers"] = headers
 
 
 def _origin_of(url: str) -> str:
