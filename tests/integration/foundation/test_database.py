@@ -256,3 +256,24 @@ async def test_a_local_postgresql_is_reached_through_its_socket_directory(
         assert await AuditEvent.count() >= 0  # the query builder's path too
     finally:
         await db.disconnect(engine)
+
+
+async def test_fetch_statements_are_planned_once_per_connection(
+    _postgres_migrated: str,  # noqa: PT019 - its value, the database URL, is used
+) -> None:
+    """`db.fetch`'s statements (found by key) run on connections that keep one generic plan per statement;
+    Piccolo's queries and anything inside a transaction keep PostgreSQL's own choice of plan."""
+    from backend.transactions import write_transaction
+
+    engine = await db.connect(_postgres_migrated)
+    mode = "SELECT current_setting('plan_cache_mode') AS mode"
+    try:
+        assert await db.fetch(mode) == [{"mode": "force_generic_plan"}]
+        [(piccolo,)] = [tuple(r.values()) for r in await AuditEvent.raw(mode)]
+        assert piccolo != "force_generic_plan"
+        async with write_transaction():
+            [(in_transaction,)] = [tuple(r.values()) for r in await db.fetch(mode)]
+        assert in_transaction == piccolo
+    finally:
+        await db.disconnect(engine)
+    assert id(engine) not in db._KEYED_POOLS  # closed with the engine
