@@ -63,6 +63,10 @@ class Bus:
     def __init__(self, redis: Redis | None) -> None:
         self._redis = redis
         self._origin = uuid.uuid4().hex
+        # How this process's own messages begin (`publish` writes the origin first): those come back
+        # through the pattern subscription and are skipped before parsing.
+        self._own_prefix = json.dumps({"o": self._origin})[:-1]
+        self._own_prefix_bytes = self._own_prefix.encode()
         self._listeners: dict[str, set[Listener]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -144,9 +148,11 @@ class Bus:
                         continue
                     channel = raw["channel"]
                     channel = channel.decode() if isinstance(channel, bytes) else channel
-                    body = json.loads(raw["data"])
-                    if body.get("o") == self._origin:
-                        continue
+                    data = raw["data"]
+                    own = self._own_prefix_bytes if isinstance(data, bytes) else self._own_prefix
+                    if data.startswith(own):
+                        continue  # delivered in-process when published
+                    body = json.loads(data)
                     self._deliver(channel[len(PREFIX) :], body["m"])
             except asyncio.CancelledError:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
