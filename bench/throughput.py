@@ -83,9 +83,15 @@ class WireCounter:
         except OSError:
             writer.close()
             return
-        await asyncio.gather(self._frontend(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+        # When either side hangs up, close both (PostgreSQL keeps its side open until the proxy closes it).
+        both = [asyncio.ensure_future(self._frontend(reader, up_writer)),
+                asyncio.ensure_future(self._pipe(up_reader, writer))]
+        await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
         writer.close()
         up_writer.close()
+        for task in both:
+            task.cancel()
+        await asyncio.gather(*both, return_exceptions=True)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while data := await reader.read(65536):
