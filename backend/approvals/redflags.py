@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 import statistics
 from collections.abc import Iterator
@@ -143,50 +144,122 @@ def compute(row: dict[str, Any], history: History) -> list[RedFlag]:
     return flags
 
 
-async def load_history(row: dict[str, Any]) -> History:
-    created: datetime = row["created_at"]
-    if not isinstance(created, datetime):
-        created = datetime.fromisoformat(str(created))
-    org, tool = row["org"], row["tool"]
-    before = (ApprovalRequest.org == org) & (ApprovalRequest.created_at < created) & (ApprovalRequest.id != row["id"])
-    same_agent = (
+RECENT_LIMIT = 5000
+"""Earlier calls of the tool (within HISTORY_DAYS) a request's flags are computed from, newest first."""
+PENDING_LIMIT = 200
+"""Other pending requests of the tool compared for duplicate targets."""
+_SHARED_EXTRA = 500  # rows beyond RECENT_LIMIT a page's shared read takes, for its items' newer neighbours
+
+
+def _created(row: dict[str, Any]) -> datetime:
+    created = row["created_at"]
+    return created if isinstance(created, datetime) else datetime.fromisoformat(str(created))
+
+
+def _same_agent(row: dict[str, Any]) -> Any:
+    return (
         ApprovalRequest.agent_key == row["agent_key"] if row.get("agent_key")
         else ApprovalRequest.agent_name == row.get("agent_name", "")
     )
-    history = History()
-    history.earlier_by_agent = await ApprovalRequest.count().where(
-        before & same_agent & (ApprovalRequest.tool == tool)
-    )
-    if row.get("agent_key"):
-        reported = await AuditEvent.select(AuditEvent.id).where(
-            (AuditEvent.org_id == str(org)) & (AuditEvent.kind.is_in(["call.allow", "call.granted"]))
-            & (AuditEvent.actor_id == str(row["agent_key"])) & (AuditEvent.subject_id == tool[:64])
-        ).first()
-        history.calls_reported_by_agent = int(reported is not None)
-    recent = (
-        await ApprovalRequest.select(ApprovalRequest.created_at, ApprovalRequest.arguments)
-        .where(before & (ApprovalRequest.tool == tool)
-               & (ApprovalRequest.created_at >= created - timedelta(days=HISTORY_DAYS)))
+
+
+async def _recent(org: Any, tool: str, newest: datetime, oldest: datetime, limit: int) -> list[dict[str, Any]]:
+    """The tool's requests created in [oldest - HISTORY_DAYS, newest), newest first, at most `limit`."""
+    rows: list[dict[str, Any]] = (
+        await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.created_at, ApprovalRequest.arguments)
+        .where((ApprovalRequest.org == org) & (ApprovalRequest.tool == tool)
+               & (ApprovalRequest.created_at < newest)
+               & (ApprovalRequest.created_at >= oldest - timedelta(days=HISTORY_DAYS)))
         .order_by(ApprovalRequest.created_at, ascending=False)
-        .limit(5000)
+        .limit(limit)
         .output(load_json=True)
     )
-    history.tool_hours = [r["created_at"].hour for r in recent]
-    history.tool_arguments = [r["arguments"] for r in recent if isinstance(r["arguments"], dict)]
-    history.pending_same_tool = (
-        await ApprovalRequest.select(ApprovalRequest.arguments, ApprovalRequest.arguments_hash)
-        .where((ApprovalRequest.org == org) & (ApprovalRequest.status == "pending")
-               & (ApprovalRequest.tool == tool) & (ApprovalRequest.id != row["id"]))
-        .limit(200)
-        .output(load_json=True)
-    )
-    history.agent_declines = await ApprovalRequest.count().where(
-        (ApprovalRequest.org == org) & same_agent & (ApprovalRequest.status == "declined")
-        & (ApprovalRequest.decided_at >= created - timedelta(days=DECLINE_DAYS))
-        & (ApprovalRequest.id != row["id"])
-    )
-    return history
+    return rows
+
+
+class _Shared:
+    """One read of a tool's earlier requests for several of its requests (`_recent`, newest first)."""
+
+    def __init__(self, rows: list[dict[str, Any]], limit: int) -> None:
+        self.rows = rows
+        self.truncated = len(rows) >= limit
+        self._keys = [-_created(r).timestamp() for r in rows]  # ascending, for bisect
+
+    def window(self, created: datetime, row_id: Any) -> list[dict[str, Any]] | None:
+        """The rows a request created at `created` uses: created before it, within HISTORY_DAYS, the
+        newest RECENT_LIMIT; what `_recent(org, tool, created, created, RECENT_LIMIT)` reads. None when
+        this read may have stopped short of that window."""
+        since = created - timedelta(days=HISTORY_DAYS)
+        start = bisect.bisect_right(self._keys, -created.timestamp())
+        stop = bisect.bisect_right(self._keys, -since.timestamp(), lo=start)
+        if start + RECENT_LIMIT > stop == len(self.rows) and self.truncated:
+            return None  # the window goes on past the last row read
+        return [r for r in self.rows[start:min(stop, start + RECENT_LIMIT)] if str(r["id"]) != str(row_id)]
+
+
+async def load_histories(rows: list[dict[str, Any]]) -> list[History]:
+    """The history behind each request's flags (for an inbox page: `rows` newest first or in any order).
+
+    What depends only on the tool (its earlier calls with their arguments, the other pending requests)
+    is read once per org and tool for the whole page, not once per request: an inbox of N pending
+    requests of one tool read and decoded up to N x 5,000 earlier calls. A request the shared read
+    does not fully cover (its window reaches past what was read) reads its own.
+    """
+    histories = [History() for _ in rows]
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault((str(row["org"]), row["tool"]), []).append(index)
+    for (org, tool), members in groups.items():
+        times = [_created(rows[i]) for i in members]
+        shared = _Shared(await _recent(org, tool, max(times), min(times), RECENT_LIMIT + _SHARED_EXTRA),
+                         RECENT_LIMIT + _SHARED_EXTRA)
+        pending = (
+            await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.arguments, ApprovalRequest.arguments_hash)
+            .where((ApprovalRequest.org == org) & (ApprovalRequest.status == "pending")
+                   & (ApprovalRequest.tool == tool))
+            .limit(PENDING_LIMIT + len(members))
+            .output(load_json=True)
+        )
+        reported: dict[str, int] = {}
+        for index, created in zip(members, times, strict=True):
+            row, history = rows[index], histories[index]
+            window = shared.window(created, row["id"])
+            if window is None:
+                window = await _recent(org, tool, created, created, RECENT_LIMIT + 1)
+                window = [r for r in window if str(r["id"]) != str(row["id"])][:RECENT_LIMIT]
+            history.tool_hours = [_created(r).hour for r in window]
+            history.tool_arguments = [r["arguments"] for r in window if isinstance(r["arguments"], dict)]
+            history.pending_same_tool = [
+                {"arguments": p["arguments"], "arguments_hash": p["arguments_hash"]}
+                for p in pending if str(p["id"]) != str(row["id"])
+            ][:PENDING_LIMIT]
+            same_agent = _same_agent(row)
+            history.earlier_by_agent = await ApprovalRequest.count().where(
+                (ApprovalRequest.org == org) & (ApprovalRequest.created_at < created)
+                & (ApprovalRequest.id != row["id"]) & same_agent & (ApprovalRequest.tool == tool)
+            )
+            if key := row.get("agent_key"):
+                if str(key) not in reported:
+                    found = await AuditEvent.select(AuditEvent.id).where(
+                        (AuditEvent.org_id == org) & (AuditEvent.kind.is_in(["call.allow", "call.granted"]))
+                        & (AuditEvent.actor_id == str(key)) & (AuditEvent.subject_id == tool[:64])
+                    ).first()
+                    reported[str(key)] = int(found is not None)
+                history.calls_reported_by_agent = reported[str(key)]
+            history.agent_declines = await ApprovalRequest.count().where(
+                (ApprovalRequest.org == org) & same_agent & (ApprovalRequest.status == "declined")
+                & (ApprovalRequest.decided_at >= created - timedelta(days=DECLINE_DAYS))
+                & (ApprovalRequest.id != row["id"])
+            )
+    return histories
+
+
+async def red_flags_of(rows: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
+    """Each request's flags, their history read together (`load_histories`)."""
+    histories = await load_histories(rows)
+    return [[flag.to_dict() for flag in compute(row, history)] for row, history in zip(rows, histories, strict=True)]
 
 
 async def red_flags(row: dict[str, Any]) -> list[dict[str, str]]:
-    return [flag.to_dict() for flag in compute(row, await load_history(row))]
+    [flags] = await red_flags_of([row])
+    return flags

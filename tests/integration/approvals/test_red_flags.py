@@ -56,3 +56,58 @@ async def test_red_flags_from_history(client: Any, org: Any) -> None:
     # The lighter outcome view leaves them out.
     outcome = await client.get(f"/api/v1/approvals/{risky}/outcome", headers=auth(org.admin_token))
     assert "red_flags" not in outcome.json()
+
+
+async def test_an_inbox_page_reads_a_tools_history_once_and_flags_each_item_as_alone(
+    client: Any, org: Any, monkeypatch: Any
+) -> None:
+    """`red_flags_of` (an inbox page) gives each request the flags `red_flags` gives it alone, reading the
+    tool's earlier calls once for the page; where that read stops short of an older item's window (small
+    limits here), that item reads its own."""
+    from backend.approvals import redflags
+
+    await apply_policy(client, org)
+    ids = [(await create(client, org, "deploy", {"env": "staging", "replicas": 3 + n % 3, "n": n}))["id"]
+           for n in range(14)]
+    ids += [(await create(client, org, "deploy", {"env": "prod", "replicas": 40 * n}))["id"] for n in range(1, 5)]
+    ids.append((await create(client, org, "restart", {"service": "api"}))["id"])
+    stamp = datetime.now(UTC)
+    for n, rid in enumerate(ids):  # an hour apart, the oldest first; restart is the newest
+        await ApprovalRequest.update({ApprovalRequest.created_at: stamp - timedelta(hours=len(ids) - n)}).where(
+            ApprovalRequest.id == rid
+        )
+    for old in ids[:12]:
+        await vote(client, org.approver_tokens["alice"], old, "approve")
+    rows = await ApprovalRequest.select().where(ApprovalRequest.status == "pending").order_by(
+        ApprovalRequest.created_at, ascending=False
+    ).output(load_json=True)
+    assert len(rows) == 7
+
+    reads = 0
+    recent = redflags._recent
+
+    async def counted(*args: Any) -> list[dict[str, Any]]:
+        nonlocal reads
+        reads += 1
+        return await recent(*args)
+
+    monkeypatch.setattr(redflags, "_recent", counted)
+    alone = [await redflags.red_flags(row) for row in rows]
+    reads = 0
+    assert await redflags.red_flags_of(rows) == alone
+    assert reads == 2  # one per tool on the page
+    codes = {flag["code"] for flags in alone for flag in flags}
+    assert {"numeric_outlier", "duplicate_pending", "production"} <= codes
+
+    def facts(history: Any) -> tuple[Any, ...]:
+        pending = sorted(p["arguments_hash"] for p in history.pending_same_tool)
+        return (history.tool_hours, history.tool_arguments, pending, history.earlier_by_agent,
+                history.calls_reported_by_agent, history.agent_declines)
+
+    monkeypatch.setattr(redflags, "RECENT_LIMIT", 4)
+    monkeypatch.setattr(redflags, "_SHARED_EXTRA", 2)
+    single = [facts((await redflags.load_histories([row]))[0]) for row in rows]
+    reads = 0
+    assert [facts(h) for h in await redflags.load_histories(rows)] == single
+    assert reads > 2  # the older items' windows reached past the shared read
+    assert all(len(s[0]) <= 4 for s in single) and any(len(s[0]) == 4 for s in single)
