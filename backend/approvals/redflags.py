@@ -43,6 +43,8 @@ class History:
     calls_reported_by_agent: int = 0
     tool_hours: list[int] = field(default_factory=list)
     tool_arguments: list[dict[str, Any]] = field(default_factory=list)
+    tool_numbers: list[list[tuple[str, float]]] | None = None
+    """`numbers()` of each of `tool_arguments`, when the read already extracted them (shared by a page)."""
     pending_same_tool: list[dict[str, Any]] = field(default_factory=list)
     agent_declines: int = 0
 
@@ -107,11 +109,14 @@ def compute(row: dict[str, Any], history: History) -> list[RedFlag]:
                 f"{tool} is called at {created:%H:%M} UTC; in the last {HISTORY_DAYS} days its calls came "
                 f"{_hour_span(history.tool_hours)}",
             ))
-    earlier: dict[str, list[float]] = {}
-    for past in history.tool_arguments:
-        for path, value in numbers(past):
-            earlier.setdefault(path, []).append(value)
-    for path, value in numbers(arguments):
+    own = list(numbers(arguments))
+    earlier: dict[str, list[float]] = {path: [] for path, _ in own}  # the samples of this call's numbers
+    pasts = history.tool_numbers
+    for past in pasts if pasts is not None else (numbers(a) for a in history.tool_arguments):
+        for path, value in past:
+            if (sample := earlier.get(path)) is not None:
+                sample.append(value)
+    for path, value in own:
         sample = earlier.get(path, [])
         if len(sample) >= MIN_SAMPLES and robust_z(value, sample) > Z_LIMIT:
             flags.append(RedFlag(
@@ -178,23 +183,32 @@ async def _recent(org: Any, tool: str, newest: datetime, oldest: datetime, limit
 
 
 class _Shared:
-    """One read of a tool's earlier requests for several of its requests (`_recent`, newest first)."""
+    """One read of a tool's earlier requests (`_recent`, newest first), with what the flags use of each
+    row extracted once: its hour, its arguments and their numbers."""
 
-    def __init__(self, rows: list[dict[str, Any]], limit: int) -> None:
-        self.rows = rows
-        self.truncated = len(rows) >= limit
-        self._keys = [-_created(r).timestamp() for r in rows]  # ascending, for bisect
+    def __init__(self, rows: list[dict[str, Any]], *, truncated: bool) -> None:
+        self.truncated = truncated
+        created = [_created(r) for r in rows]
+        self._keys = [-c.timestamp() for c in created]  # ascending, for bisect
+        self.hours = [c.hour for c in created]
+        self.arguments = [r["arguments"] if isinstance(r["arguments"], dict) else None for r in rows]
+        self.numbers = [list(numbers(a)) if a is not None else None for a in self.arguments]
 
-    def window(self, created: datetime, row_id: Any) -> list[dict[str, Any]] | None:
-        """The rows a request created at `created` uses: created before it, within HISTORY_DAYS, the
-        newest RECENT_LIMIT; what `_recent(org, tool, created, created, RECENT_LIMIT)` reads. None when
-        this read may have stopped short of that window."""
+    def span(self, created: datetime) -> tuple[int, int] | None:
+        """Where the rows a request created at `created` uses are: created before it (so not itself),
+        within HISTORY_DAYS, the newest RECENT_LIMIT; what `_recent(org, tool, created, created,
+        RECENT_LIMIT)` reads. None when this read may have stopped short of that window."""
         since = created - timedelta(days=HISTORY_DAYS)
         start = bisect.bisect_right(self._keys, -created.timestamp())
         stop = bisect.bisect_right(self._keys, -since.timestamp(), lo=start)
-        if start + RECENT_LIMIT > stop == len(self.rows) and self.truncated:
+        if start + RECENT_LIMIT > stop == len(self._keys) and self.truncated:
             return None  # the window goes on past the last row read
-        return [r for r in self.rows[start:min(stop, start + RECENT_LIMIT)] if str(r["id"]) != str(row_id)]
+        return start, min(stop, start + RECENT_LIMIT)
+
+    def fill(self, history: History, start: int, stop: int) -> None:
+        history.tool_hours = self.hours[start:stop]
+        history.tool_arguments = [a for a in self.arguments[start:stop] if a is not None]
+        history.tool_numbers = [n for n in self.numbers[start:stop] if n is not None]
 
 
 async def load_histories(rows: list[dict[str, Any]]) -> list[History]:
@@ -211,8 +225,8 @@ async def load_histories(rows: list[dict[str, Any]]) -> list[History]:
         groups.setdefault((str(row["org"]), row["tool"]), []).append(index)
     for (org, tool), members in groups.items():
         times = [_created(rows[i]) for i in members]
-        shared = _Shared(await _recent(org, tool, max(times), min(times), RECENT_LIMIT + _SHARED_EXTRA),
-                         RECENT_LIMIT + _SHARED_EXTRA)
+        read = await _recent(org, tool, max(times), min(times), RECENT_LIMIT + _SHARED_EXTRA)
+        shared = _Shared(read, truncated=len(read) >= RECENT_LIMIT + _SHARED_EXTRA)
         pending = (
             await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.arguments, ApprovalRequest.arguments_hash)
             .where((ApprovalRequest.org == org) & (ApprovalRequest.status == "pending")
@@ -223,12 +237,11 @@ async def load_histories(rows: list[dict[str, Any]]) -> list[History]:
         reported: dict[str, int] = {}
         for index, created in zip(members, times, strict=True):
             row, history = rows[index], histories[index]
-            window = shared.window(created, row["id"])
-            if window is None:
-                window = await _recent(org, tool, created, created, RECENT_LIMIT + 1)
-                window = [r for r in window if str(r["id"]) != str(row["id"])][:RECENT_LIMIT]
-            history.tool_hours = [_created(r).hour for r in window]
-            history.tool_arguments = [r["arguments"] for r in window if isinstance(r["arguments"], dict)]
+            if (span := shared.span(created)) is not None:
+                shared.fill(history, *span)
+            else:  # its own read: exactly its window
+                own = _Shared(await _recent(org, tool, created, created, RECENT_LIMIT), truncated=False)
+                own.fill(history, 0, len(own.hours))
             history.pending_same_tool = [
                 {"arguments": p["arguments"], "arguments_hash": p["arguments_hash"]}
                 for p in pending if str(p["id"]) != str(row["id"])

@@ -81,3 +81,19 @@ def test_agent_with_recent_declines() -> None:
     [flag] = compute(_row({}), _seen(agent_declines=3))
     assert flag.code == "recent_declines" and flag.why == "3 of ci-bot's requests were declined in the last 7 days"
     assert _codes(_row({}), _seen(agent_declines=1)) == []
+
+
+def test_numbers_extracted_beforehand_give_the_same_flags() -> None:
+    """An inbox page hands `compute` the numbers of the tool's earlier calls already extracted
+    (`History.tool_numbers`); the flags are the same as from the arguments themselves."""
+    from backend.approvals.redflags import numbers
+
+    past = [{"replicas": 3 + n % 3, "spec": {"cpu": 2 + n % 2, "mem": 4}, "name": f"b{n}"} for n in range(12)]
+    for arguments in ({"replicas": 300}, {"spec": {"cpu": 64, "mem": 4}}, {"replicas": 4}, {"other": 9}, {}):
+        plain = compute(_row(arguments), _seen(tool_arguments=past))
+        extracted = compute(_row(arguments), _seen(tool_arguments=past,
+                                                   tool_numbers=[list(numbers(a)) for a in past]))
+        assert extracted == plain
+    assert [f.code for f in compute(_row({"spec": {"cpu": 64, "mem": 4}}), _seen(tool_arguments=past))] == [
+        "numeric_outlier"
+    ]
