@@ -52,7 +52,7 @@ run: install ## Start the embedded hub (SQLite + embedded Redis + worker + gatew
 # has its own PostgreSQL database and Redis db (PRELOOP_TEST_REDIS_URL's db + worker number).
 TEST_WORKERS ?= 2
 test: $(STAMP_TEST) $(NPM_STAMP) $(CHROMIUM) ## Install what tests need and run the whole suite
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 check: $(STAMP_TEST) ## Lint (ruff) and type-check (mypy --strict)
 	$(BIN)/ruff check .
