@@ -187,12 +187,17 @@ class _Shared:
     row extracted once: its hour, its arguments and their numbers."""
 
     def __init__(self, rows: list[dict[str, Any]], *, truncated: bool) -> None:
-        self.truncated = truncated
+        self.truncated = truncated  # the read stopped at its limit: older rows in range may be unread
         created = [_created(r) for r in rows]
         self._keys = [-c.timestamp() for c in created]  # ascending, for bisect
         self.hours = [c.hour for c in created]
         self.arguments = [r["arguments"] if isinstance(r["arguments"], dict) else None for r in rows]
         self.numbers = [list(numbers(a)) if a is not None else None for a in self.arguments]
+
+    @classmethod
+    async def read(cls, org: Any, tool: str, newest: datetime, oldest: datetime, limit: int) -> _Shared:
+        rows = await _recent(org, tool, newest, oldest, limit)
+        return cls(rows, truncated=len(rows) >= limit)
 
     def span(self, created: datetime) -> tuple[int, int] | None:
         """Where the rows a request created at `created` uses are: created before it (so not itself),
@@ -225,8 +230,7 @@ async def load_histories(rows: list[dict[str, Any]]) -> list[History]:
         groups.setdefault((str(row["org"]), row["tool"]), []).append(index)
     for (org, tool), members in groups.items():
         times = [_created(rows[i]) for i in members]
-        read = await _recent(org, tool, max(times), min(times), RECENT_LIMIT + _SHARED_EXTRA)
-        shared = _Shared(read, truncated=len(read) >= RECENT_LIMIT + _SHARED_EXTRA)
+        shared = await _Shared.read(org, tool, max(times), min(times), RECENT_LIMIT + _SHARED_EXTRA)
         pending = (
             await ApprovalRequest.select(ApprovalRequest.id, ApprovalRequest.arguments, ApprovalRequest.arguments_hash)
             .where((ApprovalRequest.org == org) & (ApprovalRequest.status == "pending")
@@ -240,7 +244,7 @@ async def load_histories(rows: list[dict[str, Any]]) -> list[History]:
             if (span := shared.span(created)) is not None:
                 shared.fill(history, *span)
             else:  # its own read: exactly its window
-                own = _Shared(await _recent(org, tool, created, created, RECENT_LIMIT), truncated=False)
+                own = await _Shared.read(org, tool, created, created, RECENT_LIMIT)
                 own.fill(history, 0, len(own.hours))
             history.pending_same_tool = [
                 {"arguments": p["arguments"], "arguments_hash": p["arguments_hash"]}
