@@ -33,12 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 PG_ADMIN_URL = os.environ.get("PRELOOP_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("PRELOOP_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def url_for_database(name: str, admin_url: str = PG_ADMIN_URL) -> str:
     """`admin_url` naming database `name` instead (user, host, port and a `?host=` socket kept)."""
     return urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
-REDIS_URL = os.environ.get("PRELOOP_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
 POLICY = """
 version: "1"
 name: bench
