@@ -176,9 +176,14 @@ async def _append(
             continue
         await AuditEvent.insert(*events)
         if head is None:
-            await AuditHead.insert(AuditHead(org_id=org, seq=seq, hash=prev, updated_at=stamp))
+            await AuditHead.insert(
+                AuditHead(org_id=org, seq=seq, hash=prev, prev_hash=events[-1].prev_hash, updated_at=stamp)
+            )
         else:
-            moved: dict[Any, Any] = {AuditHead.seq: seq, AuditHead.hash: prev, AuditHead.updated_at: stamp}
+            moved: dict[Any, Any] = {
+                AuditHead.seq: seq, AuditHead.hash: prev, AuditHead.prev_hash: events[-1].prev_hash,
+                AuditHead.updated_at: stamp,
+            }
             await AuditHead.update(moved).where(AuditHead.org_id == org)
 
 
@@ -191,12 +196,13 @@ _EVENT_COLUMNS = (
 async def _append_and_move(org: str, events: list[AuditEvent], seq: int, last_hash: str, stamp: datetime) -> None:
     """PostgreSQL: insert the events and move the head in one statement (one round trip)."""
     values: list[str] = []
-    args: list[Any] = [seq, last_hash, stamp, org]
+    args: list[Any] = [seq, last_hash, events[-1].prev_hash, stamp, org]
     for event in events:
         values.append("(" + ",".join("{}::jsonb" if c == "data" else "{}" for c in _EVENT_COLUMNS) + ")")
         args += [json.dumps(event.data) if c == "data" else getattr(event, c) for c in _EVENT_COLUMNS]
     await db.fetch(
-        "WITH moved AS (UPDATE audit_head SET seq = {}, hash = {}, updated_at = {} WHERE org_id = {} RETURNING 1) "
+        "WITH moved AS (UPDATE audit_head SET seq = {}, hash = {}, prev_hash = {}, updated_at = {} WHERE org_id = {} "
+        "RETURNING 1) "
         f"INSERT INTO audit_event ({', '.join(_EVENT_COLUMNS)}) VALUES {', '.join(values)}",
         *args,
     )
@@ -214,9 +220,57 @@ def _hash_parts(row: dict[str, Any]) -> tuple[str, str]:
     return "[" + _canonical(str(row["org_id"])) + ",", "," + _canonical(middle)[1:-1] + ","
 
 
+# `_CHAIN_SQL` moves the org's head, which it locked (`head`: `SELECT ... FOR UPDATE`), to the last
+# appended event with an `INSERT ... ON CONFLICT DO UPDATE` that always conflicts on `org_id`, not an
+# `UPDATE`: the head row was usually moved by another transaction after this statement's snapshot
+# was taken (that is what the lock waited for), and an UPDATE finding it would re-check it with
+# PostgreSQL's EvalPlanQual, which initialises every sub-plan of the statement again; the conflict path
+# updates the row's newest version directly. `id` is the head's own (no sequence value is used).
+_MOVE_HEAD = (
+    "ON CONFLICT (org_id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash, prev_hash = EXCLUDED.prev_hash, "
+    "updated_at = EXCLUDED.updated_at RETURNING 1"
+)
+
+
+def _sha_sql(p1: str, seq: str, p2: str, prev: str) -> str:
+    """SQL for `event_hash` from `_hash_parts`' texts and the chain position (`seq`, `prev`: SQL)."""
+    return f"encode(sha256(convert_to({p1} || ({seq})::text || {p2} || '\"' || {prev} || '\"]', 'UTF8')), 'hex')"
+
+
+def _advance_head_sql(after: str, parts: list[tuple[str, str]]) -> str:
+    """PostgreSQL: the CTE `head`, which appends `len(parts)` events to the org's chain head and returns
+    the head as moved (`seq`, `hash` of the last event; `prev_hash`, the hash the first one chains from).
+
+    The lock and the move are one `INSERT ... ON CONFLICT (org_id) DO UPDATE` that always conflicts:
+    PostgreSQL locks the head row's newest version (waiting for a transaction that holds it) and
+    computes the new position from that version, `audit_head.seq` and `audit_head.hash`. A
+    `SELECT ... FOR UPDATE` would also wait, but then re-check the row with EvalPlanQual (the row has
+    usually moved since the statement's snapshot), which initialises every sub-plan of the statement
+    again; the later `UPDATE` of the head re-checked it a second time. The inserted values (the head as
+    the snapshot saw it) are never stored: the row always exists, so nothing is inserted for an org
+    without a head (its first event takes the advisory-lock path). Nothing happens unless `after`
+    returns a row, and only after it ran (its rows lock first).
+
+    `parts` are `(p1, p2)` SQL text expressions (`_hash_parts`), in the events' order. Arguments: the
+    timestamp, the org, then those of `parts`' expressions from the last event's to the first's (the
+    last event's hash is the outermost expression).
+    """
+    chained = "audit_head.hash"
+    for n, (p1, p2) in enumerate(parts, start=1):
+        chained = _sha_sql(p1, f"audit_head.seq + {n}", p2, chained)
+    return (
+        "head AS (\n    INSERT INTO audit_head (id, org_id, seq, hash, prev_hash, updated_at)\n"
+        "    SELECT h.id, h.org_id, h.seq, h.hash, h.prev_hash, {}::timestamptz FROM audit_head h\n"
+        f"    WHERE h.org_id = {{}} AND EXISTS (SELECT 1 FROM {after})\n"
+        f"    ON CONFLICT (org_id) DO UPDATE SET seq = audit_head.seq + {len(parts)}, prev_hash = audit_head.hash,\n"
+        f"        hash = {chained}, updated_at = EXCLUDED.updated_at\n"
+        "    RETURNING seq, hash, prev_hash\n)"
+    )
+
+
 _CHAIN_SQL = """
 WITH RECURSIVE head AS (
-    SELECT seq, hash FROM audit_head WHERE org_id = {} FOR UPDATE
+    SELECT id, seq, hash FROM audit_head WHERE org_id = {} FOR UPDATE
 ), ev AS (
     SELECT * FROM unnest({}::text[], {}::text[], {}::uuid[], {}::text[], {}::text[], {}::text[], {}::text[],
                          {}::text[], {}::text[], {}::text[], {}::timestamptz[], {}::text[])
@@ -231,10 +285,10 @@ WITH RECURSIVE head AS (
            encode(sha256(convert_to(e.p1 || (c.seq + 1)::text || e.p2 || '"' || c.hash || '"]', 'UTF8')), 'hex')
     FROM chain c JOIN ev e ON e.n = c.n + 1
 ), moved AS (
-    UPDATE audit_head SET seq = last.seq, hash = last.hash, updated_at = {}
-    FROM (SELECT seq, hash FROM chain ORDER BY n DESC LIMIT 1) AS last
-    WHERE audit_head.org_id = {}
-    RETURNING 1
+    INSERT INTO audit_head (id, seq, hash, prev_hash, updated_at, org_id)
+    SELECT h.id, last.seq, last.hash, last.prev_hash, {}, {}
+    FROM (SELECT seq, hash, prev_hash FROM chain ORDER BY n DESC LIMIT 1) AS last CROSS JOIN head h
+    """ + _MOVE_HEAD + """
 )
 INSERT INTO audit_event (id, org_id, seq, chain_pos, kind, actor_type, actor_id, actor_label, subject_type,
                          subject_id, data, created_at, prev_hash, hash, external_id, note)
@@ -281,26 +335,17 @@ def chained_event_sql(row: dict[str, Any], *, after: str, hole: str | None = Non
     else:
         p2a, p2b = p2.split(mark)
         data_a, data_b = _canonical(row["data"]).split(mark)
-    sql = f"""head AS (
-    SELECT seq, hash FROM audit_head WHERE org_id = {{}} AND EXISTS (SELECT 1 FROM {after}) FOR UPDATE
-), ev AS (
+    head = _advance_head_sql(after, [("{}::text", "(SELECT p2 FROM ev)")])
+    sql = f"""ev AS (
     SELECT {{}}::text || {hole} || {{}}::text AS p2, {{}}::text || {hole} || {{}}::text AS data FROM {after} s
-), chain AS (
-    SELECT h.seq + 1 AS seq, h.hash::text AS prev_hash, e.data,
-           encode(sha256(convert_to({{}}::text || (h.seq + 1)::text || e.p2 || '"' || h.hash || '"]', 'UTF8')),
-                  'hex') AS hash
-    FROM head h CROSS JOIN ev e
-), moved AS (
-    UPDATE audit_head SET seq = c.seq, hash = c.hash, updated_at = {{}}::timestamptz FROM chain c
-    WHERE audit_head.org_id = {{}} RETURNING 1
-), logged AS (
+), {head}, logged AS (
     INSERT INTO audit_event (id, org_id, seq, chain_pos, kind, actor_type, actor_id, actor_label, subject_type,
                              subject_id, data, created_at, prev_hash, hash, external_id, note)
-    SELECT {{}}::uuid, {{}}, c.seq, {{}}::text || ':' || c.seq, {{}}, {{}}, {{}}, {{}}, {{}}, {{}}, c.data::jsonb,
-           {{}}::timestamptz, c.prev_hash, c.hash, NULL, ''
-    FROM chain c RETURNING seq
+    SELECT {{}}::uuid, {{}}, h.seq, {{}}::text || ':' || h.seq, {{}}, {{}}, {{}}, {{}}, {{}}, {{}}, e.data::jsonb,
+           {{}}::timestamptz, h.prev_hash, h.hash, NULL, ''
+    FROM head h CROSS JOIN ev e RETURNING seq
 )"""
-    args: list[Any] = [org, p2a, p2b, data_a, data_b, p1, datetime.now(UTC), org, uuid.uuid4(), org, org]
+    args: list[Any] = [p2a, p2b, data_a, data_b, datetime.now(UTC), org, p1, uuid.uuid4(), org, org]
     args += [row[c] for c in ("kind", "actor_type", "actor_id", "actor_label", "subject_type", "subject_id")]
     args.append(row["created_at"])
     return sql, args
@@ -318,27 +363,23 @@ def chained_events_sql(rows: list[dict[str, Any]], *, after: str) -> tuple[str, 
     assert rows
     assert len({str(r["org_id"]) for r in rows}) == 1
     org = str(rows[0]["org_id"])
-    args: list[Any] = [org]
-    parts = [
-        "head AS (\n    SELECT seq, hash FROM audit_head WHERE org_id = {} "
-        f"AND EXISTS (SELECT 1 FROM {after}) FOR UPDATE\n)"
-    ]
-    inserts: list[str] = []
-    prev = "head"
-    for n, row in enumerate(rows, start=1):
-        p1, p2 = _hash_parts(row)
+    hashed = [_hash_parts(row) for row in rows]
+    head = _advance_head_sql(after, [("{}::text", "{}::text")] * len(rows))
+    args: list[Any] = [datetime.now(UTC), org]
+    for p1, p2 in reversed(hashed):  # the head's expression nests the last event's hash outermost
+        args += [p1, p2]
+    # Each event's hash again, from the hash the head moved from: the same function of the same texts,
+    # so the last one is the head's new hash.
+    parts = [head]
+    for n, (p1, p2) in enumerate(hashed, start=1):
+        source = "head h" if n == 1 else f"chain{n - 1} p"
+        seq, prev_hash = (f"h.seq - {len(rows) - 1}", "h.prev_hash") if n == 1 else ("p.seq + 1", "p.hash")
         parts.append(
-            f"chain{n} AS (\n    SELECT p.seq + 1 AS seq, p.hash::text AS prev_hash, "
-            "encode(sha256(convert_to({}::text || (p.seq + 1)::text || {}::text || '\"' || p.hash || '\"]', 'UTF8')), "
-            f"'hex') AS hash\n    FROM {prev} p\n)"
+            f"chain{n} AS (\n    SELECT {seq} AS seq, {prev_hash}::text AS prev_hash, "
+            f"{_sha_sql('{}::text', seq, '{}::text', prev_hash)} AS hash\n    FROM {source}\n)"
         )
         args += [p1, p2]
-        prev = f"chain{n}"
-    parts.append(
-        "moved AS (\n    UPDATE audit_head SET seq = c.seq, hash = c.hash, updated_at = {}::timestamptz "
-        f"FROM {prev} c\n    WHERE audit_head.org_id = {{}} RETURNING 1\n)"
-    )
-    args += [datetime.now(UTC), org]
+    inserts: list[str] = []
     for n, row in enumerate(rows, start=1):
         inserts.append(
             "SELECT {}::uuid, {}, c.seq, {}::text || ':' || c.seq, {}, {}, {}, {}, {}, {}, {}::jsonb, "
