@@ -225,7 +225,8 @@ def _hash_parts(row: dict[str, Any]) -> tuple[str, str]:
 # `UPDATE`: the head row was usually moved by another transaction after this statement's snapshot
 # was taken (that is what the lock waited for), and an UPDATE finding it would re-check it with
 # PostgreSQL's EvalPlanQual, which initialises every sub-plan of the statement again; the conflict path
-# updates the row's newest version directly. `id` is the head's own (no sequence value is used).
+# updates the row's newest version directly. The proposed row's `id` is the head's, negated: see
+# `_advance_head_sql`.
 _MOVE_HEAD = (
     "ON CONFLICT (org_id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash, prev_hash = EXCLUDED.prev_hash, "
     "updated_at = EXCLUDED.updated_at RETURNING 1"
@@ -246,10 +247,14 @@ def _advance_head_sql(after: str, parts: list[tuple[str, str]]) -> str:
     computes the new position from that version, `audit_head.seq` and `audit_head.hash`. A
     `SELECT ... FOR UPDATE` would also wait, but then re-check the row with EvalPlanQual (the row has
     usually moved since the statement's snapshot), which initialises every sub-plan of the statement
-    again; the later `UPDATE` of the head re-checked it a second time. The inserted values (the head as
-    the snapshot saw it) are never stored: the row always exists, so nothing is inserted for an org
-    without a head (its first event takes the advisory-lock path). Nothing happens unless `after`
-    returns a row, and only after it ran (its rows lock first).
+    again; the later `UPDATE` of the head re-checked it a second time. The proposed row (the head as the
+    snapshot saw it) is never stored: the row always exists, so nothing is inserted for an org without a
+    head (its first event takes the advisory-lock path). Its `id` is the head's negated, an id no row has:
+    PostgreSQL's first look for a conflict can miss a head row that another transaction moved to a new
+    index entry while the look ran; the proposed row is then inserted tentatively, the `org_id` index
+    finds the conflict and PostgreSQL takes the row back and looks again. With the head's own id the
+    primary key would refuse the tentative row first, as an error (seen once in 6,400 racing appends).
+    Nothing happens unless `after` returns a row, and only after it ran (its rows lock first).
 
     `parts` are `(p1, p2)` SQL text expressions (`_hash_parts`), in the events' order. Arguments: the
     timestamp, the org, then those of `parts`' expressions from the last event's to the first's (the
@@ -260,7 +265,7 @@ def _advance_head_sql(after: str, parts: list[tuple[str, str]]) -> str:
         chained = _sha_sql(p1, f"audit_head.seq + {n}", p2, chained)
     return (
         "head AS (\n    INSERT INTO audit_head (id, org_id, seq, hash, prev_hash, updated_at)\n"
-        "    SELECT h.id, h.org_id, h.seq, h.hash, h.prev_hash, {}::timestamptz FROM audit_head h\n"
+        "    SELECT -h.id, h.org_id, h.seq, h.hash, h.prev_hash, {}::timestamptz FROM audit_head h\n"
         f"    WHERE h.org_id = {{}} AND EXISTS (SELECT 1 FROM {after})\n"
         f"    ON CONFLICT (org_id) DO UPDATE SET seq = audit_head.seq + {len(parts)}, prev_hash = audit_head.hash,\n"
         f"        hash = {chained}, updated_at = EXCLUDED.updated_at\n"
@@ -286,7 +291,7 @@ WITH RECURSIVE head AS (
     FROM chain c JOIN ev e ON e.n = c.n + 1
 ), moved AS (
     INSERT INTO audit_head (id, seq, hash, prev_hash, updated_at, org_id)
-    SELECT h.id, last.seq, last.hash, last.prev_hash, {}, {}
+    SELECT -h.id, last.seq, last.hash, last.prev_hash, {}, {}
     FROM (SELECT seq, hash, prev_hash FROM chain ORDER BY n DESC LIMIT 1) AS last CROSS JOIN head h
     """ + _MOVE_HEAD + """
 )
