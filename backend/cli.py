@@ -204,6 +204,7 @@ def serve(
             serving = asyncio.create_task(server.serve())
             while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no started event
                 await asyncio.sleep(0.02)
+            settle_heap()
             if not server.started:
                 await serving
                 if created is not None:  # the demo logins are shown once: never lose them
@@ -248,6 +249,22 @@ def serve(
         gc.freeze()
     if not started:
         raise fail("the hub did not start; see the log line above")
+
+
+YOUNG_COLLECTION_EVERY = 10_000
+"""Net allocations of container objects between two young-generation collections (Python's default: 700)."""
+
+
+def settle_heap() -> None:
+    """Once a long-running process has started: what it built (modules, app, pools) moves out of the
+    garbage collector's reach (`gc.freeze`), so no collection walks it again, and young collections run
+    every `YOUNG_COLLECTION_EVERY` net allocations. A young collection costs about what survives it (the
+    objects of the requests in flight), not what was allocated since the last, so running them 14x less
+    often saves most of their time; under `bench/throughput.py` the API's CPU per cycle went 9.6 -> 9.0 ms
+    (lower in 5 of 6 alternating rounds)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, 20, 20)
 
 
 def _print_ready(settings: Settings, gw_port: int | None, created: dict[str, Any] | None) -> None:
@@ -325,6 +342,7 @@ def worker(
         handle = await connect_redis(settings.redis.url)
         await handle.close()
         worker = build_worker(handle.arq_settings())
+        settle_heap()
         try:
             await worker.async_run()
         except asyncio.CancelledError:
