@@ -322,10 +322,10 @@ def canonical_object_sql(expr: str) -> str:
 
 
 def chained_event_sql(row: dict[str, Any], *, after: str, hole: str | None = None) -> tuple[str, list[Any]]:
-    """PostgreSQL: CTEs (`head`, `ev`, `chain`, `moved`, `logged`) that append one event (`event_row`) to
-    its org's chain inside the statement they join, as `_CHAIN_SQL` does, with the value of its `data`
-    that is `HOLE` given by the SQL expression `hole` over `s`, the row of the CTE `after` (no `hole`:
-    `data` is complete).
+    """PostgreSQL: CTEs (`ev`, `head`, `logged`) that append one event (`event_row`) to its org's chain
+    inside the statement they join (the head locked and moved by `_advance_head_sql`), with the value of
+    its `data` that is `HOLE` given by the SQL expression `hole` over `s`, the row of the CTE `after` (no
+    `hole`: `data` is complete).
 
     Nothing is appended unless `after` returns a row, and the chain head is locked only after `after`
     ran (its row locks first: the same order as a unit of work that updates a row and then appends).
@@ -357,7 +357,7 @@ def chained_event_sql(row: dict[str, Any], *, after: str, hole: str | None = Non
 
 
 def chained_events_sql(rows: list[dict[str, Any]], *, after: str) -> tuple[str, list[Any]]:
-    """PostgreSQL: CTEs (`head`, `chain1` … `chainN`, `moved`, `logged`) that append the events `rows`
+    """PostgreSQL: CTEs (`head`, `chain1` … `chainN`, `logged`) that append the events `rows`
     (`event_row`s of one org, `data` complete), in order, to the org's chain inside the statement they
     join: `chained_event_sql` for several events, each hash finished in SQL from the one before it.
 
