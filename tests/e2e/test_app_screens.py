@@ -319,7 +319,7 @@ def test_offline_installable_light_and_accessible(live_hub: LiveHub, org: Any, p
     assert page.evaluate("document.activeElement.dataset.action") == "approve"
 
     # Offline: the service worker serves the shell and the last-known inbox, with the banner.
-    page.wait_for_function("navigator.serviceWorker.controller !== null")
+    _wait(page, lambda: page.evaluate("navigator.serviceWorker.controller !== null"))
     page.reload()
     page.wait_for_selector(f"#requests article[data-id='{rid}']")
     assert page.is_hidden("#offline")

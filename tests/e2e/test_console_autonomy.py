@@ -11,6 +11,7 @@ import yaml
 
 from tests.conftest import LiveHub
 from tests.e2e.test_console import serious_violations, sign_in
+from tests.e2e.test_push_notifications import _wait
 from tests.helpers import Org, auth, make_org
 from tests.integration.console.test_autonomy_and_dry_run import POLICY
 
@@ -82,7 +83,7 @@ def test_autonomy_suggestion_opens_in_editor_dry_run_and_reorder(live_hub: LiveH
     button = page.locator("#rules ol[data-entry='0'] li[data-rule='1'] button[data-move='down']")
     button.focus()
     page.keyboard.press("Enter")
-    page.wait_for_function("() => document.getElementById('rules-status').textContent.includes('moved')")
+    _wait(page, lambda: "moved" in page.inner_text("#rules-status"))
     assert page.inner_text("#rules-status") == "refund: rule 2 moved to position 3"
     assert _rules(page, 0) == ["deny", "require_approval", "allow"]
     moved = yaml.safe_load(page.input_value("#source"))
@@ -90,13 +91,12 @@ def test_autonomy_suggestion_opens_in_editor_dry_run_and_reorder(live_hub: LiveH
     assert page.evaluate("() => document.activeElement.closest('li').dataset.rule") == "2"
     assert page.evaluate("() => document.activeElement.dataset.move") == "up"  # "down" is disabled at the end
     page.keyboard.press("Enter")  # and back up, still from the keyboard
-    page.wait_for_function("() => document.getElementById('rules-status').textContent.includes('rule 3 moved')")
+    _wait(page, lambda: "rule 3 moved" in page.inner_text("#rules-status"))
     assert _rules(page, 0) == ["deny", "allow", "require_approval"]
 
     # Drag the last rule onto the first.
     page.drag_and_drop("#rules ol[data-entry='0'] li[data-rule='2']", "#rules ol[data-entry='0'] li[data-rule='0']")
-    page.wait_for_function("() => document.getElementById('rules-status').textContent.includes('rule 3 moved to "
-                           "position 1')")
+    _wait(page, lambda: "rule 3 moved to position 1" in page.inner_text("#rules-status"))
     assert _rules(page, 0) == ["require_approval", "deny", "allow"]
     assert [r["action"] for r in yaml.safe_load(page.input_value("#source"))["tools"][0]["rules"]] == [
         "require_approval", "deny", "allow"]
