@@ -204,12 +204,12 @@ def serve(
             serving = asyncio.create_task(server.serve())
             while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn has no started event
                 await asyncio.sleep(0.02)
-            settle_heap()
             if not server.started:
                 await serving
                 if created is not None:  # the demo logins are shown once: never lose them
                     _print_ready(settings, None, created)
                 return False
+            settle_heap()
             if gw_port is None:
                 _print_ready(settings, None, created)
                 await serving

@@ -283,11 +283,11 @@ WITH RECURSIVE head AS (
                              data, created_at, external_id, n)
 ), chain AS (
     SELECT e.n, h.seq + 1 AS seq, h.hash::text AS prev_hash,
-           encode(sha256(convert_to(e.p1 || (h.seq + 1)::text || e.p2 || '"' || h.hash || '"]', 'UTF8')), 'hex') AS hash
+           """ + _sha_sql("e.p1", "h.seq + 1", "e.p2", "h.hash") + """ AS hash
     FROM head h JOIN ev e ON e.n = 1
     UNION ALL
     SELECT e.n, c.seq + 1, c.hash::text,
-           encode(sha256(convert_to(e.p1 || (c.seq + 1)::text || e.p2 || '"' || c.hash || '"]', 'UTF8')), 'hex')
+           """ + _sha_sql("e.p1", "c.seq + 1", "e.p2", "c.hash") + """
     FROM chain c JOIN ev e ON e.n = c.n + 1
 ), moved AS (
     INSERT INTO audit_head (id, seq, hash, prev_hash, updated_at, org_id)
