@@ -177,11 +177,11 @@ async def _append(
         await AuditEvent.insert(*events)
         if head is None:
             await AuditHead.insert(
-                AuditHead(org_id=org, seq=seq, hash=prev, prev_hash=events[-1].prev_hash, updated_at=stamp)
+                AuditHead(org_id=org, seq=seq, hash=prev, prev_hash=events[0].prev_hash, updated_at=stamp)
             )
         else:
             moved: dict[Any, Any] = {
-                AuditHead.seq: seq, AuditHead.hash: prev, AuditHead.prev_hash: events[-1].prev_hash,
+                AuditHead.seq: seq, AuditHead.hash: prev, AuditHead.prev_hash: events[0].prev_hash,
                 AuditHead.updated_at: stamp,
             }
             await AuditHead.update(moved).where(AuditHead.org_id == org)
@@ -196,7 +196,7 @@ _EVENT_COLUMNS = (
 async def _append_and_move(org: str, events: list[AuditEvent], seq: int, last_hash: str, stamp: datetime) -> None:
     """PostgreSQL: insert the events and move the head in one statement (one round trip)."""
     values: list[str] = []
-    args: list[Any] = [seq, last_hash, events[-1].prev_hash, stamp, org]
+    args: list[Any] = [seq, last_hash, events[0].prev_hash, stamp, org]
     for event in events:
         values.append("(" + ",".join("{}::jsonb" if c == "data" else "{}" for c in _EVENT_COLUMNS) + ")")
         args += [json.dumps(event.data) if c == "data" else getattr(event, c) for c in _EVENT_COLUMNS]
@@ -291,8 +291,8 @@ WITH RECURSIVE head AS (
     FROM chain c JOIN ev e ON e.n = c.n + 1
 ), moved AS (
     INSERT INTO audit_head (id, seq, hash, prev_hash, updated_at, org_id)
-    SELECT -h.id, last.seq, last.hash, last.prev_hash, {}, {}
-    FROM (SELECT seq, hash, prev_hash FROM chain ORDER BY n DESC LIMIT 1) AS last CROSS JOIN head h
+    SELECT -h.id, last.seq, last.hash, h.hash, {}, {}
+    FROM (SELECT seq, hash FROM chain ORDER BY n DESC LIMIT 1) AS last CROSS JOIN head h
     """ + _MOVE_HEAD + """
 )
 INSERT INTO audit_event (id, org_id, seq, chain_pos, kind, actor_type, actor_id, actor_label, subject_type,

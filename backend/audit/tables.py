@@ -36,7 +36,7 @@ class AuditHead(Table, tablename="audit_head"):
     org_id = Varchar(length=36, unique=True)
     seq = BigInt(default=0)
     hash = Varchar(length=64)
-    # The newest event's `prev_hash`: a one-statement append moves the head first and then chains its
-    # events from the hash the head moved from (`service._advance_head_sql`).
+    # The hash the latest append started from (its first event's `prev_hash`): a one-statement append
+    # moves the head first and then chains its events from it (`service._advance_head_sql`).
     prev_hash = Varchar(length=64, default="")
     updated_at = Timestamptz()

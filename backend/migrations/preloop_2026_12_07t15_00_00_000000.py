@@ -1,4 +1,4 @@
-"""The chain head keeps the hash its newest event chained from (`audit_head.prev_hash`).
+"""The chain head keeps the hash its latest append started from (`audit_head.prev_hash`).
 
 A one-statement append on PostgreSQL locks and moves the head in one `INSERT … ON CONFLICT DO UPDATE`
 (no `SELECT … FOR UPDATE`, whose re-check of a row moved since the statement's snapshot initialised the
