@@ -111,3 +111,32 @@ async def test_concurrent_misses_of_one_key_share_one_lookup_and_a_change_is_not
     second = await service.principal_for_token(carol)
     assert (await first).email == second.email == "carol@acme.test"
     assert len(lookups) == 2  # the second request did not take the first one's answer
+
+
+async def test_a_key_lookup_reads_what_the_builder_reads(org: Org) -> None:
+    """PostgreSQL looks keys up with one prepared statement (`_KEY_SQL`); it must give the principal exactly
+    what Piccolo's join gives, labels decoded, ids and times of the same types; SQLite runs the join itself."""
+    carol = await service.get_user(org.id, "carol@acme.test")
+    token, _ = await service.create_key(
+        org.id, carol["id"], "labelled", scope="agent", labels={"team": "ops", "tier": ["a", "é"]}
+    )
+    digest = service.sha256_hex(token)
+    built = (
+        await ApiKey.select(
+            ApiKey.id, ApiKey.org, ApiKey.name, ApiKey.scope, ApiKey.labels, ApiKey.revoked_at, ApiKey.last_used_at,
+            ApiKey.user.id, ApiKey.user.email, ApiKey.user.role, ApiKey.user.is_active,
+        )
+        .where(ApiKey.token_hash == digest)
+        .first()
+        .output(load_json=True)
+    )
+    read = await service._key_row(digest)
+    assert read == built and read is not None
+    def kinds(row: dict[str, Any]) -> dict[str, type]:  # Piccolo hands JSON objects back as a dict subclass
+        return {k: dict if isinstance(v, dict) else type(v) for k, v in row.items()}
+
+    assert kinds(read) == kinds(built)
+    assert read["labels"] == {"team": "ops", "tier": ["a", "é"]} and read["user.email"] == "carol@acme.test"
+    assert await service._key_row(service.sha256_hex("pl_unknown")) is None
+    principal = await service.principal_for_token(token)
+    assert (principal.key_name, principal.labels, principal.user_id) == ("labelled", read["labels"], read["user.id"])
