@@ -25,6 +25,9 @@ logger = logging.getLogger("preloop.bus")
 
 Listener = Callable[[str, dict[str, Any]], None]
 PREFIX = "preloop:"
+# Several messages published together travel as one: `{"o": origin, "m": {}, "b": [[topic, message], ...]}`
+# on this topic (no listener's topic; a process of an older version delivers it to nobody).
+BATCH_TOPIC = "~batch"
 # Process-wide listeners by topic prefix (in-process caches dropping entries another process changed),
 # and the started buses, so code without a hub at hand can still announce such a change.
 _PREFIX_LISTENERS: dict[str, list[Listener]] = defaultdict(list)
@@ -70,6 +73,9 @@ class Bus:
         self._listeners: dict[str, set[Listener]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        # Messages waiting for the next pipeline, and the future of the replies of that pipeline.
+        self._outbox: list[tuple[str, str]] = []  # (topic, the message as JSON)
+        self._sent: asyncio.Future[list[Any]] | None = None
 
     async def start(self) -> None:
         _STARTED.add(self)
@@ -88,18 +94,43 @@ class Bus:
             self._task = None
 
     async def publish(self, topic: str, message: dict[str, Any]) -> None:
-        self._deliver(topic, message)
-        if self._redis is not None:
-            body = json.dumps({"o": self._origin, "m": message}, default=str)
+        await self.publish_many([(topic, message)])
 
-            def add(pipe: Pipeline) -> int:
-                pipe.publish(PREFIX + topic, body)
-                return 1
+    async def publish_many(self, messages: list[tuple[str, dict[str, Any]]]) -> None:
+        """Deliver `(topic, message)` pairs in this process at once and send them to the others through
+        Redis, waiting until they are sent. What every publisher of this process queues before the next
+        pipeline is built goes out as one PUBLISH (`_add_outbox`), in the order it was published."""
+        for topic, message in messages:
+            self._deliver(topic, message)
+        if self._redis is None or not messages:
+            return
+        # Encoded here, so a message that cannot be fails its own publisher, not the pipeline it joins.
+        encoded = [(topic, json.dumps(message, default=str)) for topic, message in messages]
+        loop = asyncio.get_running_loop()
+        sent = self._sent
+        if sent is None or sent.done() or sent.get_loop() is not loop:  # none queued (or one that failed)
+            self._outbox = []
+            sent = self._sent = pipelined(self._redis).submit(self._add_outbox)
+        self._outbox.extend(encoded)
+        await asyncio.wait({sent})  # shared with other publishers: our cancellation must not cancel it
+        if sent.cancelled() or sent.exception() is not None:  # Redis is an accelerator: waiters fall back
+            logger.error(  # on their timeouts
+                "bus publish failed",
+                exc_info=None if sent.cancelled() else sent.exception(),
+                extra={"topic": messages[0][0]},
+            )
 
-            try:  # in the same round trip as every other publish (and job) queued meanwhile
-                await pipelined(self._redis).run(add)
-            except Exception:  # Redis is an accelerator: waiters fall back on their timeouts
-                logger.exception("bus publish failed", extra={"topic": topic})
+    def _add_outbox(self, pipe: Pipeline) -> int:
+        """Called as the pipeline is built: everything queued since the last one, as one PUBLISH (a single
+        message on its own topic; several in a batch on `BATCH_TOPIC`, which an older process ignores)."""
+        outbox, self._outbox, self._sent = self._outbox, [], None
+        if len(outbox) == 1:
+            topic, message = outbox[0]
+            pipe.publish(PREFIX + topic, f"{self._own_prefix}, \"m\": {message}}}")
+        else:
+            batch = ", ".join(f"[{json.dumps(topic)}, {message}]" for topic, message in outbox)
+            pipe.publish(PREFIX + BATCH_TOPIC, f"{self._own_prefix}, \"m\": {{}}, \"b\": [{batch}]}}")
+        return 1
 
     def subscribe(self, topic: str, listener: Listener) -> Callable[[], None]:
         self._listeners[topic].add(listener)
@@ -153,7 +184,11 @@ class Bus:
                     if data.startswith(own):
                         continue  # delivered in-process when published
                     body = json.loads(data)
-                    self._deliver(channel[len(PREFIX) :], body["m"])
+                    if "b" in body:
+                        for topic, message in body["b"]:
+                            self._deliver(topic, message)
+                    else:
+                        self._deliver(channel[len(PREFIX) :], body["m"])
             except asyncio.CancelledError:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
                 raise

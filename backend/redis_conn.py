@@ -38,6 +38,11 @@ class Pipelined:
 
     async def run(self, add: Callable[[Pipeline], int]) -> list[Any]:
         """`add` puts commands on the pipeline and says how many; their replies, in order."""
+        return await self.submit(add)
+
+    def submit(self, add: Callable[[Pipeline], int]) -> asyncio.Future[list[Any]]:
+        """`run` without waiting: the future of the replies, for callers that share one `add` (it is
+        called once, when the pipeline is built). Wait for it shielded (`asyncio.wait`) if it is shared."""
         loop = asyncio.get_running_loop()
         if self._task is not None and self._task.get_loop() is not loop:  # a client outliving its loop
             self._task, self._queue = None, []
@@ -45,7 +50,7 @@ class Pipelined:
         self._queue.append((add, future))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._flush(), name="preloop-redis-pipelined")
-        return await future
+        return future
 
     async def _flush(self) -> None:
         while self._queue:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -24,7 +23,7 @@ from backend.approvals.tables import ApprovalRequest, Grant, Vote
 from backend.audit import service as audit
 from backend.audit.service import Actor, record
 from backend.errors import Conflict, Forbidden, ValidationFailed
-from backend.events import publish_event
+from backend.events import event_message
 from backend.notifications import service as notifications
 from backend.observability import metrics
 from backend.transactions import after_commit as after_commit
@@ -680,8 +679,7 @@ def _announce(hub: Effects, row: dict[str, Any], kind: str) -> None:
 
     async def publish() -> None:
         sends = [
-            publish_event(
-                hub.bus,
+            event_message(
                 row["org"],
                 kind,
                 {
@@ -693,8 +691,8 @@ def _announce(hub: Effects, row: dict[str, Any], kind: str) -> None:
             )
         ]
         if row["status"] != "pending":
-            sends.insert(0, hub.bus.publish(approval_topic(row["id"]), message))
-        await asyncio.gather(*sends)  # both messages in one Redis round trip
+            sends.insert(0, (approval_topic(row["id"]), message))
+        await hub.bus.publish_many(sends)  # both messages in one PUBLISH
 
     after_commit(publish)
 

@@ -25,7 +25,7 @@ from backend.approvals.tables import ApprovalRequest
 from backend.audit.service import Actor, record
 from backend.bus import Bus
 from backend.effects import Effects
-from backend.events import publish_event
+from backend.events import event_message
 from backend.notifications import channel_settings, preferences
 from backend.notifications.batching import Batch, keyed
 from backend.notifications.channels import CHAT_KINDS, ChannelError, Recipient, Target, get_channel
@@ -417,20 +417,21 @@ async def announce(
         "escalation_level": level,
         "delivery_ids": [d["id"] for d in deliveries],
     }
-    await asyncio.gather(  # both messages in one Redis round trip
-        bus.publish(QUEUED_TOPIC, message),
-        publish_event(
-            bus,
-            org_id,
-            "notifications.queued",
-            {
-                "request_id": str(request_id),
-                "escalation_level": level,
-                "deliveries": len(deliveries),
-                "channels": sorted({d["channel"] for d in deliveries}),
-                "user_ids": sorted({d["user_id"] for d in deliveries}),
-            },
-        ),
+    await bus.publish_many(  # both messages in one PUBLISH
+        [
+            (QUEUED_TOPIC, message),
+            event_message(
+                org_id,
+                "notifications.queued",
+                {
+                    "request_id": str(request_id),
+                    "escalation_level": level,
+                    "deliveries": len(deliveries),
+                    "channels": sorted({d["channel"] for d in deliveries}),
+                    "user_ids": sorted({d["user_id"] for d in deliveries}),
+                },
+            ),
+        ]
     )
 
 
