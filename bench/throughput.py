@@ -365,6 +365,25 @@ async def count_queries(
         await proxy.stop()
 
 
+async def _setting(database_url: str, name: str) -> str:
+    conn = await asyncpg.connect(database_url, timeout=5)
+    try:
+        return str(await conn.fetchval("SELECT current_setting($1)", name))
+    finally:
+        await conn.close()
+
+
+async def _vacuum(database_url: str) -> None:
+    """What autovacuum does between runs in production: without it every update of a run leaves a dead
+    row version behind (the chain head is updated ~5 times a cycle, each request 3 times) and PostgreSQL's
+    CPU per cycle grows over the run, more for whichever path runs later."""
+    conn = await asyncpg.connect(database_url, timeout=5)
+    try:
+        await conn.execute("VACUUM (ANALYZE)")
+    finally:
+        await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=600, help="cycles per round and path")
@@ -381,6 +400,10 @@ async def main() -> None:
                         "this checkout's preloop to measure the socket alone")
     parser.add_argument("--client", choices=["lean", "httpx"], default="lean",
                         help="HTTP client of the bench (lean: a minimal keep-alive HTTP/1.1 client)")
+    parser.add_argument("--vacuum", choices=["round", "off"], default="round",
+                        help="round: VACUUM ANALYZE the scratch database before each measured run, as "
+                        "autovacuum would in production (a server may have it off, as this machine's CI "
+                        "configuration does; every path then starts from the same tables); off: never")
     args = parser.parse_args()
     global CLIENT  # set once, before any client exists
     CLIENT = args.client
@@ -397,6 +420,9 @@ async def main() -> None:
     data_dir = Path(f"/tmp/{name}")
     try:
         tokens = await prepare(database_url)
+        autovacuum = await _setting(database_url, "autovacuum")
+        print(f"PostgreSQL autovacuum: {autovacuum}; the bench vacuums: "
+              f"{'before each run' if args.vacuum == 'round' else 'never'}", flush=True)
         queries: dict[str, tuple[float, float]] = {}
         for label, preloop in paths.items():
             queries[label] = await count_queries(
@@ -412,6 +438,8 @@ async def main() -> None:
         for round_no in range(args.rounds):
             order = list(paths) if round_no % 2 == 0 else list(reversed(paths))
             for label in order:
+                if args.vacuum == "round":
+                    await _vacuum(database_url)
                 process, url = await start_api(paths[label], api_urls[label], data_dir)
                 runner = Cycles([url], tokens, args.clients)
                 split = CpuSplit([process.pid], name)
@@ -437,6 +465,8 @@ async def main() -> None:
             mean = {k: sum(c[k] for c in cpus[label]) / len(cpus[label]) for k in ("api", "postgres", "client")}
             print(f"[{label}] mean {_cpu_line(mean)}")
         if args.scale:
+            if args.vacuum == "round":
+                await _vacuum(database_url)
             one_rate = sorted(rates["new"])[len(rates["new"]) // 2]
             procs = [await start_api(NEW_PRELOOP, api_urls["new"], data_dir) for _ in range(2)]
             runner = Cycles([u for _, u in procs], tokens, args.clients)
