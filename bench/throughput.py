@@ -384,6 +384,16 @@ async def _vacuum(database_url: str) -> None:
         await conn.close()
 
 
+async def _rows_scanned(database_url: str) -> int:
+    """Rows PostgreSQL has read by sequential scans in the scratch database so far (a plan that scans a
+    growing table shows here long before it shows in the CPU figures)."""
+    conn = await asyncpg.connect(database_url, timeout=5)
+    try:
+        return int(await conn.fetchval("SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables"))
+    finally:
+        await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cycles", type=int, default=600, help="cycles per round and path")
@@ -400,6 +410,9 @@ async def main() -> None:
                         "this checkout's preloop to measure the socket alone")
     parser.add_argument("--client", choices=["lean", "httpx"], default="lean",
                         help="HTTP client of the bench (lean: a minimal keep-alive HTTP/1.1 client)")
+    parser.add_argument("--prime", type=int, default=2000,
+                        help="cycles run once on the new path before the first measured run, so the tables "
+                        "are not tiny when they are analyzed (0: none)")
     parser.add_argument("--vacuum", choices=["round", "off"], default="round",
                         help="round: VACUUM ANALYZE the scratch database before each measured run, as "
                         "autovacuum would in production (a server may have it off, as this machine's CI "
@@ -432,6 +445,18 @@ async def main() -> None:
                   f"{queries[label][1]:.1f} round trips", flush=True)
         if args.count_only:
             return
+        if args.prime:
+            # Plans are made once per pooled connection; with statistics of a table a hundred rows long
+            # PostgreSQL rightly scans it whole, and keeps doing so as a run grows it by thousands (autovacuum
+            # would analyze it again in time). With a history of a few thousand requests it finds rows by index.
+            process, url = await start_api(NEW_PRELOOP, api_urls["new"], data_dir)
+            runner = Cycles([url], tokens, args.clients)
+            try:
+                await runner.run(args.prime)
+            finally:
+                await runner.close()
+                stop(process)
+            print(f"primed the tables with {args.prime} cycles", flush=True)
         rates: dict[str, list[float]] = {label: [] for label in paths}
         latencies: dict[str, list[float]] = {label: [] for label in paths}
         cpus: dict[str, list[dict[str, float]]] = {label: [] for label in paths}
@@ -445,19 +470,23 @@ async def main() -> None:
                 split = CpuSplit([process.pid], name)
                 try:
                     await runner.run(64)  # warm-up
+                    scanned = await _rows_scanned(database_url)
                     await split.begin()
                     rate, lat = await runner.run(args.cycles)
                     cpu = await split.end(args.cycles)
                 finally:
                     await runner.close()
                     stop(process)
+                await asyncio.sleep(1.1)  # the backends report their statistics within a second
+                scanned = (await _rows_scanned(database_url) - scanned) / args.cycles
                 rates[label].append(rate)
                 cpus[label].append(cpu)
                 if runner.errors:
                     print(f"  {len(runner.errors)} cycles failed on the transport: {runner.errors[0]}", flush=True)
                 latencies[label] += lat
                 print(f"round {round_no + 1} [{label}] {rate:.0f} cycles/s, p50 {pct(lat, 50):.0f} ms, "
-                      f"p99 {pct(lat, 99):.0f} ms; {_cpu_line(cpu)}; load {os.getloadavg()[0]:.1f}", flush=True)
+                      f"p99 {pct(lat, 99):.0f} ms; {_cpu_line(cpu)}; rows read by sequential scans per cycle "
+                      f"{scanned:.0f}; load {os.getloadavg()[0]:.1f}", flush=True)
         for label in paths:
             best = sorted(rates[label])[len(rates[label]) // 2]
             print(f"[{label}] median {best:.0f} cycles/s over {args.rounds} rounds "
