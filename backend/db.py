@@ -151,6 +151,26 @@ async def fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
     return rows
 
 
+AUTOVACUUM_OFF = (
+    "PostgreSQL's autovacuum is off on this server: every approval updates its request row several times "
+    "and the org's audit chain head on every event, so without vacuum and analyze dead row versions pile "
+    "up and query plans made while the tables were small stay in use, and each approval gets slower as "
+    "history grows; turn it on (autovacuum = on, PostgreSQL's default) or run VACUUM (ANALYZE) on a schedule"
+)
+
+
+async def check_server(engine: Engine[Any] | None = None) -> list[str]:
+    """What about the database server an operator should hear at start-up (logged as warnings, returned)."""
+    engine = engine or piccolo_conf.DB
+    if not isinstance(engine, PostgresEngine):
+        return []
+    rows = await engine.run_querystring(QueryString("SELECT current_setting('autovacuum') AS autovacuum"))
+    problems = [AUTOVACUUM_OFF] if rows and rows[0]["autovacuum"] == "off" else []
+    for problem in problems:
+        logger.warning(problem)
+    return problems
+
+
 async def disconnect(engine: Engine[Any]) -> None:
     if isinstance(engine, PostgresEngine):
         keyed = _KEYED_POOLS.pop(id(engine), None)

@@ -62,6 +62,7 @@ class Hub:
                     path.chmod(0o600)  # the database holds password and key hashes
         if migrate:
             await db.migrate()
+        await db.check_server(self.engine)
         self.redis = await connect_redis(self.settings.redis.url, embedded_data_dir=self.settings.server.data_dir)
         self.bus = Bus(self.redis.client)
         await self.bus.start()

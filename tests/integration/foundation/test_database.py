@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
+
+import asyncpg
+import pytest
 
 from backend import db
 from backend.audit.service import Actor, record, verify
@@ -277,3 +281,28 @@ async def test_fetch_statements_are_planned_once_per_connection(
     finally:
         await db.disconnect(engine)
     assert id(engine) not in db._KEYED_POOLS  # closed with the engine
+
+
+async def test_start_up_warns_when_the_servers_autovacuum_is_off(
+    settings: Any, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hub on a PostgreSQL without autovacuum says so once at start-up (approvals slow down as history grows
+    without it), exactly when the server itself reports it off; SQLite has nothing to say."""
+    from backend.hub import Hub
+
+    expected: list[str] = []
+    if database_url.startswith("postgres"):
+        conn = await asyncpg.connect(database_url)
+        try:
+            if await conn.fetchval("SHOW autovacuum") == "off":  # this machine's CI server: off
+                expected = [db.AUTOVACUUM_OFF]
+        finally:
+            await conn.close()
+    caplog.set_level(logging.WARNING, logger="preloop.db")
+    running = Hub(settings)
+    await running.start()
+    try:
+        assert await db.check_server() == expected
+    finally:
+        await running.stop()
+    assert [r.getMessage() for r in caplog.records if r.name == "preloop.db"] == expected * 2  # start + the check
