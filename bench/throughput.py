@@ -365,10 +365,11 @@ async def count_queries(
         await proxy.stop()
 
 
-async def _setting(database_url: str, name: str) -> str:
+async def _scalar(database_url: str, sql: str, *args: Any) -> Any:
+    """The first value `sql` returns on its own connection to the scratch database (None for a command)."""
     conn = await asyncpg.connect(database_url, timeout=5)
     try:
-        return str(await conn.fetchval("SELECT current_setting($1)", name))
+        return await conn.fetchval(sql, *args)
     finally:
         await conn.close()
 
@@ -377,21 +378,13 @@ async def _vacuum(database_url: str) -> None:
     """What autovacuum does between runs in production: without it every update of a run leaves a dead
     row version behind (the chain head is updated ~5 times a cycle, each request 3 times) and PostgreSQL's
     CPU per cycle grows over the run, more for whichever path runs later."""
-    conn = await asyncpg.connect(database_url, timeout=5)
-    try:
-        await conn.execute("VACUUM (ANALYZE)")
-    finally:
-        await conn.close()
+    await _scalar(database_url, "VACUUM (ANALYZE)")
 
 
 async def _rows_scanned(database_url: str) -> int:
     """Rows PostgreSQL has read by sequential scans in the scratch database so far (a plan that scans a
     growing table shows here long before it shows in the CPU figures)."""
-    conn = await asyncpg.connect(database_url, timeout=5)
-    try:
-        return int(await conn.fetchval("SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables"))
-    finally:
-        await conn.close()
+    return int(await _scalar(database_url, "SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables"))
 
 
 async def main() -> None:
@@ -433,7 +426,7 @@ async def main() -> None:
     data_dir = Path(f"/tmp/{name}")
     try:
         tokens = await prepare(database_url)
-        autovacuum = await _setting(database_url, "autovacuum")
+        autovacuum = await _scalar(database_url, "SELECT current_setting('autovacuum')")
         print(f"PostgreSQL autovacuum: {autovacuum}; the bench vacuums: "
               f"{'before each run' if args.vacuum == 'round' else 'never'}", flush=True)
         queries: dict[str, tuple[float, float]] = {}
