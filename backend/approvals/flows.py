@@ -871,10 +871,14 @@ async def record_vote(
             "role_cannot_vote",
             f"{principal.email} is a {principal.role}; only approvers and admins approve or decline",
         )
-    eligible = await eligible_users(row)
-    if str(principal.user_id) not in eligible:
-        raise await reject_vote(row, principal, "not_eligible", f"{principal.email} is not an approver of this request")
     reason = (reason or "").strip() or None
+    state = current_transaction()
+    # SQLite, or events already waiting for the enclosing commit (the locked path keeps their order): no tries.
+    tries = 0 if is_sqlite() or (state is not None and state.scratch.get("audit")) else 5
+    # The vote's own statement checks eligibility when nothing below could refuse the vote first.
+    in_statement = tries > 0 and _eligibility_in_statement(row, principal, decision, reason, grant_seconds, assertion)
+    if not in_statement:
+        await _require_eligible(row, principal)
     if decision == "decline" and policy.get("require_decline_reason") and not reason:
         raise ValidationFailed(
             "this policy requires a reason to decline", code="reason_required", detail={"field": "reason"}
@@ -891,22 +895,27 @@ async def record_vote(
             )
         grant_seconds = min(grant_seconds, cap)
     proof = await _step_up(hub, principal, row, decision, channel, assertion)
-    state = current_transaction()
-    # SQLite, or events already waiting for the enclosing commit (the locked path keeps their order): no tries.
-    tries = 0 if is_sqlite() or (state is not None and state.scratch.get("audit")) else 5
     for _ in range(tries):
         if decision == "approve" and (grant_seconds or int(row["grant_seconds"])):
             break  # a grant is made by the locked path
         if "_votes" not in row:  # read with its votes and their version, in one statement
             row = await _reread(row["id"])
+        if in_statement and not _votable(row, principal):
+            # Decided or voted since: only an eligible voter is told so; anyone else hears "not eligible".
+            await _require_eligible(row, principal)
+            in_statement = False
         async with one_statement():
             result = await _vote_in_sql(
                 hub, principal, row, decision, reason=reason, grant_seconds=grant_seconds, channel=channel,
-                proof=proof, seen_votes=seen_votes,
+                proof=proof, seen_votes=seen_votes, check_eligible=in_statement,
             )
+        if result is _INELIGIBLE:
+            raise await reject_vote(row, principal, "not_eligible", _not_eligible_message(principal))
         if result is not None:
             return result
         row = await _reread(row["id"])  # someone voted (or a deadline fired) since `row` was read
+    if in_statement:
+        await _require_eligible(row, principal)
     async with unit_of_work():
         current = await load_locked(row["id"])
         assert current is not None
@@ -941,6 +950,40 @@ async def record_vote(
         if new is not None:
             result = await _decide(hub, current, new, voter(principal), outcome)
     return result
+
+
+async def _require_eligible(row: dict[str, Any], principal: Principal) -> None:
+    if str(principal.user_id) not in await eligible_users(row):
+        raise await reject_vote(row, principal, "not_eligible", _not_eligible_message(principal))
+
+
+def _not_eligible_message(principal: Principal) -> str:
+    return f"{principal.email} is not an approver of this request"
+
+
+def _votable(row: dict[str, Any], principal: Principal) -> bool:
+    """`row` (read with its votes) is pending and has no vote of `principal`'s."""
+    mine = str(principal.user_id)
+    return row["status"] == "pending" and "_votes" in row and all(str(v["user"]["id"]) != mine for v in row["_votes"])
+
+
+def _eligibility_in_statement(
+    row: dict[str, Any], principal: Principal, decision: str, reason: str | None, grant_seconds: int,
+    assertion: dict[str, Any] | StepUpProof | None,
+) -> bool:
+    """Whether `_vote_in_sql` may be what checks that `principal` may vote on `row`, instead of a read of
+    the eligible voters first: only when none of the checks `record_vote` makes after eligibility (a decline's
+    reason, a grant, a passkey, the request still pending and not yet voted on by them) can refuse the vote,
+    so that someone who may not vote is always told that, and only that."""
+    policy = policy_of(row)
+    return (
+        not grant_seconds
+        and not (decision == "approve" and int(row["grant_seconds"]))
+        and not (decision == "decline" and policy.get("require_decline_reason") and not reason)
+        and assertion is None
+        and not policy.get("require_passkey")
+        and _votable(row, principal)
+    )
 
 
 def _ballot(
@@ -1003,10 +1046,13 @@ def _votes_read_with(row: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+_INELIGIBLE: dict[str, Any] = {}  # `_vote_in_sql`'s answer when the voter may not vote on the request
+_ME_ELIGIBLE = '(SELECT 1 FROM eligible WHERE "user" = {}::uuid)'
+
 _VOTE_TYPES = ("uuid", "uuid", "uuid", "varchar", "varchar", "text", "varchar", "timestamptz", "jsonb")
 _VOTE_IN_SQL = f"""upd AS (
     UPDATE approval_request SET vote_version = vote_version + 1%(decide)s
-     WHERE id = {{}} AND status = 'pending' AND vote_version = {{}}
+     WHERE %(eligible)sid = {{}} AND status = 'pending' AND vote_version = {{}}
        AND EXISTS (SELECT 1 FROM audit_head WHERE org_id = approval_request.org::text)
     RETURNING *
 ), ins AS (
@@ -1027,10 +1073,14 @@ async def _vote_in_sql(
     channel: str,
     proof: StepUpProof | None,
     seen_votes: list[dict[str, Any]] | None,
+    check_eligible: bool = False,
 ) -> dict[str, Any] | None:
     """PostgreSQL, in `one_statement()`: the vote on `current` (read by `load_presented`, its votes with it),
     its audit event and, when Python finds the votes settle the request, the decision, the outcome
     deliveries and the decision's event (chained after the vote's), in one statement.
+
+    With `check_eligible` the statement also finds who may vote now (`notifications.eligible_ctes_sql`, the
+    definition `eligible_users` reads) and writes only if `principal` is one of them: `_INELIGIBLE` when not.
 
     The statement's UPDATE moves `vote_version` on, and only from the version read with the votes: of
     racing voters, the first to lock the row writes, and the others (their UPDATE re-checks the row once
@@ -1060,9 +1110,20 @@ async def _vote_in_sql(
     ]
     decided = _decision(new, stamp, outcome) if new is not None else {}
     sets, args = _set_sql(decided)
+    if check_eligible:
+        args.append(principal.user_id)  # the UPDATE's `EXISTS (... eligible ...)`, after its SET
     args += [current["id"], int(current.get("vote_version") or 0)]
     args += [_json_arg(getattr(ballot, c)) if c == "assertion" else getattr(ballot, c) for c in _VOTE_COLUMNS]
-    sql = "WITH " + _VOTE_IN_SQL % {"decide": f", {sets}" if sets else ""}
+    sql = "WITH " + _VOTE_IN_SQL % {
+        "decide": f", {sets}" if sets else "", "eligible": f"EXISTS {_ME_ELIGIBLE} AND " if check_eligible else ""
+    }
+    if check_eligible:
+        emails, teams = _named_voters(current)
+        people_sql, people_args = notifications.eligible_ctes_sql(
+            current["org"], current, sorted(emails), sorted(teams)
+        )
+        sql = f"WITH {people_sql}, {sql.removeprefix('WITH ')}"
+        args = [*people_args, *args]
     delivered = "NULL"
     if new is not None:
         outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
@@ -1077,12 +1138,15 @@ async def _vote_in_sql(
     sql += f", {audit_sql} SELECT (SELECT count(*) FROM ins) AS _voted, (SELECT count(*) FROM logged) AS _logged, "
     sql += f"{delivered} AS _delivered"
     args += audit_args
+    if check_eligible:
+        sql += f", EXISTS {_ME_ELIGIBLE} AS _eligible"
+        args.append(principal.user_id)
     try:
         [found] = await db.fetch(sql, *args)
     except asyncpg.UniqueViolationError as exc:
         raise _already_voted(current) from exc
     if not found["_voted"]:
-        return None
+        return _INELIGIBLE if check_eligible and not found["_eligible"] else None
     assert found["_logged"] == len(events), "the UPDATE wrote only where the chain head exists"
     if seen_votes is not None:
         seen_votes[:] = [vote_view(v) for v in votes]

@@ -232,6 +232,14 @@ def _people_args(org_id: Any, request: dict[str, Any], emails: list[str], teams:
     return [org_id, emails, org_id, teams, org_id, str(request.get("requester") or "")]
 
 
+def eligible_ctes_sql(
+    org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str]
+) -> tuple[str, list[Any]]:
+    """PostgreSQL: `_ELIGIBLE_CTES` (`people`, `eligible`: who may vote now) to open another statement with,
+    and their arguments (Piccolo `raw()`'s `{}`, in order)."""
+    return _ELIGIBLE_CTES.replace("/*after*/", ""), _people_args(org_id, request, emails, teams)
+
+
 async def eligible_in_sql(org_id: Any, request: dict[str, Any], emails: list[str], teams: list[str]) -> dict[str, str]:
     """PostgreSQL: user id -> email of everyone `_ELIGIBLE_CTES` names, in one prepared statement."""
     rows = await db.fetch(_ELIGIBLE_SQL, *_people_args(org_id, request, emails, teams))

@@ -14,6 +14,7 @@ from backend.approvals import flows, jobs
 from backend.approvals.tables import ApprovalRequest, Vote
 from backend.audit.service import verify
 from backend.audit.tables import AuditEvent
+from backend.errors import Conflict, Forbidden
 from backend.notifications import service as notifications
 from backend.notifications.tables import NotificationDelivery
 from backend.observability import metrics
@@ -279,9 +280,10 @@ async def test_racing_voters_reach_quorum_once_in_one_statement_each(client: Any
 
 async def test_a_vote_is_one_statement(client: Any, org: Any, hub: Any) -> None:
     """Statements a vote sends on PostgreSQL (asyncpg's query log, as `preloop_db_queries_total` counts
-    them), given the request as the API reads it (with its votes): the eligibility read (team members and
-    named approvers in one) and the vote with everything it settles, no BEGIN or COMMIT; for a vote that
-    decides as for one that does not. Given a row read without its votes, one more read."""
+    them), given the request as the API reads it (with its votes): one, the vote with the check that the
+    voter may vote (team members and named approvers) and everything it settles, no BEGIN or COMMIT; for a
+    vote that decides as for one that does not. Given a row read without its votes, the eligibility read
+    first and one more read."""
     await apply_policy(client, org)
     carol = await principal_for_token(org.approver_tokens["carol"])
     alice = await principal_for_token(org.approver_tokens["alice"])
@@ -292,7 +294,7 @@ async def test_a_vote_is_one_statement(client: Any, org: Any, hub: Any) -> None:
             assert row is not None
             before = metrics.DB_QUERIES._value.get()
             updated = await flows.record_vote(hub, who, row, "approve")
-            assert metrics.DB_QUERIES._value.get() - before == 2
+            assert metrics.DB_QUERIES._value.get() - before == 1
         assert updated["status"] == "approved"
         assert (await flows.load_row(rid))["status"] == "approved"  # type: ignore[index]
     rid = (await create(client, org, "deploy", {"count": "plain row"}))["id"]
@@ -301,6 +303,67 @@ async def test_a_vote_is_one_statement(client: Any, org: Any, hub: Any) -> None:
     before = metrics.DB_QUERIES._value.get()
     assert (await flows.record_vote(hub, carol, plain, "approve"))["status"] == "approved"
     assert metrics.DB_QUERIES._value.get() - before == 3
+    assert (await verify(org.id)).ok
+
+
+ELIGIBILITY_POLICY = """
+version: "1"
+name: eligibility-tests
+approval_policies:
+  - name: alice-reasoned
+    approvers: [alice@acme.test]
+    timeout: 1h
+    require_decline_reason: true
+    escalation:
+      - {after: 10m, to: [carol@acme.test]}
+tools:
+  - name: restart
+    action: require_approval
+    approval_policy: alice-reasoned
+defaults:
+  unknown_tools: deny
+"""
+
+
+async def test_a_vote_statement_refuses_who_may_not_vote(client: Any, org: Any, hub: Any) -> None:
+    """The vote's own statement is what finds that the voter may not vote (PostgreSQL; SQLite reads the
+    eligible first): it writes nothing (no vote, the version unmoved, no event but the audited refusal).
+    Someone who may not vote is told only that, also where a later check would refuse too (a decline without
+    the reason the policy needs; a request already decided); an escalation's target counts once it fired."""
+    await apply_policy(client, org, ELIGIBILITY_POLICY)
+    alice, bob, carol = [await principal_for_token(org.approver_tokens[n]) for n in ("alice", "bob", "carol")]
+    rid = (await create(client, org, "restart", {"eligibility": 1}))["id"]
+
+    async def refused(who: Any, decision: str = "approve", **extra: Any) -> str:
+        row = await flows.load_presented(rid)
+        assert row is not None
+        with pytest.raises(Forbidden) as caught:
+            await flows.record_vote(hub, who, row, decision, **extra)
+        return caught.value.code
+
+    before = metrics.DB_QUERIES._value.get()
+    assert await refused(bob) == "not_eligible"
+    if not flows.is_sqlite():
+        # the row's read, the vote's statement (no read of the eligible), the refusal's own audited
+        # transaction (BEGIN, append, COMMIT)
+        assert metrics.DB_QUERIES._value.get() - before == 5
+    assert await refused(bob, "decline") == "not_eligible"  # not "reason_required"
+    assert await refused(carol) == "not_eligible"  # named by an escalation level that has not fired
+    assert await Vote.count().where(Vote.request == rid) == 0
+    row = await flows.load_row(rid)
+    assert row is not None and row["status"] == "pending" and int(row["vote_version"]) == 0
+    assert (await audit_kinds(org, rid)).count("approval.vote_rejected") == 3
+
+    await ApprovalRequest.update({ApprovalRequest.escalation_level: 1}).where(ApprovalRequest.id == rid)
+    row = await flows.load_presented(rid)
+    assert row is not None
+    assert (await flows.record_vote(hub, carol, row, "approve"))["status"] == "approved"
+    assert await refused(bob) == "not_eligible"  # not "already_decided"
+    with pytest.raises(Conflict) as decided:
+        await flows.record_vote(hub, alice, await flows.load_presented(rid) or {}, "approve")
+    assert decided.value.code == "already_decided"
+    kinds = await audit_kinds(org, rid)
+    assert kinds.count("approval.vote_rejected") == 4 and kinds.count("approval.vote_approve") == 1
     assert (await verify(org.id)).ok
 
 
@@ -320,8 +383,8 @@ async def test_a_vote_read_before_another_counts_it(client: Any, org: Any, hub: 
     before = metrics.DB_QUERIES._value.get()
     seen: list[dict[str, Any]] = []
     second = await flows.record_vote(hub, carol, read_by_carol, "approve", seen_votes=seen)
-    # eligibility, the statement that wrote nothing, the read again, the statement that wrote
-    assert metrics.DB_QUERIES._value.get() - before == 4
+    # the statement that wrote nothing, the read again, the statement that wrote
+    assert metrics.DB_QUERIES._value.get() - before == 3
     assert second["status"] == "approved"
     assert sorted(v["user"]["email"] for v in seen) == ["alice@acme.test", "carol@acme.test"]
     assert sorted(b["email"] for b in second["outcome"]["by"]) == ["alice@acme.test", "carol@acme.test"]
