@@ -27,6 +27,7 @@ from backend.audit.controllers import AuditController
 from backend.console import web as console
 from backend.deps import provide_hub, provide_principal
 from backend.errors import PreloopError, RateLimited
+from backend.fastlane import FastLane
 from backend.hub import Hub
 from backend.notifications.chat_controllers import CONTROLLERS as CHAT_CONTROLLERS
 from backend.notifications.controllers import CONTROLLERS as NOTIFICATION_CONTROLLERS
@@ -207,5 +208,5 @@ def create_app(settings: Settings | None = None, *, with_worker: bool = True, hu
     settle_contract(app)
     app.state.hub = running
     # Outside routing, so every request (404s included) gets an id and is counted.
-    app.asgi_handler = ObservedApp(app.asgi_handler)
+    app.asgi_handler = ObservedApp(FastLane(app.asgi_handler, app, running, enabled=settings.server.fast_path))
     return app

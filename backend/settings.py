@@ -98,6 +98,9 @@ class ServerSettings:
     """PRELOOP_DATA_DIR: embedded database, embedded Redis socket, secrets."""
     event_loop: str = "uvloop"
     """PRELOOP_EVENT_LOOP: uvloop (the default where it is installed) or asyncio (the standard library's)."""
+    fast_path: bool = True
+    """PRELOOP_API_FAST_PATH: 0 sends every request through Litestar, the agents' approval cycle too
+    (`backend.fastlane`)."""
 
     @property
     def base_url(self) -> str:
@@ -344,6 +347,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         public_url=public_url.rstrip("/"),
         data_dir=Path(str(overrides.get("data_dir") or _env(env, "PRELOOP_DATA_DIR", ".preloop"))),
         event_loop=_choice(env, "PRELOOP_EVENT_LOOP", "uvloop", ("uvloop", "asyncio")),
+        fast_path=_choice(env, "PRELOOP_API_FAST_PATH", "1", ("1", "0")) == "1",
     )
     return Settings(
         server=server,

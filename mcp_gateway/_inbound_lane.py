@@ -13,7 +13,9 @@ from typing import Any
 
 import msgspec
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from backend.asgi_body import replay, send_json
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -88,7 +90,7 @@ class FastPathApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.eligible(scope):
             if scope["type"] == "http" and scope["path"] == "/health" and self.health is not None:
-                await _send_json(send, 200, _encode(self.health()))
+                await send_json(send, 200, _encode(self.health()))
                 return
             if (
                 self.require_agent_key
@@ -101,7 +103,7 @@ class FastPathApp:
                     "message": "this gateway requires each agent's own key: send `Authorization: Bearer <agent key>` "
                     "(create one with `preloop key create --name NAME --scope agent`)",
                 }
-                await _send_json(send, 401, _encode(refusal))
+                await send_json(send, 401, _encode(refusal))
                 return
             await self.inner(scope, receive, send)
             return
@@ -147,23 +149,3 @@ class FastPathApp:
         if "resultType" not in result:
             result = {**result, "resultType": "complete"}
         return _encode({"jsonrpc": "2.0", "id": message["id"], "result": result})
-
-
-async def _send_json(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that yields the already-read request body first, then defers to the real one."""
-    sent = False
-
-    async def receive_replayed() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return receive_replayed

@@ -83,6 +83,63 @@ def _decisions(answer: dict[str, Any]) -> Decisions:
     return msgspec.convert(answer, Decisions)
 
 
+# An agent's approval cycle: what the four handlers below do, also called by `backend.fastlane`.
+
+
+async def create_approval(
+    hub: Hub, principal: Principal, data: CreateBody, idempotency_key: str | None
+) -> tuple[int, Approval | Granted]:
+    """(201 new / 200 attached or granted, the answer) of `POST /api/v1/approvals`."""
+
+    async def run() -> tuple[int, Any]:
+        return await service.create_request(
+            hub,
+            principal,
+            tool=data.tool,
+            server=data.server,
+            arguments=data.arguments,
+            hash_hex=data.arguments_hash,
+            justification=data.justification,
+            input_schema=data.input_schema,
+        )
+
+    status, body = await idempotency.once(principal, "create_approval", idempotency_key, data, run)
+    return status, msgspec.convert(body, Granted) if body.get("status") == "granted" else _approval(body)
+
+
+async def approve_approval(
+    hub: Hub, principal: Principal, approval_id: UUID, body: ApproveBody, idempotency_key: str | None
+) -> Approval:
+    async def run() -> tuple[int, Any]:
+        return 200, await service.vote(
+            hub,
+            principal,
+            approval_id,
+            "approve",
+            reason=body.reason,
+            grant_seconds=body.grant_seconds,
+            channel=principal.channel,
+            assertion=body.assertion,
+        )
+
+    return _approval(await _vote_once(principal, "approve", approval_id, idempotency_key, body, run))
+
+
+async def claim_approval(hub: Hub, principal: Principal, approval_id: UUID, data: ClaimBody) -> Approval:
+    return _approval(await service.claim(hub, principal, approval_id, data.arguments_hash))
+
+
+async def report_approval(hub: Hub, principal: Principal, approval_id: UUID, data: OutcomeBody) -> Approval:
+    return _approval(await service.report_outcome(
+        hub,
+        principal,
+        approval_id,
+        success=data.success,
+        result_summary=data.result_summary,
+        error=data.error,
+    ))
+
+
 class ApprovalController(Controller):
     path = "/api/v1/approvals"
     tags = ["approvals"]
@@ -101,22 +158,7 @@ class ApprovalController(Controller):
     async def create(
         self, data: CreateBody, principal: Principal, hub: Hub, idempotency_key: str | None = IDEMPOTENCY_KEY
     ) -> Response[Approval]:
-        async def run() -> tuple[int, Any]:
-            return await service.create_request(
-                hub,
-                principal,
-                tool=data.tool,
-                server=data.server,
-                arguments=data.arguments,
-                hash_hex=data.arguments_hash,
-                justification=data.justification,
-                input_schema=data.input_schema,
-            )
-
-        status, body = await idempotency.once(principal, "create_approval", idempotency_key, data, run)
-        answer: Approval | Granted = (
-            msgspec.convert(body, Granted) if body.get("status") == "granted" else _approval(body)
-        )
+        status, answer = await create_approval(hub, principal, data, idempotency_key)
         return Response(answer, status_code=status)  # type: ignore[arg-type]
 
     @get("", operation_id="list_approvals", summary="History, newest first, filtered; pages by cursor",
@@ -253,21 +295,7 @@ class ApprovalController(Controller):
         self, approval_id: UUID, principal: Principal, hub: Hub, data: ApproveBody | None = None,
         idempotency_key: str | None = IDEMPOTENCY_KEY,
     ) -> Approval:
-        body = data or ApproveBody()
-
-        async def run() -> tuple[int, Any]:
-            return 200, await service.vote(
-                hub,
-                principal,
-                approval_id,
-                "approve",
-                reason=body.reason,
-                grant_seconds=body.grant_seconds,
-                channel=principal.channel,
-                assertion=body.assertion,
-            )
-
-        return _approval(await _vote_once(principal, "approve", approval_id, idempotency_key, body, run))
+        return await approve_approval(hub, principal, approval_id, data or ApproveBody(), idempotency_key)
 
     @post("/{approval_id:uuid}/decline", operation_id="decline_approval", status_code=200)
     async def decline(
@@ -299,20 +327,13 @@ class ApprovalController(Controller):
     async def claim(
         self, approval_id: UUID, data: ClaimBody, principal: Principal, hub: Hub
     ) -> Approval:
-        return _approval(await service.claim(hub, principal, approval_id, data.arguments_hash))
+        return await claim_approval(hub, principal, approval_id, data)
 
     @post("/{approval_id:uuid}/outcome", operation_id="report_approval_outcome", status_code=200)
     async def report(
         self, approval_id: UUID, data: OutcomeBody, principal: Principal, hub: Hub
     ) -> Approval:
-        return _approval(await service.report_outcome(
-            hub,
-            principal,
-            approval_id,
-            success=data.success,
-            result_summary=data.result_summary,
-            error=data.error,
-        ))
+        return await report_approval(hub, principal, approval_id, data)
 
 
 class GrantController(Controller):

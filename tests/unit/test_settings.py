@@ -186,3 +186,11 @@ def test_event_loop_is_uvloop_unless_asked_for_asyncio() -> None:
     assert not issubclass(run_loop(chosen, loop_type()), uvloop.Loop)
     with pytest.raises(SettingsError, match=r"PRELOOP_EVENT_LOOP.*uvloop, asyncio"):
         load_settings({"PRELOOP_EVENT_LOOP": "trio"})
+
+
+def test_api_fast_path_is_on_unless_turned_off() -> None:
+    """PRELOOP_API_FAST_PATH: 1 (the default) or 0; anything else is refused by name."""
+    assert load_settings({}).server.fast_path is True
+    assert load_settings({"PRELOOP_API_FAST_PATH": "0"}).server.fast_path is False
+    with pytest.raises(SettingsError, match=r"PRELOOP_API_FAST_PATH.*1, 0"):
+        load_settings({"PRELOOP_API_FAST_PATH": "off"})
