@@ -22,7 +22,9 @@ from piccolo.engine.sqlite import SQLiteEngine
 from piccolo.querystring import QueryString
 
 from backend import piccolo_conf
+from backend.connections import StatementConnections
 from backend.errors import StartupError
+from backend.observability import metrics
 from backend.piccolo_app import ALL_TABLES, APP_CONFIG
 from backend.settings import validate_database_url
 
@@ -58,7 +60,7 @@ POOL_SIZE = 20
 """Connections per process for Piccolo's queries (PostgreSQL)."""
 KEYED_POOL_SIZE = 10
 """Connections per process for `fetch`'s statements, opened on demand (PostgreSQL)."""
-_KEYED_POOLS: dict[int, asyncpg.Pool] = {}  # id(engine) -> the pool `fetch` uses
+_KEYED_POOLS: dict[int, StatementConnections] = {}  # id(engine) -> the connections `fetch` uses
 
 
 async def connect(url: str) -> Engine[Any]:
@@ -72,9 +74,11 @@ async def connect(url: str) -> Engine[Any]:
         ) from exc
     if isinstance(engine, PostgresEngine):
         await engine.start_connection_pool(min_size=1, max_size=POOL_SIZE, init=_count_queries, reset=_keep_session)
-        _KEYED_POOLS[id(engine)] = await asyncpg.create_pool(
-            **engine.config, min_size=0, max_size=KEYED_POOL_SIZE, init=_count_queries, reset=_keep_session,
-            server_settings={"plan_cache_mode": "force_generic_plan"},
+        _KEYED_POOLS[id(engine)] = StatementConnections(  # `fetch` counts its statements itself
+            functools.partial(
+                asyncpg.connect, **engine.config, server_settings={"plan_cache_mode": "force_generic_plan"}
+            ),
+            KEYED_POOL_SIZE,
         )
     else:
         await engine.run_ddl("PRAGMA journal_mode=WAL")
@@ -82,9 +86,10 @@ async def connect(url: str) -> Engine[Any]:
 
 
 async def _count_queries(connection: Any) -> None:
-    """Every pooled connection counts the statements it sends (`preloop_db_queries_total` on /metrics)."""
-    from backend.observability import metrics
-
+    """Every connection of Piccolo's pool counts the statements it sends (`preloop_db_queries_total` on
+    /metrics). The keyed connections (`StatementConnections`) have no query logger: asyncpg's logging wraps
+    each statement in a context manager, a record and a loop callback (~10-20 µs of CPU a statement), so
+    `fetch` counts what it sends there itself."""
     connection.add_query_logger(metrics.count_query)
 
 
@@ -120,11 +125,12 @@ async def fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
 
     On PostgreSQL the placeholders are numbered once per statement text (`numbered`, cached) and the
     statement goes straight to asyncpg: on the connection of the Piccolo transaction running in this
-    task, else on one from the keyed pool. `Table.raw` parses the text and rebuilds it on every call, which
+    task, else on one of the keyed connections (`StatementConnections`, a free list: asyncpg's pool
+    costs ~40 µs of CPU per acquire and release). `Table.raw` parses the text and rebuilds it on every call, which
     was ~7 % of the API's CPU per approval cycle for these long statements. Elsewhere (SQLite) and for
     nested `QueryString` arguments it is `Table.raw`.
 
-    The keyed pool's connections plan each statement once (`plan_cache_mode = force_generic_plan`):
+    The keyed connections plan each statement once (`plan_cache_mode = force_generic_plan`):
     PostgreSQL otherwise keeps planning these long statements again on every execution, because its
     estimate for the generic plan is higher than for a plan made for the values, though both find the
     rows by key. That was ~11 % of PostgreSQL's CPU per cycle. So use `fetch` only for statements that
@@ -142,8 +148,11 @@ async def fetch(sql: str, *args: Any) -> list[dict[str, Any]]:
         transaction = engine.current_transaction.get()
         if transaction is not None:
             records = await transaction.connection.fetch(text, *args)
+        elif (keyed := _KEYED_POOLS.get(id(engine))) is not None:
+            metrics.DB_QUERIES.inc()
+            records = await keyed.fetch(text, *args)
         else:
-            async with _KEYED_POOLS.get(id(engine), engine.pool).acquire() as connection:
+            async with engine.pool.acquire() as connection:
                 records = await connection.fetch(text, *args)
         return [dict(record) for record in records]
     # Raw SQL runs on the engine every table shares; the table only names it.
