@@ -43,8 +43,11 @@ class StatementConnections:
         connection = await self._acquire()
         try:
             records: list[asyncpg.Record] = await connection.fetch(sql, *args)
-        except asyncpg.PostgresError:
-            self._release(connection)  # the server refused the statement and is ready for the next one
+        except asyncpg.PostgresError as exc:
+            if _severity(exc) == "ERROR":
+                self._release(connection)  # the server refused the statement and is ready for the next one
+            else:
+                self._discard(connection)  # FATAL / PANIC: the server is ending this session
             raise
         except BaseException:
             self._discard(connection)
@@ -138,3 +141,8 @@ class StatementConnections:
                 self._size += 1
                 waiter.set_result(None)
                 return
+
+
+def _severity(exc: asyncpg.PostgresError) -> str:
+    """The error's severity as the server sent it, untranslated (ERROR, FATAL, PANIC)."""
+    return str(getattr(exc, "severity_en", None) or getattr(exc, "severity", None) or "").upper()

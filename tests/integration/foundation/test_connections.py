@@ -72,6 +72,21 @@ async def test_a_refused_statement_keeps_its_connection(opened: Any) -> None:
     assert after["pid"] == before["pid"] and (connections.size, connections.idle) == (1, 1)
 
 
+async def test_a_session_the_server_ends_mid_statement_is_not_reused(opened: Any) -> None:
+    """A backend terminated while it runs a statement answers FATAL (admin shutdown): the caller gets that
+    error and the connection is dropped, not put back; the next statement runs on a new backend."""
+    connections, _ = opened(1)
+    [first] = await connections.fetch("SELECT pg_backend_pid() AS pid")
+    running = asyncio.create_task(connections.fetch("SELECT pg_sleep(30)"))
+    await asyncio.sleep(0.2)
+    await opened.admin.execute("SELECT pg_terminate_backend($1)", first["pid"])
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError)):
+        await running
+    assert (connections.size, connections.idle) == (0, 0)
+    [second] = await connections.fetch("SELECT pg_backend_pid() AS pid")
+    assert second["pid"] != first["pid"]
+
+
 async def test_a_cancelled_statement_closes_its_connection(opened: Any) -> None:
     """A caller cancelled mid-statement never puts its connection back: it is closed (the server's backend
     goes, its query with it), and the next caller opens a fresh one."""
