@@ -138,7 +138,7 @@ class FastLane:
     ) -> tuple[Principal, uuid.UUID | None, Any] | None:
         """(caller, request id, decoded body) when the lane may answer; None to pass the request on."""
         if headers.idempotency_key is not None and not lane.takes_idempotency_key:
-            return None  # Litestar ignores it there; so does it
+            return None  # this route takes no Idempotency-Key: Litestar's answer, whatever it is, stands
         if len(body) != headers.length:
             return None
         try:
