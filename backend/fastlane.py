@@ -33,14 +33,14 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
 from backend.accounts.service import Principal, principal_for_token
-from backend.approvals import controllers
+from backend.approvals import controllers, idempotency
 from backend.approvals.schemas import ApproveBody, ClaimBody, CreateBody, OutcomeBody
 from backend.asgi_body import replay, send_json
 from backend.hub import Hub
 from backend.request_checks import BODY_LIMIT_APPROVAL, BODY_LIMIT_SMALL, check_json_body
 
 _PATH = re.compile(r"/api/v1/approvals(?:/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/([a-z]+))?")
-_MAX_IDEMPOTENCY_KEY = 200
+_IDEMPOTENCY_KEY = idempotency.HEADER.lower().encode()
 
 Call = Callable[[Hub, Principal, uuid.UUID | None, Any, str | None], Awaitable[tuple[int, msgspec.Struct]]]
 
@@ -190,9 +190,9 @@ def _plain_headers(scope: Scope) -> _Headers | None:
             if not value.isdigit():
                 return None
             length = int(value)
-        elif name == b"idempotency-key":
+        elif name == _IDEMPOTENCY_KEY:
             key = value.decode("latin-1")
-            if not 0 < len(key) <= _MAX_IDEMPOTENCY_KEY:
+            if not 0 < len(key) <= idempotency.MAX_KEY_LENGTH:
                 return None
         elif name in (b"transfer-encoding", b"expect"):
             return None

@@ -1047,7 +1047,7 @@ def _votes_read_with(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 _INELIGIBLE: dict[str, Any] = {}  # `_vote_in_sql`'s answer when the voter may not vote on the request
-_ME_ELIGIBLE = '(SELECT 1 FROM eligible WHERE "user" = {}::uuid)'
+_VOTER_ELIGIBLE = 'voter_eligible AS (SELECT 1 FROM eligible WHERE "user" = {}::uuid)'
 
 _VOTE_TYPES = ("uuid", "uuid", "uuid", "varchar", "varchar", "text", "varchar", "timestamptz", "jsonb")
 _VOTE_IN_SQL = f"""upd AS (
@@ -1110,20 +1110,19 @@ async def _vote_in_sql(
     ]
     decided = _decision(new, stamp, outcome) if new is not None else {}
     sets, args = _set_sql(decided)
-    if check_eligible:
-        args.append(principal.user_id)  # the UPDATE's `EXISTS (... eligible ...)`, after its SET
     args += [current["id"], int(current.get("vote_version") or 0)]
     args += [_json_arg(getattr(ballot, c)) if c == "assertion" else getattr(ballot, c) for c in _VOTE_COLUMNS]
     sql = "WITH " + _VOTE_IN_SQL % {
-        "decide": f", {sets}" if sets else "", "eligible": f"EXISTS {_ME_ELIGIBLE} AND " if check_eligible else ""
+        "decide": f", {sets}" if sets else "",
+        "eligible": "EXISTS (SELECT 1 FROM voter_eligible) AND " if check_eligible else "",
     }
-    if check_eligible:
+    if check_eligible:  # who may vote, and whether the voter is one of them, ahead of everything else
         emails, teams = _named_voters(current)
         people_sql, people_args = notifications.eligible_ctes_sql(
             current["org"], current, sorted(emails), sorted(teams)
         )
-        sql = f"WITH {people_sql}, {sql.removeprefix('WITH ')}"
-        args = [*people_args, *args]
+        sql = f"WITH {people_sql}, {_VOTER_ELIGIBLE}, {sql.removeprefix('WITH ')}"
+        args = [*people_args, principal.user_id, *args]
     delivered = "NULL"
     if new is not None:
         outcome_sql, outcome_args = notifications.outcome_after_sql("upd")
@@ -1139,8 +1138,7 @@ async def _vote_in_sql(
     sql += f"{delivered} AS _delivered"
     args += audit_args
     if check_eligible:
-        sql += f", EXISTS {_ME_ELIGIBLE} AS _eligible"
-        args.append(principal.user_id)
+        sql += ", EXISTS (SELECT 1 FROM voter_eligible) AS _eligible"
     try:
         [found] = await db.fetch(sql, *args)
     except asyncpg.UniqueViolationError as exc:
